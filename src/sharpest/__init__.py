@@ -4,21 +4,24 @@ Implements Jastrzebski et al. (2018), *On the Relation Between the Sharpest Dire
 Loss and the SGD Step Length* ("DNN's Sharpest Directions Along the SGD Trajectory").
 """
 
-from sharpest.curvature import (
-    EigenResult,
-    HessianOperator,
-    frobenius_from_topk,
-    lanczos,
-    principal_angles,
-    spectral_norm,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "EigenResult",
-    "HessianOperator",
-    "frobenius_from_topk",
-    "lanczos",
-    "principal_angles",
-    "spectral_norm",
-]
 __version__ = "0.1.0"
+
+# Top-level names resolve lazily (PEP 562) so that `import sharpest.models` stays light.
+_EXPORTS = {
+    "EigenResult": "sharpest.curvature",
+    "HessianOperator": "sharpest.curvature",
+    "lanczos": "sharpest.curvature",
+    "spectral_norm": "sharpest.curvature",
+    "frobenius_from_topk": "sharpest.curvature",
+    "principal_angles": "sharpest.curvature",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sharpest' has no attribute {name!r}")
