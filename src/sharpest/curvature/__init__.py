@@ -1,0 +1,28 @@
+"""The curvature engine: Hessian-vector products, Lanczos, and spectral quantities.
+
+Knows nothing of training: it takes a model, a loss and fixed data.
+"""
+
+from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
+from sharpest.curvature.operator import (
+    HessianOperator,
+    NonFiniteError,
+    evaluation_mode,
+    flatten,
+    unflatten,
+)
+from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, spectral_norm
+
+__all__ = [
+    "WHICH",
+    "EigenResult",
+    "HessianOperator",
+    "NonFiniteError",
+    "evaluation_mode",
+    "flatten",
+    "frobenius_from_topk",
+    "lanczos",
+    "principal_angles",
+    "spectral_norm",
+    "unflatten",
+]
