@@ -31,7 +31,10 @@ def dense_hessian(model, loss_fn, x, y, weight_decay=0.0) -> np.ndarray:
     model.train(was_training)
     rows = [
         torch.cat(
-            [blocks[i][j].reshape(params[i].numel(), params[j].numel()) for j in range(len(params))],
+            [
+                blocks[i][j].reshape(params[i].numel(), params[j].numel())
+                for j in range(len(params))
+            ],
             dim=1,
         )
         for i in range(len(params))
@@ -201,7 +204,8 @@ def test_largest_magnitude_vs_largest_algebraic_on_negative_spectrum():
     # A saddle: L(θ) = ½ θᵀ A θ with A = diag(-5, -4, 3, 2, 1, 0.5, 0, 0), realised as a linear
     # "model" whose loss is quadratic. LM must return the -5, -4 first; LA the positives.
     a = torch.tensor([-5.0, -4.0, 3.0, 2.0, 1.0, 0.5, 0.0, 0.0], dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=g))
     amat = q @ torch.diag(a) @ q.T
 
     class Quadratic(nn.Module):

@@ -202,7 +202,8 @@ class HessianOperator:
                 continue
             if targets.shape[0] != n:
                 raise ValueError(
-                    f"batch {i}: {n} inputs but {targets.shape[0]} targets (first dimensions differ)"
+                    f"batch {i}: {n} inputs but {targets.shape[0]} targets "
+                    "(first dimensions differ)"
                 )
             step = chunk_size or n
             for start in range(0, n, step):
@@ -336,7 +337,9 @@ class HessianOperator:
     def matvec(self, vector: Tensor) -> Tensor:
         """The product H·v of one flat vector (shape `(size,)`)."""
         if vector.dim() != 1:
-            raise ValueError(f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}")
+            raise ValueError(
+                f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}"
+            )
         return self.matmat(vector.unsqueeze(0))[0]
 
     __matmul__ = matvec
