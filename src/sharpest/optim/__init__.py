@@ -1,0 +1,38 @@
+"""Optimizers that steer SGD along the top Hessian eigenvectors (paper Sec. 3.3 and 4).
+
+All subclass ``torch.optim.Optimizer``. The eigenbasis is a ``(k, n)`` tensor of orthonormal
+rows, flat over the optimizer's trainable parameters in param-group order (``model.parameters()``
+order), given and refreshed by the caller with ``optimizer.set_basis(V)``.
+
+>>> opt = NudgedSGD(model.parameters(), lr=0.01, gamma=0.1, k=5)   # doctest: +SKIP
+>>> opt.set_basis(lanczos(op, k=5).vectors)                        # doctest: +SKIP
+"""
+
+from .basis import ORTHONORMAL_TOL, orthonormality_error, project
+from .factory import OPTIMIZER_NAMES, build_optimizer
+from .nudged import (
+    DEFAULT_NUDGE,
+    NUDGE_MODES,
+    FrozenTopSGD,
+    NoTopSGD,
+    NudgedSGD,
+    NudgeMode,
+    SubspaceSGD,
+    TopOnlySGD,
+)
+
+__all__ = [
+    "DEFAULT_NUDGE",
+    "NUDGE_MODES",
+    "OPTIMIZER_NAMES",
+    "ORTHONORMAL_TOL",
+    "FrozenTopSGD",
+    "NoTopSGD",
+    "NudgeMode",
+    "NudgedSGD",
+    "SubspaceSGD",
+    "TopOnlySGD",
+    "build_optimizer",
+    "orthonormality_error",
+    "project",
+]
