@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 Batch = tuple[Any, Tensor]
@@ -90,6 +91,20 @@ def _as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
     return batches
 
 
+def _shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
+    """This rank's contiguous share of the examples: [⌊rN/W⌋, ⌊(r+1)N/W⌋) in data order."""
+    total = sum(_batch_size(x) for x, _ in batches)
+    lo, hi = rank * total // world, (rank + 1) * total // world
+    out, offset = [], 0
+    for inputs, targets in batches:
+        n = _batch_size(inputs)
+        start, stop = max(lo - offset, 0), min(hi - offset, n)
+        if start < stop:
+            out.append((_slice(inputs, start, stop), targets[start:stop]))
+        offset += n
+    return out
+
+
 class HessianOperator:
     """The Hessian of a model's mean loss over a fixed data set, as a linear operator.
 
@@ -126,6 +141,12 @@ class HessianOperator:
         so an operator stays correct while the model trains.
     device:
         Where products are computed; default the device of the first parameter.
+    distributed:
+        Data-parallel products over `torch.distributed` (default: when it is initialised).
+        Each rank computes its examples' share and the products are all-reduced, so every rank
+        holds the same product of the mean over all N examples (unequal shards weighted
+        correctly). With ``shard_data=True`` each rank passes the full data and keeps its
+        contiguous share; with ``False`` each rank passes its own shard.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device`.
@@ -143,6 +164,8 @@ class HessianOperator:
         cache_graphs: bool | str = "auto",
         cache_budget_bytes: float = 4 * 2**30,
         device: torch.device | str | None = None,
+        distributed: bool | None = None,
+        shard_data: bool = True,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -153,8 +176,18 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-        self.chunks = self._make_chunks(_as_batches(data), chunk_size)
-        self.num_examples = sum(n for _, _, n in self.chunks)
+        if distributed is None:
+            distributed = dist.is_available() and dist.is_initialized()
+        self.distributed = bool(distributed)
+        batches = _as_batches(data)
+        if self.distributed and shard_data:
+            batches = _shard(batches, dist.get_rank(), dist.get_world_size())
+        self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
+        self.num_examples = int(
+            self._all_reduce(torch.tensor([sum(n for _, _, n in self.chunks)], dtype=torch.float64))
+        )
+        if self.num_examples == 0:
+            raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
         if cache_graphs not in (True, False, "auto"):
             raise ValueError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.cache_graphs = cache_graphs
@@ -194,7 +227,9 @@ class HessianOperator:
             raise ValueError("all selected parameters must share one dtype")
         return selected
 
-    def _make_chunks(self, batches: list[Batch], chunk_size: int | None) -> list[tuple]:
+    def _make_chunks(
+        self, batches: list[Batch], chunk_size: int | None, allow_empty: bool = False
+    ) -> list[tuple]:
         chunks = []
         for i, (inputs, targets) in enumerate(batches):
             n = _batch_size(inputs)
@@ -215,9 +250,30 @@ class HessianOperator:
                         stop - start,
                     )
                 )
-        if not chunks:
+        if not chunks and not allow_empty:
             raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
         return chunks
+
+    def _all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over ranks (identity without torch.distributed); every rank gets the same bits."""
+        if not self.distributed:
+            return tensor
+        on = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        reduced = tensor.to(on)
+        dist.all_reduce(reduced)
+        return reduced.to(tensor.device)
+
+    def _agree_on_failure(self, error: Exception | None) -> None:
+        """Raise on every rank if any rank failed, instead of leaving the others in a collective."""
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        failed = self._all_reduce(torch.tensor([0.0 if error is None else 1.0]))
+        if error is not None:
+            raise error
+        if failed.item() > 0:
+            raise NonFiniteError("a non-finite loss or product on another rank (see its error)")
 
     # -- products -----------------------------------------------------------------------------
 
@@ -306,6 +362,21 @@ class HessianOperator:
             unflatten(v.to(device=self.device, dtype=self.dtype), self.params) for v in vectors
         ]
         out = torch.zeros(m, self.size, dtype=torch.float64, device=self.device)
+        error = None
+        try:
+            self._local_products(v_parts, out)
+        except NonFiniteError as err:
+            error = err
+        self._agree_on_failure(error)
+        out = self._all_reduce(out)
+        if self.weight_decay:
+            out += self.weight_decay * vectors.to(device=self.device, dtype=torch.float64)
+        self.n_matvecs += m
+        return out
+
+    def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
+        """Add this process's chunks' weighted products to the rows of `out`."""
+        m = len(v_parts)
         with evaluation_mode(self.model), self._cudnn():
             for index, grads in self._graphs():
                 weight = self.chunks[index][2] / self.num_examples
@@ -329,10 +400,6 @@ class HessianOperator:
                             f"{self._chunk_offset(index)}…) is not finite"
                         )
                     out[j] += weight * flat.double()
-        if self.weight_decay:
-            out += self.weight_decay * vectors.to(device=self.device, dtype=torch.float64)
-        self.n_matvecs += m
-        return out
 
     def matvec(self, vector: Tensor) -> Tensor:
         """The product H·v of one flat vector (shape `(size,)`)."""
@@ -351,10 +418,11 @@ class HessianOperator:
 
     def loss(self) -> float:
         """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in evaluation semantics."""
-        total = 0.0
+        local = torch.zeros(1, dtype=torch.float64)
         with torch.no_grad(), evaluation_mode(self.model):
             for index, (_, _, n) in enumerate(self.chunks):
-                total += float(self._chunk_loss(index)) * n / self.num_examples
+                local += float(self._chunk_loss(index)) * n / self.num_examples
+        total = float(self._all_reduce(local))
         if self.weight_decay:
             total += 0.5 * self.weight_decay * float(
                 sum(p.detach().double().pow(2).sum() for p in self.params)
@@ -369,6 +437,7 @@ class HessianOperator:
                 g = torch.autograd.grad(self._chunk_loss(index), self.params, allow_unused=True)
                 g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.params)]
                 out += (n / self.num_examples) * flatten(g).double()
+        out = self._all_reduce(out)
         if self.weight_decay:
             out += self.weight_decay * flatten([p.detach() for p in self.params]).double()
         return out
