@@ -15,6 +15,7 @@ is reproducible given ``torch.manual_seed``. Each builder's keyword arguments ar
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -79,9 +80,14 @@ def build_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
             f"unknown option(s) {', '.join(map(repr, unknown))} for model {canonical!r}; "
             f"valid options: {', '.join(valid) or '(none)'}"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    try:
+        # operator.index admits numpy and 0-d torch integers (a data bundle may hold either).
+        classes = operator.index(num_classes)
+    except TypeError:
+        classes = 0
+    if isinstance(num_classes, bool) or classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return _BUILDERS[canonical](num_classes, **options)
+    return _BUILDERS[canonical](classes, **options)
 
 
 def num_parameters(model: nn.Module, trainable_only: bool = True) -> int:
