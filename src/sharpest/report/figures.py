@@ -1,0 +1,546 @@
+"""The report's figures, from run folders only (matplotlib ``Figure`` objects, no pyplot).
+
+Single run:
+
+- :func:`plot_eigenvalues` — the paper's Fig. 1/2: the tracked top eigenvalues λᵢ against the
+  iteration on a log scale, coloured by rank (red → blue), above the train/val/test accuracy
+  (or perplexity, or the training loss); ``until`` zooms on the beginning (Fig. 2, bottom).
+- :func:`plot_training` — training loss, evaluation loss and accuracy, and the learning rate
+  when it changes.
+- :func:`plot_angles` — the largest (and every) principal angle between consecutive top-k
+  eigenbases, when the ``"eigen"`` lines hold ``angle_max`` / ``angles`` (radians unless a line
+  says ``"angle_unit": "deg"``).
+
+Several runs (labelled by the config keys that differ between them, see :func:`run_labels`):
+
+- :func:`plot_sweep` — Fig. 3 / Fig. 5: λ₁ (solid) and λ₂ (dashed) of every run on one log
+  axis, and the training loss.
+- :func:`plot_accuracy_norms` — Fig. 6: train and validation accuracy, and the spectral norm
+  (solid) and Frobenius norm √(Σ λᵢ², top 5; dashed) on a log scale, against the epoch.
+
+Every ``plot_*`` raises :class:`NoData` (with the reason) when the records lack what it needs,
+and appends remarks (e.g. eigenvalues hidden by the log scale) to ``notes`` when given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
+
+from sharpest.report.reader import RunData, flatten_config
+from sharpest.report.summary import eval_frame, frobenius
+
+__all__ = [
+    "IGNORED_KEYS",
+    "NoData",
+    "plot_accuracy_norms",
+    "plot_angles",
+    "plot_eigenvalues",
+    "plot_sweep",
+    "plot_training",
+    "rank_colours",
+    "run_colours",
+    "run_labels",
+    "save_figure",
+    "x_values",
+]
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+#: Config keys never used to tell runs apart (paths, devices, bookkeeping).
+IGNORED_KEYS = ("data_root", "device", "out", "output", "expected", "preset.expected", "name")
+
+
+class NoData(Exception):
+    """A figure cannot be drawn: the run folders lack the records it needs (the message says)."""
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def rank_colours(k: int) -> list[Any]:
+    """k colours from red (rank 1) to blue/violet (rank k), as in the paper's Fig. 1."""
+    cmap = colormaps["rainbow_r"]
+    return [cmap(i / (k - 1)) if k > 1 else cmap(0.0) for i in range(k)]
+
+
+def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
+    if df.empty or col not in df.columns:
+        return np.full(len(df), np.nan)
+    return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+
+
+def x_values(run: RunData, df: pd.DataFrame, x: str = "iteration") -> np.ndarray:
+    """The x coordinates of the lines ``df`` of ``run``: iterations, or epochs (iteration divided
+    by the steps per epoch when those are known, else the lines' ``epoch`` field)."""
+    it = _numeric(df, "iteration")
+    if x == "iteration":
+        return it if np.isfinite(it).any() else np.arange(len(df), dtype=float)
+    ipe = run.iters_per_epoch
+    if ipe and np.isfinite(it).any():
+        return it / ipe
+    ep = _numeric(df, "epoch")
+    return ep if np.isfinite(ep).any() else np.arange(len(df), dtype=float)
+
+
+def _x_label(x: str) -> str:
+    return "epoch" if x == "epoch" else "iteration"
+
+
+def _epoch_axis(ax: Any, run: RunData) -> None:
+    ipe = run.iters_per_epoch
+    if ipe:
+        sec = ax.secondary_xaxis("top", functions=(lambda v: v / ipe, lambda e: e * ipe))
+        sec.set_xlabel("epoch", fontsize=8)
+        sec.tick_params(labelsize=7)
+
+
+def _eval_metric(runs: Sequence[RunData], splits: Sequence[str] = ("train", "val", "test")):
+    """``"accuracy"`` if any run evaluated accuracy, else ``"perplexity"``, else None."""
+    for col in ("accuracy", "perplexity"):
+        for run in runs:
+            for split in splits:
+                ev = eval_frame(run, split)
+                if not ev.empty and col in ev.columns and ev[col].notna().any():
+                    return col
+    return None
+
+
+def _metric_values(ev: pd.DataFrame, metric: str) -> np.ndarray:
+    y = _numeric(ev, metric)
+    return y * 100.0 if metric == "accuracy" else y
+
+
+def _metric_label(metric: str) -> str:
+    return "accuracy (%)" if metric == "accuracy" else metric
+
+
+def _log_if_positive(ax: Any, values: Sequence[float]) -> None:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size and (v > 0).all() and v.max() / v.min() > 20:
+        _log_y(ax)
+
+
+def _log_y(ax: Any) -> None:
+    """Log y axis with plain-number tick labels (cheaper to draw than mathtext powers)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
+def _marker(n: int) -> dict[str, Any]:
+    return {"marker": "o", "ms": 2.5} if n <= 60 else {}
+
+
+def save_figure(
+    fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120
+) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` and ``stem.svg`` (folders created); the paths written."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+# -- single run -------------------------------------------------------------------------------
+
+
+def plot_eigenvalues(
+    run: RunData,
+    *,
+    until: float | None = None,
+    title: str | None = None,
+    notes: list[str] | None = None,
+) -> Figure:
+    """λᵢ against the iteration (log scale, coloured by rank) above the accuracy curves.
+
+    ``until``: only iterations ≤ ``until`` (a zoom on the beginning of training). Non-positive
+    eigenvalues cannot be drawn on the log scale; how many were hidden goes to ``notes``.
+    """
+    eig = run.eigen
+    if eig.empty:
+        raise NoData('no "eigen" lines with eigenvalues')
+    lam = run.eigenvalue_matrix()
+    it = x_values(run, eig, "iteration")
+    sel = np.ones(len(it), bool) if until is None else it <= until
+    lam, it = lam[sel], it[sel]
+    positive = np.isfinite(lam) & (lam > 0)
+    if not positive.any():
+        raise NoData("no positive eigenvalue to draw on a log scale")
+    hidden = int((np.isfinite(lam) & (lam <= 0)).sum())
+    if hidden and notes is not None:
+        notes.append(
+            f"{hidden} non-positive eigenvalue(s) of {int(np.isfinite(lam).sum())} are not "
+            "drawn on the log scale."
+        )
+    metric = _eval_metric([run])
+    tr = run.frame("train")
+    second = metric is not None or (not tr.empty and "loss" in tr.columns)
+    fig = Figure(figsize=(7.5, 6.0 if second else 4.0))
+    gs = fig.add_gridspec(
+        2 if second else 1, 2, width_ratios=[40, 1], height_ratios=[2, 1] if second else [1],
+        wspace=0.04, hspace=0.08,
+    )
+    ax = fig.add_subplot(gs[0, 0])
+    cax = fig.add_subplot(gs[0, 1])
+    ax2 = fig.add_subplot(gs[1, 0], sharex=ax) if second else None
+    k = lam.shape[1]
+    colours = rank_colours(k)
+    for i in reversed(range(k)):
+        m = positive[:, i]
+        ax.plot(it[m], lam[m, i], color=colours[i], lw=1.0, **_marker(int(m.sum())))
+    _log_y(ax)
+    ax.set_ylabel("eigenvalue λᵢ")
+    cmap = ListedColormap(colours)
+    norm = BoundaryNorm(np.arange(0.5, k + 1.5), k)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+    cbar.set_label("rank i")
+    cbar.set_ticks(list(range(1, k + 1, max(1, math.ceil(k / 10)))))
+    ax.set_title(title or f"Top {k} Hessian eigenvalues — {run.name}", fontsize=10)
+    _epoch_axis(ax, run)
+    if ax2 is not None:
+        if metric is not None:
+            for split in ("train", "val", "test"):
+                ev = eval_frame(run, split)
+                if ev.empty or metric not in ev.columns:
+                    continue
+                x = x_values(run, ev, "iteration")
+                keep = np.ones(len(x), bool) if until is None else x <= until
+                y = _metric_values(ev, metric)
+                ax2.plot(x[keep], y[keep], color=SPLIT_COLOURS.get(split), label=split,
+                         **_marker(int(keep.sum())))
+            ax2.set_ylabel(_metric_label(metric))
+            if metric == "perplexity":
+                _log_y(ax2)
+        else:
+            x = x_values(run, tr, "iteration")
+            keep = np.ones(len(x), bool) if until is None else x <= until
+            y = _numeric(tr, "loss")
+            ax2.plot(x[keep], y[keep], color="0.3", label="training loss")
+            _log_if_positive(ax2, y[keep])
+            ax2.set_ylabel("training loss")
+        ax2.legend(fontsize=8)
+        ax2.set_xlabel("iteration")
+        ax.tick_params(labelbottom=False)
+    else:
+        ax.set_xlabel("iteration")
+    if until is not None:
+        ax.set_xlim(left=min(0.0, float(np.nanmin(it))), right=until)
+    return fig
+
+
+def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
+    """Training loss (the ``"train"`` lines), evaluation loss and accuracy per split, and the
+    learning rate when it changes, against the iteration."""
+    tr = run.frame("train")
+    has_train = not tr.empty and "loss" in tr.columns
+    splits = [s for s in ("train", "val", "test") if not eval_frame(run, s).empty]
+    if not has_train and not splits:
+        raise NoData('no "train" or "eval" lines')
+    metric = _eval_metric([run])
+    lr = _numeric(tr, "lr") if has_train else np.array([])
+    lr_changes = np.isfinite(lr).sum() > 1 and np.nanmax(lr) > np.nanmin(lr)
+    n = 1 + (metric is not None) + bool(lr_changes)
+    fig = Figure(figsize=(4.3 * n, 3.6))
+    axes = list(fig.subplots(1, n, squeeze=False)[0])
+    ax = axes.pop(0)
+    values: list[float] = []
+    if has_train:
+        y = _numeric(tr, "loss")
+        ax.plot(x_values(run, tr), y, color="0.25", lw=1.0, label="training (running mean)")
+        values += list(y)
+    for split in splits:
+        ev = eval_frame(run, split)
+        if "loss" in ev.columns and ev["loss"].notna().any():
+            y = _numeric(ev, "loss")
+            ax.plot(x_values(run, ev), y, color=SPLIT_COLOURS.get(split), lw=1.0,
+                    label=f"{split} (eval)", **_marker(len(ev)))
+            values += list(y)
+    _log_if_positive(ax, values)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss", fontsize=10)
+    ax.legend(fontsize=8)
+    if metric is not None:
+        ax = axes.pop(0)
+        for split in splits:
+            ev = eval_frame(run, split)
+            if metric in ev.columns and ev[metric].notna().any():
+                ax.plot(x_values(run, ev), _metric_values(ev, metric),
+                        color=SPLIT_COLOURS.get(split), label=split, **_marker(len(ev)))
+        if metric == "perplexity":
+            _log_y(ax)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(_metric_label(metric))
+        ax.set_title(metric.capitalize(), fontsize=10)
+        ax.legend(fontsize=8)
+    elif notes is not None and splits:
+        notes.append("The evaluations hold neither accuracy nor perplexity.")
+    if lr_changes:
+        ax = axes.pop(0)
+        ax.plot(x_values(run, tr), lr, color="tab:purple")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("learning rate")
+        ax.set_title("Learning rate", fontsize=10)
+        _log_if_positive(ax, lr)
+    fig.tight_layout()
+    return fig
+
+
+def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
+    """Principal angles (degrees) between consecutive tracked top-k eigenbases."""
+    eig = run.eigen
+    has_max = not eig.empty and "angle_max" in eig.columns and eig["angle_max"].notna().any()
+    has_all = not eig.empty and "angles" in eig.columns and eig["angles"].map(
+        lambda v: isinstance(v, list) and len(v) > 0
+    ).any()
+    if not (has_max or has_all):
+        raise NoData('the "eigen" lines hold no "angle_max" or "angles"')
+    unit = None
+    if "angle_unit" in eig.columns and eig["angle_unit"].notna().any():
+        unit = str(eig["angle_unit"].dropna().iloc[0]).lower()
+    scale = 1.0 if unit and unit.startswith("deg") else 180.0 / math.pi
+    x = x_values(run, eig, "iteration")
+    fig = Figure(figsize=(7.0, 3.8))
+    ax = fig.add_subplot()
+    if has_all:
+        lists = [v if isinstance(v, list) else [] for v in eig["angles"]]
+        k = max(len(v) for v in lists)
+        mat = np.full((len(lists), k), np.nan)
+        for i, v in enumerate(lists):
+            mat[i, : len(v)] = [np.nan if a is None else float(a) for a in v]
+        colours = colormaps["viridis"]
+        for j in range(k):
+            ax.plot(x, mat[:, j] * scale, color=colours(j / max(1, k - 1)), lw=0.8, alpha=0.7,
+                    label=f"angle {j + 1}" if k <= 10 else None)
+    if has_max:
+        am = _numeric(eig, "angle_max") * scale
+        ax.plot(x, am, color="black", lw=1.6, label="largest angle", **_marker(len(eig)))
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("principal angle (°)")
+    ax.set_title("Rotation of the top-k eigenspace between consecutive tracking points",
+                 fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    _epoch_axis(ax, run)
+    if notes is not None and unit is None:
+        notes.append("Angles read as radians (the curvature package's unit) and shown in degrees.")
+    return fig
+
+
+# -- several runs -----------------------------------------------------------------------------
+
+
+def _canon(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def differing_keys(runs: Sequence[RunData], ignore: Sequence[str] = IGNORED_KEYS) -> list[str]:
+    """Dotted config keys whose values differ between the runs (in first-seen order)."""
+    flat = [flatten_config(r.config) for r in runs]
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    return [
+        k
+        for k in keys
+        if k not in ignore and len({_canon(f.get(k)) for f in flat}) > 1
+    ]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "—"
+    return str(v)
+
+
+def run_labels(runs: Sequence[RunData], max_keys: int = 3) -> tuple[list[str], list[str]]:
+    """One label per run from the config keys that differ (``"lr=0.1"``), and those keys.
+
+    Keys are shown by their last part unless two would collide; runs with no differing key, or
+    still-equal labels, are told apart by their folder names.
+    """
+    keys = differing_keys(runs)
+    shown = keys[:max_keys]
+    last = [k.rsplit(".", 1)[-1] for k in shown]
+    names = [k if last.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in shown]
+    flat = [flatten_config(r.config) for r in runs]
+    if shown:
+        labels = [", ".join(f"{n}={_fmt(f.get(k))}" for n, k in zip(names, shown)) for f in flat]
+    else:
+        labels = [r.name for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} ({r.name})" if shown else r.name for lab, r in zip(labels, runs)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    return labels, keys
+
+
+def _sort_key(v: Any) -> tuple[int, float, str]:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, _canon(v))
+
+
+def run_colours(runs: Sequence[RunData], keys: Sequence[str] | None = None) -> list[Any]:
+    """Colours ordered by the first differing key's value, as in the paper's Fig. 3: red, green,
+    blue for increasing η (decreasing batch size); more runs get a red → violet scale."""
+    if keys is None:
+        keys = differing_keys(runs)
+    n = len(runs)
+    order = list(range(n))
+    if keys:
+        k = keys[0]
+        vals = [flatten_config(r.config).get(k) for r in runs]
+        order = sorted(range(n), key=lambda i: _sort_key(vals[i]),
+                       reverse=k.rsplit(".", 1)[-1] == "batch_size")
+    palette = (
+        ["tab:red", "tab:green", "tab:blue"][:n] if n <= 3 else rank_colours(n)
+    )
+    colours: list[Any] = [None] * n
+    for rank, i in enumerate(order):
+        colours[i] = palette[rank]
+    return colours
+
+
+def _common_x(runs: Sequence[RunData]) -> str:
+    return "epoch" if all(r.iters_per_epoch for r in runs) else "iteration"
+
+
+def plot_sweep(
+    runs: Sequence[RunData],
+    labels: Sequence[str],
+    colours: Sequence[Any],
+    *,
+    notes: list[str] | None = None,
+) -> Figure:
+    """λ₁ (solid) and λ₂ (dashed) of every run on one log axis (Fig. 3, Fig. 5 right), and the
+    training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known."""
+    has_eig = [not r.eigen.empty for r in runs]
+    has_loss = [not r.frame("train").empty and "loss" in r.frame("train").columns for r in runs]
+    if not any(has_eig) and not any(has_loss):
+        raise NoData('no run has "eigen" or "train" lines')
+    x = _common_x(runs)
+    n = int(any(has_eig)) + int(any(has_loss))
+    fig = Figure(figsize=(5.2 * n, 4.0))
+    axes = list(fig.subplots(1, n, squeeze=False)[0])
+    if any(has_eig):
+        ax = axes.pop(0)
+        hidden = 0
+        for run, lab, c, ok in zip(runs, labels, colours, has_eig):
+            if not ok:
+                continue
+            lam = run.eigenvalue_matrix()
+            xs = x_values(run, run.eigen, x)
+            for i, style in ((0, "-"), (1, "--")):
+                if i >= lam.shape[1]:
+                    continue
+                y = lam[:, i]
+                m = np.isfinite(y) & (y > 0)
+                hidden += int((np.isfinite(y) & (y <= 0)).sum())
+                ax.plot(xs[m], y[m], style, color=c, lw=1.1,
+                        label=f"{lab}" if i == 0 else None)
+        _log_y(ax)
+        ax.set_xlabel(_x_label(x))
+        ax.set_ylabel("λ₁ (solid), λ₂ (dashed)")
+        ax.set_title("Two largest Hessian eigenvalues", fontsize=10)
+        ax.legend(fontsize=8)
+        if hidden and notes is not None:
+            notes.append(f"{hidden} non-positive λ₁/λ₂ value(s) are not drawn on the log scale.")
+        missing = [lab for lab, ok in zip(labels, has_eig) if not ok]
+        if missing and notes is not None:
+            notes.append("No eigenvalues for: " + ", ".join(missing) + ".")
+    if any(has_loss):
+        ax = axes.pop(0)
+        values: list[float] = []
+        for run, lab, c, ok in zip(runs, labels, colours, has_loss):
+            if not ok:
+                continue
+            tr = run.frame("train")
+            y = _numeric(tr, "loss")
+            ax.plot(x_values(run, tr, x), y, color=c, lw=1.0, label=lab)
+            values += list(y)
+        _log_if_positive(ax, values)
+        ax.set_xlabel(_x_label(x))
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_norms(
+    runs: Sequence[RunData],
+    labels: Sequence[str],
+    colours: Sequence[Any],
+    *,
+    fro_k: int | None = 5,
+    notes: list[str] | None = None,
+) -> Figure:
+    """Fig. 6: training and validation accuracy of each run, and ‖H‖₂ = λ₁ (solid) with
+    ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch."""
+    metric = _eval_metric(runs, ("train", "val"))
+    has_eig = [not r.eigen.empty for r in runs]
+    if metric is None and not any(has_eig):
+        raise NoData('no run has "eval" lines with accuracy or "eigen" lines')
+    x = _common_x(runs)
+    panels: list[str] = []
+    if metric is not None:
+        for split in ("train", "val"):
+            if any(not eval_frame(r, split).empty for r in runs):
+                panels.append(split)
+    if any(has_eig):
+        panels.append("norms")
+    fig = Figure(figsize=(4.4 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        if panel == "norms":
+            for run, lab, c, ok in zip(runs, labels, colours, has_eig):
+                if not ok:
+                    continue
+                xs = x_values(run, run.eigen, x)
+                l1 = run.eigenvalue_matrix()[:, 0]
+                fro = np.array([frobenius(v, fro_k) for v in run.eigen["eigenvalues"]])
+                m1 = np.isfinite(l1) & (l1 > 0)
+                m2 = np.isfinite(fro) & (fro > 0)
+                ax.plot(xs[m1], l1[m1], "-", color=c, lw=1.1, label=lab)
+                ax.plot(xs[m2], fro[m2], "--", color=c, lw=1.1)
+            _log_y(ax)
+            top = "all" if fro_k is None else f"top {fro_k}"
+            ax.set_ylabel(f"‖H‖₂ (solid), ‖H‖_F from {top} λ (dashed)")
+            ax.set_title("Sharpness", fontsize=10)
+        else:
+            for run, lab, c in zip(runs, labels, colours):
+                ev = eval_frame(run, panel)
+                if ev.empty or metric not in ev.columns:
+                    continue
+                ax.plot(x_values(run, ev, x), _metric_values(ev, metric), color=c, lw=1.1,
+                        label=lab, **_marker(len(ev)))
+            ax.set_ylabel(f"{panel} {_metric_label(metric)}")
+            ax.set_title(f"{'Training' if panel == 'train' else 'Validation'} {metric}",
+                         fontsize=10)
+            if metric == "perplexity":
+                _log_y(ax)
+        ax.set_xlabel(_x_label(x))
+        ax.legend(fontsize=8)
+    if notes is not None and metric is None:
+        notes.append("No accuracy or perplexity was evaluated: only the norms are drawn.")
+    fig.tight_layout()
+    return fig
