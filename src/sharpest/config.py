@@ -1,0 +1,386 @@
+"""The run configuration: one YAML file (or dict) validated into a :class:`Config`.
+
+The keys of ``../shared/DESIGN.md`` are fixed (``model``, ``data``, ``data_root``,
+``train_subset``, ``seed``, ``epochs``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
+``optimizer.{name,gamma,k}``, ``track.{k,every,subset}``); the others extend them. Every key has
+a default, so ``{}`` is a valid config (the offline MNIST-1D default).
+
+Unknown keys, wrong types and bad values raise :class:`ConfigError`, whose message names the key
+(``track.k: must be ≥ 0 (got -1)``) and fits in one paragraph, so the CLI prints it as is.
+
+>>> cfg = load_config("run.yaml", sets=["lr=0.05", "track.every=50"])   # doctest: +SKIP
+>>> cfg.track.k, cfg.to_dict()["optimizer"]["name"]                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "ConfigError",
+    "EvalConfig",
+    "MetricsConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrackConfig",
+    "apply_sets",
+    "default_model_for",
+    "load_config",
+    "make_config",
+    "read_yaml",
+    "parse_set",
+]
+
+
+class ConfigError(ValueError):
+    """A bad config: unknown key, wrong type or bad value. The message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(_Section):
+    """``optimizer``: which update rule (see :func:`sharpest.optim.build_optimizer`)."""
+
+    name: Literal["sgd", "nsgd", "top_only", "no_top", "frozen_top"] = "sgd"
+    #: nsgd: the rate along the top-k eigenvectors is gamma·lr.
+    gamma: float = 1.0
+    #: Eigenvectors the optimizer uses (None: 5 for sgd/nsgd, 1 for the Sec. 3.3 variants).
+    k: int | None = Field(default=None, ge=1)
+    #: Where the nudge acts under momentum: step (authors' correct_v) | gradient | both.
+    nudge: Literal["step", "gradient", "both"] = "step"
+    #: Iterations between refreshes of the eigenbasis; 0: at each epoch start (the paper).
+    refresh_every: int = Field(default=0, ge=0)
+    nesterov: bool = False
+
+    @property
+    def uses_basis(self) -> bool:
+        return self.name != "sgd"
+
+
+class TrackConfig(_Section):
+    """``track``: top-k Hessian eigenvalues along training (Lanczos on a fixed subset)."""
+
+    #: Eigenpairs computed at each tracking point (≤ 30); 0 turns tracking off.
+    k: int = Field(default=10, ge=0, le=30)
+    #: Iterations between tracking points; 0: only at epoch starts.
+    every: int = Field(default=100, ge=0)
+    #: Hessian subset: a fraction of the training set (≤ 1) or a count (> 1). Not augmented.
+    subset: int | float = Field(default=0.05, gt=0)
+    #: Also track at each epoch start (None: true when every == 0, else false).
+    epoch_start: bool | None = None
+    #: Dense schedule first: every ``dense_every`` iterations while iteration < dense_until.
+    dense_until: int = Field(default=0, ge=0)
+    dense_every: int = Field(default=1, ge=1)
+    #: Track once more at the end of training (if the last iteration was not tracked).
+    at_end: bool = True
+    #: Start Lanczos from the previous eigenvectors.
+    warm_start: bool = True
+    #: Lanczos tolerance on the relative Ritz residual ‖Hv − λv‖ ≤ tol·|λ|.
+    tol: float = Field(default=1e-4, gt=0)
+    which: Literal["LM", "LA"] = "LM"
+    max_matvecs: int | None = Field(default=None, ge=1)
+    #: Examples per forward/backward pass of the Hessian-vector products (None: 512).
+    chunk_size: int | None = Field(default=None, ge=1)
+    #: Seed of the subset (None: the run's seed).
+    seed: int | None = Field(default=None, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.k > 0
+
+
+class ScheduleConfig(_Section):
+    """``schedule``: the learning rate along training (``lr`` is the base rate).
+
+    - ``constant`` (default).
+    - ``step``: lr ·= ``factor`` at each epoch of ``milestones``, or every ``step_size`` epochs.
+    - ``onecycle``: one cycle (Supplement D) per iteration, peak ``max_lr`` (default ``lr``),
+      ``pct_start``, ``div_factor``, ``final_div_factor``, ``anneal``; momentum is not cycled.
+    - ``cyclic``: triangular cycles between ``base_lr`` (default lr/10) and ``max_lr`` (default
+      lr), each ``cycle_epochs`` long.
+    - ``plateau``: lr ·= ``factor`` when ``monitor`` (validation accuracy by default, as in the
+      paper; the authors' code watched val_loss) has not improved by ``min_delta`` for
+      ``patience`` epochs. Needs a validation split (``val_size > 0``).
+    """
+
+    name: Literal["constant", "step", "onecycle", "cyclic", "plateau"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    step_size: int = Field(default=0, ge=0)
+    factor: float = Field(default=0.1, gt=0, le=1)
+    max_lr: float | None = Field(default=None, gt=0)
+    base_lr: float | None = Field(default=None, ge=0)
+    cycle_epochs: float = Field(default=10.0, gt=0)
+    pct_start: float = Field(default=0.3, gt=0, lt=1)
+    div_factor: float = Field(default=25.0, gt=0)
+    final_div_factor: float = Field(default=1e4, gt=0)
+    anneal: Literal["linear", "cos"] = "linear"
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    patience: int = Field(default=10, ge=0)
+    min_delta: float = Field(default=1e-4, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class EvalConfig(_Section):
+    """``eval``: loss and accuracy (perplexity for PTB) on whole splits, in evaluation mode."""
+
+    #: Epochs between evaluations (the last epoch is always evaluated); 0: only at the end.
+    every: int = Field(default=1, ge=0)
+    splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train", "val", "test"]
+    )
+    #: Examples of the "train" split evaluation: a fixed seeded subset (count, or fraction ≤ 1).
+    train_size: int | float = Field(default=10000, gt=0)
+    batch_size: int = Field(default=1000, ge=1)
+    #: Also evaluate before the first step.
+    at_start: bool = False
+
+
+class MetricsConfig(_Section):
+    """``metrics``: extra quantities at each epoch end (distance from init, ρ(W), ‖∇L‖)."""
+
+    enabled: bool = True
+    #: Full-batch gradient norm on the Hessian subset (one extra gradient per epoch).
+    grad_norm: bool = True
+    spectral_norm: bool = True
+
+
+class CheckpointConfig(_Section):
+    """``checkpoint``: at each epoch end, and every ``every`` iterations if > 0."""
+
+    every: int = Field(default=0, ge=0)
+    #: Checkpoints kept (the newest); 0 keeps all.
+    keep: int = Field(default=3, ge=0)
+
+
+def default_model_for(data: str) -> str:
+    """The model a data set gets when ``model`` is not given."""
+    return {"mnist1d": "mnist1d_cnn", "ptb": "lstm"}.get(data, "simplecnn")
+
+
+class Config(_Section):
+    """A whole run. Field docs are the reference for every key."""
+
+    # -- fixed keys (DESIGN.md) ---------------------------------------------------------------
+    #: Model name (see sharpest.models.MODEL_NAMES); None picks one for the data set.
+    model: str | None = None
+    #: cifar10 | cifar100 | ptb | mnist1d (the offline default).
+    data: str = "mnist1d"
+    #: Folder holding the official data folders (default $SHARPEST_DATA or ~/.cache).
+    data_root: str | None = None
+    #: Use only the first N training examples (PTB: N windows).
+    train_subset: int | None = Field(default=None, ge=1)
+    seed: int = Field(default=0, ge=0)
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    #: PyTorch convention: adds weight_decay·θ to the gradient; the Hessian gets (wd/2)‖θ‖².
+    weight_decay: float = Field(default=0.0, ge=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    # -- extensions ---------------------------------------------------------------------------
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    #: Passed to load_data (e.g. allow_partial, normalize, augment_pad, flip, bptt).
+    data_options: dict[str, Any] = Field(default_factory=dict)
+    download: bool = False
+    #: Validation split held out of the training set (count, or fraction < 1), seeded by seed.
+    val_size: int | float = Field(default=0, ge=0)
+    #: Data augmentation of the training batches (when the data set has one).
+    augment: bool = True
+    #: Stop after this many iterations (None: after ``epochs``).
+    max_iterations: int | None = Field(default=None, ge=0)
+    #: Clip the global gradient norm (the paper's PTB runs use 5); None: no clipping.
+    clip_norm: float | None = Field(default=None, gt=0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    #: Iterations between "train" lines (and at each epoch end).
+    log_every: int = Field(default=50, ge=1)
+    #: Divergence: stop when the training loss is NaN/inf or above this bound.
+    max_loss: float = Field(default=1000.0, gt=0)
+    #: auto | cpu | cuda | cuda:N
+    device: str = "auto"
+    #: torch.use_deterministic_algorithms (for GPU reproducibility).
+    deterministic: bool = False
+    #: Start from another run's checkpoint (weights and eigenbasis; fresh optimizer).
+    init_from: str | None = None
+    #: Probe callbacks (sharpest.train.probe_callback validates this section).
+    probes: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Config:
+        from sharpest.data import canonical_name as data_name
+        from sharpest.models import canonical_name as model_name
+
+        try:
+            data = data_name(self.data)
+        except ValueError as err:
+            raise ValueError(f"data: {err}") from None
+        try:
+            model = model_name(self.model or default_model_for(data))
+        except ValueError as err:
+            raise ValueError(f"model: {err}") from None
+        # Assign without re-running validation (validate_assignment would recurse).
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "model", model)
+        opt, track = self.optimizer, self.track
+        if opt.k is None:
+            object.__setattr__(opt, "k", 5 if opt.name in ("sgd", "nsgd") else 1)
+        if track.epoch_start is None:
+            object.__setattr__(track, "epoch_start", track.every == 0)
+        if opt.name != "nsgd" and opt.gamma != 1.0:
+            raise ValueError(
+                f"optimizer.gamma: only 'nsgd' uses gamma, got gamma={opt.gamma} with "
+                f"optimizer.name={opt.name!r}"
+            )
+        if opt.uses_basis and track.k < (opt.k or 1):
+            raise ValueError(
+                f"track.k: optimizer {opt.name!r} needs the top {opt.k} eigenvectors, so "
+                f"track.k must be at least {opt.k} (got {track.k})"
+            )
+        if self.schedule.name == "plateau" and not self.val_size:
+            raise ValueError(
+                "schedule.name: 'plateau' watches the validation split; set val_size > 0"
+            )
+        if self.schedule.name == "step" and not (
+            self.schedule.milestones or self.schedule.step_size
+        ):
+            raise ValueError("schedule.milestones: the step schedule needs milestones or step_size")
+        if isinstance(self.val_size, float) and self.val_size >= 1:
+            raise ValueError(
+                f"val_size: a fraction must be < 1 (got {self.val_size}); "
+                "give a count as an integer"
+            )
+        dev = self.device
+        if dev not in ("auto", "cpu", "cuda", "mps") and not dev.startswith("cuda:"):
+            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N (got {dev!r})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved config as plain YAML/JSON types."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _all_keys(ann, prefix + name + ".")
+    return keys
+
+
+def _format_errors(err: ValidationError) -> str:
+    known = _all_keys(Config)
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(loc, known, n=1)
+            parts.append(f"unknown key '{loc}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            continue
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if loc and not msg.startswith(loc.split(".")[0]):
+            msg = f"{loc}: {msg}"
+        if e["type"] not in ("value_error",) and "input" in e:
+            msg += f" (got {e['input']!r})"
+        parts.append(msg)
+    return "invalid config: " + "; ".join(parts) + "."
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"track.k=5"`` → ``("track.k", 5)``; the value is parsed as YAML (``null``, lists…)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a non-empty key, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string
+    return key, value
+
+
+def apply_sets(data: dict[str, Any], sets: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a (nested) dict, returning a new dict."""
+    out = _deep_copy(data)
+    for item in sets:
+        key, value = parse_set(item) if isinstance(item, str) else item
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's mapping; ConfigError for a missing file or bad YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    return data
+
+
+def make_config(data: Mapping[str, Any] | Config | None = None, **overrides: Any) -> Config:
+    """Validate a dict (plus keyword overrides, dotted keys allowed as ``track__k``)."""
+    if isinstance(data, Config):
+        data = data.to_dict()
+    merged = apply_sets(dict(data or {}), [(k.replace("__", "."), v) for k, v in overrides.items()])
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    sets: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read a YAML config (or start from ``base``/defaults), apply ``key=value`` sets, validate."""
+    data = read_yaml(path) if path is not None else dict(base or {})
+    return make_config(apply_sets(data, sets))
