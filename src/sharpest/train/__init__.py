@@ -1,0 +1,37 @@
+"""The training loop, its callbacks (eigen tracking, epoch metrics), and learning-rate schedules.
+
+>>> from sharpest.train import Trainer
+>>> cfg = {"epochs": 2, "track": {"k": 5, "every": 20}}
+>>> result = Trainer(cfg, out="runs/x").fit()  # doctest: +SKIP
+>>> result["status"]                           # doctest: +SKIP
+'finished'
+"""
+
+from sharpest.train.callbacks import Callback, LambdaCallback
+from sharpest.train.loop import Diverged, Trainer, TrainResult, resolve_device, train
+from sharpest.train.metrics import (
+    EpochMetrics,
+    distance_from_init,
+    evaluate,
+    gradient_norm,
+    weight_spectral_norms,
+)
+from sharpest.train.schedules import Schedule
+from sharpest.train.tracker import EigenTracker
+
+__all__ = [
+    "Callback",
+    "Diverged",
+    "EigenTracker",
+    "EpochMetrics",
+    "LambdaCallback",
+    "Schedule",
+    "TrainResult",
+    "Trainer",
+    "distance_from_init",
+    "evaluate",
+    "gradient_norm",
+    "resolve_device",
+    "train",
+    "weight_spectral_norms",
+]

@@ -1,0 +1,723 @@
+"""The training loop: SGD on a config, tracking the sharpest directions, in a run folder.
+
+Read :meth:`Trainer.fit` top to bottom: it is the whole algorithm. Everything else is set-up
+(``__init__``), one optimizer step (:meth:`Trainer.train_step`), evaluation, logging and
+checkpoints.
+
+Conventions
+-----------
+- ``iteration`` counts optimizer steps done; ``epoch`` is the 0-based epoch being trained (after
+  the last epoch it equals ``config.epochs``). Records carry both.
+- Weight decay follows PyTorch: the optimizer adds ``wd·θ`` to the gradient, and the tracked
+  Hessian is that of ``L(θ) = mean loss + (wd/2)‖θ‖²``, so both see the same function.
+- The loss of a ``"train"`` line is the mean mini-batch loss (training mode, augmented batches,
+  without the L2 term) over the steps since the previous ``"train"`` line.
+- Reproducibility: the same config and seed give the same records (up to float tolerance
+  across machines); a run killed at any moment and resumed gives the records of an
+  uninterrupted run (``time`` and ``seconds`` fields aside).
+- Divergence (a NaN/infinite training loss, or one above ``max_loss``, or a non-finite Hessian
+  product) stops the run cleanly: a ``"diverged"`` line, then ``"end"`` with
+  ``"status": "diverged"``.
+- Only the main process (rank 0) writes to the run folder, so data-parallel training can wrap
+  this loop later.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sharpest.config import Config, ConfigError, make_config
+from sharpest.runs import (
+    MetricsWriter,
+    RunFolder,
+    RunFolderError,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_lines,
+)
+from sharpest.runs.io import jsonable
+from sharpest.train.callbacks import Callback
+from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
+from sharpest.train.schedules import Schedule
+from sharpest.train.tracker import EigenTracker, eigen_state
+
+__all__ = ["Diverged", "Trainer", "TrainResult", "resolve_device"]
+
+CHECKPOINT_FORMAT = 1
+#: Config keys a resumed run may change (they do not alter what was already computed).
+RESUMABLE_CHANGES = ("epochs", "max_iterations", "device", "checkpoint", "log_every")
+
+
+class Diverged(Exception):
+    """Training diverged; carries the reason and the loss (if any)."""
+
+    def __init__(self, reason: str, loss: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.loss = loss
+
+
+class TrainResult(dict):
+    """What :meth:`Trainer.fit` returns: ``status`` ("finished" | "diverged"), ``iteration``,
+    ``epoch``, ``seconds``, ``out`` (the run folder or None) and the last ``eval`` lines."""
+
+    @property
+    def ok(self) -> bool:
+        return self["status"] == "finished"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available")
+    return device
+
+
+# -- RNG states as checkpoint-safe plain data ----------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the global state torch code may use
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": [int(version), list(internal), gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``config`` (a :class:`~sharpest.config.Config`, a dict or a YAML path) and writes
+    the run folder ``out`` (None: records are kept in ``trainer.records`` only).
+
+    Args:
+        config: the run's config.
+        out: run folder; refused if it already holds a run, unless ``resume``.
+        resume: continue the run in ``out`` from its last complete checkpoint.
+        callbacks: extra :class:`Callback` objects, called after the built-in ones (eigen
+            tracker, epoch metrics, probes).
+        quiet: no progress bar.
+
+    Attributes other code relies on (docs/architecture.md): ``model``, ``optimizer``, ``data``,
+    ``config``, ``epoch``, ``iteration``, ``device``, ``lr``, ``loss_fn``, ``hessian_data``,
+    ``train_loss_recent``, ``eigen``, ``log``; also ``tracker``, ``schedule``, ``status``,
+    ``batch_index``, ``iterations_per_epoch``, ``total_iterations``, ``end_of_epoch``,
+    ``last_epoch``, ``initial_params``, ``last_eval`` and ``records``.
+    """
+
+    def __init__(
+        self,
+        config: Config | dict[str, Any] | str | os.PathLike[str],
+        out: str | os.PathLike[str] | None = None,
+        *,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+        quiet: bool = True,
+    ) -> None:
+        if isinstance(config, (str, os.PathLike)):
+            from sharpest.config import load_config
+
+            config = load_config(config)
+        self.config = cfg = make_config(config)
+        self.quiet = quiet
+        self.is_main = True  # rank 0 writes the run folder (data parallelism: issue 8)
+        self.folder = RunFolder(out) if out is not None else None
+        self.resume = resume
+        self._checkpoint_path = self._prepare_folder()
+
+        # -- determinism, device ---------------------------------------------------------------
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+
+        # -- data --------------------------------------------------------------------------------
+        from sharpest.data import load_data
+
+        try:
+            self.data = load_data(
+                cfg.data,
+                root=cfg.data_root,
+                train_subset=cfg.train_subset,
+                val_size=cfg.val_size,
+                seed=cfg.seed,
+                download=cfg.download,
+                **cfg.data_options,
+            )
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise ConfigError(f"data: cannot load {cfg.data!r}: {err}") from None
+        self.language_model = self.data.task == "language_model"
+        self.loss_fn = self.data.loss_fn
+        self.iterations_per_epoch = self.data.num_batches(cfg.batch_size)
+        if self.iterations_per_epoch < 1:
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} leaves no complete batch of the "
+                f"{self.data.num_train} training examples"
+            )
+        total = cfg.epochs * self.iterations_per_epoch
+        self.total_iterations = (
+            total if cfg.max_iterations is None else min(total, cfg.max_iterations)
+        )
+        track_seed = cfg.seed if cfg.track.seed is None else cfg.track.seed
+        try:
+            subset = self.data.hessian_subset(cfg.track.subset, seed=track_seed)
+        except ValueError as err:
+            raise ConfigError(f"track.subset: {err}") from None
+        self.hessian_data = tuple(t.to(self.device) for t in subset)
+        n_eval = cfg.eval.train_size
+        n_eval = round(n_eval * self.data.num_train) if n_eval <= 1 else int(n_eval)
+        self.eval_train = (
+            self.data.train
+            if n_eval >= self.data.num_train
+            else self.data.hessian_subset(n_eval, seed=track_seed + 1)
+        )
+
+        # -- model ------------------------------------------------------------------------------
+        from sharpest.models import build_model
+
+        try:
+            self.model = build_model(
+                cfg.model, num_classes=self.data.num_classes, **cfg.model_options
+            )
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model_options: {err}") from None
+        self.model.to(self.device)
+        self.init_eigen: dict[str, Any] | None = None
+        if cfg.init_from:
+            self._init_from(cfg.init_from)
+        self.num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.initial_params = flat_params(self.model).clone()
+
+        # -- optimizer and schedule -------------------------------------------------------------
+        from sharpest.optim import build_optimizer
+
+        opt = cfg.optimizer
+        extra = {} if opt.name == "sgd" else {"nudge": opt.nudge}
+        if opt.nesterov:
+            extra["nesterov"] = True
+        try:
+            self.optimizer = build_optimizer(
+                opt.name,
+                self.model.parameters(),
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                gamma=opt.gamma,
+                k=opt.k,
+                **extra,
+            )
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"optimizer: {err}") from None
+        self.schedule = Schedule(
+            cfg.schedule, self.optimizer, cfg.lr, self.iterations_per_epoch, self.total_iterations
+        )
+
+        # -- callbacks: tracker first (probes read trainer.eigen), then metrics, probes, user ---
+        self.tracker = EigenTracker.from_config(cfg) if cfg.track.enabled else None
+        if self.tracker is not None and self.init_eigen is not None:
+            self.tracker.load_initial(self.init_eigen)
+        self.callbacks: list[Callback] = []
+        if self.tracker is not None:
+            self.callbacks.append(self.tracker)
+        if cfg.metrics.enabled:
+            self.callbacks.append(
+                EpochMetrics(
+                    cfg.metrics.grad_norm, cfg.metrics.spectral_norm, cfg.track.chunk_size or 512
+                )
+            )
+        self.callbacks += self._probe_callbacks()
+        self.callbacks += list(callbacks)
+        names = [cb.name for cb in self.callbacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"callback names must be unique (checkpoint keys), got {names}")
+
+        # -- loop state ---------------------------------------------------------------------------
+        self.epoch = 0
+        self.iteration = 0
+        self.batch_index = 0  # batches of the current epoch done
+        self.status = "running"
+        self.records: list[dict[str, Any]] = []
+        self.last_eval: dict[str, dict[str, float]] = {}
+        self._eval_iteration: int | None = None
+        self.train_loss_recent: float | None = None
+        self._window = [0.0, 0.0, 0]  # loss sum, accuracy sum, steps since the last train line
+        self._step_lr = cfg.lr
+        self._elapsed = 0.0
+        self._t0 = time.perf_counter()
+        self._writer: MetricsWriter | None = None
+        self._progress: Any = None
+        self._rng_start = get_rng_state()
+        self._rng_resume: dict[str, Any] | None = None
+
+    # ================================================================================= fit ===
+
+    def fit(self) -> TrainResult:
+        """Train to the end (or divergence); returns a :class:`TrainResult`."""
+        cfg = self.config
+        if self.folder is not None and self.resume and self.folder.is_finished():
+            return self._result(already=True)
+        fresh = self._checkpoint_path is None
+        lines = None if fresh else self._load(self._checkpoint_path)  # type: ignore[arg-type]
+        rng = self._rng_start if fresh else self._rng_resume
+        self._open_log(fresh, lines)
+        self._t0 = time.perf_counter() - self._elapsed
+        if fresh:
+            self.log("start", **self._start_fields())
+        self._progress = self._make_progress()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        set_rng_state(rng)  # after on_train_start: whatever it drew, training sees the same
+
+        try:
+            if fresh and cfg.eval.at_start:
+                self.evaluate_all()
+            while self.epoch < cfg.epochs and not self.done:
+                if self.batch_index == 0:
+                    if hasattr(self.model, "reset_state"):
+                        self.model.reset_state()  # stateful LSTM: new epoch, fresh state
+                    for cb in self.callbacks:
+                        cb.on_epoch_start(self)
+                batches = self.data.train_batches(
+                    cfg.batch_size,
+                    epoch=self.epoch,
+                    seed=cfg.seed,
+                    start=self.batch_index,
+                    augment=cfg.augment,
+                    device=self.device,
+                )
+                for inputs, targets in batches:
+                    self.train_step(inputs, targets)
+                    self.batch_index += 1
+                    for cb in self.callbacks:
+                        cb.on_step_end(self)
+                    if self.iteration % cfg.log_every == 0:
+                        self.log_train()
+                    if self.end_of_epoch:
+                        break
+                    if cfg.checkpoint.every and self.iteration % cfg.checkpoint.every == 0:
+                        self.save_checkpoint()
+                    if self.done:
+                        break
+                if not self.end_of_epoch:
+                    break  # max_iterations reached inside the epoch
+                self.end_epoch()
+            self.status = "finished"
+        except (Diverged, FloatingPointError) as err:
+            self._diverged(err)
+
+        try:
+            if self.status == "finished":
+                self.log_train()
+                if self._eval_iteration != self.iteration:
+                    self.evaluate_all()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
+        except (Diverged, FloatingPointError) as err:
+            self._diverged(err)
+        self.log("end", status=self.status, seconds=self.elapsed)
+        if self.status == "finished":
+            self.save_checkpoint(finished=True)
+        self._close()
+        return self._result()
+
+    def _diverged(self, err: Exception) -> None:
+        self.status = "diverged"
+        if isinstance(err, Diverged):
+            self.log("diverged", reason=err.reason, loss=err.loss)
+        else:
+            self.log("diverged", reason=f"non-finite Hessian product or loss: {err}", loss=None)
+
+    # ========================================================================= one step ===
+
+    def train_step(self, inputs: Tensor, targets: Tensor) -> float:
+        """One SGD step on a batch; returns its loss. Raises :class:`Diverged`."""
+        self.model.train()
+        outputs = self.model(inputs)
+        loss = self.loss_fn(outputs, targets)
+        value = loss.item()
+        if not math.isfinite(value) or value > self.config.max_loss:
+            what = (
+                "not finite"
+                if not math.isfinite(value)
+                else f"above max_loss={self.config.max_loss}"
+            )
+            raise Diverged(f"training loss {value} is {what} at iteration {self.iteration}", value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self._step_lr = self.lr
+        self.optimizer.step()
+        self.schedule.step_iteration()
+        self.iteration += 1
+        with torch.no_grad():
+            accuracy = float((outputs.argmax(-1) == targets).float().mean())
+        self._window[0] += value
+        self._window[1] += accuracy
+        self._window[2] += 1
+        if self._progress is not None:
+            self._progress.update(1)
+        return value
+
+    # ================================================================ epoch end, evaluation ===
+
+    def end_epoch(self) -> None:
+        """Flush the train window, evaluate, run epoch-end callbacks, step the schedule, save."""
+        cfg = self.config
+        self.log_train()
+        last = self.epoch + 1 >= cfg.epochs or self.done
+        if (cfg.eval.every and (self.epoch + 1) % cfg.eval.every == 0) or last:
+            self.evaluate_all()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self)
+        self.schedule.step_epoch(self.last_eval if self._eval_iteration == self.iteration else None)
+        self.epoch += 1
+        self.batch_index = 0
+        self.save_checkpoint()
+
+    def evaluate_split(self, split: str) -> dict[str, float]:
+        bs = self.config.eval.batch_size
+        data = self.eval_train if split == "train" else self.data.split(split)
+        return evaluate(
+            self.model, in_batches(data, bs), self.loss_fn, self.language_model, self.device
+        )
+
+    def evaluate_all(self) -> dict[str, dict[str, float]]:
+        """Evaluate every configured split that exists and log one ``"eval"`` line each."""
+        results: dict[str, dict[str, float]] = {}
+        for split in self.config.eval.splits:
+            data = self.eval_train if split == "train" else getattr(self.data, split)
+            if data is None:
+                continue  # e.g. no validation split (val_size: 0)
+            fields = self.evaluate_split(split)
+            self.log("eval", split=split, **fields, examples=int(data[0].shape[0]))
+            results[split] = fields
+        self.last_eval = results
+        self._eval_iteration = self.iteration
+        self._update_progress()
+        return results
+
+    # ============================================================================= logging ===
+
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one record (``event``, ``epoch``, ``iteration``, ``time`` first)."""
+        record = {
+            "event": event,
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "time": round(self.elapsed, 4),
+            **fields,
+        }
+        record = jsonable(record)
+        self.records.append(record)
+        if self._writer is not None and self.is_main:
+            self._writer.write(record)
+        if event == "eigen":
+            self._update_progress()
+
+    def log_train(self) -> None:
+        """A ``"train"`` line with the mean loss and accuracy since the previous one."""
+        loss_sum, acc_sum, steps = self._window
+        if steps == 0:
+            return
+        self.train_loss_recent = loss_sum / steps
+        self.log(
+            "train",
+            loss=self.train_loss_recent,
+            accuracy=acc_sum / steps,
+            lr=self._step_lr,
+            steps=steps,
+        )
+        self._window = [0.0, 0.0, 0]
+        self._update_progress()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ========================================================================= properties ===
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def eigen(self) -> Any:
+        """The latest ``EigenResult`` of the tracker (None before the first point)."""
+        return None if self.tracker is None else self.tracker.result
+
+    @property
+    def end_of_epoch(self) -> bool:
+        """Whether the current epoch's batches are all done (true inside on_step_end after the
+        last step of an epoch)."""
+        return self.batch_index >= self.iterations_per_epoch
+
+    @property
+    def last_epoch(self) -> bool:
+        """Whether the current epoch is the last one (by epochs or max_iterations)."""
+        return self.epoch + 1 >= self.config.epochs or (
+            self.config.max_iterations is not None
+            and (self.epoch + 1) * self.iterations_per_epoch >= self.config.max_iterations
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.total_iterations
+
+    # ======================================================================== checkpoints ===
+
+    def state_dict(self, finished: bool = False) -> dict[str, Any]:
+        """Everything a resume needs (plain data: loads with ``weights_only=True``)."""
+        hidden = getattr(self.model, "hidden_state", None)
+        names = [cb.name for cb in self.callbacks]
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch_index,
+            "iteration": self.iteration,
+            "finished": finished,
+            "metrics_lines": None if self._writer is None else self._writer.lines,
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "model_hidden": None if hidden is None else list(hidden),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": get_rng_state(),
+            "callbacks": dict(zip(names, [cb.state_dict() for cb in self.callbacks])),
+            "trainer": {
+                "window": list(self._window),
+                "step_lr": self._step_lr,
+                "train_loss_recent": self.train_loss_recent,
+                "last_eval": self.last_eval,
+                "eval_iteration": self._eval_iteration,
+            },
+            "eigen": None
+            if self.eigen is None
+            else eigen_state(self.eigen, self.tracker.last_iteration),
+        }
+
+    def save_checkpoint(self, finished: bool = False) -> Path | None:
+        if self.folder is None or not self.is_main:
+            return None
+        keep = self.config.checkpoint.keep
+        return self.folder.save_checkpoint(self.state_dict(finished), self.iteration, keep)
+
+    def _load(self, path: Path) -> int:
+        """Restore a checkpoint; returns the number of metrics lines it had seen."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        if state.get("model_hidden") is not None and hasattr(self.model, "hidden_state"):
+            self.model.hidden_state = tuple(state["model_hidden"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        for cb in self.callbacks:
+            if cb.name in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][cb.name])
+        t = state["trainer"]
+        self._window = list(t["window"])
+        self._step_lr = t["step_lr"]
+        self.train_loss_recent = t["train_loss_recent"]
+        self.last_eval = t["last_eval"]
+        self._eval_iteration = t["eval_iteration"]
+        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch"])
+        self.iteration = int(state["iteration"])
+        self._elapsed = float(state["elapsed"])
+        init = self.folder.init_path if self.folder is not None else None
+        if init is not None and init.exists():
+            self.initial_params = load_checkpoint(init, self.device)["params"]
+        self._rng_resume = state["rng"]
+        return int(state["metrics_lines"])
+
+    # =========================================================================== set-up ===
+
+    def _prepare_folder(self) -> Path | None:
+        """Check the run folder; returns the checkpoint to resume from (None: fresh start)."""
+        if self.folder is None:
+            if self.resume:
+                raise RunFolderError("resume needs a run folder (out)")
+            return None
+        folder = self.folder
+        if not self.resume:
+            if folder.is_run():
+                raise RunFolderError(
+                    f"{folder.path} already holds a run; pass --resume to continue it, or choose "
+                    "another --out"
+                )
+            if folder.path.exists() and any(folder.path.iterdir()):
+                raise RunFolderError(f"{folder.path} exists and is not empty; choose another --out")
+            return None
+        if not folder.config_path.exists():
+            raise RunFolderError(f"cannot resume: {folder.path} holds no run (no config.yaml)")
+        self._check_resume_config(folder.read_config())
+        folder.clean_temp_files()
+        return folder.latest_checkpoint()
+
+    def _check_resume_config(self, saved: dict[str, Any]) -> None:
+        now = self.config.to_dict()
+        try:
+            saved_cfg = make_config(saved).to_dict()
+        except ConfigError as err:
+            raise RunFolderError(f"the run's config.yaml is no longer valid: {err}") from None
+        differ = [k for k in now if now[k] != saved_cfg.get(k) and k not in RESUMABLE_CHANGES]
+        if differ:
+            raise RunFolderError(
+                f"cannot resume {self.folder.path}: the config differs from the run's in "  # type: ignore[union-attr]
+                f"{', '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change)"
+            )
+
+    def _open_log(self, fresh: bool, lines: int | None) -> None:
+        if self.folder is None or not self.is_main:
+            return
+        folder = self.folder
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_config(self.config.to_dict())
+        if fresh:
+            if folder.metrics_path.exists():
+                truncate_lines(folder.metrics_path, 0)
+            save_checkpoint(folder.init_path, {"params": self.initial_params.cpu()})
+            lines = 0
+        else:
+            lines = truncate_lines(folder.metrics_path, lines)
+        self._writer = MetricsWriter(folder.metrics_path, lines=lines)
+
+    def _init_from(self, source: str) -> None:
+        try:
+            state = load_checkpoint(source, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+        except (OSError, RuntimeError, KeyError, ValueError) as err:
+            raise ConfigError(f"init_from: cannot start from {source!r}: {err}") from None
+        self.init_eigen = state.get("eigen")
+
+    def _probe_callbacks(self) -> list[Callback]:
+        if not self.config.probes:
+            return []
+        try:
+            from sharpest.train.probe_callback import build_probe_callbacks
+        except ImportError as err:
+            raise ConfigError(f"probes: probe callbacks are not available ({err})") from None
+        try:
+            return list(build_probe_callbacks(self.config.probes, self.config))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"probes: {err}") from None
+
+    def _start_fields(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "num_params": self.num_params,
+            "model": self.config.model,
+            "data": self.config.data,
+            "num_train": d.num_train,
+            "num_val": None if d.val is None else int(d.val[0].shape[0]),
+            "num_test": None if d.test is None else int(d.test[0].shape[0]),
+            "iterations_per_epoch": self.iterations_per_epoch,
+            "total_iterations": self.total_iterations,
+            "hessian_subset": int(self.hessian_data[1].shape[0]),
+            "device": str(self.device),
+            "seed": self.config.seed,
+            "torch": torch.__version__,
+            "init_from": self.config.init_from,
+        }
+
+    # ======================================================================== progress bar ===
+
+    def _make_progress(self) -> Any:
+        if self.quiet or not self.is_main:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.total_iterations,
+            initial=self.iteration,
+            unit="it",
+            dynamic_ncols=True,
+            desc=f"{self.config.model}/{self.config.data}",
+        )
+
+    def _update_progress(self) -> None:
+        if self._progress is None:
+            return
+        post: dict[str, Any] = {"epoch": self.epoch}
+        if self.train_loss_recent is not None:
+            post["loss"] = f"{self.train_loss_recent:.4f}"
+        acc = self.last_eval.get("val") or self.last_eval.get("test") or self.last_eval.get("train")
+        if acc is not None:
+            post["acc"] = f"{acc['accuracy']:.3f}"
+        if self.eigen is not None:
+            post["λ1"] = f"{self.eigen.values[0]:.4g}"
+        self._progress.set_postfix(post, refresh=False)
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _result(self, already: bool = False) -> TrainResult:
+        if already:
+            from sharpest.runs import read_records
+
+            records = read_records(self.folder.metrics_path)  # type: ignore[union-attr]
+            end = records[-1]
+            self._close()
+            return TrainResult(
+                status=end.get("status", "finished"),
+                iteration=end["iteration"],
+                epoch=end["epoch"],
+                seconds=0.0,
+                already_finished=True,
+                out=str(self.folder.path) if self.folder else None,
+            )  # type: ignore[union-attr]
+        return TrainResult(
+            status=self.status,
+            iteration=self.iteration,
+            epoch=self.epoch,
+            seconds=self.elapsed,
+            eval={k: v for k, v in self.last_eval.items() if not k.startswith("_")},
+            out=None if self.folder is None else str(self.folder.path),
+            already_finished=False,
+        )
+
+
+def train(config: Any, out: Any = None, **kwargs: Any) -> TrainResult:
+    """``Trainer(config, out, **kwargs).fit()``."""
+    return Trainer(config, out, **kwargs).fit()

@@ -1,0 +1,335 @@
+"""``EigenTracker``: the top-k Hessian eigenpairs along training, as a callback or by hand.
+
+At each tracking point it runs :func:`sharpest.curvature.lanczos` on the Hessian of the loss on
+a fixed, non-augmented subset of the training set (``(wd/2)‖θ‖²`` included), warm-started from
+the previous eigenvectors, and records an ``"eigen"`` line: ``eigenvalues`` (as Lanczos sorts
+them: descending |λ| for ``which="LM"``), ``residuals``, ``n_matvecs``, ``subset_size``,
+``seconds``, ``converged``, ``warm`` and, from the second point on, the principal ``angles``
+(radians, ascending) between the previous and the new top-k bases and their maximum
+``angle_max``. ``frobenius_topk`` is √Σλᵢ², the paper's ‖H‖_F estimate.
+
+When tracking points come (iteration ``t`` counts optimizer steps done):
+
+- every ``every`` iterations (``t % every == 0``, so ``t = 0`` too), if ``every > 0``;
+- every ``dense_every`` iterations while ``t < dense_until`` (dense, then sparse);
+- at each epoch start if ``epoch_start`` (the paper's schedule, ``every = 0``);
+- once at the end of training if ``at_end`` and the last iteration was not tracked;
+- whenever the optimizer's eigenbasis is due for a refresh (below).
+
+If the optimizer has ``set_basis`` (NudgedSGD and the Sec. 3.3 variants) the tracker refreshes
+it at each epoch start (``refresh_every = 0``, the paper) or every ``refresh_every`` iterations,
+with the leading rows of the eigenvectors of that iteration; the line then has
+``"refreshed": true``.
+
+In a hand-written loop::
+
+    tracker = EigenTracker(k=5, every=50)
+    tracker.attach(model, loss_fn, (x_subset, y_subset), weight_decay=wd, log=records.append)
+    for t, (x, y) in enumerate(batches):
+        if t == 0:
+            tracker.step(0)              # before the first step
+        ...optimizer.step()...
+        tracker.step(t + 1)              # computes when due; returns the EigenResult or None
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_angles
+from sharpest.curvature.spectra import frobenius_from_topk
+from sharpest.train.callbacks import Callback
+
+if TYPE_CHECKING:
+    from sharpest.config import Config
+    from sharpest.train.loop import Trainer
+
+__all__ = ["EigenTracker", "eigen_from_state", "eigen_state"]
+
+
+def eigen_state(result: EigenResult, iteration: int | None = None) -> dict[str, Any]:
+    """An :class:`EigenResult` as checkpoint-safe plain data (vectors on the CPU)."""
+    return {
+        "values": torch.as_tensor(np.asarray(result.values, dtype=np.float64)),
+        "vectors": result.vectors.detach().cpu(),
+        "residuals": torch.as_tensor(np.asarray(result.residuals, dtype=np.float64)),
+        "n_matvecs": int(result.n_matvecs),
+        "converged": bool(result.converged),
+        "which": str(result.which),
+        "seconds": float(result.seconds),
+        "iteration": iteration,
+    }
+
+
+def eigen_from_state(
+    state: dict[str, Any], device: torch.device | str | None = None
+) -> EigenResult:
+    """Inverse of :func:`eigen_state`."""
+    return EigenResult(
+        values=state["values"].numpy().astype(np.float64),
+        vectors=state["vectors"].to(device) if device is not None else state["vectors"],
+        residuals=state["residuals"].numpy().astype(np.float64),
+        n_matvecs=int(state["n_matvecs"]),
+        converged=bool(state["converged"]),
+        which=str(state.get("which", "LM")),
+        seconds=float(state.get("seconds", 0.0)),
+    )
+
+
+class EigenTracker(Callback):
+    """Top-k Hessian eigenvalues along training (see the module docstring)."""
+
+    name = "eigen"
+
+    def __init__(
+        self,
+        k: int = 10,
+        every: int = 100,
+        *,
+        epoch_start: bool | None = None,
+        at_end: bool = True,
+        dense_until: int = 0,
+        dense_every: int = 1,
+        warm_start: bool = True,
+        tol: float = 1e-4,
+        which: str = "LM",
+        max_matvecs: int | None = None,
+        chunk_size: int | None = None,
+        seed: int = 0,
+        refresh_every: int = 0,
+    ) -> None:
+        if not 1 <= k <= 30:
+            raise ValueError(f"k must be in [1, 30], got {k}")
+        if every < 0 or dense_until < 0 or dense_every < 1 or refresh_every < 0:
+            raise ValueError("every, dense_until, refresh_every must be ≥ 0 and dense_every ≥ 1")
+        self.k = k
+        self.every = every
+        self.epoch_start = (every == 0) if epoch_start is None else bool(epoch_start)
+        self.at_end = at_end
+        self.dense_until = dense_until
+        self.dense_every = dense_every
+        self.warm_start = warm_start
+        self.tol = tol
+        self.which = which
+        self.max_matvecs = max_matvecs
+        self.chunk_size = chunk_size or 512
+        self.seed = seed
+        self.refresh_every = refresh_every
+        # Attached objects (attach() or on_train_start).
+        self.model: nn.Module | None = None
+        self.operator: HessianOperator | None = None
+        self.optimizer: Any = None
+        self._log: Callable[..., Any] | None = None
+        # State (checkpointed).
+        self.result: EigenResult | None = None
+        self.last_iteration: int | None = None
+        self.points = 0
+        self.records: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_config(cls, config: Config) -> EigenTracker:
+        t = config.track
+        return cls(
+            k=t.k,
+            every=t.every,
+            epoch_start=t.epoch_start,
+            at_end=t.at_end,
+            dense_until=t.dense_until,
+            dense_every=t.dense_every,
+            warm_start=t.warm_start,
+            tol=t.tol,
+            which=t.which,
+            max_matvecs=t.max_matvecs,
+            chunk_size=t.chunk_size,
+            seed=config.seed if t.seed is None else t.seed,
+            refresh_every=config.optimizer.refresh_every,
+        )
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def attach(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Any,
+        weight_decay: float = 0.0,
+        optimizer: Any = None,
+        log: Callable[..., Any] | None = None,
+    ) -> EigenTracker:
+        """Bind the model, the loss, the fixed Hessian data (one ``(inputs, targets)`` pair or a
+        list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term), optionally an optimizer with
+        ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
+        ``self.records``)."""
+        self.model = model
+        self.operator = HessianOperator(
+            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto"
+        )
+        self.optimizer = optimizer if callable(getattr(optimizer, "set_basis", None)) else None
+        self._log = log
+        return self
+
+    @property
+    def subset_size(self) -> int:
+        return 0 if self.operator is None else self.operator.num_examples
+
+    # -- schedule ------------------------------------------------------------------------------
+
+    def is_due(self, iteration: int) -> bool:
+        """Whether ``iteration`` is a tracking point of the periodic or dense schedule."""
+        if self.every > 0 and iteration % self.every == 0:
+            return True
+        if iteration < self.dense_until and iteration % self.dense_every == 0:
+            return True
+        return (
+            self.refresh_every > 0
+            and self.optimizer is not None
+            and (iteration % self.refresh_every == 0)
+        )
+
+    def _refresh_due(self, iteration: int, at_epoch_start: bool) -> bool:
+        if self.optimizer is None:
+            return False
+        if self.refresh_every == 0:
+            return at_epoch_start
+        return iteration % self.refresh_every == 0
+
+    def step(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
+        """After an optimizer step (or with ``0`` before the first): track if due."""
+        if self.last_iteration == iteration:
+            return None
+        refresh = self._refresh_due(iteration, at_epoch_start=False)
+        if self.is_due(iteration) or refresh:
+            return self.track(iteration, epoch, refresh=refresh)
+        return None
+
+    def start_epoch(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
+        """At an epoch start: track if due, at every epoch start, or to refresh the basis."""
+        refresh = self._refresh_due(iteration, at_epoch_start=True)
+        if self.last_iteration == iteration:
+            if refresh and self.result is not None:
+                self._set_basis(self.result)
+            return None
+        if self.epoch_start or refresh or self.is_due(iteration):
+            return self.track(iteration, epoch, refresh=refresh)
+        return None
+
+    def finish(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
+        """At the end of training: one last point if ``at_end`` and not tracked yet."""
+        if self.at_end and self.last_iteration != iteration:
+            return self.track(iteration, epoch)
+        return None
+
+    # -- the computation -----------------------------------------------------------------------
+
+    def track(
+        self, iteration: int, epoch: int | None = None, *, refresh: bool = False
+    ) -> EigenResult:
+        """Compute the top-k eigenpairs now and record them (refreshing the optimizer's basis
+        if ``refresh``)."""
+        if self.operator is None:
+            raise RuntimeError("EigenTracker.attach(model, loss_fn, data) first")
+        start = time.perf_counter()
+        previous = self.result
+        init = previous.vectors if (self.warm_start and previous is not None) else None
+        try:
+            result = lanczos(
+                self.operator,
+                k=self.k,
+                which=self.which,
+                tol=self.tol,
+                max_matvecs=self.max_matvecs,
+                init=init,
+                seed=self.seed,
+            )
+        finally:
+            # Stale first-order graphs would hold the subset's activations during training.
+            self.operator.clear_cache()
+        fields: dict[str, Any] = {
+            "eigenvalues": [float(v) for v in result.values],
+            "residuals": [float(r) for r in result.residuals],
+            "n_matvecs": int(result.n_matvecs),
+            "subset_size": self.subset_size,
+            "converged": bool(result.converged),
+            "warm": init is not None,
+            "frobenius_topk": frobenius_from_topk(result.values),
+        }
+        if previous is not None and previous.vectors.shape == result.vectors.shape:
+            angles = principal_angles(previous.vectors, result.vectors)
+            fields["angles"] = [float(a) for a in angles]
+            fields["angle_max"] = float(angles.max())
+        if refresh:
+            fields["refreshed"] = self._set_basis(result)
+        self.result = result
+        self.last_iteration = iteration
+        self.points += 1
+        fields["seconds"] = time.perf_counter() - start
+        self._emit(epoch, iteration, fields)
+        return result
+
+    def _set_basis(self, result: EigenResult) -> bool:
+        changed = self.optimizer.set_basis(result.vectors, orthonormalize=True)
+        return True if changed is None else bool(changed)
+
+    def _emit(self, epoch: int | None, iteration: int, fields: dict[str, Any]) -> None:
+        if self._log is not None:
+            self._log("eigen", **fields)
+        else:
+            self.records.append(
+                {"event": "eigen", "epoch": epoch, "iteration": iteration, **fields}
+            )
+
+    # -- callback hooks ------------------------------------------------------------------------
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.attach(
+            trainer.model,
+            trainer.loss_fn,
+            trainer.hessian_data,
+            trainer.config.weight_decay,
+            optimizer=trainer.optimizer,
+            log=trainer.log,
+        )
+        if self.result is not None:
+            self.result.vectors = self.result.vectors.to(trainer.device)
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.start_epoch(trainer.iteration, trainer.epoch)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        # The last step of an epoch that another epoch follows: its iteration is that epoch's
+        # start, handled (with the same schedule) by on_epoch_start, so the line says so.
+        if trainer.end_of_epoch and not trainer.last_epoch:
+            return
+        self.step(trainer.iteration, trainer.epoch)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.status == "finished":
+            self.finish(trainer.iteration, trainer.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "result": None
+            if self.result is None
+            else eigen_state(self.result, self.last_iteration),
+            "last_iteration": self.last_iteration,
+            "points": self.points,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        res = state.get("result")
+        device = self.operator.device if self.operator is not None else None
+        self.result = None if res is None else eigen_from_state(res, device)
+        self.last_iteration = state.get("last_iteration")
+        self.points = int(state.get("points", 0))
+
+    def load_initial(self, state: dict[str, Any]) -> None:
+        """Start from another run's eigenpairs (``--init-from``): they warm-start the first
+        point and the first angles are measured against them; nothing else is inherited."""
+        self.result = eigen_from_state(state)
+        self.last_iteration = None
