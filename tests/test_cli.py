@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -27,14 +26,6 @@ TINY_SETS = [
     "eval.train_size=32",
     "log_every=1",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def invoke(*args):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,8 +28,6 @@ from sharpest.train import (
     weight_spectral_norms,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
 # 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
 TINY = {
     "model": "mlp",
@@ -45,16 +42,6 @@ TINY = {
     "track": {"k": 2, "every": 3, "subset": 32},
     "eval": {"train_size": 64, "batch_size": 500},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only spins (measured
-    20x slower fits under load); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**over):
@@ -427,13 +414,12 @@ def test_callbacks_get_the_contract_attributes():
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (SHARED_DATA / "ptb").is_dir(), reason="needs ../shared/data/ptb")
-def test_language_model_perplexity_and_stateful_resume(tmp_path):
+def test_language_model_perplexity_and_stateful_resume(tmp_path, shared_data):
     cfg = make_config(
         {
             "model": "lstm",
             "data": "ptb",
-            "data_root": str(SHARED_DATA),
+            "data_root": str(shared_data),
             "train_subset": 40,
             "model_options": {
                 "embedding_dim": 4,

@@ -276,6 +276,7 @@ class Trainer:
         self.last_eval: dict[str, dict[str, float]] = {}
         self._eval_iteration: int | None = None
         self.train_loss_recent: float | None = None
+        self._train_acc_recent: float | None = None
         self._window = [0.0, 0.0, 0]  # loss sum, accuracy sum, steps since the last train line
         self._step_lr = cfg.lr
         self._elapsed = 0.0
@@ -289,9 +290,15 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train to the end (or divergence); returns a :class:`TrainResult`."""
-        cfg = self.config
         if self.folder is not None and self.resume and self.folder.is_finished():
             return self._result(already=True)
+        try:
+            return self._fit()
+        finally:
+            self._close()  # also on KeyboardInterrupt: the log stays consistent for --resume
+
+    def _fit(self) -> TrainResult:
+        cfg = self.config
         fresh = self._checkpoint_path is None
         lines = None if fresh else self._load(self._checkpoint_path)  # type: ignore[arg-type]
         rng = self._rng_start if fresh else self._rng_resume
@@ -353,7 +360,6 @@ class Trainer:
         self.log("end", status=self.status, seconds=self.elapsed)
         if self.status == "finished":
             self.save_checkpoint(finished=True)
-        self._close()
         return self._result()
 
     def _diverged(self, err: Exception) -> None:
@@ -457,6 +463,7 @@ class Trainer:
         if steps == 0:
             return
         self.train_loss_recent = loss_sum / steps
+        self._train_acc_recent = acc_sum / steps
         self.log(
             "train",
             loss=self.train_loss_recent,
@@ -677,9 +684,12 @@ class Trainer:
         post: dict[str, Any] = {"epoch": self.epoch}
         if self.train_loss_recent is not None:
             post["loss"] = f"{self.train_loss_recent:.4f}"
-        acc = self.last_eval.get("val") or self.last_eval.get("test") or self.last_eval.get("train")
-        if acc is not None:
-            post["acc"] = f"{acc['accuracy']:.3f}"
+        if self._train_acc_recent is not None:
+            post["acc"] = f"{self._train_acc_recent:.3f}"
+        for split in ("val", "test"):
+            if split in self.last_eval:
+                post[f"{split}_acc"] = f"{self.last_eval[split]['accuracy']:.3f}"
+                break
         if self.eigen is not None:
             post["λ1"] = f"{self.eigen.values[0]:.4g}"
         self._progress.set_postfix(post, refresh=False)
