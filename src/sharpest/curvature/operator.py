@@ -172,6 +172,8 @@ class HessianOperator:
         self.weight_decay = float(weight_decay)
         self.params = self._select_params(model, params)
         self.size = sum(p.numel() for p in self.params)
+        ends = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
+        self._slices = list(zip(ends[:-1], ends[1:]))
         self.device = torch.device(device) if device is not None else self.params[0].device
         self.dtype = self.params[0].dtype
         if chunk_size is not None and chunk_size < 1:
@@ -391,15 +393,17 @@ class HessianOperator:
                         grad_outputs=[v_parts[j][i] for i in live], retain_graph=keep,
                         allow_unused=True,
                     ) if live else [None] * len(self.params)
-                    flat = flatten(
-                        [torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params)]
-                    )
-                    if not torch.isfinite(flat).all():
+                    # Accumulate in place, parameter by parameter: no flat temporaries, so a
+                    # product allocates little beyond what autograd itself needs.
+                    row = out[j]
+                    for h, (start, stop) in zip(hv, self._slices):
+                        if h is not None:
+                            row[start:stop].add_(h.reshape(-1), alpha=weight)
+                    if not torch.isfinite(row.sum()):
                         raise NonFiniteError(
                             f"the Hessian-vector product of chunk {index} (examples "
                             f"{self._chunk_offset(index)}…) is not finite"
                         )
-                    out[j] += weight * flat.double()
 
     def matvec(self, vector: Tensor) -> Tensor:
         """The product H·v of one flat vector (shape `(size,)`)."""
