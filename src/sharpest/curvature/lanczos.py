@@ -110,8 +110,8 @@ def lanczos(
     seed: seed of the random start vector (and of the vectors that replace an exhausted
         Krylov space).
     max_basis: most basis vectors kept before a thick restart; default from
-        ``max_basis_bytes`` (basis stored in float64 on the operator's device), at least
-        ``k + 8``... and at most ``size``.
+        ``max_basis_bytes`` (basis stored in float64 on the operator's device, allocated as it
+        grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
 
     Returns
     -------
@@ -131,7 +131,8 @@ def lanczos(
     out_dtype = getattr(op, "dtype", torch.float64)
 
     if max_basis is None:
-        max_basis = int(max_basis_bytes // (8 * n))
+        # Past a few times k more basis vectors barely speed convergence; restarts are cheap.
+        max_basis = min(int(max_basis_bytes // (8 * n)), max(100, 4 * k))
     max_basis = min(n, max(max_basis, k + 8, 2 * k))
     limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
 
@@ -156,7 +157,8 @@ def lanczos(
     else:
         start = random_vector()
 
-    basis = torch.empty(max_basis + 1, n, dtype=torch.float64, device=device)
+    # Grown by doubling up to max_basis + 1 rows: the budget is a cap, not an allocation.
+    basis = torch.empty(min(max_basis + 1, 2 * k + 2), n, dtype=torch.float64, device=device)
     proj = np.zeros((max_basis + 1, max_basis + 1))  # T = Qᵀ H Q, arrow + tridiagonal
     basis[0] = start / start.norm()
     j = 0  # number of basis vectors whose product is known
@@ -189,7 +191,8 @@ def lanczos(
         # An exhausted (invariant) Krylov space has zero residuals but may miss further copies
         # of a repeated eigenvalue, or pairs the start vector had no component along.
         exhausted = beta <= 1e-12 * scale or beta == 0.0
-        if j >= k and np.all(resid <= threshold) and not exhausted:
+        # Unless the caller supplied the start space (init), an invariant space is not trusted.
+        if j >= k and np.all(resid <= threshold) and (init is not None or not exhausted):
             converged = True
             break
         if n_matvecs >= limit or j >= n:
@@ -224,6 +227,11 @@ def lanczos(
             restarts += 1
         else:
             proj[j, j - 1] = proj[j - 1, j] = beta_next
+        if j >= basis.shape[0]:
+            grown = torch.empty(min(max_basis + 1, 2 * basis.shape[0]), n, dtype=basis.dtype,
+                                device=device)
+            grown[:j] = basis[:j]
+            basis = grown
         basis[j] = w / w.norm()
 
     order = _order(theta, which)[:k]

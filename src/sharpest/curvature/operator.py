@@ -308,10 +308,16 @@ class HessianOperator:
     def _measured_graph(self, index: int) -> tuple[tuple[Tensor, ...], int]:
         """The first-order graph of a chunk and the bytes autograd saved to build it."""
         saved = 0
+        # Count each storage once, and not the parameters (they exist anyway): autograd saves
+        # the same activation for several nodes.
+        seen = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
 
         def pack(t: Tensor) -> Tensor:
             nonlocal saved
-            saved += t.numel() * t.element_size()
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                saved += storage.nbytes()
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
