@@ -32,6 +32,7 @@ __all__ = [
     "MetricsConfig",
     "OptimizerConfig",
     "ScheduleConfig",
+    "SummaryConfig",
     "TrackConfig",
     "apply_sets",
     "default_model_for",
@@ -156,6 +157,19 @@ class MetricsConfig(_Section):
     spectral_norm: bool = True
 
 
+class SummaryConfig(_Section):
+    """``summary``: the paper's Table 1 numbers as one ``"summary"`` line before ``"end"`` of a
+    finished run (see :mod:`sharpest.train.summary`)."""
+
+    enabled: bool = True
+    #: Eigenvalues in the ‖H‖_F estimate √Σλᵢ² (Table 1: the top 5).
+    fro_k: int = Field(default=5, ge=1)
+    #: Epochs averaged at the end of the run (‖H‖_F, training loss; Table 1: 10).
+    last_epochs: int = Field(default=10, ge=1)
+    #: Validation accuracy after this many epochs (Table 1: 50).
+    val_epochs: int = Field(default=50, ge=1)
+
+
 class CheckpointConfig(_Section):
     """``checkpoint``: at each epoch end, and every ``every`` iterations if > 0."""
 
@@ -207,6 +221,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
     #: Iterations between "train" lines (and at each epoch end).
     log_every: int = Field(default=50, ge=1)
     #: Divergence: stop when the training loss is NaN/inf or above this bound.

@@ -17,8 +17,19 @@ whether it was measured. Definitions follow the paper's Table 1 where it has one
 - ``distance_from_init_*`` / ``weight_spectral_norm_*``: from any line holding such a field
   (names in :data:`DISTANCE_FIELDS`, :data:`WEIGHT_NORM_FIELDS`), last and at the best
   validation point (nearest iteration).
+- ``val_accuracy_at_epoch_N``: the ``val`` line after ``N = val_epoch`` epochs (the one of
+  epoch index N − 1; Table 1's "Val. acc. (50)", the authors' history index 49).
 - ``tracking_seconds``: Σ of the ``"eigen"`` lines' ``seconds``; ``tracking_share``: its share
   of the wall time (``time`` of the last line minus that of the first).
+
+A run written by ``sharpest train`` ends with a ``"summary"`` line (:mod:`sharpest.train.summary`)
+holding the Table 1 numbers measured during training; when it is present its numbers replace
+the ones above (``summary_line`` is then true), those that depend on ``fro_k``, ``last_epochs``
+or ``val_epoch`` only when the line was made with the same values. Its definitions differ in
+three places: ``hessian_fro_best_val`` is the tracking point *at* the best validation point
+(the ±2-epoch mean is ``hessian_fro_best_val_window``), ``running_loss_last`` weights the
+``"train"`` lines by their ``steps``, and the distance and ρ(W) at best validation are measured
+at that very point rather than taken from the nearest ``"metrics"`` line.
 """
 
 from __future__ import annotations
@@ -40,12 +51,25 @@ __all__ = [
     "eval_frame",
     "frobenius",
     "summarize",
+    "summary_line",
 ]
 
 #: Field names read as the distance of the weights from their initial values.
 DISTANCE_FIELDS = ("distance_from_init", "dist_from_init", "distance")
 #: Field names read as ρ(W), the (mean) spectral norm of the weight matrices.
-WEIGHT_NORM_FIELDS = ("weight_spectral_norm", "weights_spectral_norm", "rho_w", "rho_W")
+WEIGHT_NORM_FIELDS = (
+    "weight_spectral_norm",
+    "weights_spectral_norm",
+    "rho_w",
+    "rho_W",
+    "spectral_norm_mean",  # the "metrics" line of sharpest train
+)
+#: Keys of the "summary" line that depend on its settings (fro_k, last_epochs).
+_FRO_KEYS = ("hessian_fro_best_val", "hessian_fro_best_val_window", "hessian_fro_last",
+             "hessian_fro_final")  # fmt: skip
+_LAST_KEYS = ("hessian_fro_last", "lambda1_last", "running_loss_last")
+#: Fields of the "summary" line that are not summary numbers.
+_LINE_META = ("event", "epoch", "iteration", "time", "fro_k", "last_epochs", "val_epochs")
 
 
 def frobenius(values: Any, k: int | None = 5) -> float:
@@ -158,6 +182,33 @@ def _nearest(df: pd.DataFrame, iteration: float) -> pd.Series | None:
         return None
     idx = (it - iteration).abs().idxmin()
     return df.loc[idx]
+
+
+def summary_line(run: RunData) -> dict[str, Any] | None:
+    """The last ``"summary"`` line of a run (written by ``sharpest train``), or None."""
+    for r in reversed(run.records):
+        if r.get("event") == "summary":
+            return r
+    return None
+
+
+def _apply_summary_line(
+    s: dict[str, Any], run: RunData, fro_k: int | None, last_epochs: int, val_epoch: int
+) -> None:
+    line = summary_line(run)
+    if line is None:
+        return
+    same_fro = line.get("fro_k") == fro_k
+    same_last = line.get("last_epochs") == last_epochs
+    for key, value in line.items():
+        if key in _LINE_META or not math.isfinite(_number(value)):
+            continue
+        if (key in _FRO_KEYS and not same_fro) or (key in _LAST_KEYS and not same_last):
+            continue
+        if key.startswith("val_accuracy_at_epoch_") and key != f"val_accuracy_at_epoch_{val_epoch}":
+            continue
+        s[key] = value
+    s["summary_line"] = True
 
 
 def summarize(
@@ -289,7 +340,7 @@ def summarize(
                     s[f"test_{c}_at_best_val"] = test[c]
     val = eval_frame(run, "val")
     if not val.empty and "epoch" in val.columns and "accuracy" in val.columns:
-        hit = val[val["epoch"] == val_epoch]["accuracy"].dropna()
+        hit = val[val["epoch"] == val_epoch - 1]["accuracy"].dropna()
         if len(hit):
             s[f"val_accuracy_at_epoch_{val_epoch}"] = hit.iloc[-1]
 
@@ -322,6 +373,7 @@ def summarize(
             s[f"{key}_seconds"] = float(sec.sum())
             if math.isfinite(wall) and wall > 0:
                 s[f"{key}_share"] = float(sec.sum()) / wall
+    _apply_summary_line(s, run, fro_k, last_epochs, val_epoch)
     out = {k: _clean(v) for k, v in s.items() if _clean(v) is not None}
     for k, v in out.items():
         if k.endswith(("epoch", "iteration", "iterations", "epochs")) and isinstance(v, float):

@@ -17,6 +17,7 @@ from sharpest.train.metrics import (
     weight_spectral_norms,
 )
 from sharpest.train.schedules import Schedule
+from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "EigenTracker",
     "EpochMetrics",
     "LambdaCallback",
+    "RunSummary",
     "Schedule",
     "TrainResult",
     "Trainer",

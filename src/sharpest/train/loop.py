@@ -49,6 +49,7 @@ from sharpest.runs.io import jsonable
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
 from sharpest.train.schedules import Schedule
+from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker, eigen_state
 
 __all__ = ["Diverged", "Trainer", "TrainResult", "resolve_device"]
@@ -262,6 +263,8 @@ class Trainer:
                 )
             )
         self.callbacks += self._probe_callbacks()
+        if cfg.summary.enabled:  # the Table 1 line, after the tracker's last point
+            self.callbacks.append(RunSummary.from_config(cfg))
         self.callbacks += list(callbacks)
         names = [cb.name for cb in self.callbacks]
         if len(set(names)) != len(names):
