@@ -236,41 +236,276 @@ def eig(
     typer.echo(f"{res.n_matvecs} Hessian-vector products, {seconds:.2f} s, {state_word}")
 
 
-# ---------------------------------------------------------- verbs other issues fill in ---
+# ------------------------------------------------------------- presets, demo, report ---
 
 
-def _not_yet(verb: str) -> None:
-    _fail(f"'sharpest {verb}' is not yet available in this version", code=1)
+@app.command()
+@clean_errors
+def demo(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to write (default runs/demo).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A seconds-long smoke test (tiny scale).")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch CPU threads (default 1).", min=1)
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """The main job, offline on MNIST-1D, a few minutes on 2 CPU cores.
+
+    SGD at two learning rates with the top-10 eigenvalues tracked and the loss probed along
+    the sharpest direction, Nudged SGD with gamma 0.1, 1 and 10; then each of the paper's
+    findings is checked on the records (held / did not hold) and one report is written.
+    """
+    import time
+
+    from sharpest.experiments.demo import findings_table, run_demo
+
+    t0 = time.perf_counter()
+    res = run_demo(out, quick=quick, threads=threads if threads is not None else 1,
+                   progress=not quiet)
+    typer.echo(f"\nFindings ({res.preset.name}, scale {res.scale}):")
+    typer.echo(findings_table(res))
+    for r in res.runs:
+        if r.status in ("failed", "diverged"):
+            typer.echo(f"  run {r.name} {r.status}: {r.message}")
+    where = res.report if res.report else f"(no report: {res.report_note})"
+    typer.echo(f"\nreport: {where}\nruns: {res.out} ({time.perf_counter() - t0:.0f} s)")
+    if res.failed:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def demo() -> None:
-    """The main job on the offline default: tracking, Nudged SGD, probes, report."""
-    _not_yet("demo")
+@app.command(name="run")
+@clean_errors
+def run_cmd(
+    preset: Annotated[
+        str, typer.Argument(help="A preset name (see `sharpest presets`) or a preset YAML file.")
+    ],
+    scale: Annotated[
+        str, typer.Option("--scale", help="tiny (seconds), small (2-core CPU), paper (GPU).")
+    ] = "small",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config key of every run: key=value."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder (default runs/PRESET-SCALE).")
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="inline | local | ray (default: inline for tiny, else local)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="torch CPU threads of inline runs.", min=1),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and build every run; train nothing.")
+    ] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="Time a few steps of each run and extrapolate."),
+    ] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Run one figure or table of the paper: every run into OUT/<run>, then the findings
+    (held / did not hold) and one report in OUT. Running it again resumes."""
+    from sharpest.experiments.preset import load_preset, resolve_runs
+    from sharpest.experiments.runner import run_preset
+
+    sets = list(set_ or [])
+    p = load_preset(preset)
+    if dry_run or estimate:
+        _set_threads(threads)
+        runs = resolve_runs(p, scale, sets)
+        _describe(p, scale, runs, estimate)
+        return
+    _set_threads(threads)
+    res = run_preset(p, scale, sets, out, executor=executor, workers=workers, address=address,
+                     report=not no_report, progress=not quiet)
+    typer.echo(res.summary())
+    if res.failed:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run() -> None:
-    """Run one figure or table of the paper (a preset)."""
-    _not_yet("run")
+def _describe(p: Any, scale: str, runs: list[Any], estimate: bool) -> None:
+    from sharpest.experiments.estimate import build_run, estimate_run
+
+    typer.echo(f"{p.name}: {p.paper} — {p.title}")
+    typer.echo(f"scale {scale}: {len(runs)} run(s)" + (
+        f"; {p.scale(scale).minutes:g} min expected" if p.scale(scale).minutes else ""))
+    total, longest = 0.0, 0.0
+    for r in runs:
+        c = r.config
+        built = build_run(c)
+        src = f", from {r.init_from.run}" if r.init_from else ""
+        typer.echo(f"  {r.name}: {c.model} on {c.data}, {built['num_params']:,} parameters, "
+                   f"lr {c.lr:g}, batch {c.batch_size}, {c.epochs} epochs"
+                   + (f" (≤ {c.max_iterations} steps)" if c.max_iterations else "")
+                   + f", {c.optimizer.name}"
+                   + (f" γ={c.optimizer.gamma:g}" if c.optimizer.name == "nsgd" else "")
+                   + f", top-{c.track.k} on {c.track.subset:g}{src}")
+        if estimate:
+            e = estimate_run(r.name, c)
+            typer.echo(f"    {e.line()}")
+            total += e.total_seconds
+            longest = max(longest, e.total_seconds)
+    if estimate:
+        typer.echo(f"total ≈ {total / 60:.1f} min of compute (the longest run "
+                   f"{longest / 60:.1f} min); with W workers, wall ≈ max(total / W, longest)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep() -> None:
-    """Run a preset or config over a grid of values."""
-    _not_yet("sweep")
+@app.command()
+@clean_errors
+def sweep(
+    target: Annotated[str, typer.Argument(help="A preset name or file, or a config YAML.")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="key=v1,v2,... (several for a Cartesian product)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder.")] = None,
+    scale: Annotated[str, typer.Option(help="Scale of a preset.")] = "small",
+    run_name: Annotated[
+        str | None,
+        typer.Option("--run", help="The preset run whose config is the base (default: the "
+                     "preset's base config at --scale)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a base config key.")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
+    ] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Run a preset's (or a config's) base over a grid of values, one run folder per point.
+
+    Finished runs are skipped and interrupted ones resume when the command is run again.
+    """
+    from sharpest.config import apply_sets
+    from sharpest.distributed.sweep import parse_grid, run_sweep
+
+    if not grid:
+        _fail("--grid key=v1,v2,... is required")
+    if out is None:
+        _fail("--out DIR is required (the sweep folder)")
+    parsed = parse_grid(grid)
+    base = _sweep_base(target, scale, run_name)
+    base = apply_sets(base, list(set_ or []))
+    res = run_sweep(base, parsed, out, executor=executor, max_workers=workers, address=address,
+                    report=not no_report, progress=not quiet)
+    typer.echo(res.summary())
+    if not res.ok:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def report() -> None:
-    """Figures and an HTML report from run folders."""
-    _not_yet("report")
+def _sweep_base(target: str, scale: str, run_name: str | None) -> dict[str, Any]:
+    """The base config of a sweep: a plain config file, or a preset's run at ``scale``."""
+    from sharpest.config import ConfigError, read_yaml
+    from sharpest.experiments.preset import PresetError, load_preset, resolve_runs
+
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        data = read_yaml(path)
+        if not {"base", "paper", "expected"} <= set(data):
+            if run_name is not None:
+                _fail("--run selects a run of a preset; the target is a plain config")
+            return data
+    p = load_preset(target)
+    runs = resolve_runs(p, scale)
+    if run_name is None:
+        if len(runs) == 1:
+            chosen = runs[0]
+        else:  # the preset's base config at this scale, without any run's overrides
+            from sharpest.config import make_config
+            from sharpest.experiments.preset import _apply
+
+            data = _apply(dict(p.base), p.scale(scale).set, f"preset {p.name}, scale {scale}")
+            return make_config(data).to_dict()
+    else:
+        found = [r for r in runs if r.name == run_name]
+        if not found:
+            raise PresetError(f"preset {p.name} has no run {run_name!r} (runs: "
+                              f"{', '.join(r.name for r in runs)})")
+        chosen = found[0]
+    if chosen.init_from is not None:
+        raise ConfigError(f"run {chosen.name} restarts from run {chosen.init_from.run}; sweep "
+                          "the source run, or a config with init_from set to a checkpoint")
+    return chosen.config.to_dict()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def presets() -> None:
-    """List the presets (one per figure/table of the paper)."""
-    _not_yet("presets")
+@app.command()
+@clean_errors
+def report(
+    dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders, or folders of `sharpest run` / `sharpest sweep`."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where report.html and figures/ go.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="The report's title.")] = None,
+) -> None:
+    """Figures and an HTML report from run folders; several folders → one comparative report.
+
+    A folder written by `sharpest run` (preset.yaml) or `sharpest sweep` (sweep.yaml) stands
+    for its runs; a single such folder gets its report rewritten in place, with the preset's
+    findings.
+    """
+    from sharpest.experiments.reporting import report_folders
+
+    path = report_folders(dirs, out=out, title=title)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+@clean_errors
+def presets(
+    name: Annotated[
+        str | None, typer.Argument(help="Print this preset's YAML (to copy and edit).")
+    ] = None,
+    scale: Annotated[
+        str | None, typer.Option(help="With NAME: list its runs at this scale instead.")
+    ] = None,
+) -> None:
+    """List the presets (one per figure/table of the paper), or print one."""
+    from sharpest.experiments.preset import find_preset, list_presets, load_preset, resolve_runs
+
+    if name is not None:
+        if scale is None:
+            typer.echo(find_preset(name).read_text(encoding="utf-8"), nl=False)
+            return
+        p = load_preset(name)
+        _describe(p, scale, resolve_runs(p, scale), estimate=False)
+        return
+    rows = []
+    for p in list_presets():
+        small = p.scale("small").minutes
+        names = p.name + (f" ({', '.join(p.aliases)})" if p.aliases else "")
+        rows.append((names, p.paper, str(len(p.run_specs("paper"))),
+                     f"{small:g} min" if small else "—", p.expected_line))
+    heads = ("preset (aliases)", "paper", "runs", "small", "expected outcome")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:4])]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths)) + "  " + heads[4])
+    for r in rows:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths))
+        typer.echo(f"{line}  {_clip(r[4], 110)}")
+    typer.echo("\nsharpest run PRESET [--scale tiny|small|paper] [--set key=value] [--out DIR]; "
+               "sharpest presets PRESET prints its YAML.")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,323 @@
+"""The paper's claims, computed from run folders: a number per run, then held / did not hold.
+
+Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based):
+
+==========================  ============================================================
+``lambda1_first``           λ₁ at the first tracking point
+``lambda1_peak``            largest λ₁ along training (``lambda2_peak``: of λ₂)
+``lambda1_peak_iteration``  the iteration of that peak
+``lambda1_growth``          ``lambda1_peak / lambda1_first``
+``lambda1_end``             mean λ₁ over the tracking points in the last ``window`` of the run
+                            (default: the last quarter of its iterations); ``lambda2_end``
+``fro_end``, ``fro_peak``   ‖H‖_F estimated from the top 5 eigenvalues, √Σλᵢ²
+``train_loss_end``          mean training loss (``"train"`` lines) in the last ``window``
+``test_accuracy``           the last evaluation of the split (``val_accuracy``,
+                            ``train_accuracy``; ``test_perplexity``, ``val_perplexity``)
+``best_val_accuracy``       the best validation accuracy
+``kmin_1pct_eN``            median k_min of the cross-sections along eN in the last
+                            ``window`` (default: the second half); a point whose loss never
+                            rose by the threshold inside the k grid counts as infinite
+                            (``kmin_10pct_eN`` likewise)
+``alpha_eN_A``              mean relative loss change of the α-step (α = A) along eN in the
+                            last ``window`` (default: the second half), e.g. ``alpha_e1_2``;
+                            ``alpha_random_A``, ``alpha_full_A`` for the baselines
+==========================  ============================================================
+
+A difference or a ratio of two metrics is a metric too: ``"alpha_e1_0.5 - alpha_e1_1"``,
+``"lambda1_end / lambda1_peak"``.
+
+``expect``: ``increasing`` / ``decreasing`` (strictly, along the check's ``runs``), or
+``OP VALUE`` (``> 0``, ``<= 8``) that every run must satisfy.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CheckResult",
+    "METRICS",
+    "evaluate_checks",
+    "findings_markdown",
+    "metric_value",
+    "parse_expect",
+    "parse_metric",
+]
+
+METRICS = (
+    "lambda1_first", "lambda1_peak", "lambda2_peak", "lambda1_peak_iteration", "lambda1_growth",
+    "lambda1_end", "lambda2_end", "fro_end", "fro_peak", "train_loss_end",
+    "train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
+    "val_perplexity", "test_perplexity", "kmin_<T>pct_e<N>", "alpha_e<N>_<A>",
+    "alpha_random_<A>", "alpha_full_<A>",
+)
+
+_SIMPLE = {m for m in METRICS if "<" not in m}
+_KMIN = re.compile(r"^kmin_(\d+(?:p\d+)?)pct_e(\d+)$")
+_ALPHA = re.compile(r"^alpha_(e\d+|random|full)_(\d+(?:\.\d+)?)$")
+_EXPECT = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
+
+
+def parse_metric(name: str) -> tuple[str, dict[str, Any]]:
+    """``"kmin_10pct_e1"`` → ``("kmin", {"field": "kmin_10pct", "index": 0})``; ValueError if
+    unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``."""
+    for sep, kind in ((" - ", "difference"), (" / ", "ratio")):
+        if sep in name:
+            terms = tuple(t.strip() for t in name.split(sep))
+            if len(terms) != 2:
+                raise ValueError(f"metric {name!r}: a {kind} has two terms, 'A{sep}B'")
+            for t in terms:
+                if parse_metric(t)[0] in ("difference", "ratio"):
+                    raise ValueError(f"metric {name!r}: only two plain metrics combine")
+            return kind, {"terms": terms}
+    if name in _SIMPLE:
+        return name, {}
+    m = _KMIN.match(name)
+    if m:
+        if int(m.group(2)) < 1:
+            raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
+        return "kmin", {"field": f"kmin_{m.group(1)}pct", "index": int(m.group(2)) - 1}
+    m = _ALPHA.match(name)
+    if m:
+        which, alpha = m.group(1), float(m.group(2))
+        if which.startswith("e"):
+            if int(which[1:]) < 1:
+                raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
+            return "alpha", {"direction": "eigen", "index": int(which[1:]) - 1, "alpha": alpha}
+        return "alpha", {"direction": which, "index": None, "alpha": alpha}
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+
+
+def parse_expect(text: str) -> tuple[str, float | None]:
+    """``"decreasing"`` → ``("decreasing", None)``; ``"> 0"`` → ``(">", 0.0)``."""
+    t = text.strip()
+    if t in ("increasing", "decreasing"):
+        return t, None
+    m = _EXPECT.match(t)
+    if not m:
+        raise ValueError(f"expect must be increasing, decreasing or 'OP VALUE' with OP one of "
+                         f"< <= > >= (got {text!r})")
+    return m.group(1), float(m.group(2))
+
+
+# -- reading the records -------------------------------------------------------------------
+
+
+def _records(folder: str | Path) -> list[dict[str, Any]]:
+    from sharpest.report import read_run
+
+    return read_run(folder).records
+
+
+def _last_iteration(records: Sequence[Mapping[str, Any]]) -> int:
+    its = [int(r.get("iteration") or 0) for r in records]
+    return max(its) if its else 0
+
+
+def _window_start(records: Sequence[Mapping[str, Any]], window: float) -> float:
+    return (1.0 - window) * _last_iteration(records)
+
+
+def _eigen_points(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[float]]]:
+    pts = []
+    for r in records:
+        vals = r.get("eigenvalues") if r.get("event") == "eigen" else None
+        if isinstance(vals, list) and vals and all(v is not None for v in vals):
+            pts.append((int(r.get("iteration") or 0), [float(v) for v in vals]))
+    pts.sort(key=lambda p: p[0])
+    return pts
+
+
+def _fro(vals: Sequence[float], k: int = 5) -> float:
+    return float(math.sqrt(sum(v * v for v in vals[:k])))
+
+
+def _late(points: list[tuple[int, Any]], start: float) -> list[tuple[int, Any]]:
+    late = [p for p in points if p[0] >= start]
+    return late or points[-1:]
+
+
+def metric_value(
+    records: Sequence[Mapping[str, Any]], name: str, window: float | None = None
+) -> float | None:
+    """The metric ``name`` of one run's records (None when the records do not allow it)."""
+    kind, args = parse_metric(name)
+    if kind in ("difference", "ratio"):
+        a, b = (metric_value(records, t, window) for t in args["terms"])
+        if a is None or b is None or (kind == "ratio" and b == 0):
+            return None
+        v = a - b if kind == "difference" else a / b
+        return None if math.isnan(v) else v
+    if kind == "kmin" or kind == "alpha":
+        return _probe_metric(records, kind, args, 0.5 if window is None else window)
+    start = _window_start(records, 0.25 if window is None else window)
+    if kind.startswith(("lambda", "fro")):
+        pts = _eigen_points(records)
+        if not pts:
+            return None
+        rank = 1 if kind.startswith("lambda2") else 0
+        if rank >= len(pts[0][1]):
+            return None
+        series = [(it, v[rank]) for it, v in pts]
+        if kind in ("lambda1_first",):
+            return series[0][1]
+        if kind in ("lambda1_peak", "lambda2_peak"):
+            return max(v for _, v in series)
+        if kind == "lambda1_peak_iteration":
+            return float(max(series, key=lambda p: p[1])[0])
+        if kind == "lambda1_growth":
+            first = series[0][1]
+            return max(v for _, v in series) / first if first > 0 else None
+        if kind in ("lambda1_end", "lambda2_end"):
+            return float(np.mean([v for _, v in _late(series, start)]))
+        fro = [(it, _fro(v)) for it, v in pts]
+        if kind == "fro_peak":
+            return max(v for _, v in fro)
+        return float(np.mean([v for _, v in _late(fro, start)]))
+    if kind == "train_loss_end":
+        pts = [(int(r.get("iteration") or 0), float(r["loss"])) for r in records
+               if r.get("event") == "train" and r.get("loss") is not None]
+        return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
+    if kind == "best_val_accuracy":
+        vals = [float(r["accuracy"]) for r in records if r.get("event") == "eval"
+                and r.get("split") == "val" and r.get("accuracy") is not None]
+        return max(vals) if vals else None
+    split, col = kind.split("_")
+    vals = [float(r[col]) for r in records if r.get("event") == "eval"
+            and r.get("split") == split and r.get(col) is not None]
+    return vals[-1] if vals else None
+
+
+def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[str, Any],
+                  window: float) -> float | None:
+    start = _window_start(records, window)
+    probes = [r for r in records if r.get("event") == "probe"]
+    if kind == "kmin":
+        rows = [r for r in probes if r.get("kind") == "cross_section"
+                and r.get("eigen_index") == args["index"] and args["field"] in r]
+        rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
+        if not rows:
+            return None
+        vals = [math.inf if r[args["field"]] is None else float(r[args["field"]]) for r in rows]
+        return float(np.median(vals))
+    rows = [r for r in probes if r.get("kind") == "alpha" and r.get("direction") ==
+            args["direction"] and (args["index"] is None or r.get("eigen_index") == args["index"])]
+    rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
+    vals = []
+    for r in rows:
+        for a, v in zip(r.get("alphas") or [], r.get("change_rel") or []):
+            if a is not None and v is not None and abs(float(a) - args["alpha"]) < 1e-9:
+                vals.append(float(v))
+    return float(np.mean(vals)) if vals else None
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """One claim: its numbers per run and whether it held (None: could not be computed)."""
+
+    claim: str
+    metric: str
+    expect: str
+    values: dict[str, float | None] = field(default_factory=dict)
+    held: bool | None = None
+    reason: str = ""
+    paper: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "held", False: "did not hold", None: "not computed"}[self.held]
+
+    def numbers(self) -> str:
+        return ", ".join(f"{n}: {_fmt(v)}" for n, v in self.values.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "metric": self.metric, "expect": self.expect,
+                "values": {k: (None if v is None or not math.isfinite(v) else v)
+                           for k, v in self.values.items()},
+                "held": self.held, "verdict": self.verdict, "reason": self.reason,
+                "paper": self.paper}
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    if math.isinf(v):
+        return "never (∞)"
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.3g}"
+    return f"{v:.4g}"
+
+
+def evaluate_checks(
+    checks: Sequence[Any], folders: Mapping[str, str | Path]
+) -> list[CheckResult]:
+    """Compute each check (a :class:`~sharpest.experiments.preset.CheckSpec` or a dict with
+    ``claim``, ``metric``, ``runs``, ``expect``, optional ``window`` and ``paper``) on the run
+    folders ``{run name: folder}``."""
+    cache: dict[str, list[dict[str, Any]]] = {}
+    results = []
+    for c in checks:
+        c = c if isinstance(c, Mapping) else c.model_dump()
+        res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""))
+        names = list(c.get("runs") or folders)
+        for n in names:
+            if n not in folders:
+                res.values[n] = None
+                continue
+            if n not in cache:
+                try:
+                    cache[n] = _records(folders[n])
+                except Exception:  # noqa: BLE001 - a missing run is "not computed"
+                    cache[n] = []
+            res.values[n] = metric_value(cache[n], c["metric"], c.get("window"))
+        _judge(res)
+        results.append(res)
+    return results
+
+
+def _judge(res: CheckResult) -> None:
+    op, value = parse_expect(res.expect)
+    missing = [n for n, v in res.values.items() if v is None]
+    if missing:
+        res.held, res.reason = None, f"no data for {', '.join(missing)}"
+        return
+    vals = [float(v) for v in res.values.values()]  # type: ignore[arg-type]
+    if op in ("increasing", "decreasing"):
+        if len(vals) < 2:
+            res.held, res.reason = None, "an ordering needs two runs"
+            return
+        pairs = list(zip(vals, vals[1:]))
+        res.held = all(b > a for a, b in pairs) if op == "increasing" else all(
+            b < a for a, b in pairs)
+        return
+    res.held = bool(all(_OPS[op](v, value) for v in vals))
+
+
+def findings_markdown(results: Sequence[CheckResult], title: str = "Findings") -> str:
+    """A Markdown list (renders in the report): one item per claim with the numbers."""
+    if not results:
+        return ""
+    lines = [f"**{title}** (computed from the records):", ""]
+    for r in results:
+        expect = r.expect if r.expect in ("increasing", "decreasing") else f"each {r.expect}"
+        line = (f"- **{r.verdict.upper()}** — {r.claim}. `{r.metric}` ({expect}): "
+                f"{r.numbers()}.")
+        if r.reason:
+            line += f" ({r.reason})"
+        if r.paper:
+            line += f" Paper: {r.paper}."
+        lines.append(line)
+    held = sum(r.held is True for r in results)
+    lines += ["", f"{held} of {len(results)} claims held."]
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""Build a preset's runs without training, and estimate how long they take.
+
+- :func:`build_run` builds a run's model, optimizer, learning-rate schedule and probe callbacks
+  from its config alone (no data needed): what ``sharpest run --dry-run`` and the tests use to
+  show that every preset builds at every scale.
+- :func:`estimate_run` builds the run for real (data included), times a few training steps, one
+  Hessian-vector product on the run's Hessian subset and an evaluation pass, and extrapolates
+  to the whole run from its schedule (steps, tracking points, probe points, evaluations). It
+  trains nothing into any folder. ``sharpest run PRESET --estimate`` prints it.
+
+The estimate counts ≈ 2k + 12 products per Lanczos solve of k pairs (what we measured for
+warm-started tracking; a cold start costs more, a warm one on a slowly moving spectrum less)
+and is a guide, not a promise. Times are CPU times of this process (``time.process_time``), so
+a busy machine does not inflate them; run it with one torch thread (``--threads 1``) to get
+the cost of one core, the unit of the ``--workers`` arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sharpest.config import Config, ConfigError
+
+__all__ = ["RunEstimate", "build_run", "estimate_run", "num_classes_for", "schedule_counts"]
+
+
+def num_classes_for(data: str, data_options: dict[str, Any] | None = None) -> int:
+    """Outputs of the classifier (or vocabulary size) for a data set, without loading it."""
+    if data == "cifar100":
+        mode = (data_options or {}).get("label_mode", "fine")
+        return 20 if mode == "coarse" else 100
+    return {"ptb": 10000}.get(data, 10)
+
+
+def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Build the model, optimizer, schedule and probe callbacks of ``config`` (no data).
+
+    Returns them in a dict with ``num_params``. Raises :class:`ConfigError` naming the part
+    that failed. ``cache``: a dict reused across calls so that runs sharing a model (name,
+    options, classes) build it once.
+    """
+    import json
+
+    from sharpest.models import build_model
+    from sharpest.optim import build_optimizer
+    from sharpest.train.probe_callback import build_probe_callbacks
+    from sharpest.train.schedules import Schedule
+
+    classes = num_classes_for(config.data, config.data_options)
+    key = (config.model, json.dumps(config.model_options, sort_keys=True, default=str), classes)
+    model = None if cache is None else cache.get(key)
+    if model is None:
+        try:
+            model = build_model(config.model, num_classes=classes, **config.model_options)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model_options: {err}") from None
+        if cache is not None:
+            cache[key] = model
+    opt = config.optimizer
+    extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
+    if opt.nesterov:
+        extra["nesterov"] = True
+    try:
+        optimizer = build_optimizer(opt.name, model.parameters(), lr=config.lr,
+                                    momentum=config.momentum, weight_decay=config.weight_decay,
+                                    gamma=opt.gamma, k=opt.k, **extra)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer: {err}") from None
+    try:
+        schedule = Schedule(config.schedule, optimizer, config.lr, 10, 10 * max(1, config.epochs))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"schedule: {err}") from None
+    try:
+        probes = build_probe_callbacks(config.probes, config)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"probes: {err}") from None
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "probes": probes,
+        "num_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def _matvecs(k: int, max_matvecs: int | None) -> int:
+    n = 2 * k + 12
+    return min(n, max_matvecs) if max_matvecs else n
+
+
+def schedule_counts(config: Config, iterations_per_epoch: int, total: int) -> dict[str, int]:
+    """How many tracking points, probe points (α-probe points) and evaluations a run has."""
+    t = config.track
+    uses_basis = config.optimizer.uses_basis
+    refresh = config.optimizer.refresh_every
+    points = set()
+    if t.enabled:
+        for it in range(total + 1):
+            if (t.every > 0 and it % t.every == 0) or (it < t.dense_until
+                                                       and it % t.dense_every == 0):
+                points.add(it)
+            elif it % iterations_per_epoch == 0 and (t.epoch_start or (uses_basis
+                                                                         and refresh == 0)):
+                points.add(it)
+            elif uses_basis and refresh > 0 and it % refresh == 0:
+                points.add(it)
+        if t.at_end:
+            points.add(total)
+    probe_points = alpha_points = 0
+    if config.probes and config.probes.get("enabled", True) and t.enabled:
+        p = config.probes
+        every = p.get("every")
+        every = t.every if every is None else int(every)
+        ep_start = p.get("epoch_start")
+        ep_start = t.epoch_start if ep_start is None else bool(ep_start)
+        for it in sorted(points):
+            if (every > 0 and it % every == 0) or (ep_start and it % iterations_per_epoch == 0):
+                probe_points += 1
+        alpha_every = int(p.get("alpha_every", 1) or 1)
+        alpha_points = math.ceil(probe_points / alpha_every) if p.get("alpha", True) else 0
+    epochs = math.ceil(total / iterations_per_epoch) if iterations_per_epoch else 0
+    ev = config.eval
+    evals = (epochs // ev.every if ev.every else 0) + 1 + (1 if ev.at_start else 0)
+    return {"points": len(points), "probe_points": probe_points, "alpha_points": alpha_points,
+            "evals": evals, "epochs": epochs}
+
+
+@dataclass
+class RunEstimate:
+    """Measured unit costs and the extrapolated seconds of one run."""
+
+    name: str
+    iterations: int
+    points: int
+    probe_points: int
+    step_seconds: float
+    hvp_seconds: float
+    forward_seconds_per_example: float
+    train_seconds: float
+    tracking_seconds: float
+    probe_seconds: float
+    eval_seconds: float
+    setup_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        return (self.train_seconds + self.tracking_seconds + self.probe_seconds
+                + self.eval_seconds + self.setup_seconds)
+
+    def line(self) -> str:
+        return (f"{self.name}: {self.iterations} steps × {self.step_seconds:.3f} s, "
+                f"{self.points} tracking points (HVP {self.hvp_seconds:.3f} s), "
+                f"{self.probe_points} probe points → train {self.train_seconds:.0f} s, "
+                f"tracking {self.tracking_seconds:.0f} s, probes {self.probe_seconds:.0f} s, "
+                f"eval {self.eval_seconds:.0f} s; total ≈ {self.total_seconds / 60:.1f} min")
+
+
+def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
+    """Build the run (data included), time ``steps`` training steps (after one warm-up), one
+    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc)."""
+    import torch
+
+    from sharpest.curvature import HessianOperator
+    from sharpest.train import Trainer
+
+    t0 = time.process_time()
+    cfg = config.model_copy(update={"init_from": None})
+    trainer = Trainer(cfg, None)
+    setup = time.process_time() - t0
+    batches = trainer.data.train_batches(cfg.batch_size, epoch=0, seed=cfg.seed,
+                                         augment=cfg.augment, device=trainer.device)
+    it = iter(batches)
+    times = []
+    for i in range(steps + 1):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        s = time.process_time()
+        trainer.train_step(x, y)
+        if i > 0:
+            times.append(time.process_time() - s)
+    step = sum(times) / len(times) if times else 0.0
+    op = HessianOperator(trainer.model, trainer.loss_fn, trainer.hessian_data, cfg.weight_decay,
+                         chunk_size=cfg.track.chunk_size or 512)
+    v = torch.randn(op.size, device=trainer.device)
+    op.matvec(v)  # first-order graphs are built once
+    s = time.process_time()
+    op.matvec(v)
+    hvp = time.process_time() - s
+    n_sub = op.num_examples
+    xs, _ = trainer.hessian_data
+    trainer.model.eval()
+    with torch.no_grad():
+        s = time.process_time()
+        trainer.model(xs)
+        fwd = (time.process_time() - s) / max(1, n_sub)
+    trainer.model.train()
+
+    ipe, total = trainer.iterations_per_epoch, trainer.total_iterations
+    counts = schedule_counts(cfg, ipe, total)
+    per_point = _matvecs(cfg.track.k, cfg.track.max_matvecs) * hvp
+    tracking = counts["points"] * per_point
+    probe = 0.0
+    if counts["probe_points"]:
+        p = cfg.probes
+        m = int(p.get("num_gradients", 10))
+        bs = int(p.get("batch_size") or cfg.batch_size)
+        sub = min(int(p.get("subset") or n_sub), n_sub)
+        dirs = len(p.get("directions", [0, 2, 4]))
+        ks = len(p.get("ks") or range(17))
+        alphas = len(p.get("alphas") or range(7))
+        adirs = len(p.get("alpha_directions") or p.get("directions", [0, 2, 4])) + 2
+        grad = m * step * bs / cfg.batch_size
+        cross = (1 + dirs * (ks - 1)) * sub * fwd
+        probe = counts["probe_points"] * (grad + cross) + counts["alpha_points"] * (
+            m * alphas * adirs * sub * fwd)
+    d = trainer.data
+    n_eval = 0
+    for split in cfg.eval.splits:
+        if split == "train":
+            n_eval += int(trainer.eval_train[1].shape[0])
+        elif split == "val" and d.val is not None:
+            n_eval += int(d.val[1].shape[0])
+        elif split == "test" and d.test is not None:
+            n_eval += int(d.test[1].shape[0])
+    evals = counts["evals"] * n_eval * fwd
+    if cfg.metrics.enabled:
+        evals += counts["epochs"] * (hvp / 2.5 if cfg.metrics.grad_norm else 0.0)
+    return RunEstimate(name, total, counts["points"], counts["probe_points"], step, hvp, fwd,
+                       total * step, tracking, probe, evals, setup)
