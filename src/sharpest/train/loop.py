@@ -18,8 +18,9 @@ Conventions
 - Divergence (a NaN/infinite training loss, or one above ``max_loss``, or a non-finite Hessian
   product) stops the run cleanly: a ``"diverged"`` line, then ``"end"`` with
   ``"status": "diverged"``.
-- Only the main process (rank 0) writes to the run folder, so data-parallel training can wrap
-  this loop later.
+- Data parallel (under ``torchrun``): every rank trains on its rows of each global batch
+  through DDP, and only the main process (rank 0) writes to the run folder; the glue is in
+  :mod:`sharpest.distributed.ddp`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpest.config import Config, ConfigError, make_config
+from sharpest.distributed import ddp
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
@@ -157,15 +159,17 @@ class Trainer:
             config = load_config(config)
         self.config = cfg = make_config(config)
         self.quiet = quiet
-        self.is_main = True  # rank 0 writes the run folder (data parallelism: issue 8)
+        # Under torchrun: a process group, cuda:LOCAL_RANK (sharpest.distributed.ddp).
+        self.device = ddp.init_from_env(resolve_device(cfg.device))
+        self.world_size, self.rank = ddp.world_size(), ddp.rank()
+        self.is_main = ddp.is_main()  # rank 0 alone writes the run folder
         self.folder = RunFolder(out) if out is not None else None
         self.resume = resume
-        self._checkpoint_path = self._prepare_folder()
+        self._checkpoint_path = ddp.on_main(self._prepare_folder)
 
         # -- determinism, device ---------------------------------------------------------------
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
 
         # -- data --------------------------------------------------------------------------------
@@ -190,6 +194,11 @@ class Trainer:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} leaves no complete batch of the "
                 f"{self.data.num_train} training examples"
+            )
+        if cfg.batch_size < self.world_size:
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} is the global batch, split across "
+                f"{self.world_size} processes: it must be at least that many"
             )
         total = cfg.epochs * self.iterations_per_epoch
         self.total_iterations = (
@@ -224,6 +233,8 @@ class Trainer:
             self._init_from(cfg.init_from)
         self.num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.initial_params = flat_params(self.model).clone()
+        # Data parallel: training forwards go through DDP; self.model stays the bare module.
+        self.parallel = ddp.wrap(self.model, self.device)
 
         # -- optimizer and schedule -------------------------------------------------------------
         from sharpest.optim import build_optimizer
@@ -293,7 +304,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train to the end (or divergence); returns a :class:`TrainResult`."""
-        if self.folder is not None and self.resume and self.folder.is_finished():
+        if self.folder is not None and self.resume and ddp.on_main(self.folder.is_finished):
             return self._result(already=True)
         try:
             return self._fit()
@@ -377,9 +388,19 @@ class Trainer:
     def train_step(self, inputs: Tensor, targets: Tensor) -> float:
         """One SGD step on a batch; returns its loss. Raises :class:`Diverged`."""
         self.model.train()
-        outputs = self.model(inputs)
+        n_global = int(targets.shape[0])
+        if self.parallel.active:  # data parallel: this rank's rows of the global batch
+            inputs, targets = ddp.shard_batch(inputs, targets)
+        outputs = self.parallel.forward(inputs)  # the model itself on one process
         loss = self.loss_fn(outputs, targets)
+        with torch.no_grad():
+            accuracy = float((outputs.argmax(-1) == targets).float().mean())
         value = loss.item()
+        if self.parallel.active:  # mean loss and accuracy of the global batch, on every rank
+            value, accuracy = self.parallel.global_means(
+                [value, accuracy], int(targets.shape[0]), n_global
+            )
+            loss = loss * self.parallel.loss_scale(int(targets.shape[0]), n_global)
         if not math.isfinite(value) or value > self.config.max_loss:
             what = (
                 "not finite"
@@ -393,10 +414,9 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self._step_lr = self.lr
         self.optimizer.step()
+        self.parallel.after_step()
         self.schedule.step_iteration()
         self.iteration += 1
-        with torch.no_grad():
-            accuracy = float((outputs.argmax(-1) == targets).float().mean())
         self._window[0] += value
         self._window[1] += accuracy
         self._window[2] += 1
@@ -423,9 +443,28 @@ class Trainer:
     def evaluate_split(self, split: str) -> dict[str, float]:
         bs = self.config.eval.batch_size
         data = self.eval_train if split == "train" else self.data.split(split)
+        if self.parallel.active:
+            return self._evaluate_sharded(data, bs)
         return evaluate(
             self.model, in_batches(data, bs), self.loss_fn, self.language_model, self.device
         )
+
+    def _evaluate_sharded(self, data: tuple[Tensor, Tensor], bs: int) -> dict[str, float]:
+        """Data parallel: each rank evaluates its contiguous share, the means are combined."""
+        lo, hi = ddp.shard_range(int(data[1].shape[0]))
+        x, y = data[0][lo:hi], data[1][lo:hi]
+        part, weight = {"loss": 0.0, "accuracy": 0.0}, 0
+        if hi > lo:
+            fields = evaluate(
+                self.model, in_batches((x, y), bs), self.loss_fn, self.language_model, self.device
+            )
+            part = {"loss": fields["loss"], "accuracy": fields["accuracy"]}
+            weight = y.numel() if self.language_model else int(y.shape[0])
+        out = ddp.reduce_means(part, weight)
+        fields = {"loss": out["loss"], "accuracy": out["accuracy"]}
+        if self.language_model:
+            fields["perplexity"] = math.exp(fields["loss"]) if fields["loss"] < 700 else math.inf
+        return fields
 
     def evaluate_all(self) -> dict[str, dict[str, float]]:
         """Evaluate every configured split that exists and log one ``"eval"`` line each."""
@@ -545,10 +584,13 @@ class Trainer:
         }
 
     def save_checkpoint(self, finished: bool = False) -> Path | None:
-        if self.folder is None or not self.is_main:
+        if self.folder is None:
             return None
-        keep = self.config.checkpoint.keep
-        return self.folder.save_checkpoint(self.state_dict(finished), self.iteration, keep)
+        with ddp.full_hidden_state(self.model):  # data parallel: every rank's LSTM state rows
+            if not self.is_main:
+                return None
+            keep = self.config.checkpoint.keep
+            return self.folder.save_checkpoint(self.state_dict(finished), self.iteration, keep)
 
     def _load(self, path: Path) -> int:
         """Restore a checkpoint; returns the number of metrics lines it had seen."""
@@ -556,6 +598,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if state.get("model_hidden") is not None and hasattr(self.model, "hidden_state"):
             self.model.hidden_state = tuple(state["model_hidden"])
+            ddp.shard_hidden_state(self.model)  # data parallel: this rank's rows
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         for cb in self.callbacks:
@@ -664,6 +707,7 @@ class Trainer:
             "seed": self.config.seed,
             "torch": torch.__version__,
             "init_from": self.config.init_from,
+            "world_size": self.world_size,
         }
 
     # ======================================================================== progress bar ===
