@@ -169,21 +169,34 @@ def test_dense_then_sparse_and_epoch_starts():
     assert eig == [(0, 0), (0, 1), (0, 2), (1, 5), (2, 10)]
 
 
-def test_resume_from_each_checkpoint_gives_the_same_records(finished_run, tmp_path):
+def test_resume_from_each_checkpoint_gives_the_same_records(finished_run, tmp_path, monkeypatch):
     src, trainer, _ = finished_run
     expected = trainer.records
+    loaded = []
+    load = Trainer._load
+
+    def spy(self, path):
+        loaded.append(path.name)
+        return load(self, path)
+
+    monkeypatch.setattr(Trainer, "_load", spy)
+    lines = (src / "metrics.jsonl").read_text().splitlines(keepends=True)
+    # As after a kill before the end: no "summary"/"end" lines, lines written after the
+    # checkpoint, and a torn last line.
+    unfinished = [ln for ln in lines if '"event": "end"' not in ln and '"summary"' not in ln]
+    assert len(unfinished) < len(lines)
     for ckpt in (4, 5, 8):  # mid-epoch, epoch end, mid-epoch
         out = tmp_path / f"r{ckpt}"
         (out / "checkpoints").mkdir(parents=True)
         shutil.copy(src / "config.yaml", out)
-        # Lines written after the checkpoint (and a torn one) are in the file, as after a kill.
-        text = (src / "metrics.jsonl").read_text()
-        (out / "metrics.jsonl").write_text(text + '{"event": "tra')
+        (out / "metrics.jsonl").write_text("".join(unfinished) + '{"event": "tra')
         shutil.copy(src / "checkpoints" / "init.pt", out / "checkpoints")
         shutil.copy(src / "checkpoints" / f"ckpt-{ckpt:09d}.pt", out / "checkpoints")
         t = Trainer(tiny(checkpoint={"every": 2, "keep": 0}), out, resume=True)
         t.fit()
+        assert loaded[-1] == f"ckpt-{ckpt:09d}.pt", "the run must resume from the checkpoint"
         assert_same_records(read_records(out / "metrics.jsonl"), expected)
+    assert len(loaded) == 3
 
 
 def test_resume_without_checkpoint_starts_over(tmp_path):
