@@ -239,7 +239,9 @@ class CheckResult:
         return {True: "held", False: "did not hold", None: "not computed"}[self.held]
 
     def numbers(self) -> str:
-        return ", ".join(f"{n}: {_fmt(v)}" for n, v in self.values.items())
+        """``run: value`` pairs; α-step changes (fractions of the loss) in percent."""
+        pct = self.metric.startswith("alpha") and "/" not in self.metric
+        return ", ".join(f"{n}: {_pct(v) if pct else _fmt(v)}" for n, v in self.values.items())
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim, "metric": self.metric, "expect": self.expect,
@@ -247,6 +249,12 @@ class CheckResult:
                            for k, v in self.values.items()},
                 "held": self.held, "verdict": self.verdict, "reason": self.reason,
                 "paper": self.paper}
+
+
+def _pct(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return _fmt(v)
+    return f"{100 * v:+.3g} %"
 
 
 def _fmt(v: float | None) -> str:

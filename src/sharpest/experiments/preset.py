@@ -122,6 +122,8 @@ class ScaleSpec(_Strict):
     note: str = ""
     #: The expected wall time on the target machine (small: a 2-core CPU), in minutes.
     minutes: float | None = Field(default=None, gt=0)
+    #: Runs at once with the local executor when --workers is not given (small: one per core).
+    workers: int | None = Field(default=None, ge=1)
 
 
 class CheckSpec(_Strict):
@@ -308,7 +310,8 @@ def _format_validation(err: ValidationError, where: str) -> str:
             hint = difflib.get_close_matches(last, known + ["set", "init_from", "description",
                                                             "note", "minutes", "claim",
                                                             "metric", "expect", "run",
-                                                            "epoch", "window", "paper"], n=1)
+                                                            "epoch", "window", "paper",
+                                                            "workers"], n=1)
             if hint:
                 msg += f" (did you mean '{hint[0]}'?)"
         elif e["type"] == "missing":

@@ -336,9 +336,10 @@ def run_preset(
 
     ``sets``: ``key=value`` overrides for every run (after the preset's own, e.g.
     ``data_root=...``). ``executor``: ``inline`` | ``local`` | ``ray`` (default ``inline`` for
-    tiny, ``local`` otherwise); ``workers``: runs at once (local: processes, default 1 on CPU,
-    one per GPU; Ray: runs in flight). ``train_fn``: a replacement for the training function
-    (tests), called as ``train_fn(config_dict, out=folder, resume=bool)``.
+    tiny, ``local`` otherwise); ``workers``: runs at once (local: processes, default the scale's
+    ``workers``, else 1 on CPU and one per GPU; Ray: runs in flight). ``train_fn``: a
+    replacement for the training function (tests), called as ``train_fn(config_dict,
+    out=folder, resume=bool)``.
 
     Raises :class:`PresetError` for a bad preset, config, data set or folder before anything
     trains. A run that fails or diverges does not stop the others (its outcome says why).
@@ -356,6 +357,8 @@ def run_preset(
         raise PresetError("--address and resources are for the ray executor (--executor ray)")
     if workers is not None and workers < 1:
         raise PresetError(f"--workers must be at least 1 (got {workers})")
+    if workers is None and executor == "local":
+        workers = preset.scale(scale).workers
     if executor == "ray":
         try:
             import ray  # noqa: F401
