@@ -68,6 +68,8 @@ TINY_PRESET = {
         {"claim": "alpha 2 along e1", "metric": "alpha_e1_2", "runs": ["slow"], "expect": "> 0"},
         {"claim": "k_min", "metric": "kmin_10pct_e1", "runs": ["slow"], "expect": "<= 8"},
     ],
+    "report_groups": {"sgd": ["slow", "fast"]},
+    "run_reports": ["fast"],
 }
 
 
@@ -173,6 +175,8 @@ def test_tracking_and_probe_schedule_counts():
         (lambda d: d["runs"][1].update(name="a/b"), r"plain folder name"),
         (lambda d: d["base"].update(probes={"every": 2, "bogus": 1}),
          r"probes: unknown probe option\(s\) bogus"),
+        (lambda d: d["report_groups"].update(x=["slow", "ghost"]),
+         r"report_groups.x: unknown run\(s\) ghost"),
     ],
 )
 def test_bad_presets_fail_naming_the_key(tmp_path, change, pattern):
@@ -301,6 +305,12 @@ def test_run_a_preset_end_to_end(tmp_path):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Findings at scale tiny" in html and "The larger learning rate ends flatter" in html
     assert any("probe" in p.name for p in pngs)
+    # the group report (comparative figures only) and the run's own report, linked
+    assert 'href="groups/sgd/report.html"' in html and 'href="fast/report.html"' in html
+    group = _check_report(out / "groups" / "sgd")
+    assert len(group) == 2
+    own = _check_report(out / "fast")
+    assert any("early" in p.name for p in own) or len(own) >= 3
 
     # again: nothing trains
     res = runner.invoke(app, ["run", str(path), "--scale", "tiny", "--out", str(out),

@@ -176,6 +176,12 @@ class Preset(_Strict):
     grid: dict[str, list[Any]] | None = None
     scales: dict[Scale, ScaleSpec] = Field(default_factory=dict)
     checks: list[CheckSpec] = Field(default_factory=list)
+    #: Extra comparative reports over subsets of the runs (e.g. the η and the S sweep of
+    #: Fig. 3), written to OUT/groups/<name>/report.html: ``{name: [run, ...]}``.
+    report_groups: dict[str, list[str]] = Field(default_factory=dict)
+    #: Runs that also get their own report in their folder (e.g. Fig. 2's zoom on the first
+    #: iterations, drawn in single-run reports only).
+    run_reports: list[str] = Field(default_factory=list)
 
     #: Where it was read from (not a YAML key).
     source: str | None = Field(default=None, exclude=True)
@@ -305,7 +311,8 @@ def _format_validation(err: ValidationError, where: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             known = ["name", "paper", "title", "summary", "expected", "notes", "aliases",
-                     "base", "runs", "grid", "scales", "checks"]
+                     "base", "runs", "grid", "scales", "checks", "report_groups",
+                     "run_reports"]
             last = str(e["loc"][-1])
             hint = difflib.get_close_matches(last, known + ["set", "init_from", "description",
                                                             "note", "minutes", "claim",
@@ -387,6 +394,16 @@ def _check_structure(preset: Preset, where: str) -> None:
                     f"invalid preset {where}: scales.{scale}.runs names unknown run(s) "
                     f"{', '.join(unknown)} (runs: {', '.join(names)})"
                 )
+        for gname, members in preset.report_groups.items():
+            bad = [n for n in members if n not in known]
+            if bad or len(members) < 2:
+                why = f"unknown run(s) {', '.join(bad)}" if bad else "fewer than two runs"
+                raise PresetError(f"invalid preset {where}: report_groups.{gname}: {why} "
+                                  f"(runs: {', '.join(names)})")
+        bad = [n for n in preset.run_reports if n not in known]
+        if bad:
+            raise PresetError(f"invalid preset {where}: run_reports names unknown run(s) "
+                              f"{', '.join(bad)} (runs: {', '.join(names)})")
         for i, c in enumerate(preset.checks):
             bad = [n for n in c.runs if n not in known]
             if bad:

@@ -98,6 +98,13 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
     ended = {p.name: p for p in runs}
     checks = evaluate_checks(preset.checks, ended) if preset.checks else []
     findings = write_findings(folder, preset, scale, checks) if checks else ""
+    if out is None:
+        from sharpest.experiments.runner import _report
+
+        path, note = _report(folder, preset, scale, runs, findings)
+        if path is None:
+            raise PresetError(str(note))
+        return path
     title = title or f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
     return Path(build_report(runs, out=dest, title=title,
                              expected=expected_markdown(preset, scale, findings)))

@@ -435,16 +435,51 @@ def run_preset(
     return result
 
 
+def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -> list[str]:
+    """The preset's group reports and per-run reports; returns Markdown links to them."""
+    from sharpest.report import build_report
+
+    by_name = {f.name: f for f in folders}
+    links = []
+    for gname, members in preset.report_groups.items():
+        dirs = [by_name[m] for m in members if m in by_name]
+        if len(dirs) < 2:
+            continue
+        dest = out / "groups" / gname
+        try:
+            build_report(dirs, out=dest, per_run=False,
+                         title=f"{preset.paper} — {gname}: {', '.join(members)} "
+                               f"(preset {preset.name}, scale {scale})",
+                         expected=preset.expected)
+        except Exception as err:  # noqa: BLE001 - a note, not a failure
+            links.append(f"{gname}: failed ({type(err).__name__}: {err})")
+            continue
+        links.append(f"[{gname}](groups/{gname}/report.html) ({', '.join(members)})")
+    for name in preset.run_reports:
+        if name not in by_name:
+            continue
+        try:
+            build_report([by_name[name]], expected=preset.expected)
+        except Exception as err:  # noqa: BLE001
+            links.append(f"{name}: failed ({type(err).__name__}: {err})")
+            continue
+        links.append(f"[{name}]({name}/report.html) (its own report, with the zoom)")
+    return links
+
+
 def _report(out: Path, preset: Preset, scale: str, folders: list[Path], findings: str
             ) -> tuple[Path | None, str | None]:
     if not folders:
         return None, "report skipped: no run ended"
     from sharpest.report import build_report
 
+    links = _extra_reports(out, preset, scale, folders)
+    expected = expected_markdown(preset, scale, findings)
+    if links:
+        expected += "\n\n**More reports:** " + "; ".join(links) + "."
     title = f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
     try:
-        path = build_report(folders, out=out, title=title,
-                            expected=expected_markdown(preset, scale, findings))
+        path = build_report(folders, out=out, title=title, expected=expected)
     except Exception as err:  # noqa: BLE001 - the runs are done; a report failure is a note
         return None, f"report failed: {type(err).__name__}: {err}"
     return Path(path), None
