@@ -342,6 +342,7 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool) -> None:
     typer.echo(f"scale {scale}: {len(runs)} run(s)" + (
         f"; {p.scale(scale).minutes:g} min expected" if p.scale(scale).minutes else ""))
     total, longest = 0.0, 0.0
+    seconds: list[float] = []
     for r in runs:
         c = r.config
         built = build_run(c)
@@ -357,9 +358,22 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool) -> None:
             typer.echo(f"    {e.line()}")
             total += e.total_seconds
             longest = max(longest, e.total_seconds)
+            seconds.append(e.total_seconds)
     if estimate:
-        typer.echo(f"total ≈ {total / 60:.1f} min of compute (the longest run "
-                   f"{longest / 60:.1f} min); with W workers, wall ≈ max(total / W, longest)")
+        typer.echo(f"total ≈ {total / 60:.1f} min of one core's compute (the longest run "
+                   f"{longest / 60:.1f} min)")
+        for w in (1, 2, 4):
+            typer.echo(f"  with --workers {w} (one core each): ≈ "
+                       f"{_makespan(seconds, w) / 60:.1f} min of training")
+
+
+def _makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of runs handed to ``workers`` in order, each to the first free worker."""
+    free = [0.0] * workers
+    for s in seconds:
+        i = free.index(min(free))
+        free[i] += s
+    return max(free)
 
 
 @app.command()
