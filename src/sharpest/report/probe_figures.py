@@ -21,6 +21,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from sharpest.report.figures import save_figure
+
 __all__ = [
     "ALPHA_COLORS",
     "alpha_summary",
@@ -260,20 +262,6 @@ def alpha_summary(df: pd.DataFrame, last: int | None = None) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(out, columns=["direction", "eigen_index", "alpha", "change_rel_mean", "n"])
-
-
-def save_figure(
-    fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 150
-) -> list[Path]:
-    """Write ``fig`` as ``stem.png`` and ``stem.svg`` (folders created); return the paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
-        paths.append(path)
-    return paths
 
 
 def write_probe_figures(df: pd.DataFrame, out_dir: str | Path, prefix: str = "probe") -> list[Path]:
