@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -135,6 +136,14 @@ def _local_cuda_device() -> torch.device:
 
 def _destroy() -> None:
     if is_initialized():
+        # Wait for every rank before tearing the group down: a rank that leaves while another
+        # is still connected can abort inside gloo ("terminate called without an active
+        # exception"). A rank that already died makes the barrier fail fast; that is fine here.
+        with contextlib.suppress(Exception):
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
+            else:
+                dist.barrier()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
