@@ -332,30 +332,16 @@ def _say(line: str) -> None:
 def _check_existing(points: list[SweepPoint]) -> dict[str, str]:
     """Existing run folders: refuse ones holding another config; return the finished ones'
     end status by name (they are skipped)."""
-    from sharpest.runs import RunFolder, read_records
-    from sharpest.train.loop import RESUMABLE_CHANGES
+    from sharpest.train.existing import existing_run
 
     done: dict[str, str] = {}
     clashes: list[str] = []
     for p in points:
-        folder = RunFolder(p.folder)
-        if p.folder.exists() and not p.folder.is_dir():
-            clashes.append(f"{p.folder} exists and is not a folder")
-            continue
-        if not folder.config_path.exists():
-            continue
-        try:
-            saved = make_config(folder.read_config()).to_dict()
-        except (ConfigError, OSError, ValueError) as err:
-            clashes.append(f"{p.folder}/config.yaml is not a valid config ({err})")
-            continue
-        now = p.config.to_dict()
-        differ = [k for k in now if now[k] != saved.get(k) and k not in RESUMABLE_CHANGES]
-        if differ:
-            clashes.append(f"{p.folder} holds a run whose config differs in {', '.join(differ)}")
-            continue
-        if folder.is_finished():
-            done[p.name] = str(read_records(folder.metrics_path)[-1].get("status", "finished"))
+        clash, ended = existing_run(p.folder, p.config)
+        if clash:
+            clashes.append(clash)
+        elif ended:
+            done[p.name] = ended
     if clashes:
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
         raise SweepError(f"cannot run the sweep into {points[0].folder.parent}: {clashes[0]}"

@@ -105,34 +105,16 @@ def _sayer(progress: bool, tag: str) -> Callable[[str], None]:
 
 def _check_existing(runs: Sequence[ResolvedRun], out: Path) -> dict[str, str]:
     """Refuse folders holding another config; return the finished runs' end status."""
-    from sharpest.runs import RunFolder, read_records
-    from sharpest.train.loop import RESUMABLE_CHANGES
+    from sharpest.train.existing import existing_run
 
     done: dict[str, str] = {}
     clashes: list[str] = []
     for r in runs:
-        path = out / r.name
-        folder = RunFolder(path)
-        if path.exists() and not path.is_dir():
-            clashes.append(f"{path} exists and is not a folder")
-            continue
-        if not folder.config_path.exists():
-            if path.is_dir() and any(path.iterdir()):
-                clashes.append(f"{path} exists, is not empty and holds no run")
-            continue
-        try:
-            saved = make_config(folder.read_config()).to_dict()
-        except (ConfigError, OSError, ValueError) as err:
-            clashes.append(f"{path}/config.yaml is not a valid config ({err})")
-            continue
-        now = r.config.to_dict()
-        ignore = set(RESUMABLE_CHANGES) | ({"init_from"} if r.init_from else set())
-        differ = [k for k in now if now[k] != saved.get(k) and k not in ignore]
-        if differ:
-            clashes.append(f"{path} holds a run whose config differs in {', '.join(differ)}")
-            continue
-        if folder.is_finished():
-            done[r.name] = str(read_records(folder.metrics_path)[-1].get("status", "finished"))
+        clash, ended = existing_run(out / r.name, r.config, {"init_from"} if r.init_from else ())
+        if clash:
+            clashes.append(clash)
+        elif ended:
+            done[r.name] = ended
     if clashes:
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
         raise PresetError(f"cannot run into {out}: {clashes[0]}{more}; choose another --out or "
