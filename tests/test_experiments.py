@@ -168,6 +168,7 @@ def test_tracking_and_probe_schedule_counts():
          r"init_from.run 'nope' is not a run of this preset"),
         (lambda d: d["checks"][0].update(metric="lambda9"), r"unknown metric 'lambda9'"),
         (lambda d: d["checks"][0].update(expect="bigger"), r"expect must be increasing"),
+        (lambda d: d["checks"][0].update(margin=2), r"checks.0.margin: .*less than 1"),
         (lambda d: d["checks"][0].update(runs=["slow", "ghost"]), r"unknown run\(s\) ghost"),
         (lambda d: d["scales"].update(huge={}), r"scales.huge: unknown scale"),
         (lambda d: d["scales"]["tiny"].update(runs={"ghost": {}}),
@@ -260,6 +261,20 @@ def test_metrics_and_verdicts_from_records(tmp_path):
     assert [r.held for r in res] == [True, False, False, False, None]
     assert res[3].values["b"] == math.inf and "never" in res[3].numbers()
     assert res[4].verdict == "not computed" and "ghost" in res[4].reason
+
+
+def test_an_ordering_within_the_margin_is_a_tie(tmp_path):
+    # peaks 10, 9.8 (2 % apart: a tie at the default 5 % margin) and 5
+    runs = {n: _fake_run(tmp_path / n, [1, peak, 2, 2], alpha2=0.0, kmin=None) for n, peak in
+            (("a", 10), ("b", 9.8), ("c", 5))}
+    order = {"claim": "order", "metric": "lambda1_peak", "runs": ["a", "b", "c"],
+             "expect": "decreasing"}
+    tie, = evaluate_checks([order], runs)
+    assert tie.held is False and "a→b" in tie.reason and "b→c" not in tie.reason
+    loose, = evaluate_checks([{**order, "margin": 0.01}], runs)
+    assert loose.held is True and loose.reason == ""
+    wrong, = evaluate_checks([{**order, "runs": ["c", "a", "b"]}], runs)
+    assert wrong.held is False
 
 
 # -- sharpest run, end to end -----------------------------------------------------------------

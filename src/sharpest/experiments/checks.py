@@ -26,8 +26,10 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
 A difference or a ratio of two metrics is a metric too: ``"alpha_e1_0.5 - alpha_e1_1"``,
 ``"lambda1_end / lambda1_peak"``.
 
-``expect``: ``increasing`` / ``decreasing`` (strictly, along the check's ``runs``), or
-``OP VALUE`` (``> 0``, ``<= 8``) that every run must satisfy.
+``expect``: ``increasing`` / ``decreasing`` (along the check's ``runs``, each neighbour beyond
+the previous by more than ``margin`` of its magnitude, default 5 %: a 0.2 % difference between
+two runs of one seed is noise, not an ordering), or ``OP VALUE`` (``> 0``, ``<= 8``) that every
+run must satisfy.
 """
 
 from __future__ import annotations
@@ -233,6 +235,7 @@ class CheckResult:
     held: bool | None = None
     reason: str = ""
     paper: str = ""
+    margin: float = 0.05
 
     @property
     def verdict(self) -> str:
@@ -248,7 +251,7 @@ class CheckResult:
                 "values": {k: (None if v is None or not math.isfinite(v) else v)
                            for k, v in self.values.items()},
                 "held": self.held, "verdict": self.verdict, "reason": self.reason,
-                "paper": self.paper}
+                "paper": self.paper, "margin": self.margin}
 
 
 def _pct(v: float | None) -> str:
@@ -277,7 +280,8 @@ def evaluate_checks(
     results = []
     for c in checks:
         c = c if isinstance(c, Mapping) else c.model_dump()
-        res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""))
+        res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""),
+                          margin=float(c.get("margin", 0.05)))
         names = list(c.get("runs") or folders)
         for n in names:
             if n not in folders:
@@ -305,9 +309,13 @@ def _judge(res: CheckResult) -> None:
         if len(vals) < 2:
             res.held, res.reason = None, "an ordering needs two runs"
             return
-        pairs = list(zip(vals, vals[1:]))
-        res.held = all(b > a for a, b in pairs) if op == "increasing" else all(
-            b < a for a, b in pairs)
+        sign = 1.0 if op == "increasing" else -1.0
+        steps = [sign * (b - a) / max(abs(a), abs(b), 1e-300) for a, b in zip(vals, vals[1:])]
+        res.held = all(s > res.margin for s in steps)
+        ties = [f"{a}→{b}" for (a, b), s in zip(zip(res.values, list(res.values)[1:]), steps)
+                if 0 <= abs(s) <= res.margin]
+        if ties and not res.held:
+            res.reason = (f"within {res.margin:.0%} of each other (a tie): " + ", ".join(ties))
         return
     res.held = bool(all(_OPS[op](v, value) for v in vals))
 

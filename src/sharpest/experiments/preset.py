@@ -142,6 +142,8 @@ class CheckSpec(_Strict):
     window: float | None = Field(default=None, gt=0, le=1)
     #: Shown with the result (e.g. what the paper measured).
     paper: str = ""
+    #: For increasing/decreasing: the relative change each neighbour must exceed (a tie below).
+    margin: float = Field(default=0.05, ge=0, lt=1)
 
     @field_validator("expect")
     @classmethod
