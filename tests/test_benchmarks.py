@@ -87,3 +87,24 @@ def test_quick_mode_on_a_tiny_model(eigensolvers, tmp_path):
     top_ref = float(ref["values"].split()[0])
     top = float(base[0]["values"].split()[0])
     assert top == pytest.approx(top_ref, rel=1e-3)
+
+
+def test_warm_start_benchmark_on_a_tiny_model(tmp_path):
+    warm_start = _load("warm_start")
+    out = tmp_path / "warm.md"
+    args = ["--quick", "--threads", "1", "--images", "16", "--train-images", "256",
+            "--steps", "3", "--filters", "2,2,4,4", "--dense", "8", "--k", "3",
+            "--fractions", "1,0.01", "--tols", "1e-3", "--out", str(out)]
+    with torch.random.fork_rng():
+        assert warm_start.main(args) == 0
+    with open(out.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["fraction"]) for r in rows] == [1.0, 0.01]
+    for r in rows:
+        assert int(r["cold_hvps"]) > 0 and int(r["warm_hvps"]) > 0
+        assert float(r["cold_error"]) < 1e-2 and float(r["warm_error"]) < 1e-2
+    # a hundredth of a step barely turns the basis: the warm start needs fewer products
+    small = rows[1]
+    assert float(small["largest_angle_deg"]) < float(rows[0]["largest_angle_deg"]) + 1e-9
+    assert int(small["warm_hvps"]) < int(small["cold_hvps"])
+    assert "| step ×f |" in out.read_text()
