@@ -315,7 +315,7 @@ def _judge(res: CheckResult) -> None:
         ties = [f"{a}→{b}" for (a, b), s in zip(zip(res.values, list(res.values)[1:]), steps)
                 if 0 <= abs(s) <= res.margin]
         if ties and not res.held:
-            res.reason = (f"within {res.margin:.0%} of each other (a tie): " + ", ".join(ties))
+            res.reason = f"ties, within {res.margin:.0%} of each other: " + ", ".join(ties)
         return
     res.held = bool(all(_OPS[op](v, value) for v in vals))
 
