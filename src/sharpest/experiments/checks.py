@@ -43,6 +43,9 @@ from typing import Any
 
 import numpy as np
 
+#: Default relative change each neighbour of an ordering must exceed: below it, a tie.
+ORDER_MARGIN = 0.05
+
 __all__ = [
     "CheckResult",
     "METRICS",
@@ -235,7 +238,7 @@ class CheckResult:
     held: bool | None = None
     reason: str = ""
     paper: str = ""
-    margin: float = 0.05
+    margin: float = ORDER_MARGIN
 
     @property
     def verdict(self) -> str:
@@ -281,7 +284,7 @@ def evaluate_checks(
     for c in checks:
         c = c if isinstance(c, Mapping) else c.model_dump()
         res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""),
-                          margin=float(c.get("margin", 0.05)))
+                          margin=float(c.get("margin", ORDER_MARGIN)))
         names = list(c.get("runs") or folders)
         for n in names:
             if n not in folders:

@@ -53,6 +53,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sharpest.config import Config, ConfigError, apply_sets, make_config, parse_set
+from sharpest.experiments.checks import ORDER_MARGIN
 
 __all__ = [
     "SCALES",
@@ -143,7 +144,7 @@ class CheckSpec(_Strict):
     #: Shown with the result (e.g. what the paper measured).
     paper: str = ""
     #: For increasing/decreasing: the relative change each neighbour must exceed (a tie below).
-    margin: float = Field(default=0.05, ge=0, lt=1)
+    margin: float = Field(default=ORDER_MARGIN, ge=0, lt=1)
 
     @field_validator("expect")
     @classmethod
