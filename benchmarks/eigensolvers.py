@@ -43,6 +43,7 @@ same rows as CSV beside it (``.csv``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import math
@@ -51,7 +52,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -751,14 +752,21 @@ def available(solver: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside, restored after (tests call main in-process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(cfg: Config) -> int:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,18 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-def max_rel_error(values: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(values - ref) / np.abs(ref)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    with bench.torch_threads(a.threads):
         return run(a)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -111,8 +102,8 @@ def run(a: argparse.Namespace) -> int:
             row = dict(fraction=f, lr=f * a.lr, largest_angle_deg=angle, tol=tol,
                        cold_hvps=cold.n_matvecs, warm_hvps=warm.n_matvecs,
                        ratio=warm.n_matvecs / cold.n_matvecs,
-                       cold_error=max_rel_error(cold.values, ref.values),
-                       warm_error=max_rel_error(warm.values, ref.values))
+                       cold_error=bench.rel_error(cold.values, ref.values),
+                       warm_error=bench.rel_error(warm.values, ref.values))
             rows.append(row)
             bench.log(f"  step ×{f:g} (lr {f * a.lr:g}), angle {angle:.1f}°, tol {tol:g}: warm "
                       f"{warm.n_matvecs} vs cold {cold.n_matvecs} HVPs = {row['ratio']:.2f}×; "

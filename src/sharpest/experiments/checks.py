@@ -315,8 +315,8 @@ def _judge(res: CheckResult) -> None:
         sign = 1.0 if op == "increasing" else -1.0
         steps = [sign * (b - a) / max(abs(a), abs(b), 1e-300) for a, b in zip(vals, vals[1:])]
         res.held = all(s > res.margin for s in steps)
-        ties = [f"{a}→{b}" for (a, b), s in zip(zip(res.values, list(res.values)[1:]), steps)
-                if 0 <= abs(s) <= res.margin]
+        names = list(res.values)
+        ties = [f"{a}→{b}" for a, b, s in zip(names, names[1:], steps) if abs(s) <= res.margin]
         if ties and not res.held:
             res.reason = f"ties, within {res.margin:.0%} of each other: " + ", ".join(ties)
         return
