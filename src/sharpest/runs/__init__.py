@@ -6,6 +6,7 @@
 """
 
 from sharpest.runs.folder import (
+    CheckpointError,
     RunFolder,
     RunFolderError,
     load_checkpoint,
@@ -22,6 +23,7 @@ from sharpest.runs.io import (
 from sharpest.runs.reader import Run, load
 
 __all__ = [
+    "CheckpointError",
     "MetricsWriter",
     "Run",
     "RunFolder",

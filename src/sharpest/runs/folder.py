@@ -13,18 +13,29 @@ Checkpoints are plain ``torch.save`` dicts of tensors, numbers, strings, lists a
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from sharpest.runs.io import atomic_write, atomic_write_text, read_records
+from sharpest.runs.errors import CheckpointError, RunFolderError, RunFolderWarning
+from sharpest.runs.io import (
+    atomic_write,
+    atomic_write_text,
+    count_lines,
+    read_records,
+    sha256_hex,
+)
 
 __all__ = [
     "CHECKPOINT_PATTERN",
+    "CheckpointError",
     "RunFolder",
     "RunFolderError",
     "load_checkpoint",
@@ -34,17 +45,35 @@ __all__ = [
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
-class RunFolderError(RuntimeError):
-    """A run folder cannot be used as asked (exists without --resume, has no config, ...)."""
+#: Marks the checksummed envelope a checkpoint is stored in (see :func:`save_checkpoint`).
+ENVELOPE = "sharpest-checkpoint"
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file, fsync, then ``os.replace`` onto ``path``."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Save ``state`` atomically, with a SHA-256 of its bytes.
+
+    The file holds ``{"envelope": ENVELOPE, "sha256": hex, "payload": uint8 tensor}`` where
+    ``payload`` is ``torch.save(state)``: :func:`load_checkpoint` recomputes the digest, so a
+    truncated, emptied or bit-flipped file is refused instead of loading wrong weights (a zip
+    member's CRC is not checked by ``torch.load``).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    envelope = {
+        "envelope": ENVELOPE,
+        "sha256": sha256_hex(raw),
+        "payload": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+    }
+    atomic_write(path, lambda f: torch.save(envelope, f))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (safe ``weights_only`` loading)."""
+    """Load a checkpoint written by :func:`save_checkpoint` (safe ``weights_only`` loading).
+
+    Raises :class:`CheckpointError` naming the file when it is damaged or not a checkpoint;
+    files written before checksums (a plain ``torch.save`` dict) still load.
+    """
     path = Path(path)
     if path.is_dir():
         found = RunFolder(path).latest_checkpoint()
@@ -53,7 +82,42 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    outer = _torch_load(path, path, map_location="cpu")
+    if not (isinstance(outer, dict) and outer.get("envelope") == ENVELOPE):
+        if not isinstance(outer, dict):
+            raise CheckpointError(f"{str(path)!r} is not a sharpest checkpoint (no dict inside)")
+        return outer  # written before checksums: nothing to verify
+    payload = outer.get("payload")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged (no payload)")
+    raw = payload.numpy().tobytes()
+    if sha256_hex(raw) != outer.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is damaged: its SHA-256 does not match the one stored "
+            "when it was written"
+        )
+    return _torch_load(io.BytesIO(raw), path, map_location=map_location)
+
+
+def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
+    """``torch.load`` of a file's bytes (read first, so that a file-system error stays an
+    OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint."""
+    if isinstance(source, Path):
+        source = io.BytesIO(source.read_bytes())
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: it is truncated, damaged or not a "
+            f"checkpoint ({_short(reason)})"
+        ) from None
+
+
+def _short(text: str, n: int = 160) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 class RunFolder:
@@ -115,6 +179,34 @@ class RunFolder:
     def latest_checkpoint(self) -> Path | None:
         found = self.list_checkpoints()
         return found[-1] if found else None
+
+    def resume_point(
+        self, map_location: Any = "cpu"
+    ) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+        """The newest checkpoint that loads, passes its checksum and counts no more lines than
+        ``metrics.jsonl`` holds, with its state; ``(None, None)`` when none does.
+
+        Every checkpoint skipped is reported as a :class:`RunFolderWarning` saying why, so a
+        resume that falls back (and then cuts the log to the older checkpoint) says so.
+        """
+        lines = count_lines(self.metrics_path)
+        for path in reversed(self.list_checkpoints()):
+            try:
+                state = load_checkpoint(path, map_location=map_location)
+            except CheckpointError as err:
+                warnings.warn(f"skipping {path.name}: {err}", RunFolderWarning, stacklevel=2)
+                continue
+            seen = state.get("metrics_lines")
+            if isinstance(seen, int) and seen > lines:
+                warnings.warn(
+                    f"skipping {path.name}: it counts {seen} lines of {self.metrics_path.name} "
+                    f"but the log holds {lines}",
+                    RunFolderWarning,
+                    stacklevel=2,
+                )
+                continue
+            return path, state
+        return None, None
 
     def save_checkpoint(self, state: dict[str, Any], iteration: int, keep: int = 0) -> Path:
         """Write ``ckpt-<iteration>.pt`` atomically, then keep only the newest ``keep`` (0: all)."""

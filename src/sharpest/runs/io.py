@@ -9,6 +9,7 @@ returns, so a checkpoint that counts ``n`` lines can rely on those ``n`` lines b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,12 +23,21 @@ import numpy as np
 __all__ = [
     "MetricsWriter",
     "atomic_write",
+    "count_lines",
     "atomic_write_text",
     "fsync_dir",
     "jsonable",
+    "make_dirs",
     "read_records",
+    "sha256_hex",
     "truncate_lines",
+    "umask_mode",
 ]
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as 64 hex digits (checkpoint checksums)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -44,12 +54,39 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
-    """Write ``path`` atomically: ``write(f)`` fills a temp file that then replaces ``path``."""
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask: what ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """``mkdir -p`` that fsyncs the parent of each folder it creates (the new entry survives a
+    power cut, like the files written into it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file that then replaces ``path``.
+
+    The temp file has a unique name (mkstemp) and gets the mode a plain ``open()`` would give
+    (0666 less the umask) rather than mkstemp's 0600.
+    """
+    path = Path(path)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -100,11 +137,14 @@ class MetricsWriter:
 
     def __init__(self, path: str | os.PathLike[str], lines: int | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
+        created = not self.path.exists()
         if lines is None:
-            lines = truncate_lines(self.path, None) if self.path.exists() else 0
+            lines = 0 if created else truncate_lines(self.path, None)
         self.lines = lines
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if created:
+            fsync_dir(self.path.parent)  # the new log's entry in the run folder
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(jsonable(record), separators=(", ", ": "), allow_nan=False)
@@ -149,15 +189,38 @@ def truncate_lines(path: str | os.PathLike[str], keep: int | None) -> int:
     return n
 
 
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """The number of complete (newline-terminated) lines of a file; 0 when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
 def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file; a torn (unterminated) last line is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    """The JSON objects of a ``.jsonl`` file; a torn (unterminated) last line is skipped.
+
+    A line that is not JSON anywhere else raises ValueError naming the file and line: a crash
+    tears only the last line, so garbage before it means the file was damaged or edited.
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break
             line = line.strip()
-            if line:
-                yield json.loads(line)
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ValueError(
+                    f"{os.fspath(path)}, line {number}: not a JSON record ({err.args[0]}); "
+                    "the log is damaged: remove or repair that line"
+                ) from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{os.fspath(path)}, line {number}: not a JSON object")
+            yield record
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

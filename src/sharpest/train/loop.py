@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ from sharpest.runs import (
     save_checkpoint,
     truncate_lines,
 )
+from sharpest.runs.errors import RunFolderWarning
 from sharpest.runs.io import jsonable
+from sharpest.runs.lock import LOCK_NAME, RunLock
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
 from sharpest.train.schedules import Schedule
@@ -83,8 +86,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} was asked for but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: {name!r} does not exist (this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s): cuda:0 …)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {name!r} was asked for but MPS (Apple GPU) is not available")
     return device
 
 
@@ -165,8 +176,21 @@ class Trainer:
         self.is_main = ddp.is_main()  # rank 0 alone writes the run folder
         self.folder = RunFolder(out) if out is not None else None
         self.resume = resume
+        # One writer per run folder: the lock is taken before the folder is looked at and held
+        # until fit() ends (released early if building the trainer fails).
+        self._lock = RunLock(out) if out is not None and self.is_main else None
+        self._resume_state: dict[str, Any] | None = None
+        self._extending = False
         self._checkpoint_path = ddp.on_main(self._prepare_folder)
+        try:
+            self._build(callbacks)
+        except BaseException:
+            self._release_lock()
+            raise
 
+    def _build(self, callbacks: Sequence[Callback]) -> None:
+        """Data, model, optimizer, schedule, callbacks and loop state from ``self.config``."""
+        cfg = self.config
         # -- determinism, device ---------------------------------------------------------------
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -305,11 +329,27 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the end (or divergence); returns a :class:`TrainResult`."""
         if self.folder is not None and self.resume and ddp.on_main(self.folder.is_finished):
-            return self._result(already=True)
+            self._extending = ddp.on_main(self._can_extend)
+            if not self._extending:
+                self._release_lock()
+                return self._result(already=True)
         try:
             return self._fit()
         finally:
             self._close()  # also on KeyboardInterrupt: the log stays consistent for --resume
+            self._release_lock()
+
+    def _can_extend(self) -> bool:
+        """Whether a finished run is resumed with more to do (``--set epochs=N`` raised):
+        it then continues from its final checkpoint, whose ``end`` record is dropped."""
+        state = self._resume_state
+        if state is None or not state.get("finished"):
+            return False
+        return int(state["iteration"]) < self.total_iterations
+
+    def _release_lock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     def _fit(self) -> TrainResult:
         cfg = self.config
@@ -594,7 +634,10 @@ class Trainer:
 
     def _load(self, path: Path) -> int:
         """Restore a checkpoint; returns the number of metrics lines it had seen."""
-        state = load_checkpoint(path, map_location=self.device)
+        state = self._resume_state
+        if state is None:
+            state = load_checkpoint(path, map_location=self.device)
+        self._resume_state = None  # the tensors now live in the model and optimizer
         self.model.load_state_dict(state["model"])
         if state.get("model_hidden") is not None and hasattr(self.model, "hidden_state"):
             self.model.hidden_state = tuple(state["model_hidden"])
@@ -617,7 +660,8 @@ class Trainer:
         if init is not None and init.exists():
             self.initial_params = load_checkpoint(init, self.device)["params"]
         self._rng_resume = state["rng"]
-        return int(state["metrics_lines"])
+        lines = int(state["metrics_lines"])
+        return lines - 1 if self._extending else lines  # an extension drops the "end" line
 
     # =========================================================================== set-up ===
 
@@ -628,20 +672,31 @@ class Trainer:
                 raise RunFolderError("resume needs a run folder (out)")
             return None
         folder = self.folder
+        self._lock.acquire()  # type: ignore[union-attr]
         if not self.resume:
             if folder.is_run():
                 raise RunFolderError(
                     f"{folder.path} already holds a run; pass --resume to continue it, or choose "
                     "another --out"
                 )
-            if folder.path.exists() and any(folder.path.iterdir()):
+            if folder.path.exists() and any(p.name != LOCK_NAME for p in folder.path.iterdir()):
                 raise RunFolderError(f"{folder.path} exists and is not empty; choose another --out")
             return None
         if not folder.config_path.exists():
             raise RunFolderError(f"cannot resume: {folder.path} holds no run (no config.yaml)")
         self._check_resume_config(folder.read_config())
         folder.clean_temp_files()
-        return folder.latest_checkpoint()
+        newest = folder.latest_checkpoint()
+        path, self._resume_state = folder.resume_point(map_location=self.device)
+        if newest is not None and path != newest:
+            kept = "" if path is None else f"resuming from {path.name}"
+            warnings.warn(
+                f"{kept or 'no checkpoint is usable: starting the run over'}; "
+                f"{folder.metrics_path.name} is cut back to what it had seen",
+                RunFolderWarning,
+                stacklevel=2,
+            )
+        return path
 
     def _check_resume_config(self, saved: dict[str, Any]) -> None:
         now = self.config.to_dict()
