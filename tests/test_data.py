@@ -205,9 +205,9 @@ def test_partial_folder_errors_or_warns_naming_missing_files(tmp_path: Path) -> 
 
 
 def test_missing_folder_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"cifar-10-batches-py.*download=True"):
+    with pytest.raises(DataError, match=r"cifar-10-batches-py.*download=true"):
         load_data("cifar10", root=tmp_path)
-    with pytest.raises(DataError, match=r"ptb\.train\.txt.*download=True"):
+    with pytest.raises(DataError, match=r"ptb\.train\.txt.*download=true"):
         load_data("ptb", root=tmp_path)
 
 

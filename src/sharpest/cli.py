@@ -7,10 +7,15 @@ one-paragraph message and no traceback; 3 the run diverged; 130 interrupted (res
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import math
+import pickle
 import sys
+import warnings
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +26,6 @@ app = typer.Typer(
     help="Measure and steer the sharpest directions of a network's loss along SGD "
     "(Jastrzebski et al., 2018).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -29,31 +33,123 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
+#: One default for every verb's --threads: the models these verbs train on a CPU are small,
+#: and there a second intra-op thread mostly spins (raise it for CIFAR-scale models).
+DEFAULT_THREADS = 1
+
+
+class Scale(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    paper = "paper"
+
+
+class Executor(str, Enum):
+    inline = "inline"
+    local = "local"
+    ray = "ray"
+
+
+class SweepExecutor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+class Which(str, Enum):
+    LM = "LM"
+    LA = "LA"
+    SA = "SA"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    typer.echo(f"sharpest: error: {message}", err=True)
+    typer.echo(f"sharpest: error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    print(f"warning: {_one_line(str(message))}", file=file if file is not None else sys.stderr)
+
+
+def install_warning_format() -> None:
+    """Print warnings as one ``warning: …`` line (not Python's ``file:line: UserWarning``
+    form), each time they happen. The CLI installs this; the library never does."""
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("always", category=UserWarning)
+
+
+#: What to do about an OSError, by errno (the message says what failed and where).
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then continue with --resume",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, then continue with --resume",
+    errno.EROFS: "choose a folder on a writable file system (--out)",
+    errno.EACCES: "choose a folder you may write to (--out), or fix its permissions",
+    errno.EPERM: "choose a folder you may write to (--out), or fix its permissions",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder was given where a file is expected",
+    errno.EEXIST: "a file of that name is in the way",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One paragraph for a file-system error: what failed, on which path, what to do."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    what = err.strerror or str(err)
+    hint = _OS_HINTS.get(err.errno or 0, "")
+    return f"{what}{f': {where}' if where else ''}{f' ({hint})' if hint else ''}"
+
+
 def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors bad input causes into a one-paragraph message and exit status 2."""
+    """Turn the errors bad input and the file system cause into a one-paragraph message and
+    exit status 2 (no traceback); an interrupt exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from sharpest.config import ConfigError
-        from sharpest.runs import RunFolderError
+        from sharpest.runs.errors import RunFolderError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RunFolderError, FileNotFoundError) as err:
-            _fail(str(err).strip().replace("\n", " "))
+        except (ConfigError, RunFolderError) as err:
+            _fail(str(err))
+        except FileNotFoundError as err:
+            _fail(str(err) if err.errno is None else describe_os_error(err))
+        except OSError as err:
+            _fail(describe_os_error(err))
+        except (EOFError, pickle.UnpicklingError) as err:
+            _fail(f"a file ended early or is not what was expected ({err})")
         except ValueError as err:  # DataError and friends name the file or option
-            _fail(str(err).strip().replace("\n", " "))
+            _fail(str(err))
         except KeyboardInterrupt:
             typer.echo("sharpest: interrupted (continue the run with --resume)", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sharpest import __version__
+
+        typer.echo(f"sharpest {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    install_warning_format()
 
 
 def _set_threads(threads: int | None) -> None:
@@ -63,6 +159,11 @@ def _set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+Threads = Annotated[
+    int, typer.Option("--threads", help="torch CPU threads (raise it for large models).", min=1)
+]
 
 
 # ------------------------------------------------------------------------------------- train ---
@@ -80,7 +181,7 @@ def train(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config key: key=value (dotted for nested)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder to write.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = ...,  # type: ignore[assignment]
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
@@ -89,9 +190,7 @@ def train(
         typer.Option("--init-from", help="Start from this checkpoint's weights and eigenbasis."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch CPU threads (default torch's).", min=1)
-    ] = None,
+    threads: Threads = DEFAULT_THREADS,
 ) -> None:
     """Train CONFIG (or --model/--data with defaults), tracking the top Hessian eigenvalues.
 
@@ -101,8 +200,6 @@ def train(
     from sharpest.runs import RunFolder
     from sharpest.train import Trainer
 
-    if out is None:
-        _fail("--out DIR is required (the run folder to write)")
     _set_threads(threads)
     sets = list(set_ or [])
     if model is not None:
@@ -124,9 +221,12 @@ def train(
     if result.get("already_finished"):
         typer.echo(f"{out}: the run has already finished ({result['status']})", err=True)
     if result["status"] == "diverged":
+        from sharpest.runs import read_records
+
+        records = trainer.records or read_records(RunFolder(out).metrics_path)
         reason = next(
-            (r.get("reason") for r in reversed(trainer.records) if r["event"] == "diverged"), ""
-        )
+            (r.get("reason") for r in reversed(records) if r["event"] == "diverged"), None
+        ) or "no reason was recorded"
         typer.echo(f"sharpest: the run diverged: {reason} (records in {out})", err=True)
         raise typer.Exit(EXIT_DIVERGED)
     if not quiet:
@@ -153,13 +253,12 @@ def eig(
         ),
     ] = None,
     which: Annotated[
-        str, typer.Option(help="LM (largest magnitude) or LA (largest algebraic).")
-    ] = "LM",
-    tol: Annotated[float, typer.Option(help="Lanczos tolerance.")] = 1e-4,
+        Which,
+        typer.Option(help="LM largest magnitude, LA largest algebraic, SA smallest algebraic."),
+    ] = Which.LM,
+    tol: Annotated[float, typer.Option(help="Lanczos tolerance (finite, > 0).")] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch CPU threads (default torch's).", min=1)
-    ] = None,
+    threads: Threads = DEFAULT_THREADS,
 ) -> None:
     """Top-K Hessian eigenvalues at a checkpoint, on its run's Hessian subset."""
     import time
@@ -169,29 +268,29 @@ def eig(
     from sharpest.runs import RunFolder, load_checkpoint
     from sharpest.train import Trainer
 
+    which_ = which.value
+    if not (math.isfinite(tol) and tol > 0):
+        _fail(f"--tol must be a finite number > 0, got {tol}")
     _set_threads(threads)
-    if which not in ("LM", "LA"):
-        _fail(f"--which must be LM or LA, got {which!r}")
     path = checkpoint
     if path.is_dir():
         found = RunFolder(path).latest_checkpoint()
         if found is None:
             _fail(f"{path} holds no checkpoint")
         path = found  # type: ignore[assignment]
-    try:
-        state = load_checkpoint(path)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unreadable file is bad input here
-        _fail(f"cannot read checkpoint {str(path)!r}: {err}")
-    if "model" not in state or "config" not in state:
-        _fail(f"{path} is not a sharpest checkpoint (no model or config)")
+    state = load_checkpoint(path)  # CheckpointError (exit 2) names a damaged file
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        _fail(f"{path} is not a sharpest checkpoint (no model or config in it)")
     overrides: dict[str, Any] = {"init_from": None, "epochs": 0, "probes": {}}
     if subset is not None:
         overrides["track"] = {**state["config"].get("track", {}), "subset": subset}
     cfg = make_config({**state["config"], **overrides})
     trainer = Trainer(cfg, None)
-    trainer.model.load_state_dict(state["model"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        _fail(f"{path}: its model weights do not fit the model its config describes "
+              f"({cfg.model}, model_options {cfg.model_options}): {str(err).splitlines()[0]}")
     op = HessianOperator(
         trainer.model,
         trainer.loss_fn,
@@ -202,7 +301,7 @@ def eig(
     if k >= op.size:
         _fail(f"--k {k} must be smaller than the number of parameters ({op.size})")
     start = time.perf_counter()
-    res = lanczos(op, k=k, which=which, tol=tol, seed=cfg.seed)
+    res = lanczos(op, k=k, which=which_, tol=tol, seed=cfg.seed)
     seconds = time.perf_counter() - start
     if as_json:
         typer.echo(
@@ -227,7 +326,7 @@ def eig(
     )
     typer.echo(
         f"Hessian of {cfg.model} on {op.num_examples} {cfg.data} training examples, "
-        f"{op.size} parameters, weight_decay {cfg.weight_decay}, top {k} ({which})"
+        f"{op.size} parameters, weight_decay {cfg.weight_decay}, top {k} ({which_})"
     )
     typer.echo(f"{'i':>4}  {'eigenvalue':>14}  {'residual':>10}")
     for i, (v, r) in enumerate(zip(res.values, res.residuals), start=1):
@@ -248,9 +347,7 @@ def demo(
     quick: Annotated[
         bool, typer.Option("--quick", help="A seconds-long smoke test (tiny scale).")
     ] = False,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch CPU threads (default 1).", min=1)
-    ] = None,
+    threads: Threads = DEFAULT_THREADS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """The main job, offline on MNIST-1D, a few minutes on 2 CPU cores.
@@ -264,7 +361,7 @@ def demo(
     from sharpest.experiments.demo import findings_table, run_demo
 
     t0 = time.perf_counter()
-    res = run_demo(out, quick=quick, threads=threads if threads is not None else 1,
+    res = run_demo(out, quick=quick, threads=threads,
                    progress=not quiet)
     typer.echo(f"\nFindings ({res.preset.name}, scale {res.scale}):")
     typer.echo(findings_table(res))
@@ -284,8 +381,8 @@ def run_cmd(
         str, typer.Argument(help="A preset name (see `sharpest presets`) or a preset YAML file.")
     ],
     scale: Annotated[
-        str, typer.Option("--scale", help="tiny (seconds), small (2-core CPU), paper (GPU).")
-    ] = "small",
+        Scale, typer.Option("--scale", help="tiny (seconds), small (2-core CPU), paper (GPU).")
+    ] = Scale.small,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config key of every run: key=value."),
@@ -294,17 +391,16 @@ def run_cmd(
         Path | None, typer.Option("--out", "-o", help="Folder (default runs/PRESET-SCALE).")
     ] = None,
     executor: Annotated[
-        str | None,
-        typer.Option(help="inline | local | ray (default: inline for tiny, else local)."),
+        Executor | None,
+        typer.Option(help="Where runs train (default: inline for tiny, else local)."),
     ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
     ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
     threads: Annotated[
-        int | None,
-        typer.Option("--threads", help="torch CPU threads of inline runs.", min=1),
-    ] = None,
+        int, typer.Option("--threads", help="torch CPU threads of inline runs.", min=1)
+    ] = DEFAULT_THREADS,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and build every run; train nothing.")
     ] = False,
@@ -321,14 +417,16 @@ def run_cmd(
     from sharpest.experiments.runner import run_preset
 
     sets = list(set_ or [])
+    scale_ = scale.value
     p = load_preset(preset)
     if dry_run or estimate:
         _set_threads(threads)
-        runs = resolve_runs(p, scale, sets)
-        _describe(p, scale, runs, estimate)
+        runs = resolve_runs(p, scale_, sets)
+        _describe(p, scale_, runs, estimate)
         return
     _set_threads(threads)
-    res = run_preset(p, scale, sets, out, executor=executor, workers=workers, address=address,
+    res = run_preset(p, scale_, sets, out, executor=None if executor is None else executor.value,
+                     workers=workers, address=address,
                      report=not no_report, progress=not quiet)
     typer.echo(res.summary())
     if res.failed:
@@ -381,11 +479,11 @@ def _makespan(seconds: list[float], workers: int) -> float:
 def sweep(
     target: Annotated[str, typer.Argument(help="A preset name or file, or a config YAML.")],
     grid: Annotated[
-        list[str] | None,
+        list[str],
         typer.Option("--grid", "-g", help="key=v1,v2,... (several for a Cartesian product)."),
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder.")] = None,
-    scale: Annotated[str, typer.Option(help="Scale of a preset.")] = "small",
+    ] = ...,  # type: ignore[assignment]
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder.")] = ...,  # type: ignore[assignment]
+    scale: Annotated[Scale, typer.Option(help="Scale of a preset.")] = Scale.small,
     run_name: Annotated[
         str | None,
         typer.Option("--run", help="The preset run whose config is the base (default: the "
@@ -394,7 +492,9 @@ def sweep(
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a base config key.")
     ] = None,
-    executor: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    executor: Annotated[
+        SweepExecutor, typer.Option(help="Where runs train.")
+    ] = SweepExecutor.local,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
@@ -409,14 +509,11 @@ def sweep(
     from sharpest.config import apply_sets
     from sharpest.distributed.sweep import parse_grid, run_sweep
 
-    if not grid:
-        _fail("--grid key=v1,v2,... is required")
-    if out is None:
-        _fail("--out DIR is required (the sweep folder)")
     parsed = parse_grid(grid)
-    base = _sweep_base(target, scale, run_name)
+    base = _sweep_base(target, scale.value, run_name)
     base = apply_sets(base, list(set_ or []))
-    res = run_sweep(base, parsed, out, executor=executor, max_workers=workers, address=address,
+    res = run_sweep(base, parsed, out, executor=executor.value, max_workers=workers,
+                    address=address,
                     report=not no_report, progress=not quiet)
     typer.echo(res.summary())
     if not res.ok:
@@ -524,6 +621,7 @@ def _clip(text: str, n: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sharpest`` script."""
+    install_warning_format()
     app(args=argv if argv is not None else sys.argv[1:], prog_name="sharpest")
 
 

@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+#: Seeds go to torch.manual_seed (64-bit) and into int64 tensors: the largest int64.
+MAX_SEED = 2**63 - 1
+
+
 class ConfigError(ValueError):
     """A bad config: unknown key, wrong type or bad value. The message names the key."""
 
@@ -56,7 +60,7 @@ class OptimizerConfig(_Section):
 
     name: Literal["sgd", "nsgd", "top_only", "no_top", "frozen_top"] = "sgd"
     #: nsgd: the rate along the top-k eigenvectors is gamma·lr.
-    gamma: float = 1.0
+    gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     #: Eigenvectors the optimizer uses (None: 5 for sgd/nsgd, 1 for the Sec. 3.3 variants).
     k: int | None = Field(default=None, ge=1)
     #: Where the nudge acts under momentum: step (authors' correct_v) | gradient | both.
@@ -95,7 +99,7 @@ class TrackConfig(_Section):
     #: Examples per forward/backward pass of the Hessian-vector products (None: 512).
     chunk_size: int | None = Field(default=None, ge=1)
     #: Seed of the subset (None: the run's seed).
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
     @property
     def enabled(self) -> bool:
@@ -195,13 +199,13 @@ class Config(_Section):
     data_root: str | None = None
     #: Use only the first N training examples (PTB: N windows).
     train_subset: int | None = Field(default=None, ge=1)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     epochs: int = Field(default=10, ge=0)
     batch_size: int = Field(default=128, ge=1)
-    lr: float = Field(default=0.01, gt=0)
+    lr: float = Field(default=0.01, gt=0, allow_inf_nan=False)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     #: PyTorch convention: adds weight_decay·θ to the gradient; the Hessian gets (wd/2)‖θ‖².
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     # -- extensions ---------------------------------------------------------------------------
@@ -280,8 +284,8 @@ class Config(_Section):
                 "give a count as an integer"
             )
         dev = self.device
-        if dev not in ("auto", "cpu", "cuda", "mps") and not dev.startswith("cuda:"):
-            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N (got {dev!r})")
+        if dev not in ("auto", "cpu", "cuda", "mps") and not re.fullmatch(r"cuda:\d+", dev):
+            raise ValueError(f"device: expected auto, cpu, cuda, cuda:N or mps (got {dev!r})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,10 +373,20 @@ def _deep_copy(d: Mapping[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A config file's mapping; ConfigError for a missing file or bad YAML."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a folder, not a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {str(p)!r} is not a text file (it is binary, or not UTF-8)"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {str(p)!r} is not a text file (it holds NUL bytes)")
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

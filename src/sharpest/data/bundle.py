@@ -126,7 +126,7 @@ class DataBundle:
             raise ValueError(f"unknown split {name!r}; expected 'train', 'val' or 'test'")
         pair = getattr(self, name)
         if pair is None:
-            hint = " (pass val_size to load_data to hold one out)" if name == "val" else ""
+            hint = " (hold one out with --set val_size=N)" if name == "val" else ""
             raise ValueError(f"data set {self.name!r} has no {name!r} split{hint}")
         return pair
 

@@ -192,9 +192,10 @@ def load_cifar(
     if folder is None:
         if not download:
             raise DataError(
-                f"{spec.name} not found: no {spec.folder} folder in {root}. Pass download=True "
+                f"{spec.name} not found: no {spec.folder} folder in {root}. Pass "
+                "--set download=true "
                 f"(needs network; fetches {spec.url}), or point data_root (or $SHARPEST_DATA) at "
-                f"the folder that holds {spec.folder}."
+                f"the folder that holds {spec.folder} (--set data_root=DIR)."
             )
         folder = download_and_extract(spec.url, spec.md5, root, spec.folder)
     label_key = spec.label_keys[label_mode]
@@ -204,7 +205,9 @@ def load_cifar(
     missing = [f for f in spec.train_files if f not in present]
     if missing:
         if not allow_partial or not present:
-            hint = "" if not present else " (pass allow_partial=True to use the batches present)"
+            hint = "" if not present else (
+                " (to use the batches present: --set data_options.allow_partial=true)"
+            )
             raise DataError(f"missing file {folder / missing[0]}{hint}")
         warnings.warn(
             f"{spec.name}: {folder} is partial; missing {', '.join(missing)}: using "

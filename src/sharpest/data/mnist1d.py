@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -63,9 +64,36 @@ def _generate(num_samples: int, train_split: float, dataset_seed: int) -> dict[s
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+            arrays = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
         return None  # a missing or damaged cache is simply regenerated
+    problem = _cache_problem(arrays)
+    if problem:
+        warnings.warn(f"ignoring the damaged cache {path} ({problem}); regenerating it",
+                      stacklevel=3)
+        return None
+    return arrays
+
+
+def _cache_problem(arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong with cached arrays ('' if nothing): a tampered or damaged cache must not
+    reach training, where a label out of range fails deep inside the loss."""
+    for split in ("", "_test"):
+        x, y = arrays["x" + split], arrays["y" + split]
+        if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            return f"x{split} and y{split} have shapes {x.shape} and {y.shape}"
+        if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= 10)):
+            return f"labels y{split} outside 0..9"
+        if x.dtype.kind != "f" or not np.isfinite(x).all():
+            return f"x{split} holds non-finite values"
+    return ""
+
+
+def _open_mode() -> int:
+    """0666 less the umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -73,6 +101,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, _open_mode())  # mkstemp's 0600 would hide a shared cache
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
             os.replace(tmp, path)

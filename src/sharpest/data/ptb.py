@@ -99,8 +99,8 @@ def load_ptb(root: Path, download: bool = False) -> RawText:
         if not download:
             raise DataError(
                 f"Penn Treebank not found: no ptb.train.txt in {root / 'ptb'} or {root}. Pass "
-                f"download=True (needs network; fetches {PTB_URL}ptb.*.txt), or point data_root "
-                "(or $SHARPEST_DATA) at the folder that holds ptb/."
+                f"--set download=true (needs network; fetches {PTB_URL}ptb.*.txt), or point "
+                "data_root (--set data_root=DIR, or $SHARPEST_DATA) at the folder that holds ptb/."
             )
         folder = root / "ptb"
     for fname, md5 in PTB_FILES.values():

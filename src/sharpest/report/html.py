@@ -458,9 +458,11 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # A unique, fsync'ed temp file (runs.io.atomic_write): two reports written at once into
+    # one folder no longer share ".report.html.tmp".
+    from sharpest.runs.io import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def build_report(
