@@ -11,6 +11,7 @@ import errno
 import functools
 import json
 import math
+import os
 import pickle
 import sys
 import warnings
@@ -113,12 +114,16 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from sharpest.config import ConfigError
-        from sharpest.runs.errors import RunFolderError
+        from sharpest.errors import RunFolderError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, RunFolderError) as err:
             _fail(str(err))
+        except BrokenPipeError:  # `sharpest presets | head`: the reader left, nothing to say
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except FileNotFoundError as err:
             _fail(str(err) if err.errno is None else describe_os_error(err))
         except OSError as err:
@@ -605,14 +610,28 @@ def presets(
         names = p.name + (f" ({', '.join(p.aliases)})" if p.aliases else "")
         rows.append((names, p.paper, str(len(p.run_specs("paper"))),
                      f"{small:g} min" if small else "—", p.expected_line))
+    import shutil
+    import textwrap
+
+    width = max(60, shutil.get_terminal_size(fallback=(100, 24)).columns)
     heads = ("preset (aliases)", "paper", "runs", "small", "expected outcome")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads[:4])]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths)) + "  " + heads[4])
+    left = sum(widths) + 2 * len(widths)
+    # The outcome gets what the terminal leaves; on a narrow one it goes on its own line.
+    below = width - left < 30
+    typer.echo(_clip("  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()
+                     + ("" if below else "  " + heads[4]), width))
     for r in rows:
         line = "  ".join(c.ljust(w) for c, w in zip(r, widths))
-        typer.echo(f"{line}  {_clip(r[4], 110)}")
-    typer.echo("\nsharpest run PRESET [--scale tiny|small|paper] [--set key=value] [--out DIR]; "
-               "sharpest presets PRESET prints its YAML.")
+        if below:
+            typer.echo(_clip(line.rstrip(), width))
+            typer.echo(_clip("    " + r[4], width))
+        else:
+            typer.echo(f"{line}  {_clip(r[4], width - left)}")
+    typer.echo("")
+    typer.echo(textwrap.fill(
+        "sharpest run PRESET [--scale tiny|small|paper] [--set key=value] [--out DIR]; "
+        "sharpest presets PRESET prints its YAML.", width=width))
 
 
 def _clip(text: str, n: int) -> str:

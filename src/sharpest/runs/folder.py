@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from sharpest.runs.errors import CheckpointError, RunFolderError, RunFolderWarning
+from sharpest.errors import CheckpointError, RunFolderError, RunFolderWarning
 from sharpest.runs.io import (
     atomic_write,
     atomic_write_text,

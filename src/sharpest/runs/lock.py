@@ -14,7 +14,7 @@ import errno
 import os
 from pathlib import Path
 
-from sharpest.runs.errors import RunFolderError
+from sharpest.errors import RunFolderError
 
 __all__ = ["LOCK_NAME", "RunLock", "RunLockedError"]
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from sharpest.config import Config, ConfigError, make_config
 from sharpest.distributed import ddp
+from sharpest.errors import RunFolderWarning
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
@@ -48,7 +49,6 @@ from sharpest.runs import (
     save_checkpoint,
     truncate_lines,
 )
-from sharpest.runs.errors import RunFolderWarning
 from sharpest.runs.io import jsonable
 from sharpest.runs.lock import LOCK_NAME, RunLock
 from sharpest.train.callbacks import Callback

@@ -1,4 +1,5 @@
-"""Errors of run folders (no torch import: the CLI's error handling loads this cheaply)."""
+"""Errors and warnings of run folders, in a module that imports nothing heavy: the CLI catches
+them without importing torch (`sharpest presets` and `--help` stay fast)."""
 
 from __future__ import annotations
 
