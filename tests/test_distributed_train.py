@@ -21,7 +21,7 @@ from torch import nn
 
 from sharpest.config import make_config
 from sharpest.distributed import ddp
-from sharpest.runs import read_records
+from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
@@ -188,7 +188,7 @@ def test_stateful_lstm_data_parallel_and_resume(tmp_path, shared_data):
     assert_close_records(parallel, single.records, rtol=1e-5)
     out = tmp_path / "resumed"
     _killed_copy(tmp_path / "ddp", out, 4)  # mid-epoch
-    state = torch.load(out / "checkpoints/ckpt-000000004.pt", weights_only=True)
+    state = load_checkpoint(out / "checkpoints/ckpt-000000004.pt")
     assert state["model_hidden"][0].shape[1] == 4  # the whole global batch's rows
     assert_close_records(_resume(config, out), parallel, rtol=1e-6)
 

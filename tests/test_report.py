@@ -240,6 +240,7 @@ def test_missing_fields_skip_figures_with_a_note(tmp_path):
     check_figures(path, run / "figures", at_least=1)
     text = path.read_text(encoding="utf-8")
     assert "Figures not drawn" in text
+    assert '<details class="meta"><summary>Notes on this report' in text
     assert "no &#34;eigen&#34; lines" in text or 'no "eigen" lines' in text
     assert "angle_max" in text
 
@@ -286,7 +287,7 @@ def test_comparison_report_labels_differing_lr(tmp_path):
     b = write_run(tmp_path / "sweep" / "lr0.01", records(lr=0.01, scale=3.0), config(lr=0.01))
     runs = [read_run(a), read_run(b)]
     labels, keys = run_labels(runs)
-    assert keys == ["lr"] and labels == ["lr=0.1", "lr=0.01"]
+    assert keys == ["lr"] and labels == ["η=0.1", "η=0.01"]
     path = build_report([a, b])
     assert path == tmp_path / "sweep" / "report" / "report.html"
     pngs = check_figures(path, path.parent / "figures", at_least=4)
@@ -294,7 +295,7 @@ def test_comparison_report_labels_differing_lr(tmp_path):
     assert {"sweep_top_eigenvalues", "sweep_accuracy_sharpness"} <= names
     assert {"lr0.1_eigenvalues", "lr0.01_eigenvalues"} <= names
     text = path.read_text(encoding="utf-8")
-    assert "lr=0.1" in text and "lr=0.01" in text
+    assert "η=0.1" in text and "η=0.01" in text
     sb = summarize(b)
     assert sb["lambda1_final"] == pytest.approx(3.0 * eigenvalues(2 * EPOCHS - 1)[0])
     assert f"{sb['lambda1_final']:.4g}" in text  # the table shows the number

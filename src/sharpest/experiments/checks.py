@@ -244,6 +244,13 @@ class CheckResult:
     def verdict(self) -> str:
         return {True: "held", False: "did not hold", None: "not computed"}[self.held]
 
+    def verdict_at(self, scale: str | None) -> str:
+        """The verdict a reader sees: below the paper's scale a claim that failed is "not
+        reproduced at this scale" (a smaller run does not refute the paper)."""
+        if self.held is False and scale not in (None, "paper"):
+            return "not reproduced at this scale"
+        return self.verdict
+
     def numbers(self) -> str:
         """``run: value`` pairs; α-step changes (fractions of the loss) in percent."""
         pct = self.metric.startswith("alpha") and "/" not in self.metric
@@ -323,14 +330,17 @@ def _judge(res: CheckResult) -> None:
     res.held = bool(all(_OPS[op](v, value) for v in vals))
 
 
-def findings_markdown(results: Sequence[CheckResult], title: str = "Findings") -> str:
-    """A Markdown list (renders in the report): one item per claim with the numbers."""
+def findings_markdown(
+    results: Sequence[CheckResult], title: str = "Findings", scale: str | None = None
+) -> str:
+    """A Markdown list (renders in the report): one item per claim with the numbers; the
+    report turns each bold verdict into a coloured badge."""
     if not results:
         return ""
     lines = [f"**{title}** (computed from the records):", ""]
     for r in results:
         expect = r.expect if r.expect in ("increasing", "decreasing") else f"each {r.expect}"
-        line = (f"- **{r.verdict.upper()}** — {r.claim}. `{r.metric}` ({expect}): "
+        line = (f"- **{r.verdict_at(scale).upper()}** — {r.claim}. `{r.metric}` ({expect}): "
                 f"{r.numbers()}.")
         if r.reason:
             line += f" ({r.reason})"

@@ -49,7 +49,7 @@ def findings_table(result: PresetResult) -> str:
     """The findings as a plain-text table (for the terminal)."""
     if not result.checks:
         return "(no findings: no run ended)"
-    rows = [(c.verdict, c.claim, c.numbers()) for c in result.checks]
+    rows = [(c.verdict_at(result.scale), c.claim, c.numbers()) for c in result.checks]
     w = max(len(r[0]) for r in rows)
     lines = []
     for verdict, claim, numbers in rows:

@@ -106,5 +106,5 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
             raise PresetError(str(note))
         return path
     title = title or f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
-    return Path(build_report(runs, out=dest, title=title,
+    return Path(build_report(runs, out=dest, title=title, label_by_name=True,
                              expected=expected_markdown(preset, scale, findings)))

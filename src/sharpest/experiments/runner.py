@@ -82,7 +82,7 @@ class PresetResult:
             if r.status in ("failed", "diverged"):
                 lines.append(f"  {r.status}: {r.name}: {r.message}")
         for c in self.checks:
-            lines.append(f"  [{c.verdict}] {c.claim}: {c.numbers()}")
+            lines.append(f"  [{c.verdict_at(self.scale)}] {c.claim}: {c.numbers()}")
         lines.append(f"report: {self.report}" if self.report else (self.report_note or ""))
         return "\n".join(x for x in lines if x)
 
@@ -275,7 +275,7 @@ def write_findings(out: Path, preset: Preset, scale: str, checks: Sequence[Check
 
     from sharpest.runs import atomic_write_text
 
-    text = findings_markdown(checks, title=f"Findings at scale {scale}")
+    text = findings_markdown(checks, title=f"Findings at scale {scale}", scale=scale)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "findings.md", text + "\n")
     atomic_write_text(out / "findings.json", json.dumps(
@@ -429,7 +429,7 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
             continue
         dest = out / "groups" / gname
         try:
-            build_report(dirs, out=dest, per_run=False,
+            build_report(dirs, out=dest, per_run=False, label_by_name=True,
                          title=f"{preset.paper} — {gname}: {', '.join(members)} "
                                f"(preset {preset.name}, scale {scale})",
                          expected=preset.expected)
@@ -461,7 +461,8 @@ def _report(out: Path, preset: Preset, scale: str, folders: list[Path], findings
         expected += "\n\n**More reports:** " + "; ".join(links) + "."
     title = f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
     try:
-        path = build_report(folders, out=out, title=title, expected=expected)
+        path = build_report(folders, out=out, title=title, expected=expected,
+                            label_by_name=True)
     except Exception as err:  # noqa: BLE001 - the runs are done; a report failure is a note
         return None, f"report failed: {type(err).__name__}: {err}"
     return Path(path), None

@@ -139,6 +139,17 @@ def _log_y(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """The legend to the right of the axes, outside the data (``bbox_inches="tight"`` and
+    ``tight_layout`` make room for it), so that no curve hides under it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    opts = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0,
+            "fontsize": 8, "frameon": False, **kwargs}
+    return ax.legend(handles, labels, **opts)
+
+
 def _marker(n: int) -> dict[str, Any]:
     return {"marker": "o", "ms": 2.5} if n <= 60 else {}
 
@@ -234,7 +245,7 @@ def plot_eigenvalues(
             ax2.plot(x[keep], y[keep], color="0.3", label="training loss")
             _log_if_positive(ax2, y[keep])
             ax2.set_ylabel("training loss")
-        ax2.legend(fontsize=8)
+        legend_outside(ax2)
         ax2.set_xlabel("iteration")
         ax.tick_params(labelbottom=False)
     else:
@@ -275,7 +286,7 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_title("Loss", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     if metric is not None:
         ax = axes.pop(0)
         for split in splits:
@@ -288,7 +299,7 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
         ax.set_xlabel("iteration")
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(metric.capitalize(), fontsize=10)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     elif notes is not None and splits:
         notes.append("The evaluations hold neither accuracy nor perplexity.")
     if lr_changes:
@@ -336,10 +347,8 @@ def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax.set_ylabel("principal angle (°)")
     ax.set_title("Rotation of the top-k eigenspace between consecutive tracking points",
                  fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax, fontsize=7)
     _epoch_axis(ax, run)
-    if notes is not None and unit is None:
-        notes.append("Angles read as radians (the curvature package's unit) and shown in degrees.")
     return fig
 
 
@@ -371,19 +380,49 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def run_labels(runs: Sequence[RunData], max_keys: int = 3) -> tuple[list[str], list[str]]:
-    """One label per run from the config keys that differ (``"lr=0.1"``), and those keys.
+#: How a differing config key is named in a run's label (the paper's symbols).
+LABEL_SYMBOLS = {"lr": "η", "batch_size": "S", "optimizer.gamma": "γ", "optimizer.k": "k"}
+#: Keys shown first in a label, in this order (the optimizer's name as a bare word).
+LABEL_ORDER = ("optimizer.name", "lr", "batch_size", "optimizer.gamma")
 
-    Keys are shown by their last part unless two would collide; runs with no differing key, or
+
+def _label_part(key: str, name: str, flat: dict[str, Any]) -> str | None:
+    value = flat.get(key)
+    if key == "optimizer.name":
+        return str(value).upper() if value is not None else None
+    if key == "optimizer.gamma" and flat.get("optimizer.name") != "nsgd":
+        return None  # γ means something only for Nudged SGD
+    return f"{name}={_fmt(value)}"
+
+
+def run_labels(
+    runs: Sequence[RunData], max_keys: int = 3, by_name: bool = False
+) -> tuple[list[str], list[str]]:
+    """One label per run, and the config keys that differ between the runs.
+
+    ``by_name``: the runs' folder names (a preset's run names, which its findings use too).
+    Otherwise the differing keys make the label, the paper's symbols first
+    (``"NSGD, η=0.1, γ=10"``; γ only for NSGD runs, the optimizer by its name); other keys are
+    shown by their last part unless two would collide. Runs with no differing key, or
     still-equal labels, are told apart by their folder names.
     """
     keys = differing_keys(runs)
-    shown = keys[:max_keys]
+    if by_name and len({r.name for r in runs}) == len(runs):
+        return [r.name for r in runs], keys
+    ordered = [k for k in LABEL_ORDER if k in keys] + [k for k in keys if k not in LABEL_ORDER]
+    shown = ordered[:max_keys]
     last = [k.rsplit(".", 1)[-1] for k in shown]
-    names = [k if last.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in shown]
+    names = [
+        LABEL_SYMBOLS.get(k)
+        or (k if last.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1])
+        for k in shown
+    ]
     flat = [flatten_config(r.config) for r in runs]
     if shown:
-        labels = [", ".join(f"{n}={_fmt(f.get(k))}" for n, k in zip(names, shown)) for f in flat]
+        labels = [
+            ", ".join(p for n, k in zip(names, shown) if (p := _label_part(k, n, f)) is not None)
+            for f in flat
+        ]
     else:
         labels = [r.name for r in runs]
     if len(set(labels)) < len(labels):
@@ -461,7 +500,8 @@ def plot_sweep(
         ax.set_xlabel(_x_label(x))
         ax.set_ylabel("λ₁ (solid), λ₂ (dashed)")
         ax.set_title("Two largest Hessian eigenvalues", fontsize=10)
-        ax.legend(fontsize=8)
+        if not any(has_loss):
+            legend_outside(ax)
         if hidden and notes is not None:
             notes.append(f"{hidden} non-positive λ₁/λ₂ value(s) are not drawn on the log scale.")
         missing = [lab for lab, ok in zip(labels, has_eig) if not ok]
@@ -481,7 +521,7 @@ def plot_sweep(
         ax.set_xlabel(_x_label(x))
         ax.set_ylabel("training loss")
         ax.set_title("Training loss", fontsize=10)
-        ax.legend(fontsize=8)
+        legend_outside(ax)  # one legend for both panels: the runs' colours
     fig.tight_layout()
     return fig
 
@@ -539,7 +579,7 @@ def plot_accuracy_norms(
             if metric == "perplexity":
                 _log_y(ax)
         ax.set_xlabel(_x_label(x))
-        ax.legend(fontsize=8)
+    legend_outside(axes[-1])  # one legend for all panels: the runs' colours
     if notes is not None and metric is None:
         notes.append("No accuracy or perplexity was evaluated: only the norms are drawn.")
     fig.tight_layout()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import re
 import warnings
@@ -80,6 +81,11 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _degrees(v: Any) -> str:
+    """An angle recorded in radians (the tracker's unit), shown in degrees like the figures."""
+    return f"{math.degrees(float(v)):.3g}°"
+
+
 def _seconds(v: Any) -> str:
     v = float(v)
     return f"{v:.1f} s" if v < 600 else f"{v / 60:.1f} min"
@@ -132,7 +138,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "matvecs_per_point": ("HVPs per tracking point", _num),
     "residual_max_final": ("largest residual ‖Hv − λv‖, last point", _num),
     "subset_size": ("Hessian subset size", _num),
-    "angle_max_mean": ("mean largest principal angle (rad)", _num),
+    "angle_max_mean": ("mean largest principal angle", _degrees),
     "running_loss_final": ("final training loss (running mean)", _num),
     "running_loss_last": ("training loss, mean over the last 10 epochs", _num),
     "lr_final": ("final learning rate", _num),
@@ -329,11 +335,31 @@ def default_out(runs: Sequence[RunData]) -> Path:
     return common / "report"
 
 
+#: Verdicts of the findings (bold, upper case in their Markdown) and their badge classes.
+VERDICT_BADGES = {
+    "HELD": "held",
+    "DID NOT HOLD": "failed",
+    "NOT REPRODUCED AT THIS SCALE": "scale",
+    "NOT COMPUTED": "none",
+}
+_VERDICT = re.compile(r"<strong>(" + "|".join(VERDICT_BADGES) + r")</strong>")
+
+
+def _badges(rendered: str) -> str:
+    """``<strong>HELD</strong>`` (a finding's verdict) → a coloured badge."""
+    return _VERDICT.sub(
+        lambda m: f'<span class="badge badge-{VERDICT_BADGES[m.group(1)]}">'
+        f"{m.group(1).lower()}</span>",
+        rendered,
+    )
+
+
 def _markdown(text: str) -> Markup:
     try:
         from markdown_it import MarkdownIt
 
-        return Markup(MarkdownIt("commonmark", {"html": False}).render(text))
+        # Safe: the Markdown's own HTML is escaped ("html": False); only our spans are added.
+        return Markup(_badges(MarkdownIt("commonmark", {"html": False}).render(text)))
     except Exception:
         return Markup("<pre class='expected'>") + html.escape(text) + Markup("</pre>")
 
@@ -375,13 +401,20 @@ table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f3; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
+pre { background: #f7f7f7; padding: .8em; font-size: .85em; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
+table.config td { text-align: left; overflow-wrap: anywhere; max-width: 32em; }
+table.config td:first-child { white-space: nowrap; }
 .cols { display: flex; gap: 2em; flex-wrap: wrap; }
 .cols > div { flex: 1 1 420px; min-width: 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .9em; color: #444; }
 .note { color: #8a5a00; } .skipped li { color: #666; }
 .meta { color: #666; font-size: .85em; }
+.badge { display: inline-block; padding: .05em .55em; border-radius: .8em; font-size: .85em;
+         font-weight: 600; color: #fff; white-space: nowrap; }
+.badge-held { background: #2e7d32; } .badge-failed { background: #c62828; }
+.badge-scale { background: #b26a00; } .badge-none { background: #757575; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
@@ -418,8 +451,6 @@ figcaption { font-size: .9em; color: #444; }
 <table><thead><tr><th>run</th>{% for h in table_cols %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 {% for row in table_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
 </table>
-{% if missing_cols %}<p class="note">Columns left out (no run recorded them):
-{{ missing_cols|join("; ") }}</p>{% endif %}
 {% endif %}
 <p class="meta">‖H‖_F ≈ √(Σλᵢ²) over the top {{ fro_k }} tracked eigenvalues (the paper's
 estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
@@ -436,9 +467,9 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 {%- if not loop.last %}, {% endif %}{% endfor %}</span></figcaption>
 </figure>
 {% endfor %}
-{% if skipped %}
-<h3>Figures not drawn</h3>
-<ul class="skipped">{% for s in skipped %}<li><b>{{ s.title }}</b>: {{ s.reason }}</li>
+{% if failed %}
+<h3>Figures that failed</h3>
+<ul class="skipped">{% for s in failed %}<li><b>{{ s.title }}</b>: {{ s.reason }}</li>
 {% endfor %}</ul>
 {% endif %}
 
@@ -447,11 +478,20 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 <pre>{{ runs[0].config_text or "(no config.yaml)" }}</pre>
 {% else %}
 {% if diff_keys %}<p>Keys that differ between the runs:</p>
-<table><thead><tr><th>run</th>{% for k in diff_keys %}<th>{{ k }}</th>{% endfor %}</tr></thead>
+<table class="config"><thead><tr><th>run</th>
+{% for k in diff_keys %}<th>{{ k }}</th>{% endfor %}</tr></thead>
 {% for row in diff_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
 </table>{% else %}<p>The runs' configs are identical.</p>{% endif %}
 {% for r, label in run_pairs %}<details><summary>{{ label }} — <code>{{ r.path }}</code>
 </summary><pre>{{ r.config_text or "(no config.yaml)" }}</pre></details>{% endfor %}
+{% endif %}
+{% if skipped or missing_cols %}
+<details class="meta"><summary>Notes on this report</summary>
+{% if skipped %}<p>Figures not drawn (their records are absent):</p>
+<ul>{% for s in skipped %}<li>{{ s.title }}: {{ s.reason }}</li>{% endfor %}</ul>{% endif %}
+{% if missing_cols %}<p>Table columns left out (no run recorded them):
+{{ missing_cols|join("; ") }}.</p>{% endif %}
+</details>
 {% endif %}
 </body></html>
 """
@@ -473,6 +513,7 @@ def build_report(
     *,
     fro_k: int | None = 5,
     per_run: bool = True,
+    label_by_name: bool = False,
 ) -> Path:
     """Write ``report.html`` and ``figures/*.png|svg``; return the report's path.
 
@@ -482,6 +523,8 @@ def build_report(
     ``expected.md`` file (in ``out``, the runs' common parent or the run folders).
     ``fro_k``: eigenvalues in the ‖H‖_F estimate (None: all tracked). ``per_run``: in a
     comparative report, also each run's own figures (eigenvalues, training curves, probes).
+    ``label_by_name``: label runs by their folder names (a preset's run names, as in its
+    findings) rather than by the config keys that differ.
 
     Raises :class:`ReportError` when a folder is missing or is not a run folder.
     """
@@ -499,7 +542,9 @@ def build_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
 
     summaries = [summarize(r, fro_k=fro_k) for r in runs]
-    labels, diff_keys = run_labels(runs) if not single else ([runs[0].name], [])
+    labels, diff_keys = (
+        run_labels(runs, by_name=label_by_name) if not single else ([runs[0].name], [])
+    )
     items: list[FigureEntry | Skipped] = []
     if single:
         items += _run_figures(runs[0], out_dir, fig_dir)
@@ -571,7 +616,10 @@ def build_report(
                                      for p in f.paths]}
             for f in figures
         ],
-        "skipped": skipped,
+        # A figure that broke is news; one whose records were never asked for is a footnote.
+        "failed": [s for s in skipped if s.reason.startswith("failed")],
+        "skipped": [s for s in skipped if not s.reason.startswith("failed")],
+        "missing_cols": [],
         "fro_k": fro_k or "all",
     }
     if single:

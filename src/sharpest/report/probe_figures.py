@@ -21,7 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import save_figure
+from sharpest.report.figures import legend_outside, save_figure
 
 __all__ = [
     "ALPHA_COLORS",
@@ -89,23 +89,39 @@ def plot_cross_sections(
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
     colours = colormaps[cmap]
+    curves = []
     for _, row in rows.iterrows():
         ks, losses = _floats(row["ks"]), _floats(row["losses"])
         keep = np.abs(ks) <= kmax
         order = np.argsort(ks[keep])
         y = float(row[ycol]) if ycol in row else 0.0
-        c = colours(norm(float(row["spectral_norm"])))
-        ax.plot(ks[keep][order], np.full(order.size, y), losses[keep][order], color=c, lw=1.2)
+        curves.append((ks[keep][order], y, losses[keep][order], float(row["spectral_norm"])))
+    top = loss_clip([c[2] for c in curves])
+    for ks, y, losses, sn in curves:
+        shown = losses if top is None else np.minimum(losses, top)
+        ax.plot(ks, np.full(ks.size, y), shown, color=colours(norm(sn)), lw=1.2)
     ax.set_xlabel("k")
     ax.set_xticks([k for k in (-8, -4, -2, 0, 2, 4, 8) if abs(k) <= kmax])
     ax.set_ylabel(ycol)
-    ax.set_zlabel("loss", labelpad=8)
+    ax.set_zlabel("loss" if top is None else f"loss (clipped at {top:.3g})", labelpad=8)
     ax.set_box_aspect(None, zoom=0.88)  # room for the z label
     sm = ScalarMappable(norm=norm, cmap=colours)
     sm.set_array(norms)
     fig.colorbar(sm, ax=ax, shrink=0.6, pad=0.14, label="spectral norm ‖H‖₂")
     ax.set_title(title or f"Loss along e{eigen_index + 1}, in units of the typical SGD step")
     return fig
+
+
+def loss_clip(curves: Sequence[np.ndarray], factor: float = 4.0) -> float | None:
+    """Where to clip the loss axis so that one exploding curve does not flatten the others:
+    ``factor`` × the median of the curves' maxima when some curve goes beyond it (None: no
+    clip needed). Beyond the edge of stability a cross-section at large k reaches hundreds
+    while the typical one stays near the training loss."""
+    maxima = np.array([np.nanmax(c) for c in curves if np.isfinite(c).any()])
+    if maxima.size < 2:
+        return None
+    bound = factor * float(np.median(maxima))
+    return bound if bound > 0 and maxima.max() > bound else None
 
 
 def _direction_label(direction: str, eigen_index: Any) -> str:
@@ -159,7 +175,7 @@ def plot_alpha_effect(
         ax.set_title(_direction_label(direction, index))
         ax.set_xlabel(x)
         ax.set_ylabel("change in loss (%)" if relative else "change in loss")
-        ax.legend(fontsize=8)
+    legend_outside(axes[-1])  # α's colours are the same in every panel
     fig.tight_layout()
     return fig
 
@@ -174,7 +190,8 @@ def plot_kmin(df: pd.DataFrame, eigen_index: int = 0, *, x: str = "iteration") -
     )
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.add_subplot()
-    for name in fields:
+    reached = [f for f in fields if pd.to_numeric(rows[f], errors="coerce").notna().any()]
+    for name in reached:  # a threshold never crossed gets no legend entry (nothing drawn)
         vals = pd.to_numeric(rows[name], errors="coerce")
         ax.plot(
             rows[x],
@@ -188,8 +205,11 @@ def plot_kmin(df: pd.DataFrame, eigen_index: int = 0, *, x: str = "iteration") -
     ax.set_xlabel(x)
     ax.set_ylabel("k_min")
     ax.set_title(f"Smallest k changing the loss, along e{eigen_index + 1}")
-    if fields:
-        ax.legend(fontsize=8)
+    legend_outside(ax)
+    if len(reached) < len(fields):
+        ax.text(0.99, 0.02, "not reached: " + ", ".join(
+            f.replace("kmin_", "").replace("pct", " %") for f in fields if f not in reached),
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
     fig.tight_layout()
     return fig
 
