@@ -686,3 +686,32 @@ def test_legends_sit_outside_the_data(tmp_path):
             continue
         box, area = legend.get_window_extent(), ax.get_window_extent()
         assert box.x0 >= area.x1 - 1, "legend overlaps the plotting area"
+
+
+def test_config_table_has_a_row_per_key_and_wraps(tmp_path):
+    from sharpest.report import build_report
+
+    tr = _report_helpers()
+    long = {f"probe_option_{i}": list(range(12)) for i in range(6)}
+    a = tr.write_run(tmp_path / "s" / "a", tr.records(), {**tr.config(lr=0.1), "probes": long})
+    b = tr.write_run(tmp_path / "s" / "b", tr.records(), tr.config(lr=0.2))
+    page = build_report([a, b]).read_text(encoding="utf-8")
+    table = page[page.index('<table class="config">'):]
+    table = table[: table.index("</table>")]
+    assert "<th>key</th>" in table and "<td>lr</td>" in table
+    assert "<td>probes.probe_option_0</td>" in table
+    assert "overflow-wrap: break-word" in page
+
+
+def test_alpha_effect_uses_a_symlog_axis_when_one_alpha_dwarfs_the_others():
+    import pandas as pd
+
+    from sharpest.report.probe_figures import plot_alpha_effect
+
+    rows = [{"event": "probe", "kind": "alpha", "direction": "eigen", "eigen_index": 0,
+             "iteration": it, "alphas": [0.5, 1.0, 2.0],
+             "change_rel": [-0.01, 0.02, 3.0 * (it + 1)]} for it in range(5)]
+    fig = plot_alpha_effect(pd.DataFrame(rows))
+    assert fig.axes[0].get_yscale() == "symlog"
+    calm = [{**r, "change_rel": [-0.01, 0.01, 0.03]} for r in rows]
+    assert plot_alpha_effect(pd.DataFrame(calm)).axes[0].get_yscale() == "linear"

@@ -312,5 +312,5 @@ def test_nsgd_sweep_gets_figure_6(tmp_path):
     check_figures(path, tmp_path / "rep" / "figures", at_least=2)
     assert (tmp_path / "rep" / "figures" / "nsgd.png").is_file()
     text = path.read_text(encoding="utf-8")
-    for g in ("gamma=0.1", "gamma=1", "gamma=10"):
+    for g in ("γ=0.1", "γ=1", "γ=10"):
         assert g in text

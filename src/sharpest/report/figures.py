@@ -337,7 +337,9 @@ def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
             mat[i, : len(v)] = [np.nan if a is None else float(a) for a in v]
         colours = colormaps["viridis"]
         for j in range(k):
-            ax.plot(x, mat[:, j] * scale, color=colours(j / max(1, k - 1)), lw=0.8, alpha=0.7,
+            # viridis up to 0.85: its yellow end vanishes on white
+            ax.plot(x, mat[:, j] * scale, color=colours(0.85 * j / max(1, k - 1)), lw=0.8,
+                    alpha=0.8,
                     label=f"angle {j + 1}" if k <= 10 else None)
     if has_max:
         am = _numeric(eig, "angle_max") * scale
@@ -392,7 +394,8 @@ def _label_part(key: str, name: str, flat: dict[str, Any]) -> str | None:
         return str(value).upper() if value is not None else None
     if key == "optimizer.gamma" and flat.get("optimizer.name") != "nsgd":
         return None  # γ means something only for Nudged SGD
-    return f"{name}={_fmt(value)}"
+    text = _fmt(value)
+    return f"{name}={text if len(text) <= 24 else text[:23] + '…'}"
 
 
 def run_labels(

@@ -403,8 +403,9 @@ th:first-child, td:first-child { text-align: left; }
 thead th { background: #f3f3f3; }
 pre { background: #f7f7f7; padding: .8em; font-size: .85em; white-space: pre-wrap;
       overflow-wrap: anywhere; }
-table.config td { text-align: left; overflow-wrap: anywhere; max-width: 32em; }
-table.config td:first-child { white-space: nowrap; }
+table.config th, table.config td { text-align: left; overflow-wrap: break-word;
+                                  max-width: 24em; vertical-align: top; }
+.wide { overflow-x: auto; }
 .cols { display: flex; gap: 2em; flex-wrap: wrap; }
 .cols > div { flex: 1 1 420px; min-width: 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
@@ -478,10 +479,10 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 <pre>{{ runs[0].config_text or "(no config.yaml)" }}</pre>
 {% else %}
 {% if diff_keys %}<p>Keys that differ between the runs:</p>
-<table class="config"><thead><tr><th>run</th>
-{% for k in diff_keys %}<th>{{ k }}</th>{% endfor %}</tr></thead>
+<div class="wide"><table class="config"><thead><tr><th>key</th>
+{% for r, label in run_pairs %}<th>{{ label }}</th>{% endfor %}</tr></thead>
 {% for row in diff_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
-</table>{% else %}<p>The runs' configs are identical.</p>{% endif %}
+</table></div>{% else %}<p>The runs' configs are identical.</p>{% endif %}
 {% for r, label in run_pairs %}<details><summary>{{ label }} — <code>{{ r.path }}</code>
 </summary><pre>{{ r.config_text or "(no config.yaml)" }}</pre></details>{% endfor %}
 {% endif %}
@@ -653,9 +654,9 @@ def build_report(
         ]
         flat = [flatten_config(r.config) for r in runs]
         ctx["diff_keys"] = diff_keys
-        ctx["diff_rows"] = [
-            [lab] + [_cfg_value(f.get(k)) for k in diff_keys] for lab, f in zip(labels, flat)
-        ]
+        # One row per key, one column per run: a handful of runs fit the page, and long
+        # values (probe sections) wrap inside their cell.
+        ctx["diff_rows"] = [[k] + [_cfg_value(_shown(k, f)) for f in flat] for k in diff_keys]
         ctx["run_pairs"] = list(zip(runs, labels))
 
     env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
@@ -663,6 +664,13 @@ def build_report(
     path = out_dir / "report.html"
     _write_text_atomic(path, page)
     return path
+
+
+def _shown(key: str, flat: dict[str, Any]) -> Any:
+    """A config value as the report shows it: γ only for Nudged SGD (plain SGD ignores it)."""
+    if key == "optimizer.gamma" and flat.get("optimizer.name") != "nsgd":
+        return None
+    return flat.get(key)
 
 
 def _cfg_value(v: Any) -> str:

@@ -124,6 +124,19 @@ def loss_clip(curves: Sequence[np.ndarray], factor: float = 4.0) -> float | None
     return bound if bound > 0 and maxima.max() > bound else None
 
 
+def symlog_if_dwarfed(ax: Any, series: Sequence[Sequence[float]], ratio: float = 5.0) -> bool:
+    """A symmetric log y axis when one series' largest |value| exceeds ``ratio`` × another's
+    (beyond the edge of stability α = 2 changes the loss by hundreds of % while α ≤ 1 moves
+    it by a few): linear within the smaller series' range, logarithmic beyond. Returns whether
+    it switched."""
+    tops = [float(np.nanmax(np.abs(v))) for v in series if len(v) and np.isfinite(v).any()]
+    tops = [t for t in tops if t > 0]
+    if len(tops) < 2 or max(tops) <= ratio * min(tops):
+        return False
+    ax.set_yscale("symlog", linthresh=min(tops))
+    return True
+
+
 def _direction_label(direction: str, eigen_index: Any) -> str:
     if direction == "eigen":
         return f"along e{int(eigen_index) + 1}"
@@ -156,6 +169,7 @@ def plot_alpha_effect(
     axes = fig.subplots(1, len(directions), squeeze=False)[0]
     others = colormaps["viridis"]
     for ax, (direction, index) in zip(axes, directions):
+        panel: list[list[float]] = []
         sel = rows[rows["direction"] == direction] if len(rows) else rows
         if direction == "eigen" and len(sel):
             sel = sel[sel["eigen_index"] == index]
@@ -171,6 +185,8 @@ def plot_alpha_effect(
                 ys.append(vals[hit[0]] * (100.0 if relative else 1.0))
             colour = ALPHA_COLORS.get(float(a), others(j / max(1, len(alphas) - 1)))
             ax.plot(xs, ys, "o", ms=3, color=colour, label=f"α = {a:g}")
+            panel.append(ys)
+        symlog_if_dwarfed(ax, panel)
         ax.axhline(0.0, color="0.5", lw=0.8)
         ax.set_title(_direction_label(direction, index))
         ax.set_xlabel(x)
@@ -206,10 +222,10 @@ def plot_kmin(df: pd.DataFrame, eigen_index: int = 0, *, x: str = "iteration") -
     ax.set_ylabel("k_min")
     ax.set_title(f"Smallest k changing the loss, along e{eigen_index + 1}")
     legend_outside(ax)
-    if len(reached) < len(fields):
-        ax.text(0.99, 0.02, "not reached: " + ", ".join(
+    if len(reached) < len(fields):  # under the legend, outside the data
+        ax.text(1.02, 0.0, "never reached:\n" + ", ".join(
             f.replace("kmin_", "").replace("pct", " %") for f in fields if f not in reached),
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4")
+            transform=ax.transAxes, ha="left", va="bottom", fontsize=7, color="0.4")
     fig.tight_layout()
     return fig
 
