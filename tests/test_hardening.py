@@ -715,3 +715,22 @@ def test_alpha_effect_uses_a_symlog_axis_when_one_alpha_dwarfs_the_others():
     assert fig.axes[0].get_yscale() == "symlog"
     calm = [{**r, "change_rel": [-0.01, 0.01, 0.03]} for r in rows]
     assert plot_alpha_effect(pd.DataFrame(calm)).axes[0].get_yscale() == "linear"
+
+
+def test_run_folder_is_fsynced_once_metrics_and_checkpoints_exist(tmp_path, monkeypatch):
+    import sharpest.runs.io as rio
+
+    out = tmp_path / "run"
+    seen = []
+    real = rio.fsync_dir
+
+    def record(path):
+        p = Path(path)
+        if p == out:
+            seen.append(((out / "metrics.jsonl").exists(), (out / "checkpoints").exists()))
+        return real(path)
+
+    monkeypatch.setattr(rio, "fsync_dir", record)
+    assert train(out).exit_code == 0
+    # The new entries metrics.jsonl and checkpoints/ are made durable by an fsync of OUT.
+    assert (True, True) in seen or ((True, False) in seen and (False, True) in seen), seen

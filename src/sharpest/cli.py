@@ -355,7 +355,7 @@ def demo(
     threads: Threads = DEFAULT_THREADS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
-    """The main job, offline on MNIST-1D, a few minutes on 2 CPU cores.
+    """The main job, offline on MNIST-1D, about 1.5 min on a 2-core CPU.
 
     SGD at two learning rates with the top-10 eigenvalues tracked and the loss probed along
     the sharpest direction, Nudged SGD with gamma 0.1, 1 and 10; then each of the paper's

@@ -1,4 +1,4 @@
-"""``sharpest demo``: the paper's main findings on MNIST-1D, offline, in a few minutes on a CPU.
+"""``sharpest demo``: the paper's main findings on MNIST-1D, offline, about 1.5 min on a 2-core CPU.
 
 It runs the ``demo`` preset (``sharpest presets demo`` prints it): SGD at two learning rates
 with the top-10 eigenvalues tracked and the loss probed along the sharpest directions
