@@ -734,3 +734,10 @@ def test_run_folder_is_fsynced_once_metrics_and_checkpoints_exist(tmp_path, monk
     assert train(out).exit_code == 0
     # The new entries metrics.jsonl and checkpoints/ are made durable by an fsync of OUT.
     assert (True, True) in seen or ((True, False) in seen and (False, True) in seen), seen
+
+
+def test_a_run_that_never_starts_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    result = train(out, "data=cifar10", f"data_root={tmp_path / 'nodata'}")
+    assert_clean_error(result, "cifar")
+    assert not out.exists()

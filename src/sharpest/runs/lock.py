@@ -32,6 +32,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self._created = False  # whether acquire() made the folder (see release(discard=True))
 
     @property
     def held(self) -> bool:
@@ -45,6 +46,7 @@ class RunLock:
             return
         if self.folder.exists() and not self.folder.is_dir():
             raise RunFolderError(f"{self.folder} is a file, not a folder: choose another --out")
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -61,12 +63,23 @@ class RunLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, discard: bool = False) -> None:
+        """Let the lock go. ``discard``: a run that never started (bad data, say) also removes
+        the lock file, and the folder when acquire() made it and nothing else was written."""
         if self._fd is None:
             return
         import fcntl
 
         fd, self._fd = self._fd, None
+        if discard:
+            try:
+                others = [p for p in self.folder.iterdir() if p.name != LOCK_NAME]
+                if not others:
+                    self.path.unlink()
+                    if self._created:
+                        self.folder.rmdir()
+            except OSError:
+                pass  # best effort: a leftover lock file is harmless
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:

@@ -185,7 +185,7 @@ class Trainer:
         try:
             self._build(callbacks)
         except BaseException:
-            self._release_lock()
+            self._release_lock(discard=True)  # nothing written: leave no folder behind
             raise
 
     def _build(self, callbacks: Sequence[Callback]) -> None:
@@ -347,9 +347,9 @@ class Trainer:
             return False
         return int(state["iteration"]) < self.total_iterations
 
-    def _release_lock(self) -> None:
+    def _release_lock(self, discard: bool = False) -> None:
         if getattr(self, "_lock", None) is not None:
-            self._lock.release()
+            self._lock.release(discard=discard)
 
     def _fit(self) -> TrainResult:
         cfg = self.config
