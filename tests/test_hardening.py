@@ -530,6 +530,7 @@ def test_version():
         ("run", ["tiny", "small", "paper", "inline", "local", "ray"]),
         ("sweep", ["tiny", "small", "paper", "local", "ray"]),
         ("eig", ["LM", "LA", "SA"]),
+        ("presets", ["tiny", "small", "paper"]),
     ],
 )
 def test_help_lists_the_allowed_values(verb, choices):

@@ -591,7 +591,7 @@ def presets(
         str | None, typer.Argument(help="Print this preset's YAML (to copy and edit).")
     ] = None,
     scale: Annotated[
-        str | None, typer.Option(help="With NAME: list its runs at this scale instead.")
+        Scale | None, typer.Option(help="With NAME: list its runs at this scale instead.")
     ] = None,
 ) -> None:
     """List the presets (one per figure/table of the paper), or print one."""
@@ -602,7 +602,7 @@ def presets(
             typer.echo(find_preset(name).read_text(encoding="utf-8"), nl=False)
             return
         p = load_preset(name)
-        _describe(p, scale, resolve_runs(p, scale), estimate=False)
+        _describe(p, scale.value, resolve_runs(p, scale.value), estimate=False)
         return
     rows = []
     for p in list_presets():

@@ -75,7 +75,8 @@ def verify_md5(path: str | os.PathLike[str], expected: str) -> None:
 def _offline_message(url: str, target: Path, reason: object) -> str:
     return (
         f"could not download {url} ({reason}). If this machine has no network, fetch it on one "
-        f"that has and put it at {target}, or point data_root (or ${ENV_VAR}) at a folder that "
+        f"that has and put it at {target}, or point data_root (--set data_root=DIR, or "
+        f"${ENV_VAR}) at a folder that "
         "already holds the data."
     )
 
