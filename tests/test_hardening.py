@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -742,3 +743,28 @@ def test_a_run_that_never_starts_leaves_no_folder(tmp_path):
     result = train(out, "data=cifar10", f"data_root={tmp_path / 'nodata'}")
     assert_clean_error(result, "cifar")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_real_trainings_into_one_folder(tmp_path):
+    """The issue's case: a second `sharpest train` while the first is writing the folder."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "sharpest.cli", "train", "--model", "mlp", "--data", "mnist1d",
+            *sets("epochs=200"), "--out", str(out), "-q"]
+    first = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": SRC},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists():  # it holds the lock from before this
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = train(out)
+        assert_clean_error(result, f"process {first.pid}")
+        result = invoke("train", "--out", out, "--resume", "-q")
+        assert_clean_error(result, f"process {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+    records = read_records(out / "metrics.jsonl")
+    assert [r["event"] for r in records].count("start") == 1
