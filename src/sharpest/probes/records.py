@@ -40,6 +40,7 @@ from sharpest.probes.alpha import DEFAULT_ALPHAS, alpha_probe
 from sharpest.probes.cross_section import CRITERIA, DEFAULT_KS, cross_section, k_min
 from sharpest.probes.gradients import GradientSample, typical_step
 from sharpest.probes.shift import ParameterShift, as_rows, random_unit_vector
+from sharpest.runs.io import jsonable
 
 __all__ = ["ProbeSettings", "jsonable", "kmin_field", "run_probes"]
 
@@ -81,26 +82,6 @@ class ProbeSettings:
 def kmin_field(threshold: float) -> str:
     """The record field for a k_min threshold: 0.01 → ``"kmin_1pct"``, 0.1 → ``"kmin_10pct"``."""
     return f"kmin_{100 * threshold:g}pct".replace(".", "p")
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON: numpy/torch scalars and arrays to floats/ints/lists, non-finite to None."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    return value
 
 
 def _cost(seconds: float, evals: int, subset: int, backward: int = 0) -> dict[str, Any]:

@@ -13,24 +13,30 @@ from sharpest.runs.folder import (
 )
 from sharpest.runs.io import (
     MetricsWriter,
+    RecordsError,
     atomic_write,
     atomic_write_text,
     jsonable,
+    parse_records,
     read_records,
     truncate_lines,
 )
-from sharpest.runs.reader import Run, load
+from sharpest.runs.reader import Run, RunReadError, flatten_config, load
 
 __all__ = [
     "MetricsWriter",
+    "RecordsError",
     "Run",
+    "RunReadError",
     "RunFolder",
     "RunFolderError",
     "atomic_write",
     "atomic_write_text",
+    "flatten_config",
     "jsonable",
     "load",
     "load_checkpoint",
+    "parse_records",
     "read_records",
     "save_checkpoint",
     "truncate_lines",
