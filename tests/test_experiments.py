@@ -424,7 +424,7 @@ def test_small_scale_without_cifar_fails_with_the_data_error(tmp_path):
 
 
 def test_sweep_base_of_a_preset(tmp_path):
-    from sharpest.cli import _sweep_base
+    from sharpest.experiments.preset import sweep_base as _sweep_base
 
     base = _sweep_base("fig3_simplecnn", "small", None)  # the base config at the small scale
     assert base["model"] == "simplecnn" and base["train_subset"] == 5000 and base["lr"] == 0.05

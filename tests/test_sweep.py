@@ -7,17 +7,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+import sharpest.orchestrate.many
+import sharpest.orchestrate.sweep
 from sharpest.config import make_config
-from sharpest.distributed.executors import Task, available_cpus
-from sharpest.distributed.sweep import (
+from sharpest.orchestrate.executors import available_cpus
+from sharpest.orchestrate.many import RunSpec, run_many
+from sharpest.orchestrate.sweep import (
     SweepError,
-    _local_stream,
     expand_grid,
     parse_grid,
     point_name,
@@ -166,9 +167,7 @@ def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkey
         reports.append((list(run_dirs), out, title))
         return Path(out) / "report.html"
 
-    fake_report = types.ModuleType("sharpest.report")
-    fake_report.build_report = build_report
-    monkeypatch.setitem(sys.modules, "sharpest.report", fake_report)
+    monkeypatch.setattr(sharpest.orchestrate.sweep, "build_report", build_report)
     # lr=9 kills its worker (the pool breaks: the runs not started yet go on in a new one),
     # lr=5.0 raises, lr=0.05 was interrupted (config written, metrics without an "end" line)
     grid = {"lr": [9, 0.1, 0.05, 5.0]}
@@ -199,19 +198,35 @@ def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkey
                         "Sweep over lr (2 runs)")]
     assert res.report == tmp_path / "report.html" and doc["report"] == "report.html"
 
-    # again (a sub-grid): finished runs are skipped; without sharpest.report, a note
-    monkeypatch.setitem(sys.modules, "sharpest.report", None)
+    # again (a sub-grid): finished runs are skipped; a report that fails is a note
+    def broken_report(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sharpest.orchestrate.sweep, "build_report", broken_report)
     res = run_sweep(TINY, {"lr": [0.1, 0.05]}, tmp_path, train_fn=fake_train, progress=False)
     assert [(r.status, r.end_status) for r in res] == [("skipped", "finished")] * 2
-    assert res.report is None and res.report_note.startswith("report skipped")
+    assert res.report is None and res.report_note == "report failed: OSError: disk full"
 
 
-def test_local_workers_share_the_cores(tmp_path):
-    points = expand_grid(TINY, {"seed": [0, 1, 2]}, tmp_path)
-    tasks = [Task(p.name, p.config.to_dict(), str(p.folder)) for p in points]
-    stream = _local_stream(tasks, points, fake_train, max_workers=2)  # a generator: not started
-    assert [t.threads for t in tasks] == [max(1, available_cpus() // 2)] * 3
-    stream.close()
+@pytest.mark.slow
+def test_local_workers_share_the_cores(tmp_path, monkeypatch):
+    # 6 cores for 2 workers: each worker process trains with 3 torch threads (fake_train
+    # writes what torch says in the worker); 3 workers would get 2 each.
+    monkeypatch.setattr(sharpest.orchestrate.many, "available_cpus", lambda: 6)
+    res = run_sweep(TINY, {"lr": [0.1, 0.2]}, tmp_path, max_workers=2, train_fn=fake_train,
+                    report=False, progress=False)
+    assert [r.status for r in res] == ["finished"] * 2
+    assert [(tmp_path / r.name / "threads").read_text() for r in res] == ["3", "3"]
+
+
+def test_seeds_give_one_folder_per_seed_with_that_seed(tmp_path):
+    specs = [RunSpec(p.name, p.config, p.overrides)
+             for p in expand_grid(TINY, {"lr": [0.1]}, tmp_path)]
+    res = run_many(specs, tmp_path, "inline", seeds=2, train_fn=fake_train, progress=False)
+    assert [r.name for r in res] == ["lr=0.1__seed=0", "lr=0.1__seed=1"]
+    assert [r.overrides for r in res] == [{"lr": 0.1, "seed": 0}, {"lr": 0.1, "seed": 1}]
+    seeds = [RunFolder(tmp_path / r.name).read_config()["seed"] for r in res]
+    assert seeds == [0, 1]
 
 
 # -- real tiny runs ---------------------------------------------------------------------------
