@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from sharpest.report import read_run
+
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
 ORDER_MARGIN = 0.05
 
@@ -117,8 +119,6 @@ def parse_expect(text: str) -> tuple[str, float | None]:
 
 
 def _records(folder: str | Path) -> list[dict[str, Any]]:
-    from sharpest.report import read_run
-
     return read_run(folder).records
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -53,8 +54,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sharpest.config import Config, ConfigError, apply_sets, make_config, parse_set, read_yaml
-from sharpest.experiments.checks import ORDER_MARGIN
+from sharpest.experiments.checks import ORDER_MARGIN, parse_expect, parse_metric
 from sharpest.orchestrate.grid import grid_points
+from sharpest.train.probe_callback import build_probe_callbacks
 
 __all__ = [
     "SCALES",
@@ -152,16 +154,12 @@ class CheckSpec(_Strict):
     @field_validator("expect")
     @classmethod
     def _expect(cls, v: str) -> str:
-        from sharpest.experiments.checks import parse_expect
-
         parse_expect(v)
         return v
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        from sharpest.experiments.checks import parse_metric
-
         parse_metric(v)
         return v
 
@@ -199,8 +197,6 @@ class Preset(_Strict):
         """``summary``, or the first sentence of ``expected`` (for ``sharpest presets``)."""
         if self.summary.strip():
             return " ".join(self.summary.split())
-        import re
-
         text = " ".join(self.expected.split())
         m = re.search(r"(?<!Fig)(?<!Figs)(?<!Sec)(?<!Tab)\.\s+(?=[A-Z])", text)
         return text if m is None else text[: m.start() + 1]
@@ -268,8 +264,6 @@ def preset_names() -> list[str]:
 
 
 def _paper_order(name: str) -> tuple[int, int, str]:
-    import re
-
     m = re.match(r"(fig|table)(\d+)", name)
     if not m:
         return (2, 0, name)
@@ -517,8 +511,6 @@ def resolve_runs(
             continue
         if check_probes and cfg.probes:
             try:
-                from sharpest.train.probe_callback import build_probe_callbacks
-
                 build_probe_callbacks(cfg.probes, cfg)
             except (ValueError, TypeError) as err:
                 errors.append(f"{what}: invalid config: probes: {err}.")

@@ -25,6 +25,7 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from sharpest.report import probe_figures
 from sharpest.report.figures import (
     NoData,
     plot_accuracy_norms,
@@ -240,10 +241,6 @@ def _probe_entries(
     title = "Probes: cross-sections, α effect, k_min (Fig. 4, 9–11)"
     if not any(r.get("event") == "probe" for r in run.records):
         return [Skipped(title, 'no "probe" lines')]
-    try:
-        from sharpest.report import probe_figures
-    except Exception as err:  # the probe figures module is optional
-        return [Skipped(title, f"probe figures unavailable ({type(err).__name__}: {err})")]
     try:
         paths = probe_figures.write_probe_figures(run.all_records(), fig_dir, prefix=prefix)
     except Exception as err:

@@ -36,20 +36,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from sharpest.config import Config, ConfigError, make_config
+from sharpest.config import Config, ConfigError, load_config, make_config
+from sharpest.data import load_data
 from sharpest.distributed import ddp
+from sharpest.models import build_model
+from sharpest.optim import build_optimizer
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
     RunFolderError,
     load_checkpoint,
+    read_records,
     save_checkpoint,
     truncate_lines,
 )
 from sharpest.runs.io import jsonable
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
+from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
 from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker, eigen_state
@@ -154,8 +160,6 @@ class Trainer:
         quiet: bool = True,
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
-            from sharpest.config import load_config
-
             config = load_config(config)
         self.config = cfg = make_config(config)
         self.quiet = quiet
@@ -173,8 +177,6 @@ class Trainer:
         seed_everything(cfg.seed)
 
         # -- data --------------------------------------------------------------------------------
-        from sharpest.data import load_data
-
         try:
             self.data = load_data(
                 cfg.data,
@@ -219,8 +221,6 @@ class Trainer:
         )
 
         # -- model ------------------------------------------------------------------------------
-        from sharpest.models import build_model
-
         try:
             self.model = build_model(
                 cfg.model, num_classes=self.data.num_classes, **cfg.model_options
@@ -237,8 +237,6 @@ class Trainer:
         self.parallel = ddp.wrap(self.model, self.device)
 
         # -- optimizer and schedule -------------------------------------------------------------
-        from sharpest.optim import build_optimizer
-
         opt = cfg.optimizer
         extra = {} if opt.name == "sgd" else {"nudge": opt.nudge}
         if opt.nesterov:
@@ -683,10 +681,6 @@ class Trainer:
         if not self.config.probes:
             return []
         try:
-            from sharpest.train.probe_callback import build_probe_callbacks
-        except ImportError as err:
-            raise ConfigError(f"probes: probe callbacks are not available ({err})") from None
-        try:
             return list(build_probe_callbacks(self.config.probes, self.config))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"probes: {err}") from None
@@ -715,8 +709,6 @@ class Trainer:
     def _make_progress(self) -> Any:
         if self.quiet or not self.is_main:
             return None
-        from tqdm.auto import tqdm
-
         return tqdm(
             total=self.total_iterations,
             initial=self.iteration,
@@ -751,8 +743,6 @@ class Trainer:
 
     def _result(self, already: bool = False) -> TrainResult:
         if already:
-            from sharpest.runs import read_records
-
             records = read_records(self.folder.metrics_path)  # type: ignore[union-attr]
             end = records[-1]
             self._close()

@@ -55,6 +55,7 @@ from sharpest.probes import (
     minibatch_gradients,
     run_probes,
 )
+from sharpest.train.callbacks import Callback, TrainerView
 
 __all__ = ["AlphaProbe", "CrossSectionProbe", "DirectionProbe", "build_probe_callbacks"]
 
@@ -85,7 +86,7 @@ def _first(pair: Any, n: int | None) -> Any:
     return x[:n], y[:n]
 
 
-class DirectionProbe:
+class DirectionProbe(Callback):
     """Cross-sections and α-step probes along the tracked eigenvectors during training.
 
     A callback of the :mod:`sharpest.train` contract (hooks, ``name``, ``state_dict``).
@@ -203,15 +204,15 @@ class DirectionProbe:
 
     # -- callback hooks -----------------------------------------------------------------------
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self._observe(trainer)
 
-    def on_epoch_start(self, trainer: Any) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         if self.epoch_start or self._due(trainer.iteration):
             self._maybe_probe(trainer)
 
-    def on_step_end(self, trainer: Any) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         # The last step of an epoch that another epoch follows: its iteration is the next
         # epoch's start, where the tracker computes (the trainer's convention); probe there.
@@ -220,10 +221,10 @@ class DirectionProbe:
         if self._due(trainer.iteration):
             self._maybe_probe(trainer)
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
 
-    def on_train_end(self, trainer: Any) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         if self.at_end and getattr(trainer, "status", "finished") == "finished":
             self._maybe_probe(trainer, warn=False)
@@ -243,7 +244,7 @@ class DirectionProbe:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _observe(self, trainer: Any) -> None:
+    def _observe(self, trainer: TrainerView) -> None:
         eigen = getattr(trainer, "eigen", None)
         if eigen is not None and eigen is not self._eigen_ref:
             self._eigen_ref = eigen
@@ -252,7 +253,7 @@ class DirectionProbe:
     def _due(self, iteration: int) -> bool:
         return bool(self.every) and int(iteration) % self.every == 0
 
-    def _eigen_age(self, trainer: Any) -> int | None:
+    def _eigen_age(self, trainer: TrainerView) -> int | None:
         """Iterations since ``trainer.eigen`` was computed: exact from the trainer's tracker
         (``trainer.tracker.last_iteration``) or ``trainer.eigen_iteration``; otherwise from
         when this callback first saw the object (exact when it runs after the tracker)."""
@@ -268,12 +269,12 @@ class DirectionProbe:
             return None
         return int(trainer.iteration) - self._eigen_seen
 
-    def _seed(self, trainer: Any) -> int:
+    def _seed(self, trainer: TrainerView) -> int:
         if self.seed is not None:
             return int(self.seed)
         return int(_config_get(trainer.config, "seed", 0) or 0) + _SEED_OFFSET
 
-    def _probe_op(self, trainer: Any) -> HessianOperator:
+    def _probe_op(self, trainer: TrainerView) -> HessianOperator:
         data = getattr(trainer, "hessian_data", None)
         if data is None:
             raise ValueError("probes need trainer.hessian_data (the fixed probe/Hessian subset)")
@@ -292,7 +293,7 @@ class DirectionProbe:
             self._op_key = key
         return self._op
 
-    def _batches(self, trainer: Any, size: int, seed: int) -> Iterator[Any]:
+    def _batches(self, trainer: TrainerView, size: int, seed: int) -> Iterator[Any]:
         """The probe's own mini-batches: epoch = iteration of the run, the probe's seed; more
         passes with derived seeds if one epoch has fewer than M batches."""
         for r in itertools.count():
@@ -307,7 +308,7 @@ class DirectionProbe:
                 raise ValueError(f"batch size {size} leaves no batch for the probes")
             yield from batches
 
-    def _maybe_probe(self, trainer: Any, warn: bool = True) -> None:
+    def _maybe_probe(self, trainer: TrainerView, warn: bool = True) -> None:
         iteration = int(trainer.iteration)
         if self.last_iteration == iteration:
             return
@@ -340,7 +341,7 @@ class DirectionProbe:
         self._probe(trainer, eigen, age, do_alpha)
         self.points += 1
 
-    def _probe(self, trainer: Any, eigen: Any, age: int | None, do_alpha: bool) -> None:
+    def _probe(self, trainer: TrainerView, eigen: Any, age: int | None, do_alpha: bool) -> None:
         start = time.perf_counter()
         op = self._probe_op(trainer)
         size = int(self.batch_size or _config_get(trainer.config, "batch_size", 128))
@@ -390,6 +391,8 @@ class CrossSectionProbe(DirectionProbe):
         options.setdefault("alpha", False)
         super().__init__(every, epoch_start, **options)
 
+    name = "probes"  # the same checkpoint key as DirectionProbe
+
 
 class AlphaProbe(DirectionProbe):
     """Only the α-step probe (and the ``"step"`` line); see :class:`DirectionProbe`."""
@@ -397,6 +400,8 @@ class AlphaProbe(DirectionProbe):
     def __init__(self, every: int = 0, epoch_start: bool = True, **options: Any) -> None:
         options.setdefault("cross_section", False)
         super().__init__(every, epoch_start, **options)
+
+    name = "probes"  # the same checkpoint key as DirectionProbe
 
 
 _OPTION_NAMES = (

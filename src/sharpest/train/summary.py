@@ -28,7 +28,7 @@ from sharpest.train.metrics import distance_from_init, weight_spectral_norms
 
 if TYPE_CHECKING:
     from sharpest.config import Config
-    from sharpest.train.loop import Trainer
+    from sharpest.train.callbacks import TrainerView
 
 __all__ = ["RunSummary", "best_val", "summary_fields"]
 
@@ -66,7 +66,7 @@ class RunSummary(Callback):
 
     # -- watching the evaluations ----------------------------------------------------------
 
-    def _scan(self, trainer: Trainer) -> None:
+    def _scan(self, trainer: TrainerView) -> None:
         """Measure the parameters at every ``val`` line written since the last hook (the loop
         runs a hook after each evaluation, before the next step)."""
         new = trainer.records[self._cursor :]
@@ -80,16 +80,16 @@ class RunSummary(Callback):
             if finite(acc) and (self.best is None or acc > self.best["accuracy"]):
                 self.best = {"iteration": it, "accuracy": acc, "rho_w": _rho_w(trainer.model)}
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self._cursor = len(trainer.records)
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self._scan(trainer)
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self._scan(trainer)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         self._scan(trainer)
         if trainer.status != "finished" or not trainer.is_main:
             return
@@ -98,13 +98,13 @@ class RunSummary(Callback):
 
     # -- the line ------------------------------------------------------------------------------
 
-    def run_records(self, trainer: Trainer) -> list[dict[str, Any]]:
+    def run_records(self, trainer: TrainerView) -> list[dict[str, Any]]:
         folder = trainer.folder
         if folder is not None and folder.metrics_path.exists():
             return read_records(folder.metrics_path)
         return list(trainer.records)
 
-    def compute(self, trainer: Trainer) -> dict[str, Any]:
+    def compute(self, trainer: TrainerView) -> dict[str, Any]:
         best = self.best
         fields = table1(
             self.run_records(trainer),

@@ -48,7 +48,7 @@ from sharpest.train.callbacks import Callback
 
 if TYPE_CHECKING:
     from sharpest.config import Config
-    from sharpest.train.loop import Trainer
+    from sharpest.train.callbacks import TrainerView
 
 __all__ = ["EigenTracker", "eigen_from_state", "eigen_state"]
 
@@ -286,7 +286,7 @@ class EigenTracker(Callback):
 
     # -- callback hooks ------------------------------------------------------------------------
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self.attach(
             trainer.model,
             trainer.loss_fn,
@@ -298,17 +298,17 @@ class EigenTracker(Callback):
         if self.result is not None:
             self.result.vectors = self.result.vectors.to(trainer.device)
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self.start_epoch(trainer.iteration, trainer.epoch)
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         # The last step of an epoch that another epoch follows: its iteration is that epoch's
         # start, handled (with the same schedule) by on_epoch_start, so the line says so.
         if trainer.end_of_epoch and not trainer.last_epoch:
             return
         self.step(trainer.iteration, trainer.epoch)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if trainer.status == "finished":
             self.finish(trainer.iteration, trainer.epoch)
 
