@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -150,10 +151,17 @@ def test_eig_bad_input(tmp_path):
     assert result.exit_code == EXIT_BAD_INPUT and "cannot read" in result.output
 
 
-@pytest.mark.parametrize("verb", ["demo", "run", "sweep", "report", "presets"])
-def test_verbs_are_registered(verb):
-    result = invoke("--help")
-    assert verb in result.output
+DESIGN_VERBS = {"demo", "train", "run", "sweep", "report", "eig", "presets"}
+
+
+def test_verbs_are_registered():
+    # The registered commands are exactly DESIGN.md's verbs, and each answers its own --help.
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == DESIGN_VERBS
+    for verb in sorted(DESIGN_VERBS):
+        result = invoke(verb, "--help")
+        assert result.exit_code == 0, (verb, result.output)
+        assert f"sharpest {verb} [OPTIONS]" in " ".join(result.output.split()), verb
 
 
 def test_entry_point_runs_as_a_script():

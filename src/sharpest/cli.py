@@ -167,7 +167,8 @@ def eig(
     from sharpest.config import make_config
     from sharpest.curvature import HessianOperator, lanczos
     from sharpest.runs import RunFolder, load_checkpoint
-    from sharpest.train import Trainer
+    from sharpest.train.build import build
+    from sharpest.train.loop import resolve_device
 
     _set_threads(threads)
     if which not in ("LM", "LA"):
@@ -190,12 +191,12 @@ def eig(
     if subset is not None:
         overrides["track"] = {**state["config"].get("track", {}), "subset": subset}
     cfg = make_config({**state["config"], **overrides})
-    trainer = Trainer(cfg, None)
-    trainer.model.load_state_dict(state["model"])
+    parts = build(cfg, resolve_device(cfg.device))  # the run's model and Hessian subset
+    parts.model.load_state_dict(state["model"])
     op = HessianOperator(
-        trainer.model,
-        trainer.loss_fn,
-        trainer.hessian_data,
+        parts.model,
+        parts.loss_fn,
+        parts.hessian_data,
         cfg.weight_decay,
         chunk_size=cfg.track.chunk_size or 512,
     )

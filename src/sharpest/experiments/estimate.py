@@ -29,8 +29,8 @@ import torch
 from sharpest.config import Config, ConfigError
 from sharpest.curvature import HessianOperator
 from sharpest.models import build_model
-from sharpest.optim import build_optimizer
 from sharpest.train import Trainer
+from sharpest.train.build import build_optimizer_for
 from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
 
@@ -62,16 +62,7 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
             raise ConfigError(f"model_options: {err}") from None
         if cache is not None:
             cache[key] = model
-    opt = config.optimizer
-    extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
-    if opt.nesterov:
-        extra["nesterov"] = True
-    try:
-        optimizer = build_optimizer(opt.name, model.parameters(), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay,
-                                    gamma=opt.gamma, k=opt.k, **extra)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer: {err}") from None
+    optimizer = build_optimizer_for(config, model)
     try:
         schedule = Schedule(config.schedule, optimizer, config.lr, 10, 10 * max(1, config.epochs))
     except (ValueError, TypeError) as err:

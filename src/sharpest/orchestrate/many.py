@@ -36,7 +36,7 @@ from sharpest.orchestrate.executors import (
     visible_gpus,
 )
 from sharpest.runs import RunFolderError
-from sharpest.train.existing import existing_run
+from sharpest.runs.resume import existing_run
 
 __all__ = [
     "EXECUTORS",
