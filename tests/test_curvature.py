@@ -3,6 +3,7 @@ finite differences of gradients, scipy."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch.func import functional_call, hessian
 
 from sharpest import EigenResult, HessianOperator, frobenius_from_topk, lanczos, principal_angles
 from sharpest.curvature import NonFiniteError, flatten, spectral_norm, unflatten
+from sharpest.runs import load_checkpoint, save_checkpoint
 
 
 def dense_hessian(model, loss_fn, x, y, weight_decay=0.0) -> np.ndarray:
@@ -338,3 +340,18 @@ def test_non_finite_product_names_the_chunk():
     op = HessianOperator(model, loss_fn, [(x[:10], y[:10]), (bad[10:], y[10:])])
     with pytest.raises(NonFiniteError, match="chunk 1"):
         op.matvec(torch.ones(op.size, dtype=torch.float64))
+
+
+def test_eigen_result_is_frozen_and_round_trips_through_a_checkpoint(tmp_path):
+    vecs = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))[0].T.contiguous()
+    res = EigenResult(np.array([3.0, -1.5]), vecs, np.array([1e-6, 2e-6]), 17, True, "LM", 0.25)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.n_matvecs = 3  # type: ignore[misc]
+    save_checkpoint(tmp_path / "e.pt", res.to_state(iteration=40))
+    state = load_checkpoint(tmp_path / "e.pt")  # weights_only loading: plain data only
+    assert state["iteration"] == 40
+    back = EigenResult.from_state(state)
+    np.testing.assert_array_equal(back.values, res.values)
+    np.testing.assert_array_equal(back.residuals, res.residuals)
+    assert torch.equal(back.vectors, vecs)
+    assert (back.n_matvecs, back.converged, back.which, back.seconds) == (17, True, "LM", 0.25)

@@ -3,6 +3,10 @@
 Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint), with a
 one-paragraph message and no traceback; 3 the run diverged; 130 interrupted (resume it with
 ``--resume``).
+
+Each verb imports the code it runs inside its own body (the one place imports are deferred on
+purpose): ``sharpest --help`` and bad-input errors then answer without loading torch,
+matplotlib or the training code.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,32 +54,15 @@ __all__ = ["EigenTracker", "eigen_from_state", "eigen_state"]
 
 
 def eigen_state(result: EigenResult, iteration: int | None = None) -> dict[str, Any]:
-    """An :class:`EigenResult` as checkpoint-safe plain data (vectors on the CPU)."""
-    return {
-        "values": torch.as_tensor(np.asarray(result.values, dtype=np.float64)),
-        "vectors": result.vectors.detach().cpu(),
-        "residuals": torch.as_tensor(np.asarray(result.residuals, dtype=np.float64)),
-        "n_matvecs": int(result.n_matvecs),
-        "converged": bool(result.converged),
-        "which": str(result.which),
-        "seconds": float(result.seconds),
-        "iteration": iteration,
-    }
+    """An :class:`EigenResult` as checkpoint-safe plain data (:meth:`EigenResult.to_state`)."""
+    return result.to_state(iteration)
 
 
 def eigen_from_state(
     state: dict[str, Any], device: torch.device | str | None = None
 ) -> EigenResult:
-    """Inverse of :func:`eigen_state`."""
-    return EigenResult(
-        values=state["values"].numpy().astype(np.float64),
-        vectors=state["vectors"].to(device) if device is not None else state["vectors"],
-        residuals=state["residuals"].numpy().astype(np.float64),
-        n_matvecs=int(state["n_matvecs"]),
-        converged=bool(state["converged"]),
-        which=str(state.get("which", "LM")),
-        seconds=float(state.get("seconds", 0.0)),
-    )
+    """Inverse of :func:`eigen_state` (:meth:`EigenResult.from_state`)."""
+    return EigenResult.from_state(state, device)
 
 
 class EigenTracker(Callback):
@@ -296,7 +279,7 @@ class EigenTracker(Callback):
             log=trainer.log,
         )
         if self.result is not None:
-            self.result.vectors = self.result.vectors.to(trainer.device)
+            self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
         self.start_epoch(trainer.iteration, trainer.epoch)
