@@ -34,6 +34,16 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
+# Options shared by `run` and `sweep`.
+SeedsOption = Annotated[
+    int | None,
+    typer.Option("--seeds", help="Train each configuration N times (seeds 0..N-1), one "
+                 "folder each, named <run>__seed=<s>.", min=1),
+]
+NoReportOption = Annotated[bool, typer.Option("--no-report", help="Skip the report.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")]
+
+
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"sharpest: error: {message}", err=True)
     raise typer.Exit(code)
@@ -317,13 +327,9 @@ def run_cmd(
         bool,
         typer.Option("--estimate", help="Time a few steps of each run and extrapolate."),
     ] = False,
-    seeds: Annotated[
-        int | None,
-        typer.Option("--seeds", help="Train each configuration N times (seeds 0..N-1), one "
-                     "folder each, named <run>__seed=<s>.", min=1),
-    ] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    seeds: SeedsOption = None,
+    no_report: NoReportOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run one figure or table of the paper: every run into OUT/<run>, then the findings
     (held / did not hold) and one report in OUT. Running it again resumes."""
@@ -409,13 +415,9 @@ def sweep(
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
     ] = None,
-    seeds: Annotated[
-        int | None,
-        typer.Option("--seeds", help="Train each configuration N times (seeds 0..N-1), one "
-                     "folder each, named <run>__seed=<s>.", min=1),
-    ] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    seeds: SeedsOption = None,
+    no_report: NoReportOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a preset's (or a config's) base over a grid of values, one run folder per point.
 

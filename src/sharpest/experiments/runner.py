@@ -36,7 +36,6 @@ from typing import Any
 import yaml
 
 from sharpest.config import ConfigError, make_config
-from sharpest.data import load_data
 from sharpest.experiments.checks import CheckResult, evaluate_checks, findings_markdown
 from sharpest.experiments.preset import (
     Preset,
@@ -57,6 +56,7 @@ from sharpest.orchestrate.many import (
 )
 from sharpest.report import build_report
 from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
+from sharpest.train.build import build_data
 
 __all__ = [
     "EXECUTORS",
@@ -134,9 +134,11 @@ def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
             continue
         seen.add(key)
         try:
-            load_data(c.data, root=c.data_root, train_subset=c.train_subset, val_size=c.val_size,
-                      seed=c.seed, download=c.download, **c.data_options)
-        except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+            build_data(c)
+        except ConfigError as err:  # "data: cannot load ...: why"
+            raise PresetError(f"run {r.name}: {str(err).strip()} (with sharpest run: --set "
+                              "data_root=DIR)") from None
+        except OSError as err:
             raise PresetError(f"run {r.name}: data: cannot load {c.data!r}: "
                               f"{str(err).strip()} (with sharpest run: --set data_root=DIR)"
                               ) from None
