@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 from sharpest import EigenResult, HessianOperator, frobenius_from_topk, lanczos, principal_angles
-from sharpest.curvature import NonFiniteError, flatten, spectral_norm, unflatten
+from sharpest.curvature import EmpiricalRisk, NonFiniteError, flatten, spectral_norm, unflatten
 from sharpest.runs import load_checkpoint, save_checkpoint
 
 
@@ -355,3 +355,22 @@ def test_eigen_result_is_frozen_and_round_trips_through_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(back.residuals, res.residuals)
     assert torch.equal(back.vectors, vecs)
     assert (back.n_matvecs, back.converged, back.which, back.seconds) == (17, True, "LM", 0.25)
+
+
+def test_empirical_risk_is_the_mean_loss_and_its_gradient_chunked():
+    # Loss and gradient over 30 examples in chunks of 7 (unequal last chunk), with the L2 term,
+    # against autograd on the whole batch at once; the Hessian operator is the same function.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(30, 5, dtype=torch.float64), torch.randint(0, 3, (30,))
+    wd = 0.1
+    risk = EmpiricalRisk(model, nn.functional.cross_entropy, (x, y), wd, chunk_size=7)
+    params = list(model.parameters())
+    exact = nn.functional.cross_entropy(model(x), y) + 0.5 * wd * sum(
+        p.pow(2).sum() for p in params
+    )
+    grad = flatten(torch.autograd.grad(exact, params))
+    assert risk.loss() == pytest.approx(float(exact), rel=1e-12)
+    torch.testing.assert_close(risk.gradient(), grad, rtol=1e-10, atol=1e-12)
+    op = HessianOperator(model, nn.functional.cross_entropy, (x, y), wd, chunk_size=7)
+    assert isinstance(op, EmpiricalRisk) and op.loss() == pytest.approx(risk.loss(), rel=1e-12)

@@ -1,7 +1,8 @@
 """All probes of one probe point, as plain JSON records (what the training callback logs).
 
-:func:`run_probes` takes the probe loss (a :class:`HessianOperator`), M mini-batch gradients,
-the learning rate and the eigenpairs at θ(t), and returns a list of dicts:
+:func:`run_probes` takes the probe loss (an :class:`EmpiricalRisk`, e.g. a
+:class:`HessianOperator`), M mini-batch gradients, the learning rate and the eigenpairs at
+θ(t), and returns a list of dicts:
 
 ``kind="step"`` (one per probe point): the typical steps and gradient statistics, and the cost
     of the M gradients — shared by the other records of the same point.
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpest.curvature import HessianOperator
+from sharpest.curvature import EmpiricalRisk
 from sharpest.probes.alpha import DEFAULT_ALPHAS, alpha_probe
 from sharpest.probes.cross_section import CRITERIA, DEFAULT_KS, cross_section, k_min
 from sharpest.probes.gradients import GradientSample, typical_step
@@ -94,7 +95,7 @@ def _cost(seconds: float, evals: int, subset: int, backward: int = 0) -> dict[st
 
 
 def run_probes(
-    op: HessianOperator,
+    op: EmpiricalRisk,
     sample: GradientSample,
     lr: float,
     eigenvalues: Sequence[float] | np.ndarray,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sharpest.curvature import HessianOperator, evaluation_mode
+from sharpest.curvature import EmpiricalRisk, evaluation_mode
 from sharpest.train.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -66,10 +66,8 @@ def gradient_norm(
     model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0, chunk_size: int = 512
 ) -> float:
     """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²``, in evaluation mode."""
-    op = HessianOperator(
-        model, loss_fn, data, weight_decay, chunk_size=chunk_size, cache_graphs=False
-    )
-    return float(op.gradient().norm())
+    risk = EmpiricalRisk(model, loss_fn, data, weight_decay, chunk_size=chunk_size)
+    return float(risk.gradient().norm())
 
 
 def in_batches(data: tuple[Tensor, Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

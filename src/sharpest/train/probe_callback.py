@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from sharpest.curvature import HessianOperator
+from sharpest.curvature import EmpiricalRisk
 from sharpest.probes import (
     DEFAULT_ALPHAS,
     DEFAULT_KS,
@@ -195,7 +195,7 @@ class DirectionProbe(Callback):
         self.last_iteration: int | None = None
         self._eigen_ref: Any = None
         self._eigen_seen: int | None = None
-        self._op: HessianOperator | None = None
+        self._op: EmpiricalRisk | None = None
         self._op_key: tuple | None = None
         self._warned = False
 
@@ -274,20 +274,19 @@ class DirectionProbe(Callback):
             return int(self.seed)
         return int(_config_get(trainer.config, "seed", 0) or 0) + _SEED_OFFSET
 
-    def _probe_op(self, trainer: TrainerView) -> HessianOperator:
+    def _probe_op(self, trainer: TrainerView) -> EmpiricalRisk:
         data = getattr(trainer, "hessian_data", None)
         if data is None:
             raise ValueError("probes need trainer.hessian_data (the fixed probe/Hessian subset)")
         wd = float(_config_get(trainer.config, "weight_decay", 0.0) or 0.0)
         key = (id(trainer.model), id(data), wd)
         if self._op is None or self._op_key != key:
-            self._op = HessianOperator(
+            self._op = EmpiricalRisk(
                 trainer.model,
                 trainer.loss_fn,
                 _first(data, self.subset),
                 weight_decay=wd,
                 chunk_size=self.chunk_size,
-                cache_graphs=False,
                 device=getattr(trainer, "device", None),
             )
             self._op_key = key
