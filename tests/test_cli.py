@@ -164,6 +164,7 @@ def test_verbs_are_registered():
         assert f"sharpest {verb} [OPTIONS]" in " ".join(result.output.split()), verb
 
 
+@pytest.mark.slow
 def test_entry_point_runs_as_a_script():
     proc = subprocess.run(
         [sys.executable, "-m", "sharpest.cli", "train", "--set", "trak=1", "--out", "/nonexistent"],

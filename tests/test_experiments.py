@@ -298,6 +298,7 @@ def _check_report(out: Path) -> list[Path]:
     return pngs
 
 
+@pytest.mark.slow
 def test_run_a_preset_end_to_end(tmp_path):
     path = _write(tmp_path / "mine.yaml", TINY_PRESET)
     out = tmp_path / "out"

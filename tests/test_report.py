@@ -290,6 +290,7 @@ def test_probe_figures_when_available(tmp_path):
 # -- several runs -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_comparison_report_labels_differing_lr(tmp_path):
     a = write_run(tmp_path / "sweep" / "lr0.1", records(lr=0.1), config(lr=0.1))
     b = write_run(tmp_path / "sweep" / "lr0.01", records(lr=0.01, scale=3.0), config(lr=0.01))

@@ -160,6 +160,7 @@ def fake_train(config, out, resume=False):
     return {"status": "finished", "iteration": 1, "already_finished": False}
 
 
+@pytest.mark.slow
 def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkeypatch):
     reports = []
 
@@ -232,6 +233,7 @@ def test_seeds_give_one_folder_per_seed_with_that_seed(tmp_path):
 # -- real tiny runs ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_sweep_of_real_runs_finishes_skips_and_reports_divergence(tmp_path):
     out = tmp_path / "sweep"
     grid = parse_grid(["lr=0.1,1e4"])  # lr=1e4 exceeds max_loss=50 at its first step
