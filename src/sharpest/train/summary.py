@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from sharpest.paper_metrics import best_val, finite, table1
+from sharpest.paper_metrics import finite, table1
 from sharpest.runs import read_records
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import distance_from_init, weight_spectral_norms
@@ -30,10 +30,7 @@ if TYPE_CHECKING:
     from sharpest.config import Config
     from sharpest.train.callbacks import TrainerView
 
-__all__ = ["RunSummary", "best_val", "summary_fields"]
-
-#: The trainer's name for :func:`sharpest.paper_metrics.table1` (kept for callers).
-summary_fields = table1
+__all__ = ["RunSummary"]
 
 
 def _rho_w(model: Any) -> float:
