@@ -42,7 +42,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -57,7 +57,16 @@ from sharpest.probes import (
 )
 from sharpest.train.callbacks import Callback, TrainerView
 
-__all__ = ["AlphaProbe", "CrossSectionProbe", "DirectionProbe", "build_probe_callbacks"]
+if TYPE_CHECKING:
+    from sharpest.config import Config
+
+__all__ = [
+    "AlphaProbe",
+    "CrossSectionProbe",
+    "DirectionProbe",
+    "ProbesSection",
+    "build_probe_callbacks",
+]
 
 # Mixed into the run's seed so the probe's batch stream differs from the training stream.
 _SEED_OFFSET = 0x9B0BE
@@ -403,34 +412,41 @@ class AlphaProbe(DirectionProbe):
     name = "probes"  # the same checkpoint key as DirectionProbe
 
 
-_OPTION_NAMES = (
-    "every",
-    "epoch_start",
-    "at_end",
-    "cross_section",
-    "alpha",
-    "alpha_every",
-    "directions",
-    "ks",
-    "alphas",
-    "alpha_directions",
-    "random_baseline",
-    "full_step_baseline",
-    "kmin_thresholds",
-    "kmin_criterion",
-    "num_gradients",
-    "batch_size",
-    "gradient_mode",
-    "augment",
-    "subset",
-    "chunk_size",
-    "seed",
-    "max_eigen_age",
-)
+class ProbesSection(TypedDict, total=False):
+    """The ``probes`` section of a run config: :class:`DirectionProbe`'s options, plus
+    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`."""
+
+    enabled: bool
+    every: int | None
+    epoch_start: bool | None
+    at_end: bool
+    cross_section: bool
+    alpha: bool
+    alpha_every: int
+    directions: list[int]
+    ks: list[float]
+    alphas: list[float]
+    alpha_directions: list[int] | None
+    random_baseline: bool
+    full_step_baseline: bool
+    kmin_thresholds: list[float]
+    kmin_criterion: str
+    num_gradients: int
+    batch_size: int | None
+    gradient_mode: str
+    augment: bool
+    subset: int | None
+    chunk_size: int | None
+    seed: int | None
+    max_eigen_age: int | None
+
+
+#: The options a ``probes`` section may set (``enabled`` aside), in the order errors list them.
+_OPTION_NAMES = tuple(k for k in ProbesSection.__annotations__ if k != "enabled")
 
 
 def build_probe_callbacks(
-    section: dict[str, Any] | None, config: Any = None
+    section: ProbesSection | dict[str, Any] | None, config: Config | None = None
 ) -> list[DirectionProbe]:
     """The probe callbacks of a run config's ``probes`` section (empty: none).
 
