@@ -41,25 +41,11 @@ class HessianOperator(EmpiricalRisk):
 
     Parameters
     ----------
-    model:
-        Any `nn.Module` (buffers allowed). It is used in evaluation semantics during each
-        product and each submodule's `training` flag is restored afterwards.
-    loss_fn:
-        `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
-        (like `nn.CrossEntropyLoss()`).
-    data:
-        One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
-        shuffling, no augmentation). Examples are weighted so that the loss is the mean over all
-        N examples, whatever the batch sizes.
-    weight_decay:
-        λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient), so the
-        operator adds λ·v.
-    params:
-        Restrict to these parameters (tensors of the model, or their names); default all
-        trainable ones (`requires_grad`), in `model.parameters()` order.
-    chunk_size:
-        At most this many examples per forward/backward pass (memory stays bounded for any
-        N); batches larger than this are split. Default: batches as given.
+    model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data:
+        As for :class:`~sharpest.curvature.risk.EmpiricalRisk`: the function is the mean of
+        ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖θ‖² (so the operator adds λ·v), in
+        evaluation semantics, chunked, and data-parallel over ``torch.distributed`` (every
+        rank holds the same product of the mean over all N examples).
     cache_graphs:
         Keep the first-order graph of every chunk between products, so a product costs one
         double-backward pass instead of forward + backward + double backward (measured on
@@ -70,14 +56,6 @@ class HessianOperator(EmpiricalRisk):
         only if the extrapolation to all chunks fits ``cache_budget_bytes``. The cache is
         rebuilt automatically when a parameter is modified in place (tensor version counters),
         so an operator stays correct while the model trains.
-    device:
-        Where products are computed; default the device of the first parameter.
-    distributed:
-        Data-parallel products over `torch.distributed` (default: when it is initialised).
-        Each rank computes its examples' share and the products are all-reduced, so every rank
-        holds the same product of the mean over all N examples (unequal shards weighted
-        correctly). With ``shard_data=True`` each rank passes the full data and keeps its
-        contiguous share; with ``False`` each rank passes its own shard.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device`.
