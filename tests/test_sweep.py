@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -275,3 +276,11 @@ def test_ray_sweep_of_real_runs(tmp_path):
     finally:
         if ray.is_initialized():
             ray.shutdown()
+
+
+def test_the_executors_module_stays_torch_free():
+    # A spawned worker imports it first and must set its GPU and threads before torch loads.
+    code = ("import sys, sharpest.orchestrate.executors; "
+            "sys.exit('torch' in sys.modules or 'sharpest.train' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0

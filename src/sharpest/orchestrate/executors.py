@@ -12,17 +12,21 @@ others.
 Each task calls the train function with resume semantics: ``resume=True`` when the folder
 already holds a run (config.yaml), so an interrupted run continues from its last checkpoint.
 
-Nothing here imports torch at module level: a spawned worker (or Ray worker) sets
-``CUDA_VISIBLE_DEVICES`` and the thread count before torch starts working.
+Nothing here imports torch (nor the training code, which does) at module level: a spawned
+worker (or Ray worker) sets ``CUDA_VISIBLE_DEVICES`` and the thread count before torch starts
+working. Those imports, and Ray's (optional), are the deferred ones.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,10 +223,6 @@ def run_local(
     ``concurrent.futures`` breaks the whole pool: the runs that had started are reported failed
     (rerunning the sweep resumes them) and the ones that had not go on in a fresh pool.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     ctx = mp.get_context("spawn")
     remaining = list(tasks)
     while remaining:
