@@ -215,7 +215,7 @@ def test_local_workers_share_the_cores(tmp_path, monkeypatch):
     # 6 cores for 2 workers: each worker process trains with 3 torch threads (fake_train
     # writes what torch says in the worker); 3 workers would get 2 each.
     monkeypatch.setattr(sharpest.orchestrate.many, "available_cpus", lambda: 6)
-    res = run_sweep(TINY, {"lr": [0.1, 0.2]}, tmp_path, max_workers=2, train_fn=fake_train,
+    res = run_sweep(TINY, {"lr": [0.1, 0.2]}, tmp_path, workers=2, train_fn=fake_train,
                     report=False, progress=False)
     assert [r.status for r in res] == ["finished"] * 2
     assert [(tmp_path / r.name / "threads").read_text() for r in res] == ["3", "3"]
@@ -238,7 +238,7 @@ def test_seeds_give_one_folder_per_seed_with_that_seed(tmp_path):
 def test_local_sweep_of_real_runs_finishes_skips_and_reports_divergence(tmp_path):
     out = tmp_path / "sweep"
     grid = parse_grid(["lr=0.1,1e4"])  # lr=1e4 exceeds max_loss=50 at its first step
-    res = run_sweep(TINY, grid, out, max_workers=1, report=False)
+    res = run_sweep(TINY, grid, out, workers=1, report=False)
     by = {r.name: r for r in res}
     assert set(by) == {"lr=0.1", "lr=10000.0"}
     assert by["lr=0.1"].status == "finished", by["lr=0.1"].message
@@ -284,3 +284,11 @@ def test_the_executors_module_stays_torch_free():
             "sys.exit('torch' in sys.modules or 'sharpest.train' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
+def test_workers_is_the_one_name_and_max_workers_an_alias(tmp_path):
+    with pytest.raises(SweepError, match="disagree"):
+        run_sweep(TINY, {"lr": [0.1]}, tmp_path / "s", workers=1, max_workers=2)
+    with pytest.raises(SweepError, match="workers: must be a positive integer"):
+        run_sweep(TINY, {"lr": [0.1]}, tmp_path / "s", max_workers=0)
+    assert not (tmp_path / "s").exists()

@@ -434,7 +434,7 @@ def sweep(
     parsed = parse_grid(grid)
     base = sweep_base(target, scale, run_name)
     base = apply_sets(base, list(set_ or []))
-    res = run_sweep(base, parsed, out, executor=executor, max_workers=workers, address=address,
+    res = run_sweep(base, parsed, out, executor=executor, workers=workers, address=address,
                     report=not no_report, progress=not quiet, seeds=seeds)
     typer.echo(res.summary())
     if not res.ok:

@@ -1,7 +1,7 @@
 """Sweeps: the Cartesian product of config overrides, one independent run folder per point.
 
 >>> grid = parse_grid(["lr=0.1,0.01", "seed=0,1"])        # {"lr": [0.1, 0.01], "seed": [0, 1]}
->>> res = run_sweep("base.yaml", grid, out=Path("runs/lr"), max_workers=2)  # doctest: +SKIP
+>>> res = run_sweep("base.yaml", grid, out=Path("runs/lr"), workers=2)      # doctest: +SKIP
 >>> [(r.name, r.status) for r in res.runs]                                  # doctest: +SKIP
 [('lr=0.1__seed=0', 'finished'), ...]
 
@@ -218,7 +218,7 @@ def run_sweep(
     grid: Mapping[str, Sequence[Any] | Any],
     out: str | os.PathLike[str],
     executor: str = "local",
-    max_workers: int | None = None,
+    workers: int | None = None,
     address: str | None = None,
     resources: Mapping[str, Any] | None = None,
     report: bool = True,
@@ -227,6 +227,7 @@ def run_sweep(
     progress: bool = True,
     ray_init: Mapping[str, Any] | None = None,
     seeds: int | Sequence[int] | None = None,
+    max_workers: int | None = None,
 ) -> SweepResult:
     """Train every point of ``grid`` (Cartesian product) over ``base``, each in ``out/<name>``.
 
@@ -235,8 +236,9 @@ def run_sweep(
         grid: ``{key: [values]}`` (dotted keys allowed), e.g. from :func:`parse_grid`.
         out: the sweep folder; holds ``sweep.yaml``, one folder per run and the report.
         executor: ``"local"`` (a spawn process pool) or ``"ray"``.
-        max_workers: runs at once. Local default: 1 on CPU, one per visible GPU. Ray default:
-            as many as the cluster fits. Each local worker gets (cores / workers) torch threads.
+        workers: runs at once (``max_workers``, its former name, is still accepted). Local
+            default: 1 on CPU, one per visible GPU. Ray default: as many as the cluster fits.
+            Each local worker gets (cores / workers) torch threads.
         address: Ray cluster address (Ray only); None starts a local Ray instance.
         resources: per-run Ray resources (``num_cpus``, ``num_gpus``, ...; Ray only).
         report: build one comparative report over the runs that ended into ``out``.
@@ -258,8 +260,13 @@ def run_sweep(
     able to import ``sharpest`` (same environment on every node).
     """
     t0 = time.perf_counter()
+    if max_workers is not None:
+        if workers is not None and workers != max_workers:
+            raise SweepError(f"workers={workers} and max_workers={max_workers} disagree; give "
+                             "workers only")
+        workers = max_workers
     try:
-        check_executor(executor, max_workers, address, resources, allowed=EXECUTORS)
+        check_executor(executor, workers, address, resources, allowed=EXECUTORS)
     except OrchestrateError as err:
         raise SweepError(str(err)) from None
     out = Path(out)
@@ -275,7 +282,7 @@ def run_sweep(
         _write_sweep_file(out, base_map, base_path, grid, executor, runs)
 
     try:
-        runs = run_many(specs, out, executor, max_workers, seeds, address=address,
+        runs = run_many(specs, out, executor, workers, seeds, address=address,
                         resources=resources, train_fn=train_fn, ray_init=ray_init,
                         progress=progress, tag="sweep", on_update=write)
     except OrchestrateError as err:
