@@ -51,6 +51,7 @@ from sharpest.orchestrate.many import (
     RunSpec,
     check_executor,
     check_existing,
+    outcome_lines,
     run_many,
     with_seeds,
 )
@@ -91,15 +92,10 @@ class PresetResult:
         return not self.failed
 
     def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for r in self.runs:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        text = ", ".join(f"{n} {s}" for s, n in counts.items())
+        text, problems = outcome_lines(self.runs)
         lines = [f"{self.preset.name} ({self.preset.paper}, scale {self.scale}): "
-                 f"{len(self.runs)} runs in {self.out}: {text} ({self.seconds:.1f} s)"]
-        for r in self.runs:
-            if r.status in ("failed", "diverged"):
-                lines.append(f"  {r.status}: {r.name}: {r.message}")
+                 f"{len(self.runs)} runs in {self.out}: {text} ({self.seconds:.1f} s)",
+                 *problems]
         for c in self.checks:
             lines.append(f"  [{c.verdict}] {c.claim}: {c.numbers()}")
         lines.append(f"report: {self.report}" if self.report else (self.report_note or ""))

@@ -44,7 +44,9 @@ __all__ = [
     "RunOutcome",
     "RunSpec",
     "check_existing",
+    "outcome_lines",
     "run_many",
+    "status_counts",
     "with_seeds",
 ]
 
@@ -123,6 +125,22 @@ class RunOutcome:
         self.seconds = float(outcome.get("seconds", 0.0))
         self.result = dict(outcome.get("result") or {})
         self.traceback = outcome.get("traceback")
+
+
+def status_counts(outcomes: Sequence[RunOutcome]) -> dict[str, int]:
+    """How many runs ended in each status, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return counts
+
+
+def outcome_lines(outcomes: Sequence[RunOutcome]) -> tuple[str, list[str]]:
+    """``"2 finished, 1 failed"`` and one indented line per failed or diverged run (why)."""
+    text = ", ".join(f"{n} {s}" for s, n in status_counts(outcomes).items())
+    problems = [f"  {o.status}: {o.name}: {o.message}" for o in outcomes
+                if o.status in ("failed", "diverged")]
+    return text, problems
 
 
 def with_seeds(specs: Sequence[RunSpec], seeds: int | Sequence[int] | None) -> list[RunSpec]:

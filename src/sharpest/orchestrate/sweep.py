@@ -42,7 +42,9 @@ from sharpest.orchestrate.many import (
     RunOutcome,
     RunSpec,
     check_executor,
+    outcome_lines,
     run_many,
+    status_counts,
 )
 from sharpest.report import build_report
 from sharpest.runs import atomic_write_text, jsonable
@@ -158,19 +160,13 @@ class SweepResult:
         return not self.failed
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.runs:
-            out[r.status] = out.get(r.status, 0) + 1
-        return out
+        return status_counts(self.runs)
 
     def summary(self) -> str:
         """A few lines: counts, then each failed or diverged run with its message."""
-        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        counts, problems = outcome_lines(self.runs)
         lines = [f"sweep of {len(self.runs)} runs in {self.out}: {counts} "
-                 f"({self.seconds:.1f} s)"]
-        for r in self.runs:
-            if r.status in ("failed", "diverged"):
-                lines.append(f"  {r.status}: {r.name}: {r.message}")
+                 f"({self.seconds:.1f} s)", *problems]
         if self.report is not None:
             lines.append(f"report: {self.report}")
         elif self.report_note:
