@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -174,3 +175,11 @@ def test_entry_point_runs_as_a_script():
     )
     assert proc.returncode == EXIT_BAD_INPUT
     assert "unknown key 'trak'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_command_loads_without_torch():
+    # Each verb imports what it runs: `sharpest --help` and bad-input errors stay instant.
+    code = ("import sys, sharpest.cli; "
+            "sys.exit('torch' in sys.modules or 'matplotlib' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
