@@ -12,8 +12,7 @@ Names resolve lazily (PEP 562): a spawned worker imports :mod:`.executors` only,
 its GPU and thread count before torch, the report or the training code are imported.
 """
 
-from importlib import import_module
-from typing import Any
+from sharpest._lazy import lazy_getattr
 
 _EXPORTS = {
     "EXECUTORS": "sharpest.orchestrate.many",
@@ -35,7 +34,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sharpest.orchestrate' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
