@@ -166,6 +166,35 @@ def test_the_lock_is_held_for_the_run_and_released_after(tmp_path):
     lock.release()
 
 
+def test_prepare_folder_locks_before_any_check_and_lets_go_when_a_check_fails(tmp_path):
+    # The folder policy (runs.resume.prepare_folder) owns the lock: a second writer is refused
+    # for the lock, not for what it would find in the folder; a refused folder keeps no lock.
+    from sharpest.config import load_config
+    from sharpest.runs import RunFolder, RunFolderError
+    from sharpest.runs.lock import LOCK_NAME, RunLock, RunLockedError
+    from sharpest.runs.resume import prepare_folder
+
+    cfg = load_config(None, ["model=mlp", "data=mnist1d", *TINY_SETS])
+    out = tmp_path / "run"
+    prepared = prepare_folder(RunFolder(out), cfg, resume=False)
+    assert prepared.checkpoint is None and prepared.lock is not None and prepared.lock.held
+    with pytest.raises(RunLockedError, match=str(os.getpid())):
+        prepare_folder(RunFolder(out), cfg, resume=True)  # would fail "no config.yaml" unlocked
+    prepared.release()
+
+    with pytest.raises(RunFolderError, match="no config.yaml"):
+        prepare_folder(RunFolder(out), cfg, resume=True)
+    assert not (out / LOCK_NAME).exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("x")
+    with pytest.raises(RunFolderError, match="not empty"):
+        prepare_folder(RunFolder(busy), cfg, resume=False)
+    lock = RunLock(busy)
+    lock.acquire()  # the refused prepare_folder let it go
+    lock.release()
+
+
 # --------------------------------------------------------------- 2. checkpoints with checksums ---
 
 

@@ -15,11 +15,10 @@ from .cifar import CIFAR10, CIFAR100, CifarSpec, RawImages, load_cifar
 from .download import resolve_root
 from .errors import DataError
 from .mnist1d import DEFAULT_DATASET_SEED, DEFAULT_NUM_SAMPLES, make_mnist1d
+from .names import DATASET_NAMES, canonical_name
 from .ptb import load_ptb
 
 __all__ = ["DATASET_NAMES", "load_data", "canonical_name", "split_indices"]
-
-DATASET_NAMES = ("cifar10", "cifar100", "ptb", "mnist1d")
 
 # Options each data set accepts beyond load_data's own arguments, with their defaults.
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -40,14 +39,6 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     },
 }
 _NORMALIZE = ("channel", "pixel", "none")
-
-
-def canonical_name(name: str) -> str:
-    """``"CIFAR-10"`` -> ``"cifar10"``, ``"mnist_1d"`` -> ``"mnist1d"``; DataError if unknown."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in DATASET_NAMES:
-        raise DataError(f"unknown data set {name!r}; choose from {', '.join(DATASET_NAMES)}")
-    return key
 
 
 def _options(name: str, given: dict[str, Any]) -> dict[str, Any]:

@@ -5,35 +5,29 @@
 >>> run["eigen"][["iteration", "eigenvalues"]]     # doctest: +SKIP
 """
 
-from sharpest.runs.folder import (
-    CheckpointError,
-    RunFolder,
-    RunFolderError,
-    load_checkpoint,
-    save_checkpoint,
-)
-from sharpest.runs.io import (
-    MetricsWriter,
-    atomic_write,
-    atomic_write_text,
-    jsonable,
-    read_records,
-    truncate_lines,
-)
-from sharpest.runs.reader import Run, load
+# Names resolve on first use (sharpest._lazy): the log readers and writers then load without
+# torch (only checkpoints, `runs.folder`, need it).
+from sharpest._lazy import lazy_getattr
 
-__all__ = [
-    "CheckpointError",
-    "MetricsWriter",
-    "Run",
-    "RunFolder",
-    "RunFolderError",
-    "atomic_write",
-    "atomic_write_text",
-    "jsonable",
-    "load",
-    "load_checkpoint",
-    "read_records",
-    "save_checkpoint",
-    "truncate_lines",
-]
+_EXPORTS = {
+    "CheckpointError": "sharpest.runs.folder",
+    "MetricsWriter": "sharpest.runs.io",
+    "RecordsError": "sharpest.runs.io",
+    "Run": "sharpest.runs.reader",
+    "RunReadError": "sharpest.runs.reader",
+    "RunFolder": "sharpest.runs.folder",
+    "RunFolderError": "sharpest.runs.folder",
+    "atomic_write": "sharpest.runs.io",
+    "atomic_write_text": "sharpest.runs.io",
+    "flatten_config": "sharpest.runs.reader",
+    "jsonable": "sharpest.runs.io",
+    "load": "sharpest.runs.reader",
+    "load_checkpoint": "sharpest.runs.folder",
+    "parse_records": "sharpest.runs.io",
+    "read_records": "sharpest.runs.io",
+    "save_checkpoint": "sharpest.runs.folder",
+    "truncate_lines": "sharpest.runs.io",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

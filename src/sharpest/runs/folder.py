@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from sharpest.errors import CheckpointError, RunFolderError, RunFolderWarning
@@ -57,6 +56,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     truncated, emptied or bit-flipped file is refused instead of loading wrong weights (a zip
     member's CRC is not checked by ``torch.load``).
     """
+    import torch  # deferred: reading a run folder (paths, logs) needs no torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     raw = buffer.getvalue()
@@ -74,6 +75,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     Raises :class:`CheckpointError` naming the file when it is damaged or not a checkpoint;
     files written before checksums (a plain ``torch.save`` dict) still load.
     """
+    import torch  # deferred: reading a run folder (paths, logs) needs no torch
+
     path = Path(path)
     if path.is_dir():
         found = RunFolder(path).latest_checkpoint()
@@ -104,6 +107,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
     """``torch.load`` of a file's bytes (read first, so that a file-system error stays an
     OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint."""
+    import torch
+
     if isinstance(source, Path):
         source = io.BytesIO(source.read_bytes())
     try:
