@@ -19,17 +19,40 @@ When tracking points come (iteration ``t`` counts optimizer steps done):
 If the optimizer has ``set_basis`` (NudgedSGD and the Sec. 3.3 variants) the tracker refreshes
 it at each epoch start (``refresh_every = 0``, the paper) or every ``refresh_every`` iterations,
 with the leading rows of the eigenvectors of that iteration; the line then has
-``"refreshed": true``.
+``"refreshed": true``. A loop that never calls :meth:`EigenTracker.start_epoch` (only
+:meth:`~EigenTracker.step`) has no epoch starts: the basis is then refreshed at every tracking
+point of ``step``, and computed at the first ``step`` call if the optimizer has none yet, so no
+step runs as plain SGD unnoticed; with no tracking point that ``step`` could reach (``every = 0``,
+no ``dense_until``, no ``refresh_every``) the first call raises, naming the missing policy.
 
-In a hand-written loop::
+Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
+callable taking one argument (``records.append``) gets the whole record as a dict
+``{"event": ..., "iteration": ..., "epoch": ..., ...}``; with no ``log`` they are kept in
+``tracker.records``.
 
-    tracker = EigenTracker(k=5, every=50)
-    tracker.attach(model, loss_fn, (x_subset, y_subset), weight_decay=wd, log=records.append)
-    for t, (x, y) in enumerate(batches):
-        if t == 0:
-            tracker.step(0)              # before the first step
-        ...optimizer.step()...
-        tracker.step(t + 1)              # computes when due; returns the EigenResult or None
+In a hand-written loop (every 5 steps, driving Nudged SGD's basis):
+
+>>> import torch
+>>> from torch import nn
+>>> from sharpest.optim import NudgedSGD
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+>>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+>>> loss_fn = nn.CrossEntropyLoss()
+>>> optimizer = NudgedSGD(model.parameters(), lr=0.1, gamma=0.5, k=2)
+>>> records = []
+>>> tracker = EigenTracker(k=2, every=5).attach(
+...     model, loss_fn, (x[:32], y[:32]), optimizer=optimizer, log=records.append)
+>>> for t in range(12):
+...     _ = tracker.step(t)          # computes when due; returns the EigenResult or None
+...     optimizer.zero_grad()
+...     loss_fn(model(x), y).backward()
+...     optimizer.step()
+>>> _ = tracker.finish(12)          # one last point at the end
+>>> [(r["iteration"], r.get("refreshed", False)) for r in records]
+[(0, True), (5, True), (10, True), (12, False)]
+>>> optimizer.basis_version
+3
 """
 
 from __future__ import annotations
@@ -45,6 +68,7 @@ from torch import Tensor, nn
 from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_angles
 from sharpest.curvature.spectra import frobenius_from_topk
 from sharpest.train.callbacks import Callback
+from sharpest.train.event_log import as_event_log
 
 if TYPE_CHECKING:
     from sharpest.config import Config
@@ -126,6 +150,7 @@ class EigenTracker(Callback):
         self.operator: HessianOperator | None = None
         self.optimizer: Any = None
         self._log: Callable[..., Any] | None = None
+        self._epoch_starts = False
         # State (checkpointed).
         self.result: EigenResult | None = None
         self.last_iteration: int | None = None
@@ -171,7 +196,8 @@ class EigenTracker(Callback):
             model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto"
         )
         self.optimizer = optimizer if callable(getattr(optimizer, "set_basis", None)) else None
-        self._log = log
+        self._log = as_event_log(log)
+        self._epoch_starts = False  # until start_epoch() or a trainer says epochs are signalled
         return self
 
     @property
@@ -199,17 +225,44 @@ class EigenTracker(Callback):
             return at_epoch_start
         return iteration % self.refresh_every == 0
 
+    def _refresh_in_step(self, iteration: int) -> bool:
+        """Whether ``step(iteration)`` must refresh the basis although its policy says not:
+        the optimizer has none yet, or the epoch-start policy applies but no epoch start is
+        ever signalled (a loop calling only ``step``), so refresh at each tracking point."""
+        if self.optimizer is None:
+            return False
+        if not getattr(self.optimizer, "has_basis", True):
+            return True
+        if self.refresh_every > 0 or self._epoch_starts:
+            return False
+        return self.is_due(iteration)
+
+    def _check_refresh_policy(self) -> None:
+        if self.optimizer is None or self.refresh_every > 0 or self._epoch_starts:
+            return
+        if self.every == 0 and self.dense_until == 0:
+            raise RuntimeError(
+                f"EigenTracker: {type(self.optimizer).__name__} needs its eigenbasis refreshed, "
+                "but no refresh policy reaches step(): refresh_every=0 refreshes at epoch starts "
+                "and start_epoch() was never called, and every=0 gives no tracking points. Set "
+                "every > 0 (refresh at each tracking point), refresh_every > 0, or call "
+                "tracker.start_epoch(iteration, epoch) at each epoch start."
+            )
+
     def step(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """After an optimizer step (or with ``0`` before the first): track if due."""
+        self._check_refresh_policy()
         if self.last_iteration == iteration:
             return None
         refresh = self._refresh_due(iteration, at_epoch_start=False)
+        refresh = refresh or self._refresh_in_step(iteration)
         if self.is_due(iteration) or refresh:
             return self.track(iteration, epoch, refresh=refresh)
         return None
 
     def start_epoch(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """At an epoch start: track if due, at every epoch start, or to refresh the basis."""
+        self._epoch_starts = True
         refresh = self._refresh_due(iteration, at_epoch_start=True)
         if self.last_iteration == iteration:
             if refresh and self.result is not None:
@@ -278,7 +331,7 @@ class EigenTracker(Callback):
 
     def _emit(self, epoch: int | None, iteration: int, fields: dict[str, Any]) -> None:
         if self._log is not None:
-            self._log("eigen", **fields)
+            self._log("eigen", iteration=iteration, epoch=epoch, **fields)
         else:
             self.records.append(
                 {"event": "eigen", "epoch": epoch, "iteration": iteration, **fields}
@@ -295,6 +348,7 @@ class EigenTracker(Callback):
             optimizer=trainer.optimizer,
             log=trainer.log,
         )
+        self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
         if self.result is not None:
             self.result.vectors = self.result.vectors.to(trainer.device)
 
