@@ -20,6 +20,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sharpest.curvature.inputs import (
+    REDUCTIONS,
+    SEMANTICS,
+    call_model,
+    check_mean_reduction,
+    semantics_mode,
+    unwrap_compiled,
+)
+from sharpest.curvature.inputs import batch_size as _batch_size
+from sharpest.curvature.inputs import slice_batch as _slice
+from sharpest.curvature.inputs import to_device as _to
+
 Batch = tuple[Any, Tensor]
 LossFn = Callable[[Any, Tensor], Tensor]
 
@@ -55,26 +67,6 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
-
-
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Tensor):
-        return int(inputs[0].shape[0])
-    raise TypeError(f"cannot tell the batch size of inputs of type {type(inputs).__name__}")
-
-
-def _slice(inputs: Any, start: int, stop: int) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs[start:stop]
-    return type(inputs)(t[start:stop] for t in inputs)
-
-
-def _to(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs.to(device, non_blocking=True)
-    return type(inputs)(t.to(device, non_blocking=True) for t in inputs)
 
 
 def _as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
@@ -148,6 +140,20 @@ class HessianOperator:
         correctly). With ``shard_data=True`` each rank passes the full data and keeps its
         contiguous share; with ``False`` each rank passes its own shard.
 
+    reduction:
+        ``"mean"`` (default): `loss_fn` returns the mean over the batch; a loss that sums is
+        detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`)
+        and refused. ``"sum"``: `loss_fn` sums over the batch's examples; it is divided by each
+        chunk's example count.
+    semantics:
+        ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
+        statistics, running statistics untouched, dropout off); see
+        :mod:`sharpest.curvature.inputs`.
+
+    Inputs may be a tensor or any nesting of tuples, lists and Mappings of tensors with a
+    leading batch dimension; a Mapping is passed as ``model(**inputs)``. A ``torch.compile``d
+    model is unwrapped (``_orig_mod``): products run eagerly on the same parameters.
+
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device`.
     """
@@ -166,7 +172,15 @@ class HessianOperator:
         device: torch.device | str | None = None,
         distributed: bool | None = None,
         shard_data: bool = True,
+        reduction: str = "mean",
+        semantics: str = "eval",
     ) -> None:
+        model = unwrap_compiled(model)  # compiled graphs have no double backward
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+        self.reduction, self.semantics = reduction, semantics
         self.model = model
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
@@ -185,6 +199,8 @@ class HessianOperator:
         if self.distributed and shard_data:
             batches = _shard(batches, dist.get_rank(), dist.get_world_size())
         self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
+        if reduction == "mean" and self.chunks:
+            check_mean_reduction(loss_fn, model, self.chunks[0][0], self.chunks[0][1])
         self.num_examples = int(
             self._all_reduce(torch.tensor([sum(n for _, _, n in self.chunks)], dtype=torch.float64))
         )
@@ -285,8 +301,10 @@ class HessianOperator:
         return contextlib.nullcontext()
 
     def _chunk_loss(self, index: int) -> Tensor:
-        inputs, targets, _ = self.chunks[index]
-        loss = self.loss_fn(self.model(inputs), targets)
+        inputs, targets, n = self.chunks[index]
+        loss = self.loss_fn(call_model(self.model, inputs), targets)
+        if self.reduction == "sum":
+            loss = loss / n
         if loss.dim() != 0:
             raise ValueError(
                 f"loss_fn must return a scalar (the mean over the batch), got shape "
@@ -385,7 +403,7 @@ class HessianOperator:
     def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         """Add this process's chunks' weighted products to the rows of `out`."""
         m = len(v_parts)
-        with evaluation_mode(self.model), self._cudnn():
+        with semantics_mode(self.model, self.semantics), self._cudnn():
             for index, grads in self._graphs():
                 weight = self.chunks[index][2] / self.num_examples
                 # A gradient that does not depend on θ (e.g. a linear model's bias under MSE
@@ -429,7 +447,7 @@ class HessianOperator:
     def loss(self) -> float:
         """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in evaluation semantics."""
         local = torch.zeros(1, dtype=torch.float64)
-        with torch.no_grad(), evaluation_mode(self.model):
+        with torch.no_grad(), semantics_mode(self.model, self.semantics):
             for index, (_, _, n) in enumerate(self.chunks):
                 local += float(self._chunk_loss(index)) * n / self.num_examples
         total = float(self._all_reduce(local))
@@ -442,7 +460,7 @@ class HessianOperator:
     def gradient(self) -> Tensor:
         """∇L(θ) as a flat float64 vector (same data, semantics and L2 term as the products)."""
         out = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        with evaluation_mode(self.model), self._cudnn(), torch.enable_grad():
+        with semantics_mode(self.model, self.semantics), self._cudnn(), torch.enable_grad():
             for index, (_, _, n) in enumerate(self.chunks):
                 g = torch.autograd.grad(self._chunk_loss(index), self.params, allow_unused=True)
                 g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.params)]
