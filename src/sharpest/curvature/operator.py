@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sharpest.curvature.adapt import ScipyStyle
 from sharpest.curvature.inputs import (
     REDUCTIONS,
     SEMANTICS,
@@ -97,7 +98,7 @@ def _shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
     return out
 
 
-class HessianOperator:
+class HessianOperator(ScipyStyle):
     """The Hessian of a model's mean loss over a fixed data set, as a linear operator.
 
     Parameters
@@ -155,7 +156,10 @@ class HessianOperator:
     model is unwrapped (``_orig_mod``): products run eagerly on the same parameters.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
-    returned as float64 tensors on `device`.
+    returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
+    scipy's interface too (:class:`~sharpest.curvature.adapt.ScipyStyle`): ``shape``,
+    ``op @ v`` on a vector ``(size,)`` or a block of columns ``(size, m)``, ``to_scipy()``;
+    ``matmat(V)`` keeps rows ``(m, size)``.
     """
 
     def __init__(
@@ -189,7 +193,7 @@ class HessianOperator:
         ends = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
         self._slices = list(zip(ends[:-1], ends[1:]))
         self.device = torch.device(device) if device is not None else self.params[0].device
-        self.dtype = self.params[0].dtype
+        self.param_dtype = self.params[0].dtype  # products return float64 (`dtype`)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         if distributed is None:
@@ -385,7 +389,8 @@ class HessianOperator:
             )
         m = vectors.shape[0]
         v_parts = [
-            unflatten(v.to(device=self.device, dtype=self.dtype), self.params) for v in vectors
+            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+            for v in vectors
         ]
         out = torch.zeros(m, self.size, dtype=torch.float64, device=self.device)
         error = None
@@ -437,7 +442,6 @@ class HessianOperator:
             )
         return self.matmat(vector.unsqueeze(0))[0]
 
-    __matmul__ = matvec
 
     def _chunk_offset(self, index: int) -> int:
         return sum(n for _, _, n in self.chunks[:index])
@@ -493,22 +497,6 @@ class HessianOperator:
         rows = [self.matmat(eye[i : i + 64]) for i in range(0, self.size, 64)]
         dense = torch.cat(rows)
         return 0.5 * (dense + dense.T)
-
-    def to_scipy(self) -> Any:
-        """A `scipy.sparse.linalg.LinearOperator` view (float64, on the CPU)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-            return self.matvec(v).cpu().numpy()
-
-        def mm(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float64).T))
-            return self.matmat(v).cpu().numpy().T
-
-        return LinearOperator(
-            (self.size, self.size), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64
-        )
 
     def __repr__(self) -> str:
         return (
