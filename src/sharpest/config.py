@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EvalConfig",
+    "LogConfig",
     "MetricsConfig",
     "OptimizerConfig",
     "ScheduleConfig",
@@ -178,6 +179,24 @@ class CheckpointConfig(_Section):
     keep: int = Field(default=3, ge=0)
 
 
+class LogConfig(_Section):
+    """``log``: where records go besides ``metrics.jsonl`` (mirrors written as records happen;
+    see :mod:`sharpest.runs.sinks`): ``tensorboard`` (``OUT/tensorboard/``), ``csv``
+    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``)."""
+
+    sinks: list[Literal["tensorboard", "wandb", "csv"]] = Field(default_factory=list)
+    #: wandb: project name (None: wandb's default).
+    wandb_project: str | None = None
+    #: wandb: online | offline | disabled (None: wandb's default, or $WANDB_MODE).
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> LogConfig:
+        if len(set(self.sinks)) != len(self.sinks):
+            raise ValueError(f"log.sinks: each sink once, got {self.sinks}")
+        return self
+
+
 def default_model_for(data: str) -> str:
     """The model a data set gets when ``model`` is not given."""
     return {"mnist1d": "mnist1d_cnn", "ptb": "lstm"}.get(data, "simplecnn")
@@ -222,6 +241,8 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
+    #: Mirrors of the records: TensorBoard, Weights & Biases, CSV.
+    log: LogConfig = Field(default_factory=LogConfig)
     #: Iterations between "train" lines (and at each epoch end).
     log_every: int = Field(default=50, ge=1)
     #: Divergence: stop when the training loss is NaN/inf or above this bound.

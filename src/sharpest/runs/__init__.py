@@ -19,6 +19,7 @@ from sharpest.runs.io import (
     read_records,
     truncate_lines,
 )
+from sharpest.runs.many import load_many
 from sharpest.runs.reader import Run, load
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write_text",
     "jsonable",
     "load",
+    "load_many",
     "load_checkpoint",
     "read_records",
     "save_checkpoint",

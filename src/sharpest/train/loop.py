@@ -48,6 +48,7 @@ from sharpest.runs import (
     truncate_lines,
 )
 from sharpest.runs.io import jsonable
+from sharpest.runs.sinks import close_all, open_config_sinks
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
 from sharpest.train.schedules import Schedule
@@ -296,6 +297,7 @@ class Trainer:
         self._elapsed = 0.0
         self._t0 = time.perf_counter()
         self._writer: MetricsWriter | None = None
+        self._sinks: list[Any] = []  # log.sinks, opened with the run folder
         self._progress: Any = None
         self._rng_start = get_rng_state()
         self._rng_resume: dict[str, Any] | None = None
@@ -496,6 +498,8 @@ class Trainer:
         self.records.append(record)
         if self._writer is not None and self.is_main:
             self._writer.write(record)
+            for sink in self._sinks:
+                sink.write(record)
         if event == "eigen":
             self._update_progress()
 
@@ -670,6 +674,7 @@ class Trainer:
         else:
             lines = truncate_lines(folder.metrics_path, lines)
         self._writer = MetricsWriter(folder.metrics_path, lines=lines)
+        self._sinks = open_config_sinks(self.config, folder.path)
 
     def _init_from(self, source: str) -> None:
         try:
@@ -748,6 +753,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        sinks, self._sinks = self._sinks, []
+        close_all(sinks)
 
     def _result(self, already: bool = False) -> TrainResult:
         if already:
