@@ -221,3 +221,36 @@ def test_lanczos_on_keyword_inputs_matches_eigh():
     top = exact[exact.abs().argsort(descending=True)][:3]
     res = lanczos(op, k=3, tol=1e-10)
     torch.testing.assert_close(torch.as_tensor(res.values), top, rtol=1e-7, atol=1e-9)
+
+
+class Attention(nn.Module):
+    """One self-attention layer through F.scaled_dot_product_attention (fused kernels on CPU
+    have no double backward)."""
+
+    def __init__(self, manual: bool = False):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.out = nn.Linear(4, 2)
+        self.manual = manual
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.manual:
+            weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+            h = weights @ v
+        else:
+            h = F.scaled_dot_product_attention(q, k, v)
+        return self.out(h.mean(1))
+
+
+def test_fused_attention_products_match_written_out_attention():
+    torch.manual_seed(8)
+    model = Attention().float()
+    x, y = torch.randn(6, 5, 4), torch.randint(0, 2, (6,))
+    loss_fn = nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, (x.float(), y))
+    manual = Attention(manual=True)
+    manual.load_state_dict(model.state_dict())
+    manual.double()
+    ref = dense(manual, lambda m: loss_fn(m(x), y))
+    torch.testing.assert_close(op.to_dense(), ref, rtol=2e-4, atol=2e-6)

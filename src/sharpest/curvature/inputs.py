@@ -42,6 +42,7 @@ __all__ = [
     "batch_size",
     "call_model",
     "check_mean_reduction",
+    "double_backward_kernels",
     "semantics_mode",
     "slice_batch",
     "to_device",
@@ -119,6 +120,21 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
+
+
+@contextlib.contextmanager
+def double_backward_kernels(no_cudnn: bool = False) -> Iterator[None]:
+    """Kernels with a double backward for the products: the math implementation of
+    ``scaled_dot_product_attention`` (its fused flash / memory-efficient kernels, which Hugging
+    Face models use by default, have no double backward, on the CPU too), and cuDNN off when
+    ``no_cudnn`` (cuDNN RNNs have none)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with contextlib.ExitStack() as stack:
+        if no_cudnn:
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        yield
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:

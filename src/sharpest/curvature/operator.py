@@ -26,6 +26,7 @@ from sharpest.curvature.inputs import (
     SEMANTICS,
     call_model,
     check_mean_reduction,
+    double_backward_kernels,
     semantics_mode,
     unwrap_compiled,
 )
@@ -300,9 +301,8 @@ class HessianOperator(ScipyStyle):
     # -- products -----------------------------------------------------------------------------
 
     def _cudnn(self) -> contextlib.AbstractContextManager:
-        if self._no_cudnn and self.device.type == "cuda":
-            return torch.backends.cudnn.flags(enabled=False)
-        return contextlib.nullcontext()
+        # Kernels without double backward off: cuDNN RNNs, fused attention (inputs.py).
+        return double_backward_kernels(self._no_cudnn and self.device.type == "cuda")
 
     def _chunk_loss(self, index: int) -> Tensor:
         inputs, targets, n = self.chunks[index]
