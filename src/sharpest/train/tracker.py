@@ -186,14 +186,17 @@ class EigenTracker(Callback):
         weight_decay: float = 0.0,
         optimizer: Any = None,
         log: Callable[..., Any] | None = None,
+        **operator_options: Any,
     ) -> EigenTracker:
         """Bind the model, the loss, the fixed Hessian data (one ``(inputs, targets)`` pair or a
         list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term), optionally an optimizer with
         ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
-        ``self.records``)."""
+        ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
+        ``reduction="sum"``, ``semantics="train"``)."""
         self.model = model
         self.operator = HessianOperator(
-            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto"
+            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto",
+            **operator_options,
         )
         self.optimizer = optimizer if callable(getattr(optimizer, "set_basis", None)) else None
         self._log = as_event_log(log)
