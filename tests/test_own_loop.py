@@ -120,8 +120,24 @@ def test_tracker_docstring_examples_run():
     assert tried > 0 and failures == 0
 
 
-def test_event_log_docstring_examples_run():
-    from sharpest.train import event_log
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sharpest.train.event_log",
+        "sharpest.curvature.inputs",
+        "sharpest.curvature.adapt",
+        "sharpest.curvature.operator",
+        "sharpest.runs.sinks",
+        "sharpest.runs.many",
+        "sharpest.config",
+        "sharpest.integrations.lightning",
+        "sharpest.integrations.transformers",
+    ],
+)
+def test_docstring_examples_of_touched_modules_run(name):
+    import importlib
 
-    failures, tried = doctest.testmod(event_log)
-    assert tried > 0 and failures == 0
+    if name.startswith("sharpest.integrations."):
+        pytest.importorskip(name.rsplit(".", 1)[1].replace("lightning", "pytorch_lightning"))
+    failures, _ = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert failures == 0
