@@ -49,4 +49,5 @@ def test_readme_first_example_runs_with_progress_lines(tmp_path, monkeypatch, ca
     assert "mnist1d" in first
     run_block(first, tmp_path, "README.md first example")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
-    assert len(lines) >= 3
+    # One progress line per tracking point: every 20 of the epoch's 62 steps, and the end.
+    assert [int(line.split()[1]) for line in lines] == [0, 20, 40, 60, 62]
