@@ -184,14 +184,17 @@ def check_mean_reduction(
     inputs: Any,
     targets: Tensor,
     rtol: float = 1e-3,
+    max_examples: int = 64,
 ) -> None:
     """Raise :class:`SummedLossError` if ``loss_fn`` sums over the examples of this batch.
 
-    Compares the loss ``L`` of the batch with its halves' losses ``L₁, L₂`` (sizes ``n₁, n₂``):
-    a mean gives ``L = (n₁L₁ + n₂L₂)/n``, a sum ``L = L₁ + L₂``. Refused when the sum fits
-    better and the mean misses by more than ``rtol``. Batches of one example cannot tell.
+    Compares the loss ``L`` of the batch's first ``n ≤ max_examples`` examples with its halves'
+    losses ``L₁, L₂`` (sizes ``n₁, n₂``): a mean gives ``L = (n₁L₁ + n₂L₂)/n``, a sum
+    ``L = L₁ + L₂``. Refused when the sum fits better and the mean misses by more than
+    ``rtol``. Batches of one example cannot tell. Costs three forward passes of ``n`` examples.
     """
-    n = batch_size(inputs)
+    n = min(batch_size(inputs), max_examples)
+    inputs, targets = slice_batch(inputs, 0, n), targets[:n]
     if n < 2:
         return
     half = n // 2

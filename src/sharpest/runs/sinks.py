@@ -3,8 +3,10 @@ Biases, a CSV file.
 
 ``metrics.jsonl`` stays the run's record of truth (resume truncates and rewrites it); sinks are
 mirrors written as records happen, so after a resume the records between the checkpoint and the
-interruption appear twice in them (TensorBoard shows the later ones, the CSV has both). Every record ``{"event", "epoch", "iteration", "time",
-...}`` becomes named scalars at step ``iteration`` (:func:`scalars`):
+interruption appear twice in them (TensorBoard shows the later ones, the CSV has both).
+
+Every record ``{"event", "epoch", "iteration", "time", ...}`` becomes named scalars at step
+``iteration`` (:func:`scalars`):
 
 - a number ``x`` of event ``e`` → ``e/x`` (booleans as 0/1; strings and None are skipped);
 - a list → one scalar per entry, numbered from 1: ``eigen/eigenvalues`` gives
