@@ -211,3 +211,15 @@ def test_load_many_one_tidy_frame(two_runs):
     assert set(one.run) == {"."} and math.isclose(one["config.lr"].iloc[0], 0.1)
     with pytest.raises(FileNotFoundError, match="no run folder"):
         sharpest.runs.load_many(two_runs / "group" / "seed1" / "tensorboard")
+
+
+def test_config_wandb_sink_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_config(
+        TINY, epochs=1, log={"sinks": ["wandb"], "wandb_mode": "offline",
+                             "wandb_project": "sharpest-test"},
+    )  # fmt: skip
+    Trainer(cfg, tmp_path / "run").fit()
+    files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1 and files[0].stat().st_size > 0
