@@ -89,6 +89,7 @@ def test_quick_mode_on_a_tiny_model(eigensolvers, tmp_path):
     assert top == pytest.approx(top_ref, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_warm_start_benchmark_on_a_tiny_model(tmp_path):
     warm_start = _load("warm_start")
     out = tmp_path / "warm.md"

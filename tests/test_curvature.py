@@ -3,6 +3,7 @@ finite differences of gradients, scipy."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 from sharpest import EigenResult, HessianOperator, frobenius_from_topk, lanczos, principal_angles
-from sharpest.curvature import NonFiniteError, flatten, spectral_norm, unflatten
+from sharpest.curvature import EmpiricalRisk, NonFiniteError, flatten, spectral_norm, unflatten
+from sharpest.runs import load_checkpoint, save_checkpoint
 
 
 def dense_hessian(model, loss_fn, x, y, weight_decay=0.0) -> np.ndarray:
@@ -338,3 +340,37 @@ def test_non_finite_product_names_the_chunk():
     op = HessianOperator(model, loss_fn, [(x[:10], y[:10]), (bad[10:], y[10:])])
     with pytest.raises(NonFiniteError, match="chunk 1"):
         op.matvec(torch.ones(op.size, dtype=torch.float64))
+
+
+def test_eigen_result_is_frozen_and_round_trips_through_a_checkpoint(tmp_path):
+    vecs = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))[0].T.contiguous()
+    res = EigenResult(np.array([3.0, -1.5]), vecs, np.array([1e-6, 2e-6]), 17, True, "LM", 0.25)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.n_matvecs = 3  # type: ignore[misc]
+    save_checkpoint(tmp_path / "e.pt", res.to_state(iteration=40))
+    state = load_checkpoint(tmp_path / "e.pt")  # weights_only loading: plain data only
+    assert state["iteration"] == 40
+    back = EigenResult.from_state(state)
+    np.testing.assert_array_equal(back.values, res.values)
+    np.testing.assert_array_equal(back.residuals, res.residuals)
+    assert torch.equal(back.vectors, vecs)
+    assert (back.n_matvecs, back.converged, back.which, back.seconds) == (17, True, "LM", 0.25)
+
+
+def test_empirical_risk_is_the_mean_loss_and_its_gradient_chunked():
+    # Loss and gradient over 30 examples in chunks of 7 (unequal last chunk), with the L2 term,
+    # against autograd on the whole batch at once; the Hessian operator is the same function.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(30, 5, dtype=torch.float64), torch.randint(0, 3, (30,))
+    wd = 0.1
+    risk = EmpiricalRisk(model, nn.functional.cross_entropy, (x, y), wd, chunk_size=7)
+    params = list(model.parameters())
+    exact = nn.functional.cross_entropy(model(x), y) + 0.5 * wd * sum(
+        p.pow(2).sum() for p in params
+    )
+    grad = flatten(torch.autograd.grad(exact, params))
+    assert risk.loss() == pytest.approx(float(exact), rel=1e-12)
+    torch.testing.assert_close(risk.gradient(), grad, rtol=1e-10, atol=1e-12)
+    op = HessianOperator(model, nn.functional.cross_entropy, (x, y), wd, chunk_size=7)
+    assert isinstance(op, EmpiricalRisk) and op.loss() == pytest.approx(risk.loss(), rel=1e-12)

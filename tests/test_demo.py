@@ -28,6 +28,7 @@ def test_demo_preset_is_offline_and_covers_the_brief():
     assert {"lambda1_peak", "lambda1_end", "kmin_10pct_e1", "alpha_e1_2"} <= metrics
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])

@@ -237,6 +237,7 @@ def _helpers_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_helpers_on_two_ranks(tmp_path):
     mp.spawn(_helpers_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in range(2)]

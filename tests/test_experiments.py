@@ -26,6 +26,8 @@ from sharpest.experiments.preset import (
     preset_names,
     resolve_runs,
 )
+from sharpest.experiments.runner import run_preset
+from sharpest.runs import RunFolder
 
 runner = CliRunner()
 
@@ -298,6 +300,7 @@ def _check_report(out: Path) -> list[Path]:
     return pngs
 
 
+@pytest.mark.slow
 def test_run_a_preset_end_to_end(tmp_path):
     path = _write(tmp_path / "mine.yaml", TINY_PRESET)
     out = tmp_path / "out"
@@ -424,7 +427,7 @@ def test_small_scale_without_cifar_fails_with_the_data_error(tmp_path):
 
 
 def test_sweep_base_of_a_preset(tmp_path):
-    from sharpest.cli import _sweep_base
+    from sharpest.experiments.preset import sweep_base as _sweep_base
 
     base = _sweep_base("fig3_simplecnn", "small", None)  # the base config at the small scale
     assert base["model"] == "simplecnn" and base["train_subset"] == 5000 and base["lr"] == 0.05
@@ -432,3 +435,32 @@ def test_sweep_base_of_a_preset(tmp_path):
     assert _sweep_base("fig1", "paper", None)["track"]["k"] == 30  # a single run: its config
     cfg = _write(tmp_path / "c.yaml", {"model": "mlp", "lr": 0.3})
     assert _sweep_base(str(cfg), "small", None) == {"model": "mlp", "lr": 0.3}
+
+
+def _fake_train(config, out, resume=False, quiet=True):
+    """A finished run with one checkpoint, instantly (for the orchestration only)."""
+    folder = RunFolder(out)
+    folder.write_config(config)
+    folder.save_checkpoint({"seed": config["seed"]}, 1)
+    folder.metrics_path.write_text(
+        json.dumps({"event": "start", "epoch": 0, "iteration": 0, "time": 0.0}) + "\n"
+        + json.dumps({"event": "end", "epoch": 1, "iteration": 1, "time": 0.1,
+                      "status": "finished"}) + "\n")
+    return {"status": "finished"}
+
+
+def test_seeds_run_every_preset_run_per_seed_and_restart_from_the_same_seed(tmp_path):
+    path = _write(tmp_path / "p.yaml", TINY_PRESET)
+    res = run_preset(path, "tiny", out=tmp_path / "o", seeds=2, train_fn=_fake_train,
+                     report=False, progress=False)
+    names = [r.name for r in res.runs]
+    assert names == [f"{n}__seed={s}" for n in ("slow", "fast", "restart") for s in (0, 1)]
+    assert all(r.status == "finished" for r in res.runs)
+    for s in (0, 1):
+        cfg = RunFolder(tmp_path / "o" / f"restart__seed={s}").read_config()
+        assert cfg["seed"] == s
+        source = (tmp_path / "o" / f"slow__seed={s}" / "checkpoints").resolve()
+        assert Path(cfg["init_from"]).parent == source
+    state = yaml.safe_load((tmp_path / "o" / "preset.yaml").read_text())
+    assert [r["name"] for r in state["runs"]] == names
+    assert state["runs"][4]["init_from"] == {"run": "slow", "epoch": None}

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, hessian
+from torch.func import functional_call, grad, hessian
 
 from sharpest.curvature import HessianOperator, flatten, lanczos, unflatten
 from sharpest.curvature.inputs import SummedLossError, batch_size, slice_batch
+from sharpest.curvature.risk import EmpiricalRisk
 
 
 @pytest.fixture(autouse=True)
@@ -254,3 +255,43 @@ def test_fused_attention_products_match_written_out_attention():
     manual.double()
     ref = dense(manual, lambda m: loss_fn(m(x), y))
     torch.testing.assert_close(op.to_dense(), ref, rtol=2e-4, atol=2e-6)
+
+
+def test_empirical_risk_takes_inputs_as_people_have_them():
+    """The input handling lives where the loss is evaluated (EmpiricalRisk), so probes and
+    metrics, which evaluate the risk without products, get it too."""
+    torch.manual_seed(9)
+    model = KeywordModel()
+    inputs = {"features": torch.randn(10, 4, 3), "mask": torch.ones(10, 4)}
+    y = torch.randint(0, 2, (10,))
+    mean, summed = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
+    names = [n for n, _ in model.named_parameters()]
+    like = [p.detach() for p in model.parameters()]
+
+    def f(flat):
+        return mean(functional_call(model, dict(zip(names, unflatten(flat, like))), (), inputs), y)
+
+    with pytest.raises(SummedLossError, match="reduction='sum'"):
+        EmpiricalRisk(model, summed, (inputs, y))
+    risk = EmpiricalRisk(torch.compile(model), summed, (inputs, y), chunk_size=3,
+                         reduction="sum")  # fmt: skip
+    assert risk.model is model
+    assert abs(risk.loss() - float(f(flatten(like)))) < 1e-12
+    torch.testing.assert_close(risk.gradient(), grad(f)(flatten(like)), rtol=1e-10, atol=1e-12)
+
+
+def test_train_semantics_of_the_risk_match_its_operator():
+    torch.manual_seed(10)
+    model = BNNet()
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    loss_fn = nn.CrossEntropyLoss()
+    risk = EmpiricalRisk(model, loss_fn, (x, y), chunk_size=5, semantics="train")
+    op = HessianOperator(model, loss_fn, (x, y), chunk_size=5, semantics="train")
+    halves = [(x[:5], y[:5]), (x[5:], y[5:])]
+    model.train()  # batch statistics; dropout is off in the risk, so compare without it
+    model.drop.eval()
+    with torch.no_grad():
+        expected = sum(float(loss_fn(model(a), b)) for a, b in halves) / 2
+    assert abs(risk.loss() - expected) < 1e-12 and abs(op.loss() - expected) < 1e-12
+    torch.testing.assert_close(risk.gradient(), op.gradient(), rtol=0, atol=0)
+    assert abs(EmpiricalRisk(model, loss_fn, (x, y), chunk_size=5).loss() - expected) > 1e-6

@@ -556,6 +556,7 @@ def test_callback_state_round_trip():
 # -- figures ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_figures_are_written_and_valid(tmp_path):
     import matplotlib.image as mpimg
 
@@ -621,6 +622,7 @@ TINY = {
 PROBES = {"num_gradients": 2, "directions": [0, 2], "alphas": [0.5, 1.0, 2.0], "alpha_every": 2}
 
 
+@pytest.mark.slow
 def test_probes_in_a_real_tiny_run(tmp_path):
     loop = pytest.importorskip("sharpest.train.loop")
     make_config = pytest.importorskip("sharpest.config").make_config

@@ -161,18 +161,27 @@ def test_summary_numbers_by_hand(single):
     assert s["test_accuracy_at_best_val"] == pytest.approx(0.785)
     assert s["val_accuracy_final"] == pytest.approx(VAL_ACC[-1])
     assert s["test_accuracy_final"] == pytest.approx(TEST_ACC[-1])
-    # ‖H‖_F at best val: mean over the points of epochs 2..6 (±2 epochs of epoch 4).
-    near = [r for r in eig if abs(r["epoch"] - 4) <= 2]
+    # ‖H‖_F at best val: the ONE tracking point nearest the best-val iteration (50), and the
+    # ±2-epoch mean (iterations 30..70) as the window number (sharpest.paper_metrics).
+    at = next(r for r in eig if r["iteration"] == 50)
+    assert s["eigen_best_val_iteration"] == 50
+    assert s["hessian_fro_best_val"] == pytest.approx(
+        math.sqrt(sum(v * v for v in at["eigenvalues"]))
+    )
+    assert s["lambda1_best_val"] == pytest.approx(at["eigenvalues"][0])
+    near = [r for r in eig if abs(r["iteration"] - 50) <= 2 * IPE]
     fro_near = [math.sqrt(sum(v * v for v in r["eigenvalues"])) for r in near]
-    assert len(near) == 10
-    assert s["hessian_fro_best_val"] == pytest.approx(np.mean(fro_near))
-    # Last 10 epochs: epochs 2..11.
+    assert len(near) == 9
+    assert s["hessian_fro_best_val_window"] == pytest.approx(np.mean(fro_near))
+    # Last 10 epochs: the train lines of epochs 2..11 (equal steps), the eigen points after
+    # iteration (11 − 10 + 1)·IPE = 20.
     tr = [r for r in recs if r["event"] == "train" and r["epoch"] >= EPOCHS - 10]
     assert s["running_loss_last"] == pytest.approx(np.mean([r["loss"] for r in tr]))
     assert s["running_loss_final"] == pytest.approx(tr[-1]["loss"])
     assert s["train_loss_final"] == pytest.approx(1.0 - 0.94 / 2)  # the "train" split eval
     fro_last = [math.sqrt(sum(v * v for v in r["eigenvalues"]))
-                for r in eig if r["epoch"] >= EPOCHS - 10]
+                for r in eig if r["iteration"] > (EPOCHS - 10) * IPE]
+    assert len(fro_last) == 2 * (EPOCHS - 2) - 1
     assert s["hessian_fro_last"] == pytest.approx(np.mean(fro_last))
     # Distance from init: last line 6.0; nearest to the best-val iteration (50): 2.5.
     assert s["distance_from_init_final"] == pytest.approx(0.5 * EPOCHS)
@@ -281,6 +290,7 @@ def test_probe_figures_when_available(tmp_path):
 # -- several runs -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_comparison_report_labels_differing_lr(tmp_path):
     a = write_run(tmp_path / "sweep" / "lr0.1", records(lr=0.1), config(lr=0.1))
     b = write_run(tmp_path / "sweep" / "lr0.01", records(lr=0.01, scale=3.0), config(lr=0.01))

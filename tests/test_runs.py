@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import sharpest.runs
+from sharpest.report import ReportError, read_run
 from sharpest.runs import (
     MetricsWriter,
+    RecordsError,
     RunFolder,
     atomic_write,
     atomic_write_text,
@@ -147,3 +149,28 @@ def test_config_yaml_written_atomically(tmp_path):
     folder.write_config({"lr": 0.1, "track": {"k": 3}})
     assert folder.read_config() == {"lr": 0.1, "track": {"k": 3}}
     assert json.loads(json.dumps(folder.read_config()))  # plain types
+
+
+def test_reader_skips_only_a_torn_last_line_and_names_damage_elsewhere(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    metrics = folder / "metrics.jsonl"
+    # A terminated but unparseable LAST line (zeros left by a power loss) is skipped too.
+    metrics.write_text('{"event": "start", "iteration": 0}\n{"event": "tr\x00\x00\n')
+    run = sharpest.runs.load(folder)
+    assert [r["event"] for r in run.records] == ["start"] and run.skipped_lines == [2]
+    # Garbage before the last line is corruption: an error naming the file and the line.
+    metrics.write_text('{"event": "start"}\nnot json\n{"event": "end"}\n')
+    with pytest.raises(RecordsError, match=r"metrics\.jsonl, line 2"):
+        sharpest.runs.load(folder)
+    metrics.write_text('{"event": "start"}\n[1, 2]\n{"event": "end"}\n')
+    with pytest.raises(RecordsError, match="line 2: a JSON list"):
+        read_records(metrics)
+    # The report reads through the same reader and says the same, as a ReportError.
+    with pytest.raises(ReportError, match="line 2"):
+        read_run(folder)
+    # Not a run folder: one error that is both FileNotFoundError and ValueError.
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sharpest.runs.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="neither config.yaml nor metrics.jsonl"):
+        sharpest.runs.load(tmp_path)

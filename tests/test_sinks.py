@@ -13,7 +13,8 @@ import pytest
 import sharpest.runs
 from sharpest.config import ConfigError, make_config
 from sharpest.runs import many, sinks
-from sharpest.runs.sinks import CSVSink, TensorBoardSink, WandbSink, make_sinks, scalars
+from sharpest.runs.sinks import CSVSink, Sink, TensorBoardSink, WandbSink, make_sinks, scalars
+from sharpest.train.build import build
 from sharpest.train.loop import Trainer
 
 RECORDS = [
@@ -223,3 +224,32 @@ def test_config_wandb_sink_offline(tmp_path, monkeypatch):
     Trainer(cfg, tmp_path / "run").fit()
     files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1 and files[0].stat().st_size > 0
+
+
+class ListSink(Sink):
+    """Keeps what it is given; says whether it was closed."""
+
+    def __init__(self):
+        self.records, self.closed = [], False
+
+    def write(self, record):
+        self.records.append(record)
+
+    def close(self):
+        self.closed = True
+
+
+def test_build_names_the_sinks_and_trainer_takes_more(tmp_path):
+    cfg = make_config(TINY, epochs=1, log={"sinks": ["csv"]})
+    parts = build(cfg)
+    assert parts.sinks == ["csv"]  # named by build, opened by the trainer with the folder
+    mine = ListSink()
+    trainer = Trainer(cfg, tmp_path / "run", parts=parts, sinks=["csv", mine])
+    assert trainer.sink_specs == ["csv", mine]  # "csv" once: one CSV file, not two writers
+    trainer.fit()
+    assert mine.closed
+    run = sharpest.runs.load(tmp_path / "run")
+    assert mine.records == run.records
+    df = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    losses = df[(df.event == "train") & (df.name == "loss")].value
+    assert losses.tolist() == run["train"].loss.tolist()  # each row once

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+import sharpest.orchestrate.many
+import sharpest.orchestrate.sweep
 from sharpest.config import make_config
-from sharpest.distributed.executors import Task, available_cpus
-from sharpest.distributed.sweep import (
+from sharpest.orchestrate.executors import available_cpus
+from sharpest.orchestrate.many import RunSpec, run_many
+from sharpest.orchestrate.sweep import (
     SweepError,
-    _local_stream,
     expand_grid,
     parse_grid,
     point_name,
@@ -159,6 +161,7 @@ def fake_train(config, out, resume=False):
     return {"status": "finished", "iteration": 1, "already_finished": False}
 
 
+@pytest.mark.slow
 def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkeypatch):
     reports = []
 
@@ -166,9 +169,7 @@ def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkey
         reports.append((list(run_dirs), out, title))
         return Path(out) / "report.html"
 
-    fake_report = types.ModuleType("sharpest.report")
-    fake_report.build_report = build_report
-    monkeypatch.setitem(sys.modules, "sharpest.report", fake_report)
+    monkeypatch.setattr(sharpest.orchestrate.sweep, "build_report", build_report)
     # lr=9 kills its worker (the pool breaks: the runs not started yet go on in a new one),
     # lr=5.0 raises, lr=0.05 was interrupted (config written, metrics without an "end" line)
     grid = {"lr": [9, 0.1, 0.05, 5.0]}
@@ -199,28 +200,45 @@ def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkey
                         "Sweep over lr (2 runs)")]
     assert res.report == tmp_path / "report.html" and doc["report"] == "report.html"
 
-    # again (a sub-grid): finished runs are skipped; without sharpest.report, a note
-    monkeypatch.setitem(sys.modules, "sharpest.report", None)
+    # again (a sub-grid): finished runs are skipped; a report that fails is a note
+    def broken_report(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sharpest.orchestrate.sweep, "build_report", broken_report)
     res = run_sweep(TINY, {"lr": [0.1, 0.05]}, tmp_path, train_fn=fake_train, progress=False)
     assert [(r.status, r.end_status) for r in res] == [("skipped", "finished")] * 2
-    assert res.report is None and res.report_note.startswith("report skipped")
+    assert res.report is None and res.report_note == "report failed: OSError: disk full"
 
 
-def test_local_workers_share_the_cores(tmp_path):
-    points = expand_grid(TINY, {"seed": [0, 1, 2]}, tmp_path)
-    tasks = [Task(p.name, p.config.to_dict(), str(p.folder)) for p in points]
-    stream = _local_stream(tasks, points, fake_train, max_workers=2)  # a generator: not started
-    assert [t.threads for t in tasks] == [max(1, available_cpus() // 2)] * 3
-    stream.close()
+@pytest.mark.slow
+def test_local_workers_share_the_cores(tmp_path, monkeypatch):
+    # 6 cores for 2 workers: each worker process trains with 3 torch threads (fake_train
+    # writes what torch says in the worker); 3 workers would get 2 each.
+    monkeypatch.setattr(sharpest.orchestrate.many, "available_cpus", lambda: 6)
+    res = run_sweep(TINY, {"lr": [0.1, 0.2]}, tmp_path, workers=2, train_fn=fake_train,
+                    report=False, progress=False)
+    assert [r.status for r in res] == ["finished"] * 2
+    assert [(tmp_path / r.name / "threads").read_text() for r in res] == ["3", "3"]
+
+
+def test_seeds_give_one_folder_per_seed_with_that_seed(tmp_path):
+    specs = [RunSpec(p.name, p.config, p.overrides)
+             for p in expand_grid(TINY, {"lr": [0.1]}, tmp_path)]
+    res = run_many(specs, tmp_path, "inline", seeds=2, train_fn=fake_train, progress=False)
+    assert [r.name for r in res] == ["lr=0.1__seed=0", "lr=0.1__seed=1"]
+    assert [r.overrides for r in res] == [{"lr": 0.1, "seed": 0}, {"lr": 0.1, "seed": 1}]
+    seeds = [RunFolder(tmp_path / r.name).read_config()["seed"] for r in res]
+    assert seeds == [0, 1]
 
 
 # -- real tiny runs ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_sweep_of_real_runs_finishes_skips_and_reports_divergence(tmp_path):
     out = tmp_path / "sweep"
     grid = parse_grid(["lr=0.1,1e4"])  # lr=1e4 exceeds max_loss=50 at its first step
-    res = run_sweep(TINY, grid, out, max_workers=1, report=False)
+    res = run_sweep(TINY, grid, out, workers=1, report=False)
     by = {r.name: r for r in res}
     assert set(by) == {"lr=0.1", "lr=10000.0"}
     assert by["lr=0.1"].status == "finished", by["lr=0.1"].message
@@ -258,3 +276,19 @@ def test_ray_sweep_of_real_runs(tmp_path):
     finally:
         if ray.is_initialized():
             ray.shutdown()
+
+
+def test_the_executors_module_stays_torch_free():
+    # A spawned worker imports it first and must set its GPU and threads before torch loads.
+    code = ("import sys, sharpest.orchestrate.executors; "
+            "sys.exit('torch' in sys.modules or 'sharpest.train' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
+
+
+def test_workers_is_the_one_name_and_max_workers_an_alias(tmp_path):
+    with pytest.raises(SweepError, match="disagree"):
+        run_sweep(TINY, {"lr": [0.1]}, tmp_path / "s", workers=1, max_workers=2)
+    with pytest.raises(SweepError, match="workers: must be a positive integer"):
+        run_sweep(TINY, {"lr": [0.1]}, tmp_path / "s", max_workers=0)
+    assert not (tmp_path / "s").exists()

@@ -17,7 +17,8 @@ from torch import nn
 
 import sharpest.runs
 from sharpest.config import ConfigError, make_config
-from sharpest.curvature import HessianOperator
+from sharpest.curvature import HessianOperator, lanczos
+from sharpest.data import load_data
 from sharpest.runs import RunFolderError, load_checkpoint, read_records
 from sharpest.train import (
     EigenTracker,
@@ -27,6 +28,7 @@ from sharpest.train import (
     distance_from_init,
     weight_spectral_norms,
 )
+from sharpest.train.build import build
 
 # 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
 TINY = {
@@ -137,9 +139,62 @@ def test_run_folder_contents(finished_run):
 
 
 def test_hessian_subset_is_fixed_and_not_augmented(finished_run):
-    _, trainer, _ = finished_run
-    x, y = trainer.data.hessian_subset(32, seed=0)
-    assert torch.equal(trainer.hessian_data[0], x) and torch.equal(trainer.hessian_data[1], y)
+    out, trainer, _ = finished_run
+    # The subset the config names, drawn from data loaded independently of the trainer...
+    data = load_data("mnist1d", train_subset=160, val_size=40, seed=0)
+    x, y = data.hessian_subset(32, seed=0)
+    hx, hy = trainer.hessian_data
+    assert torch.equal(hx, x) and torch.equal(hy, y)
+    # ... made of training examples as they are (no augmentation: each row is a train row) ...
+    assert bool((hx[:, None, :] == data.train[0][None]).all(-1).any(-1).all())
+    # ... and what the tracker measured on: its last point's eigenvalues are those of the
+    # final weights on exactly this subset (another subset of the same size gives others).
+    last = [r for r in read_records(out / "metrics.jsonl") if r["event"] == "eigen"][-1]
+    assert last["iteration"] == trainer.iteration
+    wd = trainer.config.weight_decay
+    on_subset = lanczos(HessianOperator(trainer.model, trainer.loss_fn, (x, y), wd), k=2).values
+    np.testing.assert_allclose(last["eigenvalues"], on_subset.tolist(), rtol=1e-3)
+    other = lanczos(HessianOperator(trainer.model, trainer.loss_fn,
+                                    data.hessian_subset(32, seed=1), wd), k=2).values
+    assert not np.allclose(last["eigenvalues"], other.tolist(), rtol=1e-3)
+
+
+def test_build_then_loop_hands_over_the_same_objects():
+    # The config path builds, then hands over: training prebuilt parts gives the same records.
+    cfg = tiny(epochs=1)
+    t1 = Trainer(cfg)
+    t1.fit()
+    parts = build(cfg, "cpu")
+    t2 = Trainer(cfg, parts=parts)
+    assert t2.model is parts.model and t2.optimizer is parts.optimizer
+    t2.fit()
+    assert_same_records(t1.records, t2.records)
+
+
+def test_trainer_takes_your_own_model_and_loss():
+    # Your own nn.Module and loss: the loop trains them and the tracker measures THEIR
+    # Hessian. With the loss doubled, the first point (iteration 0, same weights) has exactly
+    # twice the eigenvalues.
+    cfg = tiny(epochs=1, track={"k": 2, "every": 0, "subset": 32}, summary={"enabled": False})
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(40, 8), nn.Tanh(), nn.Linear(8, 10))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    base = Trainer(cfg, model=model)
+    base.fit()
+    model.load_state_dict(state)
+    calls = []
+
+    def double(outputs, targets):
+        calls.append(1)
+        return 2.0 * base.data.loss_fn(outputs, targets)
+
+    twice = Trainer(cfg, model=model, loss_fn=double)
+    assert twice.model is model and twice.num_params == 40 * 8 + 8 + 8 * 10 + 10
+    twice.fit()
+    assert calls
+    first = [r["eigenvalues"] for r in base.records if r["event"] == "eigen"][0]
+    first2 = [r["eigenvalues"] for r in twice.records if r["event"] == "eigen"][0]
+    np.testing.assert_allclose(first2, 2 * np.array(first), rtol=1e-4)
 
 
 def test_existing_folder_is_refused_and_finished_run_not_redone(finished_run):

@@ -4,8 +4,7 @@ Implements Jastrzebski et al. (2018), *On the Relation Between the Sharpest Dire
 Loss and the SGD Step Length* ("DNN's Sharpest Directions Along the SGD Trajectory").
 """
 
-from importlib import import_module
-from typing import Any
+from sharpest._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -21,7 +20,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sharpest' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -3,6 +3,10 @@
 Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint), with a
 one-paragraph message and no traceback; 3 the run diverged; 130 interrupted (resume it with
 ``--resume``).
+
+Each verb imports the code it runs inside its own body (the one place imports are deferred on
+purpose): ``sharpest --help`` and bad-input errors then answer without loading torch,
+matplotlib or the training code.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ app = typer.Typer(
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+
+
+# Options shared by `run` and `sweep`.
+SeedsOption = Annotated[
+    int | None,
+    typer.Option("--seeds", help="Train each configuration N times (seeds 0..N-1), one "
+                 "folder each, named <run>__seed=<s>.", min=1),
+]
+NoReportOption = Annotated[bool, typer.Option("--no-report", help="Skip the report.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")]
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -167,7 +181,8 @@ def eig(
     from sharpest.config import make_config
     from sharpest.curvature import HessianOperator, lanczos
     from sharpest.runs import RunFolder, load_checkpoint
-    from sharpest.train import Trainer
+    from sharpest.train.build import build
+    from sharpest.train.loop import resolve_device
 
     _set_threads(threads)
     if which not in ("LM", "LA"):
@@ -190,12 +205,12 @@ def eig(
     if subset is not None:
         overrides["track"] = {**state["config"].get("track", {}), "subset": subset}
     cfg = make_config({**state["config"], **overrides})
-    trainer = Trainer(cfg, None)
-    trainer.model.load_state_dict(state["model"])
+    parts = build(cfg, resolve_device(cfg.device))  # the run's model and Hessian subset
+    parts.model.load_state_dict(state["model"])
     op = HessianOperator(
-        trainer.model,
-        trainer.loss_fn,
-        trainer.hessian_data,
+        parts.model,
+        parts.loss_fn,
+        parts.hessian_data,
         cfg.weight_decay,
         chunk_size=cfg.track.chunk_size or 512,
     )
@@ -312,8 +327,9 @@ def run_cmd(
         bool,
         typer.Option("--estimate", help="Time a few steps of each run and extrapolate."),
     ] = False,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    seeds: SeedsOption = None,
+    no_report: NoReportOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run one figure or table of the paper: every run into OUT/<run>, then the findings
     (held / did not hold) and one report in OUT. Running it again resumes."""
@@ -329,7 +345,7 @@ def run_cmd(
         return
     _set_threads(threads)
     res = run_preset(p, scale, sets, out, executor=executor, workers=workers, address=address,
-                     report=not no_report, progress=not quiet)
+                     report=not no_report, progress=not quiet, seeds=seeds)
     typer.echo(res.summary())
     if res.failed:
         raise typer.Exit(1)
@@ -399,63 +415,30 @@ def sweep(
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", help="Runs at once.", min=1)
     ] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the report.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    seeds: SeedsOption = None,
+    no_report: NoReportOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a preset's (or a config's) base over a grid of values, one run folder per point.
 
     Finished runs are skipped and interrupted ones resume when the command is run again.
     """
     from sharpest.config import apply_sets
-    from sharpest.distributed.sweep import parse_grid, run_sweep
+    from sharpest.experiments.preset import sweep_base
+    from sharpest.orchestrate.sweep import parse_grid, run_sweep
 
     if not grid:
         _fail("--grid key=v1,v2,... is required")
     if out is None:
         _fail("--out DIR is required (the sweep folder)")
     parsed = parse_grid(grid)
-    base = _sweep_base(target, scale, run_name)
+    base = sweep_base(target, scale, run_name)
     base = apply_sets(base, list(set_ or []))
-    res = run_sweep(base, parsed, out, executor=executor, max_workers=workers, address=address,
-                    report=not no_report, progress=not quiet)
+    res = run_sweep(base, parsed, out, executor=executor, workers=workers, address=address,
+                    report=not no_report, progress=not quiet, seeds=seeds)
     typer.echo(res.summary())
     if not res.ok:
         raise typer.Exit(1)
-
-
-def _sweep_base(target: str, scale: str, run_name: str | None) -> dict[str, Any]:
-    """The base config of a sweep: a plain config file, or a preset's run at ``scale``."""
-    from sharpest.config import ConfigError, read_yaml
-    from sharpest.experiments.preset import PresetError, load_preset, resolve_runs
-
-    path = Path(target)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        data = read_yaml(path)
-        if not {"base", "paper", "expected"} <= set(data):
-            if run_name is not None:
-                _fail("--run selects a run of a preset; the target is a plain config")
-            return data
-    p = load_preset(target)
-    runs = resolve_runs(p, scale)
-    if run_name is None:
-        if len(runs) == 1:
-            chosen = runs[0]
-        else:  # the preset's base config at this scale, without any run's overrides
-            from sharpest.config import make_config
-            from sharpest.experiments.preset import _apply
-
-            data = _apply(dict(p.base), p.scale(scale).set, f"preset {p.name}, scale {scale}")
-            return make_config(data).to_dict()
-    else:
-        found = [r for r in runs if r.name == run_name]
-        if not found:
-            raise PresetError(f"preset {p.name} has no run {run_name!r} (runs: "
-                              f"{', '.join(r.name for r in runs)})")
-        chosen = found[0]
-    if chosen.init_from is not None:
-        raise ConfigError(f"run {chosen.name} restarts from run {chosen.init_from.run}; sweep "
-                          "the source run, or a config with init_from set to a checkpoint")
-    return chosen.config.to_dict()
 
 
 @app.command()

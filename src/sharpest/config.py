@@ -24,6 +24,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sharpest.data import canonical_name as data_name
+from sharpest.models import canonical_name as model_name
+
 __all__ = [
     "CheckpointConfig",
     "Config",
@@ -258,9 +261,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> Config:
-        from sharpest.data import canonical_name as data_name
-        from sharpest.models import canonical_name as model_name
-
         try:
             data = data_name(self.data)
         except ValueError as err:

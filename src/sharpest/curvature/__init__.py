@@ -1,11 +1,14 @@
 """The curvature engine: Hessian-vector products, Lanczos, and spectral quantities.
 
-Knows nothing of training: it takes a model, a loss and fixed data.
+Knows nothing of training: it takes a model, a loss and fixed data. :class:`EmpiricalRisk` is
+the function (loss and gradient over fixed data, chunked, all-reduced);
+:class:`HessianOperator` adds its Hessian products.
 """
 
 from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
-from sharpest.curvature.operator import (
-    HessianOperator,
+from sharpest.curvature.operator import HessianOperator
+from sharpest.curvature.risk import (
+    EmpiricalRisk,
     NonFiniteError,
     evaluation_mode,
     flatten,
@@ -16,6 +19,7 @@ from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, sp
 __all__ = [
     "WHICH",
     "EigenResult",
+    "EmpiricalRisk",
     "HessianOperator",
     "NonFiniteError",
     "evaluation_mode",

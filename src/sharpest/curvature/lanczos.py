@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,9 +33,10 @@ class LinearOperator(Protocol):
     def matvec(self, vector: Tensor) -> Tensor: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class EigenResult:
-    """Eigenpairs of a symmetric operator.
+    """Eigenpairs of a symmetric operator (plain, immutable data: ``dataclasses.replace`` makes
+    a changed copy; :meth:`to_state` / :meth:`from_state` round-trip it through checkpoints).
 
     Attributes
     ----------
@@ -61,6 +62,35 @@ class EigenResult:
     @property
     def k(self) -> int:
         return len(self.values)
+
+    def to_state(self, iteration: int | None = None) -> dict[str, Any]:
+        """Checkpoint-safe plain data (tensors on the CPU, numbers, strings), loadable with
+        ``torch.load(..., weights_only=True)``; ``iteration``: where it was computed."""
+        return {
+            "values": torch.as_tensor(np.asarray(self.values, dtype=np.float64)),
+            "vectors": self.vectors.detach().cpu(),
+            "residuals": torch.as_tensor(np.asarray(self.residuals, dtype=np.float64)),
+            "n_matvecs": int(self.n_matvecs),
+            "converged": bool(self.converged),
+            "which": str(self.which),
+            "seconds": float(self.seconds),
+            "iteration": iteration,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> EigenResult:
+        """Inverse of :meth:`to_state` (vectors moved to ``device`` when given)."""
+        return cls(
+            values=state["values"].numpy().astype(np.float64),
+            vectors=state["vectors"].to(device) if device is not None else state["vectors"],
+            residuals=state["residuals"].numpy().astype(np.float64),
+            n_matvecs=int(state["n_matvecs"]),
+            converged=bool(state["converged"]),
+            which=str(state.get("which", "LM")),
+            seconds=float(state.get("seconds", 0.0)),
+        )
 
 
 def _order(theta: np.ndarray, which: str) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from sharpest.curvature.lanczos import LinearOperator, lanczos
+from sharpest.paper_metrics import frobenius
 
 
 def spectral_norm(op: LinearOperator, tol: float = 1e-4, seed: int = 0, **kwargs) -> float:
@@ -25,7 +26,7 @@ def frobenius_from_topk(values: Sequence[float] | np.ndarray) -> float:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise ValueError("need at least one eigenvalue")
-    return float(np.sqrt(np.sum(v**2)))
+    return frobenius(v.tolist(), k=None)
 
 
 def _orthonormal_rows(basis: Tensor) -> Tensor:

@@ -1,9 +1,13 @@
 """Data sets for sharpest: CIFAR-10/100, Penn Treebank and the offline MNIST-1D default.
 
 >>> from sharpest.data import load_data
+>>> from sharpest.models import build_model
 >>> bundle = load_data("mnist1d")            # offline, generated locally
+>>> model = build_model("mlp", num_classes=bundle.num_classes)
 >>> for x, y in bundle.train_batches(128, epoch=0, seed=0):
 ...     loss = bundle.loss_fn(model(x), y)
+>>> loss.ndim, bundle.task
+(0, 'classification')
 
 See :func:`load_data` for the options and :class:`DataBundle` for what a bundle offers.
 """

@@ -16,8 +16,7 @@ Scales: ``tiny`` (seconds; a smoke test of the whole path), ``small`` (≤ 20 mi
 2-core CPU, the paper's qualitative result) and ``paper`` (the paper's settings; GPU hours).
 """
 
-from importlib import import_module
-from typing import Any
+from sharpest._lazy import lazy_getattr
 
 _EXPORTS = {
     "SCALES": "sharpest.experiments.preset",
@@ -40,7 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sharpest.experiments' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

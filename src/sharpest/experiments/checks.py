@@ -43,6 +43,9 @@ from typing import Any
 
 import numpy as np
 
+from sharpest.paper_metrics import best_val, frobenius
+from sharpest.report import read_run
+
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
 ORDER_MARGIN = 0.05
 
@@ -117,8 +120,6 @@ def parse_expect(text: str) -> tuple[str, float | None]:
 
 
 def _records(folder: str | Path) -> list[dict[str, Any]]:
-    from sharpest.report import read_run
-
     return read_run(folder).records
 
 
@@ -139,10 +140,6 @@ def _eigen_points(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[
             pts.append((int(r.get("iteration") or 0), [float(v) for v in vals]))
     pts.sort(key=lambda p: p[0])
     return pts
-
-
-def _fro(vals: Sequence[float], k: int = 5) -> float:
-    return float(math.sqrt(sum(v * v for v in vals[:k])))
 
 
 def _late(points: list[tuple[int, Any]], start: float) -> list[tuple[int, Any]]:
@@ -183,7 +180,7 @@ def metric_value(
             return max(v for _, v in series) / first if first > 0 else None
         if kind in ("lambda1_end", "lambda2_end"):
             return float(np.mean([v for _, v in _late(series, start)]))
-        fro = [(it, _fro(v)) for it, v in pts]
+        fro = [(it, frobenius(v, 5)) for it, v in pts]
         if kind == "fro_peak":
             return max(v for _, v in fro)
         return float(np.mean([v for _, v in _late(fro, start)]))
@@ -192,9 +189,8 @@ def metric_value(
                if r.get("event") == "train" and r.get("loss") is not None]
         return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
     if kind == "best_val_accuracy":
-        vals = [float(r["accuracy"]) for r in records if r.get("event") == "eval"
-                and r.get("split") == "val" and r.get("accuracy") is not None]
-        return max(vals) if vals else None
+        best = best_val([dict(r) for r in records])  # the paper's best validation point
+        return float(best["accuracy"]) if best is not None and "accuracy" in best else None
     split, col = kind.split("_")
     vals = [float(r[col]) for r in records if r.get("event") == "eval"
             and r.get("split") == split and r.get(col) is not None]

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from sharpest.experiments.runner import PresetResult, run_preset
 
 __all__ = ["DEFAULT_OUT", "findings_table", "run_demo"]
@@ -35,8 +37,6 @@ def run_demo(
     ``threads``: torch CPU threads (default 1: on small models a second thread mostly waits).
     """
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
     scale = "tiny" if quick else "small"
     if out is None:

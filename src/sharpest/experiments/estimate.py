@@ -17,13 +17,22 @@ the cost of one core, the unit of the ``--workers`` arithmetic.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from sharpest.config import Config, ConfigError
+from sharpest.curvature import HessianOperator
+from sharpest.models import build_model
+from sharpest.train import Trainer
+from sharpest.train.build import build_optimizer_for
+from sharpest.train.probe_callback import build_probe_callbacks
+from sharpest.train.schedules import Schedule
 
 __all__ = ["RunEstimate", "build_run", "estimate_run", "num_classes_for", "schedule_counts"]
 
@@ -43,13 +52,6 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
     that failed. ``cache``: a dict reused across calls so that runs sharing a model (name,
     options, classes) build it once.
     """
-    import json
-
-    from sharpest.models import build_model
-    from sharpest.optim import build_optimizer
-    from sharpest.train.probe_callback import build_probe_callbacks
-    from sharpest.train.schedules import Schedule
-
     classes = num_classes_for(config.data, config.data_options)
     key = (config.model, json.dumps(config.model_options, sort_keys=True, default=str), classes)
     model = None if cache is None else cache.get(key)
@@ -60,16 +62,7 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
             raise ConfigError(f"model_options: {err}") from None
         if cache is not None:
             cache[key] = model
-    opt = config.optimizer
-    extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
-    if opt.nesterov:
-        extra["nesterov"] = True
-    try:
-        optimizer = build_optimizer(opt.name, model.parameters(), lr=config.lr,
-                                    momentum=config.momentum, weight_decay=config.weight_decay,
-                                    gamma=opt.gamma, k=opt.k, **extra)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"optimizer: {err}") from None
+    optimizer = build_optimizer_for(config, model)
     try:
         schedule = Schedule(config.schedule, optimizer, config.lr, 10, 10 * max(1, config.epochs))
     except (ValueError, TypeError) as err:
@@ -162,11 +155,6 @@ class RunEstimate:
 def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
     """Build the run (data included), time ``steps`` training steps (after one warm-up), one
     Hessian-vector product and an evaluation pass, and extrapolate (see the module doc)."""
-    import torch
-
-    from sharpest.curvature import HessianOperator
-    from sharpest.train import Trainer
-
     t0 = time.process_time()
     cfg = config.model_copy(update={"init_from": None})
     trainer = Trainer(cfg, None)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -52,8 +53,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sharpest.config import Config, ConfigError, apply_sets, make_config, parse_set
-from sharpest.experiments.checks import ORDER_MARGIN
+from sharpest.config import Config, ConfigError, apply_sets, make_config, parse_set, read_yaml
+from sharpest.experiments.checks import ORDER_MARGIN, parse_expect, parse_metric
+from sharpest.orchestrate.grid import grid_points
+from sharpest.train.probe_callback import build_probe_callbacks
 
 __all__ = [
     "SCALES",
@@ -64,12 +67,14 @@ __all__ = [
     "ResolvedRun",
     "RunSpec",
     "ScaleSpec",
+    "base_config",
     "find_preset",
     "list_presets",
     "load_preset",
     "preset_dir",
     "preset_names",
     "resolve_runs",
+    "sweep_base",
 ]
 
 SCALES = ("tiny", "small", "paper")
@@ -149,16 +154,12 @@ class CheckSpec(_Strict):
     @field_validator("expect")
     @classmethod
     def _expect(cls, v: str) -> str:
-        from sharpest.experiments.checks import parse_expect
-
         parse_expect(v)
         return v
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        from sharpest.experiments.checks import parse_metric
-
         parse_metric(v)
         return v
 
@@ -196,8 +197,6 @@ class Preset(_Strict):
         """``summary``, or the first sentence of ``expected`` (for ``sharpest presets``)."""
         if self.summary.strip():
             return " ".join(self.summary.split())
-        import re
-
         text = " ".join(self.expected.split())
         m = re.search(r"(?<!Fig)(?<!Figs)(?<!Sec)(?<!Tab)\.\s+(?=[A-Z])", text)
         return text if m is None else text[: m.start() + 1]
@@ -211,17 +210,9 @@ class Preset(_Strict):
         """The runs (grid points expanded) at ``scale``."""
         if self.grid is None:
             return list(self.runs) if self.runs else [RunSpec(name="run")]
-        from sharpest.distributed.sweep import point_name
-
         grid = self.scale(scale).grid or self.grid
-        import itertools
-
-        keys = list(grid)
-        specs = list(self.runs)
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            overrides = dict(zip(keys, combo))
-            specs.append(RunSpec(name=point_name(overrides), set=overrides))
-        return specs
+        return list(self.runs) + [RunSpec(name=name, set=overrides)
+                                  for name, overrides in grid_points(grid)]
 
     def run_names(self, scale: str = "paper") -> list[str]:
         return [r.name for r in self.run_specs(scale)]
@@ -273,8 +264,6 @@ def preset_names() -> list[str]:
 
 
 def _paper_order(name: str) -> tuple[int, int, str]:
-    import re
-
     m = re.match(r"(fig|table)(\d+)", name)
     if not m:
         return (2, 0, name)
@@ -442,6 +431,49 @@ def _apply(data: dict[str, Any], overrides: Mapping[str, Any], what: str) -> dic
         raise PresetError(f"{what}: {err}") from None
 
 
+def base_config(preset: Preset, scale: str = "small") -> dict[str, Any]:
+    """The preset's base config at ``scale``, without any run's overrides (validated).
+
+    What ``sharpest sweep PRESET`` sweeps over when the preset has several runs."""
+    data = _apply(dict(preset.base), preset.scale(scale).set,
+                  f"preset {preset.name}, scale {scale}")
+    try:
+        return make_config(data).to_dict()
+    except ConfigError as err:
+        raise PresetError(f"preset {preset.name}, scale {scale}: {err}") from None
+
+
+def sweep_base(target: str, scale: str = "small", run_name: str | None = None
+               ) -> dict[str, Any]:
+    """The base config of ``sharpest sweep TARGET``: a plain config file as it is, or a
+    preset's run ``run_name`` at ``scale`` (default: its only run, else :func:`base_config`).
+    """
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        data = read_yaml(path)
+        if not {"base", "paper", "expected"} <= set(data):
+            if run_name is not None:
+                raise PresetError("--run selects a run of a preset; the target is a plain "
+                                  "config")
+            return data
+    p = load_preset(target)
+    runs = resolve_runs(p, scale)
+    if run_name is None:
+        if len(runs) > 1:  # the preset's base config at this scale, without any run's overrides
+            return base_config(p, scale)
+        chosen = runs[0]
+    else:
+        found = [r for r in runs if r.name == run_name]
+        if not found:
+            raise PresetError(f"preset {p.name} has no run {run_name!r} (runs: "
+                              f"{', '.join(r.name for r in runs)})")
+        chosen = found[0]
+    if chosen.init_from is not None:
+        raise PresetError(f"run {chosen.name} restarts from run {chosen.init_from.run}; sweep "
+                          "the source run, or a config with init_from set to a checkpoint")
+    return chosen.config.to_dict()
+
+
 def resolve_runs(
     preset: Preset,
     scale: str = "small",
@@ -479,8 +511,6 @@ def resolve_runs(
             continue
         if check_probes and cfg.probes:
             try:
-                from sharpest.train.probe_callback import build_probe_callbacks
-
                 build_probe_callbacks(cfg.probes, cfg)
             except (ValueError, TypeError) as err:
                 errors.append(f"{what}: invalid config: probes: {err}.")

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from sharpest.experiments.preset import PresetError
+from sharpest.experiments.checks import evaluate_checks
+from sharpest.experiments.preset import PresetError, load_preset
+from sharpest.experiments.runner import expected_markdown, preset_report, write_findings
+from sharpest.report import build_report
 
 __all__ = ["expand_folders", "report_folders"]
 
@@ -61,8 +64,6 @@ def expand_folders(dirs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 def report_folders(dirs: Sequence[str | os.PathLike[str]],
                    out: str | os.PathLike[str] | None = None, title: str | None = None) -> Path:
     """Write the report of ``dirs`` and return its path (see the module docstring)."""
-    from sharpest.report import build_report
-
     if not dirs:
         raise PresetError("give at least one folder")
     if len(dirs) == 1 and (Path(dirs[0]) / "preset.yaml").is_file():
@@ -74,11 +75,6 @@ def report_folders(dirs: Sequence[str | os.PathLike[str]],
 
 
 def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str | None) -> Path:
-    from sharpest.experiments.checks import evaluate_checks
-    from sharpest.experiments.preset import load_preset
-    from sharpest.experiments.runner import expected_markdown, write_findings
-    from sharpest.report import build_report
-
     state = _read(folder / "preset.yaml")
     runs = _runs_of(folder, "preset.yaml")
     if not runs:
@@ -99,9 +95,7 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
     checks = evaluate_checks(preset.checks, ended) if preset.checks else []
     findings = write_findings(folder, preset, scale, checks) if checks else ""
     if out is None:
-        from sharpest.experiments.runner import _report
-
-        path, note = _report(folder, preset, scale, runs, findings)
+        path, note = preset_report(folder, preset, scale, runs, findings)
         if path is None:
             raise PresetError(str(note))
         return path

@@ -17,24 +17,25 @@ checked against it) before anything trains. Restart runs (``init_from: {run: ...
 their source, from its checkpoint.
 
 Executors: ``inline`` (sequentially in this process: the default for ``tiny`` and the demo),
-``local`` (a process pool, :func:`sharpest.distributed.executors.run_local`; the default
-otherwise) and ``ray``.
+``local`` (a process pool; the default otherwise) and ``ray``, all through
+:func:`sharpest.orchestrate.run_many` (what sweeps use too); a preset adds its stages (restart
+runs after their source), its checks and its reports.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sharpest.config import ConfigError, make_config
-from sharpest.distributed.sweep import RunOutcome
 from sharpest.experiments.checks import CheckResult, evaluate_checks, findings_markdown
 from sharpest.experiments.preset import (
     Preset,
@@ -43,10 +44,29 @@ from sharpest.experiments.preset import (
     load_preset,
     resolve_runs,
 )
+from sharpest.orchestrate.many import (
+    EXECUTORS,
+    OrchestrateError,
+    RunOutcome,
+    RunSpec,
+    check_executor,
+    check_existing,
+    outcome_lines,
+    run_many,
+    with_seeds,
+)
+from sharpest.report import build_report
+from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
+from sharpest.train.build import build_data
 
-__all__ = ["EXECUTORS", "PresetResult", "default_out", "run_preset", "write_findings"]
-
-EXECUTORS = ("inline", "local", "ray")
+__all__ = [
+    "EXECUTORS",
+    "PresetResult",
+    "default_out",
+    "preset_report",
+    "run_preset",
+    "write_findings",
+]
 PRESET_FILE = "preset.yaml"
 
 
@@ -72,15 +92,10 @@ class PresetResult:
         return not self.failed
 
     def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for r in self.runs:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        text = ", ".join(f"{n} {s}" for s, n in counts.items())
+        text, problems = outcome_lines(self.runs)
         lines = [f"{self.preset.name} ({self.preset.paper}, scale {self.scale}): "
-                 f"{len(self.runs)} runs in {self.out}: {text} ({self.seconds:.1f} s)"]
-        for r in self.runs:
-            if r.status in ("failed", "diverged"):
-                lines.append(f"  {r.status}: {r.name}: {r.message}")
+                 f"{len(self.runs)} runs in {self.out}: {text} ({self.seconds:.1f} s)",
+                 *problems]
         for c in self.checks:
             lines.append(f"  [{c.verdict}] {c.claim}: {c.numbers()}")
         lines.append(f"report: {self.report}" if self.report else (self.report_note or ""))
@@ -103,29 +118,8 @@ def _sayer(progress: bool, tag: str) -> Callable[[str], None]:
 # -- checks of the folders ---------------------------------------------------------------------
 
 
-def _check_existing(runs: Sequence[ResolvedRun], out: Path) -> dict[str, str]:
-    """Refuse folders holding another config; return the finished runs' end status."""
-    from sharpest.train.existing import existing_run
-
-    done: dict[str, str] = {}
-    clashes: list[str] = []
-    for r in runs:
-        clash, ended = existing_run(out / r.name, r.config, {"init_from"} if r.init_from else ())
-        if clash:
-            clashes.append(clash)
-        elif ended:
-            done[r.name] = ended
-    if clashes:
-        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-        raise PresetError(f"cannot run into {out}: {clashes[0]}{more}; choose another --out or "
-                          "remove the stale run folders")
-    return done
-
-
 def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
     """Load each distinct data set once, so a missing one fails before anything trains."""
-    from sharpest.data import load_data
-
     seen: set[str] = set()
     for r in runs:
         c = r.config
@@ -136,9 +130,11 @@ def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
             continue
         seen.add(key)
         try:
-            load_data(c.data, root=c.data_root, train_subset=c.train_subset, val_size=c.val_size,
-                      seed=c.seed, download=c.download, **c.data_options)
-        except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+            build_data(c)
+        except ConfigError as err:  # "data: cannot load ...: why"
+            raise PresetError(f"run {r.name}: {str(err).strip()} (with sharpest run: --set "
+                              "data_root=DIR)") from None
+        except OSError as err:
             raise PresetError(f"run {r.name}: data: cannot load {c.data!r}: "
                               f"{str(err).strip()} (with sharpest run: --set data_root=DIR)"
                               ) from None
@@ -146,8 +142,6 @@ def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
 
 def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
     """The checkpoint of ``source`` at the end of ``epoch`` (None: its last one)."""
-    from sharpest.runs import RunFolder, read_records
-
     folder = RunFolder(source)
     if not folder.is_finished():
         raise PresetError(f"{source} did not finish, so it has no checkpoint to restart from")
@@ -170,84 +164,9 @@ def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
     return path.resolve()
 
 
-# -- running -------------------------------------------------------------------------------
-
-
-def _train_inline(run: ResolvedRun, folder: Path, progress: bool,
-                  train_fn: Callable[..., Any] | None) -> dict[str, Any]:
-    from sharpest.runs import RunFolderError
-
-    t0 = time.perf_counter()
-    resume = (folder / "config.yaml").exists()
-    try:
-        if train_fn is not None:
-            result = dict(train_fn(run.config.to_dict(), out=folder, resume=resume))
-        else:
-            from sharpest.train import Trainer
-
-            result = dict(Trainer(run.config, folder, resume=resume, quiet=not progress).fit())
-    except (ConfigError, RunFolderError) as err:
-        raise PresetError(f"run {run.name}: {str(err).strip()}") from None
-    status = str(result.get("status", "finished"))
-    if result.get("already_finished"):
-        return {"status": "skipped", "end_status": status, "message": "already finished",
-                "seconds": time.perf_counter() - t0, "result": result}
-    message = None
-    if status == "diverged":
-        from sharpest.distributed.executors import _diverged_reason
-
-        message = _diverged_reason(folder)
-    return {"status": status, "message": message, "seconds": time.perf_counter() - t0,
-            "result": result}
-
-
-def _execute(stage: list[ResolvedRun], out: Path, executor: str, workers: int | None,
-             address: str | None, resources: Mapping[str, Any] | None, progress: bool,
-             train_fn: Callable[..., Any] | None, index: dict[str, int], total: int,
-             say: Callable[[str], None]):
-    """Yield ``(run, outcome)`` for the runs of one stage."""
-    if not stage:
-        return
-    if executor == "inline":
-        for r in stage:
-            say(f"start  [{index[r.name]}/{total}] {r.name}")
-            yield r, _train_inline(r, out / r.name, progress, train_fn)
-        return
-    from sharpest.distributed.executors import (
-        ExecutorError,
-        Task,
-        available_cpus,
-        run_local,
-        run_ray,
-        visible_gpus,
-    )
-
-    tasks = [Task(r.name, r.config.to_dict(), str(out / r.name), index[r.name], total,
-                  progress=progress) for r in stage]
-    by_name = {r.name: r for r in stage}
-    try:
-        if executor == "local":
-            on_gpu = any(r.config.device != "cpu" for r in stage)
-            gpus = visible_gpus() if on_gpu else []
-            n = max(1, min(workers or (len(gpus) if gpus else 1), len(tasks)))
-            for t in tasks:
-                t.threads = max(1, available_cpus() // n)
-            stream = run_local(tasks, train_fn, n, gpus=gpus)
-        else:
-            stream = run_ray(tasks, train_fn, max_workers=workers, address=address,
-                             resources=resources)
-        for task, outcome in stream:
-            yield by_name[task.name], outcome
-    except ExecutorError as err:
-        raise PresetError(str(err)) from None
-
-
 def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], executor: str,
-                 outcomes: Sequence[RunOutcome], runs: Sequence[ResolvedRun],
+                 outcomes: Sequence[RunOutcome], by_name: Mapping[str, ResolvedRun],
                  report: Path | None = None) -> None:
-    from sharpest.runs import atomic_write_text, jsonable
-
-    by_name = {r.name: r for r in runs}
     doc = {
         "preset": preset.name,
         "paper": preset.paper,
@@ -271,10 +190,6 @@ def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], exe
 
 def write_findings(out: Path, preset: Preset, scale: str, checks: Sequence[CheckResult]) -> str:
     """Write ``findings.md`` and ``findings.json`` into ``out``; return the Markdown."""
-    import json
-
-    from sharpest.runs import atomic_write_text
-
     text = findings_markdown(checks, title=f"Findings at scale {scale}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "findings.md", text + "\n")
@@ -312,6 +227,7 @@ def run_preset(
     progress: bool = True,
     train_fn: Callable[..., Any] | None = None,
     tag: str = "run",
+    seeds: int | Sequence[int] | None = None,
 ) -> PresetResult:
     """Train every run of ``preset`` at ``scale`` into ``out`` (resuming), then write the
     findings and one comparative report into ``out``.
@@ -321,7 +237,8 @@ def run_preset(
     tiny, ``local`` otherwise); ``workers``: runs at once (local: processes, default the scale's
     ``workers``, else 1 on CPU and one per GPU; Ray: runs in flight). ``train_fn``: a
     replacement for the training function (tests), called as ``train_fn(config_dict,
-    out=folder, resume=bool)``.
+    out=folder, resume=bool)``. ``seeds``: N (or a list): every run N times, in
+    ``<run>__seed=<s>`` (a restart run restarts from its source of the same seed).
 
     Raises :class:`PresetError` for a bad preset, config, data set or folder before anything
     trains. A run that fails or diverges does not stop the others (its outcome says why).
@@ -333,75 +250,54 @@ def run_preset(
     sets = list(sets)
     runs = resolve_runs(preset, scale, sets)
     executor = executor or ("inline" if scale == "tiny" else "local")
-    if executor not in EXECUTORS:
-        raise PresetError(f"executor: expected one of {', '.join(EXECUTORS)} (got {executor!r})")
-    if executor != "ray" and (address is not None or resources):
-        raise PresetError("--address and resources are for the ray executor (--executor ray)")
-    if workers is not None and workers < 1:
-        raise PresetError(f"--workers must be at least 1 (got {workers})")
     if workers is None and executor == "local":
         workers = preset.scale(scale).workers
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from sharpest.distributed.executors import RAY_MISSING
-
-            raise PresetError(RAY_MISSING) from None
     out_path = Path(out) if out is not None else default_out(preset, scale)
     if out_path.exists() and not out_path.is_dir():
         raise PresetError(f"--out {str(out_path)!r} exists and is not a folder")
-    done = _check_existing(runs, out_path)
-    if len(done) < len(runs):
-        _preflight_data([r for r in runs if r.name not in done])
+    try:
+        check_executor(executor, workers, address, resources)
+        specs: list[RunSpec] = []
+        by_name: dict[str, ResolvedRun] = {}  # each (seeded) run's preset run
+        for r in runs:
+            for s in with_seeds([_spec(r)], seeds):
+                specs.append(s)
+                by_name[s.name] = r
+        done = check_existing(specs, out_path)
+    except OrchestrateError as err:
+        raise PresetError(str(err)) from None
+    if len(done) < len(specs):
+        _preflight_data([by_name[s.name] for s in specs if s.name not in done])
+    total = len(specs)
 
-    outcomes = {r.name: RunOutcome(r.name, r.overrides, out_path / r.name) for r in runs}
-    ordered = [outcomes[r.name] for r in runs]
-    index = {r.name: i for i, r in enumerate(runs, 1)}
-    total = len(runs)
-    _write_state(out_path, preset, scale, sets, executor, ordered, runs)
+    def prepare(spec: RunSpec, outcomes: Mapping[str, RunOutcome]) -> RunSpec | str:
+        """A restart run: its source's checkpoint as ``init_from`` (or why it cannot run)."""
+        init = by_name[spec.name].init_from
+        if init is None:
+            return spec
+        suffix = spec.name[len(by_name[spec.name].name):]  # "__seed=S" or ""
+        src = outcomes[init.run + suffix]
+        if not src.finished:
+            return (f"cannot restart from {src.name}: it did not finish "
+                    f"({src.end_status or src.status}), so it has no checkpoint to restart from")
+        try:
+            path = _restart_checkpoint(src.folder, init.epoch)
+            config = make_config({**spec.config.to_dict(), "init_from": str(path)})
+        except (PresetError, ConfigError) as err:
+            return f"cannot restart from {src.name}: {err}"
+        return replace(spec, config=config)
+
+    def write(outcomes: list[RunOutcome]) -> None:
+        _write_state(out_path, preset, scale, sets, executor, outcomes, by_name)
+
     say(f"{preset.name}: {preset.paper} — {preset.title}; {total} run(s), scale {scale}, "
         f"into {out_path}")
-
-    for stage_no in (0, 1):
-        stage: list[ResolvedRun] = []
-        for r in runs:
-            if r.stage != stage_no:
-                continue
-            o = outcomes[r.name]
-            if r.name in done:
-                o.status, o.end_status, o.message = "skipped", done[r.name], "already finished"
-                say(f"skip   [{index[r.name]}/{total}] {r.name} (already {done[r.name]})")
-                continue
-            if r.init_from is not None:
-                src = outcomes[r.init_from.run]
-                if not src.finished:
-                    state = src.end_status or src.status
-                    o.status = "failed"
-                    o.message = (f"cannot restart from {src.name}: it did not finish ({state}), "
-                                 "so it has no checkpoint to restart from")
-                    say(f"failed [{index[r.name]}/{total}] {r.name}: {o.message}")
-                    continue
-                try:
-                    path = _restart_checkpoint(src.folder, r.init_from.epoch)
-                    r.config = make_config({**r.config.to_dict(), "init_from": str(path)})
-                except (PresetError, ConfigError) as err:
-                    o.status, o.message = "failed", f"cannot restart from {src.name}: {err}"
-                    say(f"failed [{index[r.name]}/{total}] {r.name}: {o.message}")
-                    continue
-            stage.append(r)
-        for r, outcome in _execute(stage, out_path, executor, workers, address, resources,
-                                   progress, train_fn, index, total, say):
-            o = outcomes[r.name]
-            o.status = outcome["status"]
-            o.message = outcome.get("message")
-            o.end_status = outcome.get("end_status")
-            o.seconds = float(outcome.get("seconds", 0.0))
-            o.result = dict(outcome.get("result") or {})
-            o.traceback = outcome.get("traceback")
-            extra = f": {o.message}" if o.message and o.status != "skipped" else ""
-            say(f"{o.status:<8} [{index[r.name]}/{total}] {r.name} ({o.seconds:.1f} s){extra}")
-            _write_state(out_path, preset, scale, sets, executor, ordered, runs)
+    try:
+        ordered = run_many(specs, out_path, executor, workers, address=address,
+                           resources=resources, train_fn=train_fn, progress=progress, tag=tag,
+                           prepare=prepare, on_update=write)
+    except OrchestrateError as err:
+        raise PresetError(str(err)) from None
 
     ended = {o.name: o.folder for o in ordered if o.ended}
     checks = evaluate_checks(preset.checks, ended) if preset.checks else []
@@ -409,18 +305,22 @@ def run_preset(
     report_path: Path | None = None
     note: str | None = "report not asked for"
     if report:
-        report_path, note = _report(out_path, preset, scale, list(ended.values()), findings)
+        report_path, note = preset_report(out_path, preset, scale, list(ended.values()),
+                                          findings)
         say(f"report: {report_path}" if report_path else str(note))
-    _write_state(out_path, preset, scale, sets, executor, ordered, runs, report_path)
-    result = PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
-                          time.perf_counter() - t0)
-    return result
+    _write_state(out_path, preset, scale, sets, executor, ordered, by_name, report_path)
+    return PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
+                        time.perf_counter() - t0)
+
+
+def _spec(run: ResolvedRun) -> RunSpec:
+    """A preset's run for :func:`run_many`: restart runs in stage 1, after their sources."""
+    return RunSpec(run.name, run.config, dict(run.overrides), stage=run.stage,
+                   ignore=("init_from",) if run.init_from else ())
 
 
 def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -> list[str]:
     """The preset's group reports and per-run reports; returns Markdown links to them."""
-    from sharpest.report import build_report
-
     by_name = {f.name: f for f in folders}
     links = []
     for gname, members in preset.report_groups.items():
@@ -449,12 +349,12 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
     return links
 
 
-def _report(out: Path, preset: Preset, scale: str, folders: list[Path], findings: str
-            ) -> tuple[Path | None, str | None]:
+def preset_report(out: Path, preset: Preset, scale: str, folders: list[Path], findings: str
+                  ) -> tuple[Path | None, str | None]:
+    """The preset's comparative report in ``out`` (with its group and per-run reports), the
+    expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
     if not folders:
         return None, "report skipped: no run ended"
-    from sharpest.report import build_report
-
     links = _extra_reports(out, preset, scale, folders)
     expected = expected_markdown(preset, scale, findings)
     if links:

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from sharpest.curvature.inputs import to_device
 from sharpest.runs.io import jsonable
 from sharpest.runs.sinks import Sink, close_all, make_sinks
 from sharpest.train.tracker import EigenTracker
@@ -79,8 +80,6 @@ class TrackingCore:
     def open(self, model: nn.Module, optimizer: Any, default_log_dir: str | os.PathLike[str],
              device: Any = None) -> None:  # fmt: skip
         """Attach the tracker and open the sinks (at train start)."""
-        from sharpest.curvature.inputs import to_device
-
         data = self.data
         if device is not None:
             if isinstance(data, tuple) and len(data) == 2:

@@ -5,7 +5,7 @@ nothing of training (the training callbacks live in :mod:`sharpest.train.probe_c
 
 - :func:`minibatch_gradients` — M mini-batch gradients g⁽ˢ⁾ at θ, shared by all probes of a
   point; :func:`typical_step` — Δθ̄ᵢ = η·E|⟨g⁽ˢ⁾, eᵢ⟩|.
-- :class:`ParameterShift` — the probe loss L(θ + δ) (a :class:`HessianOperator`'s ``loss()``:
+- :class:`ParameterShift` — the probe loss L(θ + δ) (an ``EmpiricalRisk``'s ``loss()``:
   fixed subset, evaluation semantics, L2 term), θ restored bit-exactly.
 - :func:`cross_section` — L(θ + k·Δθ̄ᵢ·eᵢ) on a grid of k; :func:`k_min`, :func:`kmin_average`.
 - :func:`alpha_probe` — E[L(θ − αη⟨g, u⟩u)] − L(θ) (or the full step −αηg).

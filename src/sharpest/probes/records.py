@@ -1,7 +1,8 @@
 """All probes of one probe point, as plain JSON records (what the training callback logs).
 
-:func:`run_probes` takes the probe loss (a :class:`HessianOperator`), M mini-batch gradients,
-the learning rate and the eigenpairs at θ(t), and returns a list of dicts:
+:func:`run_probes` takes the probe loss (an :class:`EmpiricalRisk`, e.g. a
+:class:`HessianOperator`), M mini-batch gradients, the learning rate and the eigenpairs at
+θ(t), and returns a list of dicts:
 
 ``kind="step"`` (one per probe point): the typical steps and gradient statistics, and the cost
     of the M gradients — shared by the other records of the same point.
@@ -35,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sharpest.curvature import HessianOperator
+from sharpest.curvature import EmpiricalRisk
 from sharpest.probes.alpha import DEFAULT_ALPHAS, alpha_probe
 from sharpest.probes.cross_section import CRITERIA, DEFAULT_KS, cross_section, k_min
 from sharpest.probes.gradients import GradientSample, typical_step
 from sharpest.probes.shift import ParameterShift, as_rows, random_unit_vector
+from sharpest.runs.io import jsonable
 
 __all__ = ["ProbeSettings", "jsonable", "kmin_field", "run_probes"]
 
@@ -83,26 +85,6 @@ def kmin_field(threshold: float) -> str:
     return f"kmin_{100 * threshold:g}pct".replace(".", "p")
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON: numpy/torch scalars and arrays to floats/ints/lists, non-finite to None."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    return value
-
-
 def _cost(seconds: float, evals: int, subset: int, backward: int = 0) -> dict[str, Any]:
     return {
         "seconds": seconds,
@@ -113,7 +95,7 @@ def _cost(seconds: float, evals: int, subset: int, backward: int = 0) -> dict[st
 
 
 def run_probes(
-    op: HessianOperator,
+    op: EmpiricalRisk,
     sample: GradientSample,
     lr: float,
     eigenvalues: Sequence[float] | np.ndarray,

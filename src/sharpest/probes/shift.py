@@ -1,6 +1,7 @@
 """Evaluate the probe loss at shifted parameters θ + δ and put θ back bit-exactly.
 
-The probe loss is the curvature engine's objective, :meth:`HessianOperator.loss`: the mean loss
+The probe loss is the curvature engine's objective, :meth:`EmpiricalRisk.loss` (the function
+whose Hessian :class:`HessianOperator` multiplies): the mean loss
 over a fixed subset (no augmentation), in evaluation semantics, with the (λ/2)·‖θ‖² term, over
 the operator's parameters. Probing with it keeps the cross-sections and the α-step probe on the
 very function whose Hessian gave the eigenvectors.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sharpest.curvature import HessianOperator, NonFiniteError, flatten, unflatten
+from sharpest.curvature import EmpiricalRisk, NonFiniteError, flatten, unflatten
 
 __all__ = ["ParameterShift", "random_unit_vector"]
 
@@ -36,7 +37,7 @@ class ParameterShift:
     ``n_evals`` counts loss evaluations (each one forward pass over all of ``op``'s examples).
     """
 
-    def __init__(self, op: HessianOperator) -> None:
+    def __init__(self, op: EmpiricalRisk) -> None:
         self.op = op
         self.params: list[Tensor] = list(op.params)
         self.base: list[Tensor] = [p.detach().clone() for p in self.params]

@@ -1,9 +1,11 @@
 """Figures and an HTML report from run folders only (never from training code).
 
 >>> from sharpest.report import build_report, summarize
->>> build_report(["runs/demo"])                      # doctest: +SKIP   → runs/demo/report.html
->>> build_report(["runs/lr0.1", "runs/lr0.01"])      # doctest: +SKIP   → runs/report/report.html
->>> summarize("runs/demo")["lambda1_final"]          # doctest: +SKIP
+>>> build_report(["runs/demo"])                  # doctest: +SKIP
+PosixPath('runs/demo/report.html')
+>>> build_report(["runs/lr0.1", "runs/lr0.01"])  # doctest: +SKIP
+PosixPath('runs/report/report.html')
+>>> summarize("runs/demo")["lambda1_final"]      # doctest: +SKIP
 
 :func:`build_report` writes ``report.html`` (self-contained) and ``figures/*.png|svg``;
 :func:`summarize` gives the plain numbers of one run; :func:`read_run` is the tolerant reader

@@ -172,7 +172,7 @@ def plot_eigenvalues(
     ``until``: only iterations ≤ ``until`` (a zoom on the beginning of training). Non-positive
     eigenvalues cannot be drawn on the log scale; how many were hidden goes to ``notes``.
     """
-    eig = run.eigen
+    eig = run.eigen_points
     if eig.empty:
         raise NoData('no "eigen" lines with eigenvalues')
     lam = run.eigenvalue_matrix()
@@ -304,7 +304,7 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
 
 def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
     """Principal angles (degrees) between consecutive tracked top-k eigenbases."""
-    eig = run.eigen
+    eig = run.eigen_points
     has_max = not eig.empty and "angle_max" in eig.columns and eig["angle_max"].notna().any()
     has_all = not eig.empty and "angles" in eig.columns and eig["angles"].map(
         lambda v: isinstance(v, list) and len(v) > 0
@@ -433,7 +433,7 @@ def plot_sweep(
 ) -> Figure:
     """λ₁ (solid) and λ₂ (dashed) of every run on one log axis (Fig. 3, Fig. 5 right), and the
     training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known."""
-    has_eig = [not r.eigen.empty for r in runs]
+    has_eig = [not r.eigen_points.empty for r in runs]
     has_loss = [not r.frame("train").empty and "loss" in r.frame("train").columns for r in runs]
     if not any(has_eig) and not any(has_loss):
         raise NoData('no run has "eigen" or "train" lines')
@@ -448,7 +448,7 @@ def plot_sweep(
             if not ok:
                 continue
             lam = run.eigenvalue_matrix()
-            xs = x_values(run, run.eigen, x)
+            xs = x_values(run, run.eigen_points, x)
             for i, style in ((0, "-"), (1, "--")):
                 if i >= lam.shape[1]:
                     continue
@@ -497,7 +497,7 @@ def plot_accuracy_norms(
     """Fig. 6: training and validation accuracy of each run, and ‖H‖₂ = λ₁ (solid) with
     ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch."""
     metric = _eval_metric(runs, ("train", "val"))
-    has_eig = [not r.eigen.empty for r in runs]
+    has_eig = [not r.eigen_points.empty for r in runs]
     if metric is None and not any(has_eig):
         raise NoData('no run has "eval" lines with accuracy or "eigen" lines')
     x = _common_x(runs)
@@ -515,9 +515,9 @@ def plot_accuracy_norms(
             for run, lab, c, ok in zip(runs, labels, colours, has_eig):
                 if not ok:
                     continue
-                xs = x_values(run, run.eigen, x)
+                xs = x_values(run, run.eigen_points, x)
                 l1 = run.eigenvalue_matrix()[:, 0]
-                fro = np.array([frobenius(v, fro_k) for v in run.eigen["eigenvalues"]])
+                fro = np.array([frobenius(v, fro_k) for v in run.eigen_points["eigenvalues"]])
                 m1 = np.isfinite(l1) & (l1 > 0)
                 m2 = np.isfinite(fro) & (fro > 0)
                 ax.plot(xs[m1], l1[m1], "-", color=c, lw=1.1, label=lab)

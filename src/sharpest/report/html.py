@@ -25,6 +25,7 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from sharpest.report import probe_figures
 from sharpest.report.figures import (
     NoData,
     plot_accuracy_norms,
@@ -44,6 +45,7 @@ from sharpest.report.reader import (
     read_run,
 )
 from sharpest.report.summary import summarize
+from sharpest.runs.io import atomic_write_text
 
 __all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_out"]
 
@@ -218,7 +220,7 @@ def _entry(
 
 def _early_until(run: RunData) -> float:
     """The end of the zoom: two epochs, or a tenth of the run when epochs are unknown."""
-    eig = run.eigen
+    eig = run.eigen_points
     ipe = run.iters_per_epoch
     its = eig["iteration"].astype(float) if "iteration" in eig.columns else None
     if its is None or its.empty:
@@ -239,10 +241,6 @@ def _probe_entries(
     title = "Probes: cross-sections, α effect, k_min (Fig. 4, 9–11)"
     if not any(r.get("event") == "probe" for r in run.records):
         return [Skipped(title, 'no "probe" lines')]
-    try:
-        from sharpest.report import probe_figures
-    except Exception as err:  # the probe figures module is optional
-        return [Skipped(title, f"probe figures unavailable ({type(err).__name__}: {err})")]
     try:
         paths = probe_figures.write_probe_figures(run.all_records(), fig_dir, prefix=prefix)
     except Exception as err:
@@ -358,7 +356,7 @@ def _run_notes(run: RunData) -> list[str]:
 
 
 def _final_eigenvalues(run: RunData) -> str | None:
-    if run.eigen.empty:
+    if run.eigen_points.empty:
         return None
     vals = run.eigenvalue_matrix()[-1]
     return ", ".join(f"{v:.4g}" for v in vals)
@@ -455,12 +453,6 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 {% endif %}
 </body></html>
 """
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_report(
@@ -611,7 +603,7 @@ def build_report(
     env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
     page = env.from_string(_TEMPLATE).render(**ctx)
     path = out_dir / "report.html"
-    _write_text_atomic(path, page)
+    atomic_write_text(path, page)
     return path
 
 

@@ -21,10 +21,12 @@ import numpy as np
 
 __all__ = [
     "MetricsWriter",
+    "RecordsError",
     "atomic_write",
     "atomic_write_text",
     "fsync_dir",
     "jsonable",
+    "parse_records",
     "read_records",
     "truncate_lines",
 ]
@@ -65,7 +67,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def jsonable(value: Any) -> Any:
@@ -149,16 +152,55 @@ def truncate_lines(path: str | os.PathLike[str], keep: int | None) -> int:
     return n
 
 
-def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file; a torn (unterminated) last line is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+class RecordsError(ValueError):
+    """A ``.jsonl`` log holds a damaged line that is not its last (the message names file and
+    line): a killed writer can only tear the last line, so anything else is corruption."""
+
+
+def parse_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON objects of a ``.jsonl`` file, and the 1-based numbers of the lines skipped.
+
+    Only the LAST line may be skipped: when it is unterminated (a writer killed mid-line, the
+    same rule :func:`truncate_lines` applies on resume) or does not parse as a JSON object.
+    A damaged line anywhere else raises :class:`RecordsError` naming the file and the line.
+    Blank lines are ignored.
+    """
+    records: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, start=1):
+        last = n == len(lines)
+        if last and not line.endswith("\n"):
+            skipped.append(n)
+            break
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            rec = json.loads(text)
+        except ValueError as err:
+            if last:
+                skipped.append(n)
                 break
-            line = line.strip()
-            if line:
-                yield json.loads(line)
+            raise RecordsError(f"{os.fspath(path)}, line {n}: not a JSON line ({err})") from None
+        if not isinstance(rec, dict):
+            if last:
+                skipped.append(n)
+                break
+            raise RecordsError(
+                f"{os.fspath(path)}, line {n}: a JSON {type(rec).__name__}, not an object"
+            )
+        records.append(rec)
+    return records, skipped
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file (rules of :func:`parse_records`)."""
+    yield from parse_records(path)[0]
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    return list(iter_records(path))
+    """The JSON objects of a ``.jsonl`` file; a torn last line is skipped (see
+    :func:`parse_records`)."""
+    return parse_records(path)[0]

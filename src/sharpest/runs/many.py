@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from sharpest.runs.reader import load
+from sharpest.runs.reader import flatten_config, load
 
 __all__ = ["CONFIG_KEYS", "find_runs", "load_many", "tidy_records"]
 
@@ -49,15 +49,6 @@ def find_runs(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     return sorted(p.parent for p in root.rglob("metrics.jsonl") if p.is_file())
-
-
-def _config_value(config: dict[str, Any], dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def tidy_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,9 +91,10 @@ def load_many(folder: str | os.PathLike[str]) -> pd.DataFrame:
         # The config's seed is the run's; a record's own "seed" field (if any) says the same.
         frame = frame.drop(columns=[c for c in ("run", "seed") if c in frame.columns])
         frame.insert(0, "run", path.relative_to(root).as_posix())
-        frame.insert(1, "seed", _config_value(run.config, "seed"))
+        config = flatten_config(run.config)
+        frame.insert(1, "seed", config.get("seed"))
         for key in CONFIG_KEYS:
-            frame[f"config.{key}"] = _config_value(run.config, key)
+            frame[f"config.{key}"] = config.get(key)
         frames.append(frame)
     df = pd.concat(frames, ignore_index=True, sort=False)
     if "rank" not in df.columns:

@@ -1,43 +1,116 @@
-"""Read a run folder back: ``sharpest.runs.load(DIR)`` gives one pandas DataFrame per event."""
+"""Read a run folder back: ``sharpest.runs.load(DIR)`` gives one pandas DataFrame per event.
+
+This is the one reader of run folders; the report reads through it. It is tolerant of a run
+killed mid-write: a torn LAST line of ``metrics.jsonl`` is skipped (its number kept in
+:attr:`Run.skipped_lines`), while a damaged line in the middle raises
+:class:`~sharpest.runs.io.RecordsError` naming the file and line. A folder that does not exist,
+or holds neither ``config.yaml`` nor ``metrics.jsonl``, raises :class:`RunReadError`.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
 
+from sharpest.paper_metrics import number
 from sharpest.runs.folder import RunFolder
-from sharpest.runs.io import read_records
+from sharpest.runs.io import parse_records
 
-__all__ = ["Run", "load"]
+__all__ = ["EXPECTED_FILES", "Run", "RunReadError", "flatten_config", "load"]
+
+#: Files of a run (or preset) folder holding the expected outcome, first found wins.
+EXPECTED_FILES = ("expected.md", "EXPECTED.md", "expected.txt")
+
+
+class RunReadError(FileNotFoundError, ValueError):
+    """A path is not a readable run folder (missing, not a folder, no run files, bad YAML).
+
+    A ``FileNotFoundError`` (what :func:`load` always raised for a missing folder) and a
+    ``ValueError`` (what the report's ``ReportError`` is)."""
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"gamma": 1}}`` → ``{"optimizer.gamma": 1}`` (lists stay values).
+
+    >>> flatten_config({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 3})
+    {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'epochs': 3}
+    """
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten_config(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_expected_file(folder: Path) -> str | None:
+    """The text of the first non-empty :data:`EXPECTED_FILES` file in ``folder``, else None."""
+    for name in EXPECTED_FILES:
+        p = folder / name
+        if p.is_file():
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if text.strip():
+                return text
+    return None
 
 
 class Run:
     """A run folder's config and records.
 
-    ``run["eigen"]`` (or ``run.eigen``) is the DataFrame of the ``"eigen"`` lines, one column per
-    field (lists such as ``eigenvalues`` stay lists); an event with no line gives an empty
-    DataFrame. ``run.records`` holds the raw dicts in file order.
+    ``run["eigen"]`` (or ``run.eigen``, or ``run.frame("eigen")``) is the DataFrame of the
+    ``"eigen"`` lines, one column per field (lists such as ``eigenvalues`` stay lists); an event
+    with no line gives an empty DataFrame. ``run.records`` holds the raw dicts in file order;
+    ``run.skipped_lines`` the 1-based numbers of lines skipped (at most the torn last one).
+    ``path`` may also name the folder's ``metrics.jsonl``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.folder = RunFolder(path)
+        p = Path(path)
+        if p.is_file() and p.name == "metrics.jsonl":
+            p = p.parent
+        if not p.exists():
+            raise RunReadError(f"run folder {str(p)!r} does not exist")
+        if not p.is_dir():
+            raise RunReadError(f"{str(p)!r} is not a folder (expected a run folder)")
+        self.folder = RunFolder(p)
         self.path = self.folder.path
-        if not self.folder.metrics_path.exists() and not self.folder.config_path.exists():
-            raise FileNotFoundError(f"{self.path} is not a run folder (no metrics.jsonl)")
-        self.config: dict[str, Any] = (
-            self.folder.read_config() if self.folder.config_path.exists() else {}
-        )
-        self.records: list[dict[str, Any]] = (
-            read_records(self.folder.metrics_path) if self.folder.metrics_path.exists() else []
-        )
+        config_path, metrics_path = self.folder.config_path, self.folder.metrics_path
+        if not config_path.is_file() and not metrics_path.is_file():
+            raise RunReadError(
+                f"{str(p)!r} is not a run folder: it holds neither config.yaml nor metrics.jsonl"
+            )
+        self.config: dict[str, Any] = {}
+        self.config_text = ""
+        if config_path.is_file():
+            self.config_text = config_path.read_text(encoding="utf-8", errors="replace")
+            try:
+                loaded = yaml.safe_load(self.config_text)
+            except yaml.YAMLError as err:
+                raise RunReadError(f"{str(config_path)!r} is not valid YAML: {err}") from None
+            if isinstance(loaded, dict):
+                self.config = loaded
+            elif loaded is not None:
+                raise RunReadError(f"{str(config_path)!r} does not hold a mapping")
+        self.has_metrics = metrics_path.is_file()
+        self.records: list[dict[str, Any]] = []
+        self.skipped_lines: list[int] = []
+        if self.has_metrics:
+            self.records, self.skipped_lines = parse_records(metrics_path)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={len(v)}" for k, v in self.frames.items())
         return f"Run({str(self.path)!r}, {counts})"
+
+    # -- events -------------------------------------------------------------------------------
 
     @cached_property
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -57,22 +130,82 @@ class Run:
     def __getitem__(self, event: str) -> pd.DataFrame:
         return self.frames.get(event, pd.DataFrame())
 
+    def frame(self, event: str) -> pd.DataFrame:
+        """A copy of ``run[event]`` (safe to modify); empty when the event has no line."""
+        return self[event].copy()
+
     def __getattr__(self, name: str) -> pd.DataFrame:
         if name.startswith("_") or name in ("frames",):
             raise AttributeError(name)
         return self[name]
 
+    def all_records(self) -> pd.DataFrame:
+        """Every line as one DataFrame, ``event`` column included."""
+        return pd.DataFrame.from_records(self.records) if self.records else pd.DataFrame()
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
     @property
     def finished(self) -> bool:
+        """Whether the last record is an ``"end"`` line (the run completed or stopped cleanly)."""
         return bool(self.records) and self.records[-1].get("event") == "end"
 
     @property
     def diverged(self) -> bool:
+        """Whether any ``"diverged"`` line was logged."""
         return any(r.get("event") == "diverged" for r in self.records)
+
+    @property
+    def num_params(self) -> int | None:
+        for r in self.records:
+            if r.get("event") == "start" and r.get("num_params") is not None:
+                return int(r["num_params"])
+        return None
 
     @property
     def checkpoints(self) -> list[Path]:
         return self.folder.list_checkpoints()
+
+    @property
+    def expected(self) -> str | None:
+        """The expected outcome: config key ``expected`` (or ``preset.expected``), else a file
+        ``expected.md`` in the run folder."""
+        for key in ("expected", "preset.expected"):
+            v = flatten_config(self.config).get(key)
+            if isinstance(v, str) and v.strip():
+                return v
+            if v is not None and not isinstance(v, str):
+                return yaml.safe_dump(v, sort_keys=False, allow_unicode=True)
+        return read_expected_file(self.path)
+
+    # -- eigenvalues --------------------------------------------------------------------------
+
+    @cached_property
+    def eigen_points(self) -> pd.DataFrame:
+        """The ``"eigen"`` lines that hold eigenvalues, sorted by iteration (stable)."""
+        df = self.frame("eigen")
+        if df.empty or "eigenvalues" not in df.columns:
+            return pd.DataFrame()
+        keep = df["eigenvalues"].map(lambda v: isinstance(v, list) and len(v) > 0)
+        df = df[keep]
+        if "iteration" in df.columns:
+            df = df.sort_values("iteration", kind="stable")
+        return df.reset_index(drop=True)
+
+    def eigenvalue_matrix(self) -> np.ndarray:
+        """``(points, k)`` float array of the eigenvalues (NaN where a point has fewer)."""
+        eig = self.eigen_points
+        if eig.empty:
+            return np.zeros((0, 0))
+        k = max(len(v) for v in eig["eigenvalues"])
+        out = np.full((len(eig), k), np.nan)
+        for i, vals in enumerate(eig["eigenvalues"]):
+            out[i, : len(vals)] = [number(v) for v in vals]
+        return out
 
     def eigenvalues(self) -> pd.DataFrame:
         """Eigenvalues in wide form: one row per tracking point, columns ``lambda_1 … lambda_k``,
@@ -83,6 +216,31 @@ class Run:
         values = pd.DataFrame(eig["eigenvalues"].tolist())
         values.columns = [f"lambda_{i + 1}" for i in range(values.shape[1])]
         return pd.concat([eig[["epoch", "iteration"]], values], axis=1)
+
+    # -- iterations and epochs ----------------------------------------------------------------
+
+    @cached_property
+    def iters_per_epoch(self) -> float | None:
+        """Optimizer steps per epoch, estimated from the records (None when not derivable).
+
+        For each epoch value, the largest iteration logged with it; the median positive step of
+        those maxima between consecutive epochs is the estimate.
+        """
+        last: dict[int, float] = {}
+        for r in self.records:
+            e, it = r.get("epoch"), r.get("iteration")
+            if isinstance(e, (int, float)) and isinstance(it, (int, float)) and e == int(e):
+                last[int(e)] = max(last.get(int(e), -math.inf), float(it))
+        epochs = sorted(last)
+        steps = [
+            (last[b] - last[a]) / (b - a)
+            for a, b in zip(epochs, epochs[1:])
+            if last[b] > last[a] and b > a
+        ]
+        if not steps:
+            return None
+        ipe = float(np.median(steps))
+        return ipe if ipe > 0 else None
 
 
 def load(path: str | os.PathLike[str]) -> Run:

@@ -223,17 +223,24 @@ def make_sinks(
     return sinks
 
 
-def open_config_sinks(config: Any, folder: str | os.PathLike[str]) -> list[Sink]:
-    """The sinks of a run's ``log`` config section, writing below the run folder."""
+def open_config_sinks(
+    config: Any,
+    folder: str | os.PathLike[str],
+    sinks: Iterable[str | Sink] | None = None,
+) -> list[Sink]:
+    """A run's sinks, writing below its run folder: ``sinks`` (names or :class:`Sink` objects;
+    default the config's ``log.sinks``), with the ``log`` section's W&B options. Called by the
+    trainer once the run folder is ready (``train.build`` only names the sinks)."""
     log = config.log
+    names = list(log.sinks if sinks is None else sinks)
     options: dict[str, Any] = {}
     if log.wandb_project:
         options["project"] = log.wandb_project
     if log.wandb_mode:
         options["mode"] = log.wandb_mode
-    if "wandb" in log.sinks:
+    if "wandb" in names:
         options["config"] = config.to_dict()
-    return make_sinks(log.sinks, folder, wandb=options)
+    return make_sinks(names, folder, wandb=options)
 
 
 def close_all(sinks: Sequence[Sink]) -> None:

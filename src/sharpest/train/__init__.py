@@ -5,9 +5,14 @@
 >>> result = Trainer(cfg, out="runs/x").fit()  # doctest: +SKIP
 >>> result["status"]                           # doctest: +SKIP
 'finished'
+
+Build, then loop: ``parts = build(config, device)`` gives the model, data, optimizer, schedule
+and callbacks; ``Trainer(config, out, parts=parts)`` (or ``model=``, ``data=``, ``optimizer=``,
+``loss_fn=`` of your own) trains them. Callbacks read the loop through :class:`TrainerView`.
 """
 
-from sharpest.train.callbacks import Callback, LambdaCallback
+from sharpest.train.build import RunParts, build
+from sharpest.train.callbacks import Callback, LambdaCallback, TrainerView
 from sharpest.train.loop import Diverged, Trainer, TrainResult, resolve_device, train
 from sharpest.train.metrics import (
     EpochMetrics,
@@ -26,10 +31,13 @@ __all__ = [
     "EigenTracker",
     "EpochMetrics",
     "LambdaCallback",
+    "RunParts",
     "RunSummary",
     "Schedule",
     "TrainResult",
     "Trainer",
+    "TrainerView",
+    "build",
     "distance_from_init",
     "evaluate",
     "gradient_norm",

@@ -17,16 +17,69 @@ A callback that holds state implements ``state_dict()`` / ``load_state_dict(d)``
 stores it in every checkpoint under the callback's ``name``, so a resumed run continues exactly
 where the checkpoint was taken. State must be tensors, numbers, strings, lists, dicts or None.
 Records go through ``trainer.log(event, **fields)``.
+
+What a callback may read of the trainer is :class:`TrainerView` (a ``Protocol``: the trainer
+satisfies it; a test or another loop can hand in any object that does).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from sharpest.train.loop import Trainer
+    from sharpest.config import Config
+    from sharpest.curvature import EigenResult
+    from sharpest.data import DataBundle
+    from sharpest.runs import RunFolder
 
-__all__ = ["Callback", "LambdaCallback"]
+__all__ = ["Callback", "LambdaCallback", "TrainerView"]
+
+
+class TrainerView(Protocol):
+    """What callbacks may read of the training loop (docs/architecture.md), and ``log``.
+
+    ``iteration`` counts optimizer steps done, ``epoch`` is the 0-based epoch being trained;
+    ``hessian_data`` the fixed ``(inputs, targets)`` subset the Hessian is measured on (never
+    augmented); ``eigen`` the tracker's latest result (None before the first point);
+    ``records`` the lines logged by this process; ``status`` ``"running"`` | ``"finished"`` |
+    ``"diverged"``; ``initial_params`` θ₀ as one flat float64 vector.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: DataBundle
+    config: Config
+    device: torch.device
+    epoch: int
+    iteration: int
+    iterations_per_epoch: int
+    total_iterations: int
+    hessian_data: tuple[Any, Tensor]
+    initial_params: Tensor
+    records: list[dict[str, Any]]
+    status: str
+    is_main: bool
+    folder: RunFolder | None
+    train_loss_recent: float | None
+
+    def loss_fn(self, outputs: Tensor, targets: Tensor) -> Tensor: ...
+
+    def log(self, event: str, **fields: Any) -> None: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def eigen(self) -> EigenResult | None: ...
+
+    @property
+    def end_of_epoch(self) -> bool: ...
+
+    @property
+    def last_epoch(self) -> bool: ...
 
 
 class Callback:
@@ -40,19 +93,19 @@ class Callback:
         if not cls.__dict__.get("name"):
             cls.name = cls.__name__
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         pass
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         pass
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         pass
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:

@@ -27,39 +27,47 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from sharpest.config import Config, ConfigError, make_config
+from sharpest.config import Config, ConfigError, load_config, make_config
+from sharpest.data import DataBundle
 from sharpest.distributed import ddp
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
-    RunFolderError,
     load_checkpoint,
+    read_records,
     save_checkpoint,
     truncate_lines,
 )
 from sharpest.runs.io import jsonable
-from sharpest.runs.sinks import close_all, open_config_sinks
+from sharpest.runs.resume import RESUMABLE_CHANGES, prepare_folder
+from sharpest.runs.rng import get_rng_state, seed_everything, set_rng_state
+from sharpest.runs.sinks import Sink, close_all, open_config_sinks
+from sharpest.train.build import RunParts, build
 from sharpest.train.callbacks import Callback
-from sharpest.train.metrics import EpochMetrics, evaluate, flat_params, in_batches
-from sharpest.train.schedules import Schedule
-from sharpest.train.summary import RunSummary
-from sharpest.train.tracker import EigenTracker, eigen_state
+from sharpest.train.metrics import evaluate, flat_params, in_batches
+from sharpest.train.tracker import eigen_state
 
-__all__ = ["Diverged", "Trainer", "TrainResult", "resolve_device"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "Diverged",
+    "Trainer",
+    "TrainResult",
+    "get_rng_state",
+    "resolve_device",
+    "seed_everything",
+    "set_rng_state",
+]
 
 CHECKPOINT_FORMAT = 1
-#: Config keys a resumed run may change (they do not alter what was already computed).
-RESUMABLE_CHANGES = ("epochs", "max_iterations", "device", "checkpoint", "log_every")
 
 
 class Diverged(Exception):
@@ -89,43 +97,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# -- RNG states as checkpoint-safe plain data ----------------------------------------------------
-
-
-def get_rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the global state torch code may use
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "python": [int(version), list(internal), gauss],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    n = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Trains ``config`` (a :class:`~sharpest.config.Config`, a dict or a YAML path) and writes
     the run folder ``out`` (None: records are kept in ``trainer.records`` only).
@@ -137,6 +108,16 @@ class Trainer:
         callbacks: extra :class:`Callback` objects, called after the built-in ones (eigen
             tracker, epoch metrics, probes).
         quiet: no progress bar.
+        parts: the objects to train with (:func:`sharpest.train.build.build`); by default
+            built from ``config``.
+        model, data, optimizer, loss_fn: your own objects instead of the config's (the
+            config still gives batch size, schedule, tracking, evaluation and the rest).
+        sinks: extra mirrors of the records (:mod:`sharpest.runs.sinks`: names or
+            :class:`~sharpest.runs.sinks.Sink` objects), after the config's ``log.sinks``;
+            opened below ``out`` with the run folder and closed at the end of :meth:`fit`.
+
+    Build, then loop: ``__init__`` only builds (or takes) the objects and checks the run
+    folder (:func:`sharpest.runs.resume.prepare_folder`); :meth:`fit` is the loop.
 
     Attributes other code relies on (docs/architecture.md): ``model``, ``optimizer``, ``data``,
     ``config``, ``epoch``, ``iteration``, ``device``, ``lr``, ``loss_fn``, ``hessian_data``,
@@ -153,10 +134,14 @@ class Trainer:
         resume: bool = False,
         callbacks: Sequence[Callback] = (),
         quiet: bool = True,
+        parts: RunParts | None = None,
+        model: nn.Module | None = None,
+        data: DataBundle | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        sinks: Sequence[str | Sink] = (),
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
-            from sharpest.config import load_config
-
             config = load_config(config)
         self.config = cfg = make_config(config)
         self.quiet = quiet
@@ -166,118 +151,31 @@ class Trainer:
         self.is_main = ddp.is_main()  # rank 0 alone writes the run folder
         self.folder = RunFolder(out) if out is not None else None
         self.resume = resume
-        self._checkpoint_path = ddp.on_main(self._prepare_folder)
+        self._checkpoint_path = ddp.on_main(lambda: prepare_folder(self.folder, cfg, resume))
 
-        # -- determinism, device ---------------------------------------------------------------
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
-        seed_everything(cfg.seed)
-
-        # -- data --------------------------------------------------------------------------------
-        from sharpest.data import load_data
-
-        try:
-            self.data = load_data(
-                cfg.data,
-                root=cfg.data_root,
-                train_subset=cfg.train_subset,
-                val_size=cfg.val_size,
-                seed=cfg.seed,
-                download=cfg.download,
-                **cfg.data_options,
-            )
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            raise ConfigError(f"data: cannot load {cfg.data!r}: {err}") from None
+        # -- build (or take) the objects, then hand them over -----------------------------------
+        if parts is None:
+            parts = build(cfg, self.device, world_size=self.world_size, data=data, model=model,
+                          optimizer=optimizer)
+        self.data = parts.data
         self.language_model = self.data.task == "language_model"
-        self.loss_fn = self.data.loss_fn
-        self.iterations_per_epoch = self.data.num_batches(cfg.batch_size)
-        if self.iterations_per_epoch < 1:
-            raise ConfigError(
-                f"batch_size: {cfg.batch_size} leaves no complete batch of the "
-                f"{self.data.num_train} training examples"
-            )
-        if cfg.batch_size < self.world_size:
-            raise ConfigError(
-                f"batch_size: {cfg.batch_size} is the global batch, split across "
-                f"{self.world_size} processes: it must be at least that many"
-            )
-        total = cfg.epochs * self.iterations_per_epoch
-        self.total_iterations = (
-            total if cfg.max_iterations is None else min(total, cfg.max_iterations)
-        )
-        track_seed = cfg.seed if cfg.track.seed is None else cfg.track.seed
-        try:
-            subset = self.data.hessian_subset(cfg.track.subset, seed=track_seed)
-        except ValueError as err:
-            raise ConfigError(f"track.subset: {err}") from None
-        self.hessian_data = tuple(t.to(self.device) for t in subset)
-        n_eval = cfg.eval.train_size
-        n_eval = round(n_eval * self.data.num_train) if n_eval <= 1 else int(n_eval)
-        self.eval_train = (
-            self.data.train
-            if n_eval >= self.data.num_train
-            else self.data.hessian_subset(n_eval, seed=track_seed + 1)
-        )
-
-        # -- model ------------------------------------------------------------------------------
-        from sharpest.models import build_model
-
-        try:
-            self.model = build_model(
-                cfg.model, num_classes=self.data.num_classes, **cfg.model_options
-            )
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"model_options: {err}") from None
-        self.model.to(self.device)
-        self.init_eigen: dict[str, Any] | None = None
-        if cfg.init_from:
-            self._init_from(cfg.init_from)
+        self.loss_fn = loss_fn if loss_fn is not None else parts.loss_fn
+        self.iterations_per_epoch = parts.iterations_per_epoch
+        self.total_iterations = parts.total_iterations
+        self.hessian_data = parts.hessian_data
+        self.eval_train = parts.eval_train
+        self.model = parts.model
+        self.init_eigen = parts.init_eigen
         self.num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.initial_params = flat_params(self.model).clone()
         # Data parallel: training forwards go through DDP; self.model stays the bare module.
         self.parallel = ddp.wrap(self.model, self.device)
-
-        # -- optimizer and schedule -------------------------------------------------------------
-        from sharpest.optim import build_optimizer
-
-        opt = cfg.optimizer
-        extra = {} if opt.name == "sgd" else {"nudge": opt.nudge}
-        if opt.nesterov:
-            extra["nesterov"] = True
-        try:
-            self.optimizer = build_optimizer(
-                opt.name,
-                self.model.parameters(),
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                gamma=opt.gamma,
-                k=opt.k,
-                **extra,
-            )
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"optimizer: {err}") from None
-        self.schedule = Schedule(
-            cfg.schedule, self.optimizer, cfg.lr, self.iterations_per_epoch, self.total_iterations
-        )
-
-        # -- callbacks: tracker first (probes read trainer.eigen), then metrics, probes, user ---
-        self.tracker = EigenTracker.from_config(cfg) if cfg.track.enabled else None
-        if self.tracker is not None and self.init_eigen is not None:
-            self.tracker.load_initial(self.init_eigen)
-        self.callbacks: list[Callback] = []
-        if self.tracker is not None:
-            self.callbacks.append(self.tracker)
-        if cfg.metrics.enabled:
-            self.callbacks.append(
-                EpochMetrics(
-                    cfg.metrics.grad_norm, cfg.metrics.spectral_norm, cfg.track.chunk_size or 512
-                )
-            )
-        self.callbacks += self._probe_callbacks()
-        if cfg.summary.enabled:  # the Table 1 line, after the tracker's last point
-            self.callbacks.append(RunSummary.from_config(cfg))
-        self.callbacks += list(callbacks)
+        self.optimizer = parts.optimizer
+        self.schedule = parts.schedule
+        self.tracker = parts.tracker
+        self.callbacks: list[Callback] = list(parts.callbacks) + list(callbacks)
+        # Each sink once (a name given in the config and again here opens one sink).
+        self.sink_specs: list[str | Sink] = list(dict.fromkeys([*parts.sinks, *sinks]))
         names = [cb.name for cb in self.callbacks]
         if len(set(names)) != len(names):
             raise ValueError(f"callback names must be unique (checkpoint keys), got {names}")
@@ -297,7 +195,7 @@ class Trainer:
         self._elapsed = 0.0
         self._t0 = time.perf_counter()
         self._writer: MetricsWriter | None = None
-        self._sinks: list[Any] = []  # log.sinks, opened with the run folder
+        self._sinks: list[Sink] = []  # sink_specs, opened with the run folder
         self._progress: Any = None
         self._rng_start = get_rng_state()
         self._rng_resume: dict[str, Any] | None = None
@@ -625,41 +523,6 @@ class Trainer:
 
     # =========================================================================== set-up ===
 
-    def _prepare_folder(self) -> Path | None:
-        """Check the run folder; returns the checkpoint to resume from (None: fresh start)."""
-        if self.folder is None:
-            if self.resume:
-                raise RunFolderError("resume needs a run folder (out)")
-            return None
-        folder = self.folder
-        if not self.resume:
-            if folder.is_run():
-                raise RunFolderError(
-                    f"{folder.path} already holds a run; pass --resume to continue it, or choose "
-                    "another --out"
-                )
-            if folder.path.exists() and any(folder.path.iterdir()):
-                raise RunFolderError(f"{folder.path} exists and is not empty; choose another --out")
-            return None
-        if not folder.config_path.exists():
-            raise RunFolderError(f"cannot resume: {folder.path} holds no run (no config.yaml)")
-        self._check_resume_config(folder.read_config())
-        folder.clean_temp_files()
-        return folder.latest_checkpoint()
-
-    def _check_resume_config(self, saved: dict[str, Any]) -> None:
-        now = self.config.to_dict()
-        try:
-            saved_cfg = make_config(saved).to_dict()
-        except ConfigError as err:
-            raise RunFolderError(f"the run's config.yaml is no longer valid: {err}") from None
-        differ = [k for k in now if now[k] != saved_cfg.get(k) and k not in RESUMABLE_CHANGES]
-        if differ:
-            raise RunFolderError(
-                f"cannot resume {self.folder.path}: the config differs from the run's in "  # type: ignore[union-attr]
-                f"{', '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change)"
-            )
-
     def _open_log(self, fresh: bool, lines: int | None) -> None:
         if self.folder is None or not self.is_main:
             return
@@ -674,27 +537,7 @@ class Trainer:
         else:
             lines = truncate_lines(folder.metrics_path, lines)
         self._writer = MetricsWriter(folder.metrics_path, lines=lines)
-        self._sinks = open_config_sinks(self.config, folder.path)
-
-    def _init_from(self, source: str) -> None:
-        try:
-            state = load_checkpoint(source, map_location=self.device)
-            self.model.load_state_dict(state["model"])
-        except (OSError, RuntimeError, KeyError, ValueError) as err:
-            raise ConfigError(f"init_from: cannot start from {source!r}: {err}") from None
-        self.init_eigen = state.get("eigen")
-
-    def _probe_callbacks(self) -> list[Callback]:
-        if not self.config.probes:
-            return []
-        try:
-            from sharpest.train.probe_callback import build_probe_callbacks
-        except ImportError as err:
-            raise ConfigError(f"probes: probe callbacks are not available ({err})") from None
-        try:
-            return list(build_probe_callbacks(self.config.probes, self.config))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"probes: {err}") from None
+        self._sinks = open_config_sinks(self.config, folder.path, self.sink_specs)
 
     def _start_fields(self) -> dict[str, Any]:
         d = self.data
@@ -720,8 +563,6 @@ class Trainer:
     def _make_progress(self) -> Any:
         if self.quiet or not self.is_main:
             return None
-        from tqdm.auto import tqdm
-
         return tqdm(
             total=self.total_iterations,
             initial=self.iteration,
@@ -758,8 +599,6 @@ class Trainer:
 
     def _result(self, already: bool = False) -> TrainResult:
         if already:
-            from sharpest.runs import read_records
-
             records = read_records(self.folder.metrics_path)  # type: ignore[union-attr]
             end = records[-1]
             self._close()

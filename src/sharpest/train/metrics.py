@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from sharpest.curvature import HessianOperator, evaluation_mode
+from sharpest.curvature import EmpiricalRisk, evaluation_mode
 from sharpest.train.callbacks import Callback
 
 if TYPE_CHECKING:
-    from sharpest.train.loop import Trainer
+    from sharpest.train.callbacks import TrainerView
 
 __all__ = [
     "EpochMetrics",
@@ -66,10 +66,8 @@ def gradient_norm(
     model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0, chunk_size: int = 512
 ) -> float:
     """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²``, in evaluation mode."""
-    op = HessianOperator(
-        model, loss_fn, data, weight_decay, chunk_size=chunk_size, cache_graphs=False
-    )
-    return float(op.gradient().norm())
+    risk = EmpiricalRisk(model, loss_fn, data, weight_decay, chunk_size=chunk_size)
+    return float(risk.gradient().norm())
 
 
 def in_batches(data: tuple[Tensor, Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -123,10 +121,10 @@ class EpochMetrics(Callback):
         self._batch_norm_sum: Tensor | float = 0.0
         self._batch_steps = 0
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self._batch_norm_sum, self._batch_steps = 0.0, 0
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
         if grads:
             # Stays on the device: no synchronisation until the epoch ends.
@@ -134,7 +132,7 @@ class EpochMetrics(Callback):
             self._batch_norm_sum = self._batch_norm_sum + norm.detach().double()
             self._batch_steps += 1
 
-    def compute(self, trainer: Trainer) -> dict[str, Any]:
+    def compute(self, trainer: TrainerView) -> dict[str, Any]:
         model = trainer.model
         fields: dict[str, Any] = {
             "distance_from_init": distance_from_init(model, trainer.initial_params),
@@ -157,7 +155,7 @@ class EpochMetrics(Callback):
             fields["batch_grad_norm"] = float(self._batch_norm_sum) / self._batch_steps
         return fields
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         trainer.log("metrics", **self.compute(trainer))
 
     def state_dict(self) -> dict[str, Any]:

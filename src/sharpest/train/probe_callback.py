@@ -42,11 +42,11 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from sharpest.curvature import HessianOperator
+from sharpest.curvature import EmpiricalRisk
 from sharpest.probes import (
     DEFAULT_ALPHAS,
     DEFAULT_KS,
@@ -55,8 +55,18 @@ from sharpest.probes import (
     minibatch_gradients,
     run_probes,
 )
+from sharpest.train.callbacks import Callback, TrainerView
 
-__all__ = ["AlphaProbe", "CrossSectionProbe", "DirectionProbe", "build_probe_callbacks"]
+if TYPE_CHECKING:
+    from sharpest.config import Config
+
+__all__ = [
+    "AlphaProbe",
+    "CrossSectionProbe",
+    "DirectionProbe",
+    "ProbesSection",
+    "build_probe_callbacks",
+]
 
 # Mixed into the run's seed so the probe's batch stream differs from the training stream.
 _SEED_OFFSET = 0x9B0BE
@@ -85,7 +95,7 @@ def _first(pair: Any, n: int | None) -> Any:
     return x[:n], y[:n]
 
 
-class DirectionProbe:
+class DirectionProbe(Callback):
     """Cross-sections and α-step probes along the tracked eigenvectors during training.
 
     A callback of the :mod:`sharpest.train` contract (hooks, ``name``, ``state_dict``).
@@ -194,7 +204,7 @@ class DirectionProbe:
         self.last_iteration: int | None = None
         self._eigen_ref: Any = None
         self._eigen_seen: int | None = None
-        self._op: HessianOperator | None = None
+        self._op: EmpiricalRisk | None = None
         self._op_key: tuple | None = None
         self._warned = False
 
@@ -203,15 +213,15 @@ class DirectionProbe:
 
     # -- callback hooks -----------------------------------------------------------------------
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self._observe(trainer)
 
-    def on_epoch_start(self, trainer: Any) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         if self.epoch_start or self._due(trainer.iteration):
             self._maybe_probe(trainer)
 
-    def on_step_end(self, trainer: Any) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         # The last step of an epoch that another epoch follows: its iteration is the next
         # epoch's start, where the tracker computes (the trainer's convention); probe there.
@@ -220,10 +230,10 @@ class DirectionProbe:
         if self._due(trainer.iteration):
             self._maybe_probe(trainer)
 
-    def on_epoch_end(self, trainer: Any) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
 
-    def on_train_end(self, trainer: Any) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         self._observe(trainer)
         if self.at_end and getattr(trainer, "status", "finished") == "finished":
             self._maybe_probe(trainer, warn=False)
@@ -243,7 +253,7 @@ class DirectionProbe:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _observe(self, trainer: Any) -> None:
+    def _observe(self, trainer: TrainerView) -> None:
         eigen = getattr(trainer, "eigen", None)
         if eigen is not None and eigen is not self._eigen_ref:
             self._eigen_ref = eigen
@@ -252,7 +262,7 @@ class DirectionProbe:
     def _due(self, iteration: int) -> bool:
         return bool(self.every) and int(iteration) % self.every == 0
 
-    def _eigen_age(self, trainer: Any) -> int | None:
+    def _eigen_age(self, trainer: TrainerView) -> int | None:
         """Iterations since ``trainer.eigen`` was computed: exact from the trainer's tracker
         (``trainer.tracker.last_iteration``) or ``trainer.eigen_iteration``; otherwise from
         when this callback first saw the object (exact when it runs after the tracker)."""
@@ -268,31 +278,30 @@ class DirectionProbe:
             return None
         return int(trainer.iteration) - self._eigen_seen
 
-    def _seed(self, trainer: Any) -> int:
+    def _seed(self, trainer: TrainerView) -> int:
         if self.seed is not None:
             return int(self.seed)
         return int(_config_get(trainer.config, "seed", 0) or 0) + _SEED_OFFSET
 
-    def _probe_op(self, trainer: Any) -> HessianOperator:
+    def _probe_op(self, trainer: TrainerView) -> EmpiricalRisk:
         data = getattr(trainer, "hessian_data", None)
         if data is None:
             raise ValueError("probes need trainer.hessian_data (the fixed probe/Hessian subset)")
         wd = float(_config_get(trainer.config, "weight_decay", 0.0) or 0.0)
         key = (id(trainer.model), id(data), wd)
         if self._op is None or self._op_key != key:
-            self._op = HessianOperator(
+            self._op = EmpiricalRisk(
                 trainer.model,
                 trainer.loss_fn,
                 _first(data, self.subset),
                 weight_decay=wd,
                 chunk_size=self.chunk_size,
-                cache_graphs=False,
                 device=getattr(trainer, "device", None),
             )
             self._op_key = key
         return self._op
 
-    def _batches(self, trainer: Any, size: int, seed: int) -> Iterator[Any]:
+    def _batches(self, trainer: TrainerView, size: int, seed: int) -> Iterator[Any]:
         """The probe's own mini-batches: epoch = iteration of the run, the probe's seed; more
         passes with derived seeds if one epoch has fewer than M batches."""
         for r in itertools.count():
@@ -307,7 +316,7 @@ class DirectionProbe:
                 raise ValueError(f"batch size {size} leaves no batch for the probes")
             yield from batches
 
-    def _maybe_probe(self, trainer: Any, warn: bool = True) -> None:
+    def _maybe_probe(self, trainer: TrainerView, warn: bool = True) -> None:
         iteration = int(trainer.iteration)
         if self.last_iteration == iteration:
             return
@@ -340,7 +349,7 @@ class DirectionProbe:
         self._probe(trainer, eigen, age, do_alpha)
         self.points += 1
 
-    def _probe(self, trainer: Any, eigen: Any, age: int | None, do_alpha: bool) -> None:
+    def _probe(self, trainer: TrainerView, eigen: Any, age: int | None, do_alpha: bool) -> None:
         start = time.perf_counter()
         op = self._probe_op(trainer)
         size = int(self.batch_size or _config_get(trainer.config, "batch_size", 128))
@@ -390,6 +399,8 @@ class CrossSectionProbe(DirectionProbe):
         options.setdefault("alpha", False)
         super().__init__(every, epoch_start, **options)
 
+    name = "probes"  # the same checkpoint key as DirectionProbe
+
 
 class AlphaProbe(DirectionProbe):
     """Only the α-step probe (and the ``"step"`` line); see :class:`DirectionProbe`."""
@@ -398,35 +409,44 @@ class AlphaProbe(DirectionProbe):
         options.setdefault("cross_section", False)
         super().__init__(every, epoch_start, **options)
 
+    name = "probes"  # the same checkpoint key as DirectionProbe
 
-_OPTION_NAMES = (
-    "every",
-    "epoch_start",
-    "at_end",
-    "cross_section",
-    "alpha",
-    "alpha_every",
-    "directions",
-    "ks",
-    "alphas",
-    "alpha_directions",
-    "random_baseline",
-    "full_step_baseline",
-    "kmin_thresholds",
-    "kmin_criterion",
-    "num_gradients",
-    "batch_size",
-    "gradient_mode",
-    "augment",
-    "subset",
-    "chunk_size",
-    "seed",
-    "max_eigen_age",
-)
+
+class ProbesSection(TypedDict, total=False):
+    """The ``probes`` section of a run config: :class:`DirectionProbe`'s options, plus
+    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`."""
+
+    enabled: bool
+    every: int | None
+    epoch_start: bool | None
+    at_end: bool
+    cross_section: bool
+    alpha: bool
+    alpha_every: int
+    directions: list[int]
+    ks: list[float]
+    alphas: list[float]
+    alpha_directions: list[int] | None
+    random_baseline: bool
+    full_step_baseline: bool
+    kmin_thresholds: list[float]
+    kmin_criterion: str
+    num_gradients: int
+    batch_size: int | None
+    gradient_mode: str
+    augment: bool
+    subset: int | None
+    chunk_size: int | None
+    seed: int | None
+    max_eigen_age: int | None
+
+
+#: The options a ``probes`` section may set (``enabled`` aside), in the order errors list them.
+_OPTION_NAMES = tuple(k for k in ProbesSection.__annotations__ if k != "enabled")
 
 
 def build_probe_callbacks(
-    section: dict[str, Any] | None, config: Any = None
+    section: ProbesSection | dict[str, Any] | None, config: Config | None = None
 ) -> list[DirectionProbe]:
     """The probe callbacks of a run config's ``probes`` section (empty: none).
 

@@ -59,9 +59,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -72,38 +72,21 @@ from sharpest.train.event_log import as_event_log
 
 if TYPE_CHECKING:
     from sharpest.config import Config
-    from sharpest.train.loop import Trainer
+    from sharpest.train.callbacks import TrainerView
 
 __all__ = ["EigenTracker", "eigen_from_state", "eigen_state"]
 
 
 def eigen_state(result: EigenResult, iteration: int | None = None) -> dict[str, Any]:
-    """An :class:`EigenResult` as checkpoint-safe plain data (vectors on the CPU)."""
-    return {
-        "values": torch.as_tensor(np.asarray(result.values, dtype=np.float64)),
-        "vectors": result.vectors.detach().cpu(),
-        "residuals": torch.as_tensor(np.asarray(result.residuals, dtype=np.float64)),
-        "n_matvecs": int(result.n_matvecs),
-        "converged": bool(result.converged),
-        "which": str(result.which),
-        "seconds": float(result.seconds),
-        "iteration": iteration,
-    }
+    """An :class:`EigenResult` as checkpoint-safe plain data (:meth:`EigenResult.to_state`)."""
+    return result.to_state(iteration)
 
 
 def eigen_from_state(
     state: dict[str, Any], device: torch.device | str | None = None
 ) -> EigenResult:
-    """Inverse of :func:`eigen_state`."""
-    return EigenResult(
-        values=state["values"].numpy().astype(np.float64),
-        vectors=state["vectors"].to(device) if device is not None else state["vectors"],
-        residuals=state["residuals"].numpy().astype(np.float64),
-        n_matvecs=int(state["n_matvecs"]),
-        converged=bool(state["converged"]),
-        which=str(state.get("which", "LM")),
-        seconds=float(state.get("seconds", 0.0)),
-    )
+    """Inverse of :func:`eigen_state` (:meth:`EigenResult.from_state`)."""
+    return EigenResult.from_state(state, device)
 
 
 class EigenTracker(Callback):
@@ -342,7 +325,7 @@ class EigenTracker(Callback):
 
     # -- callback hooks ------------------------------------------------------------------------
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self.attach(
             trainer.model,
             trainer.loss_fn,
@@ -353,19 +336,19 @@ class EigenTracker(Callback):
         )
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
         if self.result is not None:
-            self.result.vectors = self.result.vectors.to(trainer.device)
+            self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         self.start_epoch(trainer.iteration, trainer.epoch)
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         # The last step of an epoch that another epoch follows: its iteration is that epoch's
         # start, handled (with the same schedule) by on_epoch_start, so the line says so.
         if trainer.end_of_epoch and not trainer.last_epoch:
             return
         self.step(trainer.iteration, trainer.epoch)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if trainer.status == "finished":
             self.finish(trainer.iteration, trainer.epoch)
 

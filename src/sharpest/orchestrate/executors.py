@@ -1,7 +1,8 @@
-"""Sweep executors: run independent training runs in parallel, each in its own folder.
+"""Executors: run independent training runs, each in its own folder.
 
-Two executors, one contract: :func:`run_local` (a ``concurrent.futures`` process pool with the
-``spawn`` context) and :func:`run_ray` (one ``ray.remote`` task per run). Both take a list of
+Three executors, one contract: :func:`run_inline` (one after the other in this process),
+:func:`run_local` (a ``concurrent.futures`` process pool with the ``spawn`` context) and
+:func:`run_ray` (one ``ray.remote`` task per run). Both take a list of
 :class:`Task` and yield ``(task, outcome)`` pairs as runs end, where ``outcome`` is the dict
 :func:`run_task` returns: ``status`` (``"finished"`` | ``"diverged"`` | ``"failed"`` |
 ``"skipped"``), ``message``, ``seconds`` and ``result`` (the train function's return value, as
@@ -11,17 +12,21 @@ others.
 Each task calls the train function with resume semantics: ``resume=True`` when the folder
 already holds a run (config.yaml), so an interrupted run continues from its last checkpoint.
 
-Nothing here imports torch at module level: a spawned worker (or Ray worker) sets
-``CUDA_VISIBLE_DEVICES`` and the thread count before torch starts working.
+Nothing here imports torch (nor the training code, which does) at module level: a spawned
+worker (or Ray worker) sets ``CUDA_VISIBLE_DEVICES`` and the thread count before torch starts
+working. Those imports, and Ray's (optional), are the deferred ones.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,8 @@ __all__ = [
     "ExecutorError",
     "Task",
     "available_cpus",
+    "diverged_reason",
+    "run_inline",
     "run_local",
     "run_ray",
     "run_task",
@@ -57,6 +64,7 @@ class Task:
     total: int = 0
     threads: int | None = None  # torch threads in the worker (None: leave torch's default)
     progress: bool = True
+    tag: str = "sweep"  # the progress lines' prefix
     extra: dict[str, Any] = field(default_factory=dict)  # passed to the train function
 
     @property
@@ -89,8 +97,8 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def _say(line: str) -> None:
-    print(f"[sweep] {line}", file=sys.stderr, flush=True)
+def _say(line: str, tag: str = "sweep") -> None:
+    print(f"[{tag}] {line}", file=sys.stderr, flush=True)
 
 
 def _plain(result: Any) -> dict[str, Any]:
@@ -102,8 +110,11 @@ def _plain(result: Any) -> dict[str, Any]:
     return {"value": repr(result)}
 
 
-def run_task(task: Task, train_fn: TrainFn | None = None) -> dict[str, Any]:
-    """Train one run (in a worker); never raises: failures come back as ``status: failed``."""
+def run_task(
+    task: Task, train_fn: TrainFn | None = None, reraise: tuple[type[BaseException], ...] = ()
+) -> dict[str, Any]:
+    """Train one run (in a worker); failures come back as ``status: failed``, except the
+    exception types of ``reraise`` (the inline executor's bad config or folder)."""
     t0 = time.perf_counter()
     _announce(task)
     try:
@@ -116,7 +127,7 @@ def run_task(task: Task, train_fn: TrainFn | None = None) -> dict[str, Any]:
         folder = Path(task.folder)
         resume = (folder / "config.yaml").exists()
         if task.progress:
-            _say(f"start  {task.label}" + (" (resuming)" if resume else ""))
+            _say(f"start  {task.label}" + (" (resuming)" if resume else ""), task.tag)
         result = _plain(train_fn(task.config, out=folder, resume=resume, **task.extra))
         status = str(result.get("status", "finished"))
         if result.get("already_finished"):
@@ -124,13 +135,13 @@ def run_task(task: Task, train_fn: TrainFn | None = None) -> dict[str, Any]:
                     "seconds": time.perf_counter() - t0, "result": result}
         message = None
         if status == "diverged":
-            message = _diverged_reason(folder)
+            message = diverged_reason(folder)
         elif status != "finished":
             status, message = "failed", f"training ended with status {status!r}"
         return {"status": status, "message": message, "seconds": time.perf_counter() - t0,
                 "result": result}
     except BaseException as err:  # noqa: BLE001 - one run's failure must not stop the sweep
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, (KeyboardInterrupt, *reraise)):
             raise
         return {
             "status": "failed",
@@ -141,10 +152,10 @@ def run_task(task: Task, train_fn: TrainFn | None = None) -> dict[str, Any]:
         }
 
 
-def _diverged_reason(folder: Path) -> str | None:
+def diverged_reason(folder: Path) -> str | None:
     """The ``reason`` of the run's ``"diverged"`` line, if any."""
     try:
-        from sharpest.runs import read_records
+        from sharpest.runs import read_records  # deferred: this module stays torch-free
 
         for rec in reversed(read_records(folder / "metrics.jsonl")):
             if rec.get("event") == "diverged":
@@ -152,6 +163,18 @@ def _diverged_reason(folder: Path) -> str | None:
     except Exception:  # noqa: BLE001 - a reason is a nicety
         pass
     return None
+
+
+# -- inline: one after the other, in this process -------------------------------------------
+
+
+def run_inline(
+    tasks: list[Task], train_fn: TrainFn | None = None,
+    reraise: tuple[type[BaseException], ...] = (),
+) -> Iterator[tuple[Task, dict[str, Any]]]:
+    """Run ``tasks`` one after the other in this process (no threads set, no pool)."""
+    for task in tasks:
+        yield task, run_task(task, train_fn, reraise)
 
 
 # -- local: a process pool ----------------------------------------------------------------------
@@ -200,10 +223,6 @@ def run_local(
     ``concurrent.futures`` breaks the whole pool: the runs that had started are reported failed
     (rerunning the sweep resumes them) and the ones that had not go on in a fresh pool.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     ctx = mp.get_context("spawn")
     remaining = list(tasks)
     while remaining:

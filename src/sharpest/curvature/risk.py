@@ -1,0 +1,338 @@
+"""The empirical risk of a model over a fixed data set: its loss and gradient.
+
+    L(θ) = (1/N) Σₙ ℓ(f(xₙ; θ), yₙ) + (λ/2)·‖θ‖²
+
+over all N examples (a true mean over examples, whatever the batch sizes), with the model in
+evaluation semantics (dropout off, BatchNorm on running statistics; or ``semantics="train"``),
+with respect to the selected trainable parameters flattened in `model.parameters()` order;
+computed in chunks of bounded size and all-reduced over `torch.distributed` ranks when it is
+initialised.
+
+Inputs and models are taken as people have them (:mod:`sharpest.curvature.inputs`): any
+nesting of tuples, lists and Mappings of tensors with a leading batch dimension (a Mapping is
+passed as ``model(**inputs)``), ``torch.compile``d models (unwrapped), and a summing
+``loss_fn`` is refused unless declared with ``reduction="sum"``. All of it lives here, where the
+loss is evaluated, so the Hessian products, probes and metrics evaluate the same function.
+
+:class:`EmpiricalRisk` is what probes and metrics evaluate (the loss along a direction, the
+full-batch gradient); :class:`~sharpest.curvature.operator.HessianOperator` adds the Hessian
+products of the same function on top of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sharpest.curvature.inputs import (
+    REDUCTIONS,
+    SEMANTICS,
+    call_model,
+    check_mean_reduction,
+    semantics_mode,
+    unwrap_compiled,
+)
+from sharpest.curvature.inputs import batch_size as _batch_size
+from sharpest.curvature.inputs import slice_batch as _slice
+from sharpest.curvature.inputs import to_device as _to
+
+__all__ = ["Batch", "EmpiricalRisk", "LossFn", "NonFiniteError", "evaluation_mode", "flatten",
+           "unflatten"]
+
+Batch = tuple[Any, Tensor]
+LossFn = Callable[[Any, Tensor], Tensor]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, gradient or Hessian-vector product was NaN or infinite."""
+
+
+def flatten(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate tensors into one flat vector (parameter order preserved)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """Split a flat vector into tensors shaped like `like` (inverse of :func:`flatten`)."""
+    out, offset = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(vector[offset : offset + n].view_as(t))
+        offset += n
+    if offset != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters have {offset}")
+    return out
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own `training` flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
+    """Accept one `(inputs, targets)` pair or an iterable of them."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):
+        return [data]
+    try:
+        batches = [tuple(b) for b in data]
+    except TypeError as err:
+        raise TypeError("data must be an (inputs, targets) pair or an iterable of such") from err
+    for i, b in enumerate(batches):
+        if len(b) != 2:
+            raise TypeError(f"batch {i} of data is not an (inputs, targets) pair")
+    return batches
+
+
+def _shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
+    """This rank's contiguous share of the examples: [⌊rN/W⌋, ⌊(r+1)N/W⌋) in data order."""
+    total = sum(_batch_size(x) for x, _ in batches)
+    lo, hi = rank * total // world, (rank + 1) * total // world
+    out, offset = [], 0
+    for inputs, targets in batches:
+        n = _batch_size(inputs)
+        start, stop = max(lo - offset, 0), min(hi - offset, n)
+        if start < stop:
+            out.append((_slice(inputs, start, stop), targets[start:stop]))
+        offset += n
+    return out
+
+
+class EmpiricalRisk:
+    """The mean loss of a model over a fixed data set, plus (λ/2)·‖θ‖²: value and gradient.
+
+    Parameters
+    ----------
+    model:
+        Any `nn.Module` (buffers allowed). It is used in `semantics` during each evaluation
+        and each submodule's `training` flag is restored afterwards. A ``torch.compile``d
+        model is unwrapped (``_orig_mod``: the same parameters, run eagerly), since compiled
+        graphs have no double backward.
+    loss_fn:
+        `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
+        (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``).
+    data:
+        One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
+        shuffling, no augmentation). Examples are weighted so that the loss is the mean over all
+        N examples, whatever the batch sizes.
+    weight_decay:
+        λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
+    params:
+        Restrict to these parameters (tensors of the model, or their names); default all
+        trainable ones (`requires_grad`), in `model.parameters()` order.
+    chunk_size:
+        At most this many examples per forward/backward pass (memory stays bounded for any
+        N); batches larger than this are split. Default: batches as given.
+    device:
+        Where it is computed; default the device of the first parameter.
+    distributed:
+        Data-parallel over `torch.distributed` (default: when it is initialised). Each rank
+        computes its examples' share and the results are all-reduced, so every rank holds the
+        value of the mean over all N examples (unequal shards weighted correctly). With
+        ``shard_data=True`` each rank passes the full data and keeps its contiguous share;
+        with ``False`` each rank passes its own shard.
+    reduction:
+        ``"mean"`` (default): `loss_fn` returns the mean over the batch; a loss that sums is
+        detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`,
+        three forwards of at most 64 examples) and refused with
+        :class:`~sharpest.curvature.inputs.SummedLossError`. ``"sum"``: `loss_fn` sums over
+        the batch's examples; it is divided by each chunk's example count.
+    semantics:
+        ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
+        statistics, running statistics untouched, dropout off); see
+        :mod:`sharpest.curvature.inputs`.
+
+    Inputs may be a tensor or any nesting of tuples, lists and Mappings of tensors with a
+    leading batch dimension; a Mapping is passed as ``model(**inputs)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Batch | Iterable[Batch],
+        weight_decay: float = 0.0,
+        *,
+        params: Sequence[Tensor] | Sequence[str] | None = None,
+        chunk_size: int | None = None,
+        device: torch.device | str | None = None,
+        distributed: bool | None = None,
+        shard_data: bool = True,
+        reduction: str = "mean",
+        semantics: str = "eval",
+    ) -> None:
+        model = unwrap_compiled(model)  # compiled graphs have no double backward
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+        self.reduction, self.semantics = reduction, semantics
+        self.model = model
+        self.loss_fn = loss_fn
+        self.weight_decay = float(weight_decay)
+        self.params = self._select_params(model, params)
+        self.size = sum(p.numel() for p in self.params)
+        ends = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
+        self._slices = list(zip(ends[:-1], ends[1:]))
+        self.device = torch.device(device) if device is not None else self.params[0].device
+        self.param_dtype = self.params[0].dtype
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+        if distributed is None:
+            distributed = dist.is_available() and dist.is_initialized()
+        self.distributed = bool(distributed)
+        batches = _as_batches(data)
+        if self.distributed and shard_data:
+            batches = _shard(batches, dist.get_rank(), dist.get_world_size())
+        self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
+        if reduction == "mean" and self.chunks:
+            check_mean_reduction(loss_fn, model, self.chunks[0][0], self.chunks[0][1])
+        self.num_examples = int(
+            self._all_reduce(torch.tensor([sum(n for _, _, n in self.chunks)], dtype=torch.float64))
+        )
+        if self.num_examples == 0:
+            raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
+        # cuDNN RNN kernels have no double backward; they must be off for products through RNNs.
+        self._no_cudnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+
+    # -- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def _select_params(model: nn.Module, params: Sequence[Any] | None) -> list[Tensor]:
+        if params is None:
+            selected = [p for p in model.parameters() if p.requires_grad]
+        else:
+            named = dict(model.named_parameters())
+            selected = []
+            for p in params:
+                if isinstance(p, str):
+                    if p not in named:
+                        raise ValueError(f"model has no parameter named {p!r}")
+                    p = named[p]
+                if not any(p is q for q in named.values()):
+                    raise ValueError("params contains a tensor that is not a parameter of model")
+                if not p.requires_grad:
+                    raise ValueError("params contains a parameter that does not require grad")
+                selected.append(p)
+            # Keep model.parameters() order whatever order the caller listed them in.
+            order = {id(q): i for i, q in enumerate(model.parameters())}
+            selected.sort(key=lambda q: order[id(q)])
+        if not selected:
+            raise ValueError("the model has no trainable parameters (none requires grad)")
+        if len({p.dtype for p in selected}) != 1:
+            raise ValueError("all selected parameters must share one dtype")
+        return selected
+
+    def _make_chunks(
+        self, batches: list[Batch], chunk_size: int | None, allow_empty: bool = False
+    ) -> list[tuple]:
+        chunks = []
+        for i, (inputs, targets) in enumerate(batches):
+            n = _batch_size(inputs)
+            if n == 0:
+                continue
+            if targets.shape[0] != n:
+                raise ValueError(
+                    f"batch {i}: {n} inputs but {targets.shape[0]} targets "
+                    "(first dimensions differ)"
+                )
+            step = chunk_size or n
+            for start in range(0, n, step):
+                stop = min(start + step, n)
+                chunks.append(
+                    (
+                        _to(_slice(inputs, start, stop), self.device),
+                        targets[start:stop].to(self.device),
+                        stop - start,
+                    )
+                )
+        if not chunks and not allow_empty:
+            raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
+        return chunks
+
+    def _all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over ranks (identity without torch.distributed); every rank gets the same bits."""
+        if not self.distributed:
+            return tensor
+        on = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        reduced = tensor.to(on)
+        dist.all_reduce(reduced)
+        return reduced.to(tensor.device)
+
+    def _agree_on_failure(self, error: Exception | None) -> None:
+        """Raise on every rank if any rank failed, instead of leaving the others in a collective."""
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        failed = self._all_reduce(torch.tensor([0.0 if error is None else 1.0]))
+        if error is not None:
+            raise error
+        if failed.item() > 0:
+            raise NonFiniteError("a non-finite loss or product on another rank (see its error)")
+
+    def _cudnn(self) -> contextlib.AbstractContextManager:
+        if self._no_cudnn and self.device.type == "cuda":
+            return torch.backends.cudnn.flags(enabled=False)
+        return contextlib.nullcontext()
+
+    def _chunk_loss(self, index: int) -> Tensor:
+        inputs, targets, n = self.chunks[index]
+        loss = self.loss_fn(call_model(self.model, inputs), targets)
+        if self.reduction == "sum":
+            loss = loss / n
+        if loss.dim() != 0:
+            raise ValueError(
+                f"loss_fn must return a scalar (the mean over the batch), got shape "
+                f"{tuple(loss.shape)}"
+            )
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"the loss of chunk {index} of the Hessian data is {loss.item()}")
+        return loss
+
+    def _chunk_offset(self, index: int) -> int:
+        return sum(n for _, _, n in self.chunks[:index])
+
+    def loss(self) -> float:
+        """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in ``semantics``."""
+        local = torch.zeros(1, dtype=torch.float64)
+        with torch.no_grad(), semantics_mode(self.model, self.semantics):
+            for index, (_, _, n) in enumerate(self.chunks):
+                local += float(self._chunk_loss(index)) * n / self.num_examples
+        total = float(self._all_reduce(local))
+        if self.weight_decay:
+            total += 0.5 * self.weight_decay * float(
+                sum(p.detach().double().pow(2).sum() for p in self.params)
+            )
+        return total
+
+    def gradient(self) -> Tensor:
+        """∇L(θ) as a flat float64 vector (same data, semantics and L2 term as the products)."""
+        out = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        with semantics_mode(self.model, self.semantics), self._cudnn(), torch.enable_grad():
+            for index, (_, _, n) in enumerate(self.chunks):
+                g = torch.autograd.grad(self._chunk_loss(index), self.params, allow_unused=True)
+                g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.params)]
+                out += (n / self.num_examples) * flatten(g).double()
+        out = self._all_reduce(out)
+        if self.weight_decay:
+            out += self.weight_decay * flatten([p.detach() for p in self.params]).double()
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, examples={self.num_examples}, "
+            f"chunks={len(self.chunks)}, weight_decay={self.weight_decay}, device={self.device})"
+        )

@@ -1,0 +1,251 @@
+"""The paper's Table 1 numbers, defined once, from a run's records (no torch).
+
+:func:`table1` is called by the trainer (the ``"summary"`` line, :mod:`sharpest.train.summary`)
+and by the report (:func:`sharpest.report.summarize`), so both give the same numbers from the
+same records. A quantity whose records are absent is left out. With ``ipe`` the iterations per
+epoch, ``E`` the epoch of the last step, ``L = last_epochs``, ``N = val_epochs``, ``k = fro_k``:
+
+- **best validation** (:func:`best_val`): the first ``"eval"`` line of split ``val`` with the
+  highest accuracy; when no line has an accuracy, the lowest perplexity, then the lowest loss.
+  ``best_val_<metric>``, ``best_val_epoch`` (the epoch that ended), ``best_val_iteration``;
+  ``test_<metric>_at_best_val``: the ``test`` line at that iteration.
+- **‖H‖_F** (:func:`frobenius`): √(Σᵢ≤k λᵢ²) over the top ``k`` eigenvalues of one tracking
+  point (Table 1: k = 5), a lower bound of the true Frobenius norm.
+  ``hessian_fro_best_val`` / ``lambda1_best_val``: of the ONE tracking point nearest the best
+  validation iteration (``eigen_best_val_iteration`` says which; ties: the earlier point).
+  ``hessian_fro_best_val_window``: the mean over the points within ±2 epochs (±2·ipe
+  iterations) of it, the authors' 5-epoch moving average. These definitions hold whether or
+  not the run has a ``"summary"`` line.
+- ``hessian_fro_last`` / ``lambda1_last``: the mean over the tracking points of the last ``L``
+  epochs (iteration > (E − L + 1)·ipe; all points after iteration 0 for a shorter run).
+  ``*_final``: the last point.
+- ``val_accuracy_at_epoch_N``: the ``val`` line at iteration N·ipe (Table 1's "Val. acc. (50)").
+- ``running_loss_last``: mean training loss over the steps of the last ``L`` epochs (the
+  ``"train"`` lines of epochs ≥ E − L + 1, weighted by their ``steps``, 1 when absent).
+- ``distance_from_init_best_val`` / ``weight_spectral_norm_best_val``: from ``distances``
+  (validation iteration → ‖θ − θ₀‖) and ``rho_best`` when the trainer measured them at that very
+  point; otherwise from the record fields :data:`DISTANCE_FIELDS` / :data:`WEIGHT_NORM_FIELDS`
+  nearest the best validation iteration. ``*_final``: the last such field.
+
+>>> recs = [
+...     {"event": "eigen", "iteration": 10, "epoch": 0, "eigenvalues": [3.0, 4.0]},
+...     {"event": "eval", "split": "val", "iteration": 10, "epoch": 0, "accuracy": 0.5},
+... ]
+>>> table1(recs, iterations_per_epoch=10, final_iteration=10)["hessian_fro_best_val"]
+5.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "DISTANCE_FIELDS",
+    "WEIGHT_NORM_FIELDS",
+    "best_val",
+    "finite",
+    "frobenius",
+    "number",
+    "table1",
+]
+
+#: Field names read as the distance of the weights from their initial values.
+DISTANCE_FIELDS = ("distance_from_init", "dist_from_init", "distance")
+#: Field names read as ρ(W), the (mean) spectral norm of the weight matrices.
+WEIGHT_NORM_FIELDS = (
+    "weight_spectral_norm",
+    "weights_spectral_norm",
+    "rho_w",
+    "rho_W",
+    "spectral_norm_mean",  # the "metrics" line of sharpest train
+)
+
+
+def finite(x: Any) -> bool:
+    """Whether ``x`` is a finite real number (bools are not numbers here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def number(v: Any) -> float:
+    """A float from a JSON value (None, bools and non-numbers become NaN).
+
+    >>> number("2.5"), number(None)
+    (2.5, nan)
+    """
+    if v is None or isinstance(v, bool):
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def frobenius(values: Iterable[Any] | None, k: int | None = 5) -> float:
+    """√(Σ λᵢ²) over the first ``k`` values (all when ``k`` is None), non-finite ones ignored;
+    NaN when none is finite.
+
+    >>> frobenius([3.0, 4.0, 12.0], k=2)
+    5.0
+    """
+    vals = [number(v) for v in (values if values is not None else [])]
+    if k is not None:
+        vals = vals[:k]
+    vals = [v for v in vals if math.isfinite(v)]
+    return math.sqrt(math.fsum(v * v for v in vals)) if vals else math.nan
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if finite(x)]
+    return math.fsum(xs) / len(xs) if xs else math.nan
+
+
+def val_metric(records: Sequence[dict[str, Any]]) -> tuple[str, bool] | None:
+    """The field that ranks validation lines (accuracy, else perplexity, else loss) and whether
+    larger is better; None when no ``val`` line holds any of them."""
+    val = [r for r in records if r.get("event") == "eval" and r.get("split") == "val"]
+    for key, larger in (("accuracy", True), ("perplexity", False), ("loss", False)):
+        if any(finite(r.get(key)) for r in val):
+            return key, larger
+    return None
+
+
+def best_val(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best ``val`` eval line (first one on ties; module doc), or None if there is none."""
+    m = val_metric(records)
+    if m is None:
+        return None
+    key, larger = m
+    best = None
+    for r in records:
+        if r.get("event") == "eval" and r.get("split") == "val" and finite(r.get(key)):
+            v = r[key]
+            if best is None or (v > best[key] if larger else v < best[key]):
+                best = r
+    return best
+
+
+def _nearest_field(
+    records: Sequence[dict[str, Any]], names: tuple[str, ...], iteration: float | None
+) -> tuple[float | None, float | None]:
+    """(last value, value nearest ``iteration``) of the lines holding one of ``names``."""
+    rows: list[tuple[float, float]] = []
+    for r in records:
+        for name in names:
+            v = number(r.get(name))
+            if math.isfinite(v):
+                rows.append((number(r.get("iteration")), v))
+                break
+    if not rows:
+        return None, None
+    near = None
+    if iteration is not None and any(math.isfinite(it) for it, _ in rows):
+        near = min(
+            (row for row in rows if math.isfinite(row[0])), key=lambda row: abs(row[0] - iteration)
+        )[1]
+    return rows[-1][1], near
+
+
+def table1(
+    records: Sequence[dict[str, Any]],
+    iterations_per_epoch: float,
+    final_iteration: int,
+    *,
+    fro_k: int | None = 5,
+    last_epochs: int = 10,
+    val_epochs: int = 50,
+    distances: dict[int, float] | None = None,
+    rho_best: tuple[int, float] | None = None,
+) -> dict[str, Any]:
+    """The Table 1 numbers of a run's ``records`` (definitions in the module doc).
+
+    ``iterations_per_epoch`` and ``final_iteration`` (the number of steps taken) place the
+    epoch windows; ``distances`` / ``rho_best`` are the trainer's own measurements at the
+    validation points (iteration → ‖θ − θ₀‖; (iteration, ρ(W)) of the best one).
+    """
+    ipe = max(int(round(iterations_per_epoch)), 1)
+    out: dict[str, Any] = {"fro_k": fro_k, "last_epochs": last_epochs, "val_epochs": val_epochs}
+    last_epoch = (final_iteration - 1) // ipe if final_iteration > 0 else 0
+    first_epoch = last_epoch - last_epochs + 1  # first epoch of the window (may be < 0)
+    window_start = max(first_epoch, 0) * ipe  # points at iterations > this one
+
+    best = best_val(records)
+    best_it: int | None = None
+    evals = [r for r in records if r.get("event") == "eval"]
+    if best is not None:
+        key = val_metric(records)[0]  # type: ignore[index]
+        best_it = int(best["iteration"])
+        out[f"best_val_{key}"] = best[key]
+        for other in ("accuracy", "loss", "perplexity"):
+            if other != key and finite(best.get(other)):
+                out[f"best_val_{other}"] = best[other]
+        out["best_val_epoch"] = best["epoch"]
+        out["best_val_iteration"] = best_it
+        tests = [r for r in evals if r.get("split") == "test" and r.get("iteration") == best_it]
+        if tests:
+            for k in ("accuracy", "loss", "perplexity"):
+                if finite(tests[-1].get(k)):
+                    out[f"test_{k}_at_best_val"] = tests[-1][k]
+    after = [
+        r
+        for r in evals
+        if r.get("split") == "val"
+        and r.get("iteration") == val_epochs * ipe
+        and finite(r.get("accuracy"))
+    ]
+    if after:
+        out[f"val_accuracy_at_epoch_{val_epochs}"] = after[-1]["accuracy"]
+
+    eig = [
+        r
+        for r in records
+        if r.get("event") == "eigen" and r.get("eigenvalues") and finite(r.get("iteration"))
+    ]
+    if eig:
+        fro = [frobenius(r["eigenvalues"], fro_k) for r in eig]
+        lam1 = [number(r["eigenvalues"][0]) for r in eig]
+        out["hessian_fro_final"] = fro[-1]
+        out["lambda1_final"] = lam1[-1]
+        window = [i for i, r in enumerate(eig) if r["iteration"] > window_start]
+        if window:
+            out["hessian_fro_last"] = _mean(fro[i] for i in window)
+            out["lambda1_last"] = _mean(lam1[i] for i in window)
+        if best_it is not None:
+            j = min(range(len(eig)), key=lambda i: (abs(eig[i]["iteration"] - best_it), i))
+            out["eigen_best_val_iteration"] = eig[j]["iteration"]
+            out["hessian_fro_best_val"] = fro[j]
+            out["lambda1_best_val"] = lam1[j]
+            near = [i for i, r in enumerate(eig) if abs(r["iteration"] - best_it) <= 2 * ipe]
+            if near:
+                out["hessian_fro_best_val_window"] = _mean(fro[i] for i in near)
+
+    train = [
+        r
+        for r in records
+        if r.get("event") == "train"
+        and finite(r.get("loss"))
+        and finite(r.get("epoch"))
+        and r["epoch"] >= first_epoch
+    ]
+    steps = [number(r.get("steps", 1)) for r in train]
+    if train and math.fsum(steps) > 0:
+        out["running_loss_last"] = math.fsum(
+            r["loss"] * s for r, s in zip(train, steps, strict=True)
+        ) / math.fsum(steps)
+
+    for key, names in (
+        ("distance_from_init", DISTANCE_FIELDS),
+        ("weight_spectral_norm", WEIGHT_NORM_FIELDS),
+    ):
+        last, near_best = _nearest_field(records, names, best_it)
+        if last is not None:
+            out[f"{key}_final"] = last
+        if near_best is not None:
+            out[f"{key}_best_val"] = near_best
+    if best_it is not None:
+        if distances and best_it in distances:
+            out["distance_from_init_best_val"] = distances[best_it]
+        if rho_best is not None and rho_best[0] == best_it:
+            out["weight_spectral_norm_best_val"] = rho_best[1]
+    return {k: v for k, v in out.items() if not isinstance(v, float) or math.isfinite(v)}

@@ -1,0 +1,94 @@
+"""When a run may go into a folder, and what a resume may change (the folder policy).
+
+- A fresh run needs an empty or missing folder (:func:`prepare_folder`).
+- A resume needs the folder's ``config.yaml`` to match the run's config except in
+  :data:`RESUMABLE_CHANGES`; it continues from the latest complete checkpoint.
+- Tools that launch many runs (presets, sweeps) check every folder first (:func:`existing_run`):
+  a folder holding another config is refused, a finished one is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sharpest.config import Config, ConfigError, make_config
+from sharpest.runs.folder import RunFolder, RunFolderError
+from sharpest.runs.io import read_records
+
+__all__ = ["RESUMABLE_CHANGES", "check_resume_config", "existing_run", "prepare_folder"]
+
+#: Config keys a resumed run may change (they do not alter what was already computed).
+RESUMABLE_CHANGES = ("epochs", "max_iterations", "device", "checkpoint", "log_every")
+
+
+def check_resume_config(folder: RunFolder, config: Config, saved: dict[str, Any]) -> None:
+    """Raise :class:`RunFolderError` unless ``saved`` (the folder's config) matches ``config``
+    in every key but :data:`RESUMABLE_CHANGES`."""
+    now = config.to_dict()
+    try:
+        saved_cfg = make_config(saved).to_dict()
+    except ConfigError as err:
+        raise RunFolderError(f"the run's config.yaml is no longer valid: {err}") from None
+    differ = [k for k in now if now[k] != saved_cfg.get(k) and k not in RESUMABLE_CHANGES]
+    if differ:
+        raise RunFolderError(
+            f"cannot resume {folder.path}: the config differs from the run's in "
+            f"{', '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change)"
+        )
+
+
+def prepare_folder(folder: RunFolder | None, config: Config, resume: bool) -> Path | None:
+    """Check ``folder`` for a run of ``config``; return the checkpoint to resume from (None:
+    a fresh start). Raises :class:`RunFolderError` saying why the folder cannot be used."""
+    if folder is None:
+        if resume:
+            raise RunFolderError("resume needs a run folder (out)")
+        return None
+    if not resume:
+        if folder.is_run():
+            raise RunFolderError(
+                f"{folder.path} already holds a run; pass --resume to continue it, or choose "
+                "another --out"
+            )
+        if folder.path.exists() and any(folder.path.iterdir()):
+            raise RunFolderError(f"{folder.path} exists and is not empty; choose another --out")
+        return None
+    if not folder.config_path.exists():
+        raise RunFolderError(f"cannot resume: {folder.path} holds no run (no config.yaml)")
+    check_resume_config(folder, config, folder.read_config())
+    folder.clean_temp_files()
+    return folder.latest_checkpoint()
+
+
+def existing_run(
+    path: Path, config: Config, ignore: Iterable[str] = ()
+) -> tuple[str | None, str | None]:
+    """Check `path` before launching `config` into it.
+
+    Returns ``(clash, ended)``: a one-line reason why the run cannot go there (a file, a
+    non-empty folder without a run, an invalid config, or a config differing in keys other than
+    those a resume may change and `ignore`), else ``None``; and the status of the run's "end"
+    line ("finished" or "diverged") when it already ended, else ``None``.
+    """
+    path = Path(path)
+    folder = RunFolder(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder", None
+    if not folder.config_path.exists():
+        if path.is_dir() and any(path.iterdir()):
+            return f"{path} exists, is not empty and holds no run", None
+        return None, None
+    try:
+        saved = make_config(folder.read_config()).to_dict()
+    except (ConfigError, OSError, ValueError) as err:
+        return f"{path}/config.yaml is not a valid config ({err})", None
+    skip = set(RESUMABLE_CHANGES) | set(ignore)
+    now = config.to_dict()
+    differ = [k for k in now if now[k] != saved.get(k) and k not in skip]
+    if differ:
+        return f"{path} holds a run whose config differs in {', '.join(differ)}", None
+    if folder.is_finished():
+        return None, str(read_records(folder.metrics_path)[-1].get("status", "finished"))
+    return None, None

@@ -1,0 +1,32 @@
+"""The docstring examples of every ``sharpest`` module run (and must give what they show).
+
+Examples that need data, a run folder or minutes of training carry ``# doctest: +SKIP``;
+everything else is executed, so an example that goes stale fails here.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import sharpest
+
+MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(sharpest.__path__, prefix="sharpest.")
+    if m.name != "sharpest.__main__"
+)
+
+
+def test_the_walk_finds_the_package():
+    assert "sharpest.paper_metrics" in MODULES and "sharpest.orchestrate.grid" in MODULES
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(module, optionflags=flags, verbose=False, report=True)
+    assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (above)"
