@@ -295,3 +295,24 @@ def test_train_semantics_of_the_risk_match_its_operator():
     assert abs(risk.loss() - expected) < 1e-12 and abs(op.loss() - expected) < 1e-12
     torch.testing.assert_close(risk.gradient(), op.gradient(), rtol=0, atol=0)
     assert abs(EmpiricalRisk(model, loss_fn, (x, y), chunk_size=5).loss() - expected) > 1e-6
+
+
+def test_tracker_with_stderr_keeps_the_operator_options():
+    """The operator rebuilt in smaller chunks for the sampling error keeps ``reduction`` and
+    ``semantics`` (a summed loss is still divided, Mapping inputs still keyword arguments)."""
+    from sharpest.train.tracker import EigenTracker
+
+    torch.manual_seed(11)
+    model = KeywordModel()
+    inputs = {"features": torch.randn(16, 4, 3), "mask": torch.ones(16, 4)}
+    y = torch.randint(0, 2, (16,))
+    tracker = EigenTracker(k=2, every=1, stderr=True, tol=1e-10).attach(
+        model, nn.CrossEntropyLoss(reduction="sum"), (inputs, y), reduction="sum"
+    )
+    assert len(tracker.operator.chunks) >= 8 and tracker.operator.reduction == "sum"
+    result = tracker.step(0)
+    exact = torch.linalg.eigvalsh(HessianOperator(model, nn.CrossEntropyLoss(),
+                                                  (inputs, y)).to_dense())  # fmt: skip
+    top = exact[exact.abs().argsort(descending=True)][:2]
+    torch.testing.assert_close(torch.as_tensor(result.values), top, rtol=1e-7, atol=1e-9)
+    assert len(tracker.records[0]["eigenvalues_stderr"]) == 2

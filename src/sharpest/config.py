@@ -67,6 +67,9 @@ class OptimizerConfig(_Section):
     nudge: Literal["step", "gradient", "both"] = "step"
     #: Iterations between refreshes of the eigenbasis; 0: at each epoch start (the paper).
     refresh_every: int = Field(default=0, ge=0)
+    #: Which tracked eigenvectors form the basis: the top k by |λ| (magnitude, the paper) or
+    #: by signed λ (algebraic, the authors' code); see docs/training.md.
+    order: Literal["magnitude", "algebraic"] = "magnitude"
     nesterov: bool = False
 
     @property
@@ -100,6 +103,12 @@ class TrackConfig(_Section):
     chunk_size: int | None = Field(default=None, ge=1)
     #: Seed of the subset (None: the run's seed).
     seed: int | None = Field(default=None, ge=0)
+    #: Refresh the optimizer's basis even from a point whose Lanczos did not converge
+    #: (false: keep the previous basis and record why).
+    use_unconverged: bool = False
+    #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
+    #: (k extra products per point; see sharpest.curvature.sampling_error).
+    stderr: bool = False
 
     @property
     def enabled(self) -> bool:

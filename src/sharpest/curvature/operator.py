@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from sharpest.curvature.adapt import ScipyStyle
@@ -223,6 +225,68 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
                             f"the Hessian-vector product of chunk {index} (examples "
                             f"{self._chunk_offset(index)}…) is not finite"
                         )
+
+    def chunk_quadratic_forms(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-chunk quadratic forms ``q[c, j] = vⱼᵀ H_c vⱼ`` and the chunk sizes ``n_c``.
+
+        ``H_c`` is the Hessian of the mean loss over chunk ``c`` alone, without the weight
+        decay term, so that ``Σ_c (n_c/N)·q[c, j] + λ‖vⱼ‖² = vⱼᵀ H vⱼ``. One Hessian-vector
+        product per row (one double-backward pass per chunk, on the cached graphs when the
+        operator caches them); counted in ``n_matvecs``. Under ``torch.distributed`` every rank
+        returns every rank's chunks (rank order), so the result is the same everywhere.
+
+        Returns ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
+        """
+        if vectors.dim() != 2 or vectors.shape[1] != self.size:
+            raise ValueError(
+                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
+            )
+        m = vectors.shape[0]
+        v_parts = [
+            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+            for v in vectors
+        ]
+        local = torch.zeros(len(self.chunks), m, dtype=torch.float64)
+        error = None
+        try:
+            with semantics_mode(self.model, self.semantics), self._product_kernels():
+                for index, grads in self._graphs():
+                    live = [i for i, g in enumerate(grads) if g.requires_grad]
+                    if not live:
+                        continue
+                    for j in range(m):
+                        hv = torch.autograd.grad(
+                            [grads[i] for i in live], self.params,
+                            grad_outputs=[v_parts[j][i] for i in live],
+                            retain_graph=self._cache is not None or j < m - 1,
+                            allow_unused=True,
+                        )
+                        q = sum(
+                            float(torch.dot(h.reshape(-1).double(), v.reshape(-1).double()))
+                            for h, v in zip(hv, v_parts[j])
+                            if h is not None
+                        )
+                        if not np.isfinite(q):
+                            raise NonFiniteError(f"the quadratic form of chunk {index} is {q}")
+                        local[index, j] = q
+        except NonFiniteError as err:
+            error = err
+        self._agree_on_failure(error)
+        self.n_matvecs += m
+        sizes = torch.tensor([n for _, _, n in self.chunks], dtype=torch.float64)
+        if not self.distributed:
+            return local, sizes
+        # Every rank's rows at its offset in one zero table, then one sum over ranks.
+        world, rank = dist.get_world_size(), dist.get_rank()
+        counts = torch.zeros(world, dtype=torch.float64)
+        counts[rank] = len(self.chunks)
+        counts = self._all_reduce(counts).long().tolist()
+        offset, total = sum(counts[:rank]), sum(counts)
+        table = torch.zeros(total, m + 1, dtype=torch.float64)
+        table[offset : offset + len(self.chunks), :m] = local
+        table[offset : offset + len(self.chunks), m] = sizes
+        table = self._all_reduce(table)
+        return table[:, :m].contiguous(), table[:, m].contiguous()
 
     def matvec(self, vector: Tensor) -> Tensor:
         """The product H·v of one flat vector (shape `(size,)`)."""
