@@ -32,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "EvalConfig",
+    "LogConfig",
     "MetricsConfig",
     "OptimizerConfig",
     "ScheduleConfig",
@@ -70,6 +71,9 @@ class OptimizerConfig(_Section):
     nudge: Literal["step", "gradient", "both"] = "step"
     #: Iterations between refreshes of the eigenbasis; 0: at each epoch start (the paper).
     refresh_every: int = Field(default=0, ge=0)
+    #: Which tracked eigenvectors form the basis: the top k by |λ| (magnitude, the paper) or
+    #: by signed λ (algebraic, the authors' code); see docs/training.md.
+    order: Literal["magnitude", "algebraic"] = "magnitude"
     nesterov: bool = False
 
     @property
@@ -103,6 +107,12 @@ class TrackConfig(_Section):
     chunk_size: int | None = Field(default=None, ge=1)
     #: Seed of the subset (None: the run's seed).
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    #: Refresh the optimizer's basis even from a point whose Lanczos did not converge
+    #: (false: keep the previous basis and record why).
+    use_unconverged: bool = False
+    #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
+    #: (k extra products per point; see sharpest.curvature.sampling_error).
+    stderr: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -185,6 +195,24 @@ class CheckpointConfig(_Section):
     keep: int = Field(default=3, ge=0)
 
 
+class LogConfig(_Section):
+    """``log``: where records go besides ``metrics.jsonl`` (mirrors written as records happen;
+    see :mod:`sharpest.runs.sinks`): ``tensorboard`` (``OUT/tensorboard/``), ``csv``
+    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``)."""
+
+    sinks: list[Literal["tensorboard", "wandb", "csv"]] = Field(default_factory=list)
+    #: wandb: project name (None: wandb's default).
+    wandb_project: str | None = None
+    #: wandb: online | offline | disabled (None: wandb's default, or $WANDB_MODE).
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> LogConfig:
+        if len(set(self.sinks)) != len(self.sinks):
+            raise ValueError(f"log.sinks: each sink once, got {self.sinks}")
+        return self
+
+
 def default_model_for(data: str) -> str:
     """The model a data set gets when ``model`` is not given."""
     return {"mnist1d": "mnist1d_cnn", "ptb": "lstm"}.get(data, "simplecnn")
@@ -229,6 +257,8 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
+    #: Mirrors of the records: TensorBoard, Weights & Biases, CSV.
+    log: LogConfig = Field(default_factory=LogConfig)
     #: Iterations between "train" lines (and at each epoch end).
     log_every: int = Field(default=50, ge=1)
     #: Divergence: stop when the training loss is NaN/inf or above this bound.

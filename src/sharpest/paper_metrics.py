@@ -19,6 +19,9 @@ epoch, ``E`` the epoch of the last step, ``L = last_epochs``, ``N = val_epochs``
 - ``hessian_fro_last`` / ``lambda1_last``: the mean over the tracking points of the last ``L``
   epochs (iteration > (E − L + 1)·ipe; all points after iteration 0 for a shorter run).
   ``*_final``: the last point.
+- Tracking points whose Lanczos run did not converge (``"converged": false``,
+  :func:`is_converged`) are left out of every eigenvalue number above; ``eigen_unconverged``
+  counts them (absent when there are none).
 - ``val_accuracy_at_epoch_N``: the ``val`` line at iteration N·ipe (Table 1's "Val. acc. (50)").
 - ``running_loss_last``: mean training loss over the steps of the last ``L`` epochs (the
   ``"train"`` lines of epochs ≥ E − L + 1, weighted by their ``steps``, 1 when absent).
@@ -47,6 +50,7 @@ __all__ = [
     "best_val",
     "finite",
     "frobenius",
+    "is_converged",
     "number",
     "table1",
 ]
@@ -80,6 +84,16 @@ def number(v: Any) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+def is_converged(record: dict[str, Any]) -> bool:
+    """False only for an ``"eigen"`` line that says ``"converged": false`` (lines without the
+    field count as converged).
+
+    >>> is_converged({"converged": False}), is_converged({})
+    (False, True)
+    """
+    return record.get("converged") is not False
 
 
 def frobenius(values: Iterable[Any] | None, k: int | None = 5) -> float:
@@ -202,6 +216,10 @@ def table1(
         for r in records
         if r.get("event") == "eigen" and r.get("eigenvalues") and finite(r.get("iteration"))
     ]
+    unconverged = sum(1 for r in eig if not is_converged(r))
+    if unconverged:
+        out["eigen_unconverged"] = unconverged
+        eig = [r for r in eig if is_converged(r)]
     if eig:
         fro = [frobenius(r["eigenvalues"], fro_k) for r in eig]
         lam1 = [number(r["eigenvalues"][0]) for r in eig]

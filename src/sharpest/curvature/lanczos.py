@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharpest.curvature.adapt import as_operator
+
 WHICH = ("LM", "LA", "SA")
 
 
@@ -152,6 +154,7 @@ def lanczos(
     EigenResult with float64 values and vectors in the operator's dtype.
     """
     start_time = time.perf_counter()
+    op = as_operator(op)  # also scipy LinearOperators, curvlinops: anything with shape and @
     n = int(op.size)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")

@@ -5,20 +5,25 @@ The operator is the Hessian of the :class:`~sharpest.curvature.risk.EmpiricalRis
     L(θ) = (1/N) Σₙ ℓ(f(xₙ; θ), yₙ) + (λ/2)·‖θ‖²
 
 over all N examples of a fixed data set (a true mean over examples, whatever the batch sizes),
-with the model in evaluation semantics (dropout off, BatchNorm on running statistics), with
-respect to the selected trainable parameters flattened in `model.parameters()` order.
+with the model in evaluation semantics (dropout off, BatchNorm on running statistics; or
+``semantics="train"``), with respect to the selected trainable parameters flattened in
+`model.parameters()` order. How the loss is evaluated (inputs, compiled models, summed losses,
+semantics) is the risk's; this module adds what only products need: kernels with a double
+backward, and scipy's operator interface (:class:`~sharpest.curvature.adapt.ScipyStyle`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from sharpest.curvature.adapt import ScipyStyle
+from sharpest.curvature.inputs import double_backward_kernels, semantics_mode
 from sharpest.curvature.risk import (
     Batch,
     EmpiricalRisk,
@@ -33,7 +38,7 @@ __all__ = ["EmpiricalRisk", "HessianOperator", "NonFiniteError", "evaluation_mod
            "unflatten"]
 
 
-class HessianOperator(EmpiricalRisk):
+class HessianOperator(EmpiricalRisk, ScipyStyle):
     """The Hessian of a model's mean loss over a fixed data set, as a linear operator.
 
     The function is the :class:`~sharpest.curvature.risk.EmpiricalRisk` it extends (``loss()``
@@ -41,11 +46,15 @@ class HessianOperator(EmpiricalRisk):
 
     Parameters
     ----------
-    model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data:
+    model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data, \
+    reduction, semantics:
         As for :class:`~sharpest.curvature.risk.EmpiricalRisk`: the function is the mean of
         ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖θ‖² (so the operator adds λ·v), in
-        evaluation semantics, chunked, and data-parallel over ``torch.distributed`` (every
-        rank holds the same product of the mean over all N examples).
+        evaluation semantics (or ``semantics="train"``), chunked, and data-parallel over
+        ``torch.distributed`` (every rank holds the same product of the mean over all N
+        examples). Inputs may be any nesting of tuples, lists and Mappings of tensors (a
+        Mapping is passed as ``model(**inputs)``); a ``torch.compile``d model is unwrapped; a
+        summing ``loss_fn`` is refused unless ``reduction="sum"``.
     cache_graphs:
         Keep the first-order graph of every chunk between products, so a product costs one
         double-backward pass instead of forward + backward + double backward (measured on
@@ -58,7 +67,12 @@ class HessianOperator(EmpiricalRisk):
         so an operator stays correct while the model trains.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
-    returned as float64 tensors on `device`.
+    returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
+    scipy's interface too (:class:`~sharpest.curvature.adapt.ScipyStyle`): ``shape``,
+    ``op @ v`` on a vector ``(size,)`` or a block of columns ``(size, m)``, ``to_scipy()``;
+    ``matmat(V)`` keeps rows ``(m, size)``. Products run with kernels that have a double
+    backward: the math implementation of scaled-dot-product attention (the fused ones have
+    none), cuDNN off for RNNs on CUDA.
     """
 
     def __init__(
@@ -75,10 +89,12 @@ class HessianOperator(EmpiricalRisk):
         device: torch.device | str | None = None,
         distributed: bool | None = None,
         shard_data: bool = True,
+        reduction: str = "mean",
+        semantics: str = "eval",
     ) -> None:
         super().__init__(model, loss_fn, data, weight_decay, params=params,
                          chunk_size=chunk_size, device=device, distributed=distributed,
-                         shard_data=shard_data)
+                         shard_data=shard_data, reduction=reduction, semantics=semantics)
         if cache_graphs not in (True, False, "auto"):
             raise ValueError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.cache_graphs = cache_graphs
@@ -89,6 +105,10 @@ class HessianOperator(EmpiricalRisk):
         self.n_matvecs = 0
 
     # -- products -----------------------------------------------------------------------------
+
+    def _product_kernels(self) -> contextlib.AbstractContextManager:
+        # Kernels without double backward off: cuDNN RNNs, fused attention (inputs.py).
+        return double_backward_kernels(self._no_cudnn and self.device.type == "cuda")
 
     def _chunk_gradient_graph(self, index: int) -> tuple[Tensor, ...]:
         with torch.enable_grad():
@@ -161,7 +181,8 @@ class HessianOperator(EmpiricalRisk):
             )
         m = vectors.shape[0]
         v_parts = [
-            unflatten(v.to(device=self.device, dtype=self.dtype), self.params) for v in vectors
+            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+            for v in vectors
         ]
         out = torch.zeros(m, self.size, dtype=torch.float64, device=self.device)
         error = None
@@ -179,7 +200,7 @@ class HessianOperator(EmpiricalRisk):
     def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         """Add this process's chunks' weighted products to the rows of `out`."""
         m = len(v_parts)
-        with evaluation_mode(self.model), self._cudnn():
+        with semantics_mode(self.model, self.semantics), self._product_kernels():
             for index, grads in self._graphs():
                 weight = self.chunks[index][2] / self.num_examples
                 # A gradient that does not depend on θ (e.g. a linear model's bias under MSE
@@ -205,6 +226,68 @@ class HessianOperator(EmpiricalRisk):
                             f"{self._chunk_offset(index)}…) is not finite"
                         )
 
+    def chunk_quadratic_forms(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-chunk quadratic forms ``q[c, j] = vⱼᵀ H_c vⱼ`` and the chunk sizes ``n_c``.
+
+        ``H_c`` is the Hessian of the mean loss over chunk ``c`` alone, without the weight
+        decay term, so that ``Σ_c (n_c/N)·q[c, j] + λ‖vⱼ‖² = vⱼᵀ H vⱼ``. One Hessian-vector
+        product per row (one double-backward pass per chunk, on the cached graphs when the
+        operator caches them); counted in ``n_matvecs``. Under ``torch.distributed`` every rank
+        returns every rank's chunks (rank order), so the result is the same everywhere.
+
+        Returns ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
+        """
+        if vectors.dim() != 2 or vectors.shape[1] != self.size:
+            raise ValueError(
+                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
+            )
+        m = vectors.shape[0]
+        v_parts = [
+            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+            for v in vectors
+        ]
+        local = torch.zeros(len(self.chunks), m, dtype=torch.float64)
+        error = None
+        try:
+            with semantics_mode(self.model, self.semantics), self._product_kernels():
+                for index, grads in self._graphs():
+                    live = [i for i, g in enumerate(grads) if g.requires_grad]
+                    if not live:
+                        continue
+                    for j in range(m):
+                        hv = torch.autograd.grad(
+                            [grads[i] for i in live], self.params,
+                            grad_outputs=[v_parts[j][i] for i in live],
+                            retain_graph=self._cache is not None or j < m - 1,
+                            allow_unused=True,
+                        )
+                        q = sum(
+                            float(torch.dot(h.reshape(-1).double(), v.reshape(-1).double()))
+                            for h, v in zip(hv, v_parts[j])
+                            if h is not None
+                        )
+                        if not np.isfinite(q):
+                            raise NonFiniteError(f"the quadratic form of chunk {index} is {q}")
+                        local[index, j] = q
+        except NonFiniteError as err:
+            error = err
+        self._agree_on_failure(error)
+        self.n_matvecs += m
+        sizes = torch.tensor([n for _, _, n in self.chunks], dtype=torch.float64)
+        if not self.distributed:
+            return local, sizes
+        # Every rank's rows at its offset in one zero table, then one sum over ranks.
+        world, rank = dist.get_world_size(), dist.get_rank()
+        counts = torch.zeros(world, dtype=torch.float64)
+        counts[rank] = len(self.chunks)
+        counts = self._all_reduce(counts).long().tolist()
+        offset, total = sum(counts[:rank]), sum(counts)
+        table = torch.zeros(total, m + 1, dtype=torch.float64)
+        table[offset : offset + len(self.chunks), :m] = local
+        table[offset : offset + len(self.chunks), m] = sizes
+        table = self._all_reduce(table)
+        return table[:, :m].contiguous(), table[:, m].contiguous()
+
     def matvec(self, vector: Tensor) -> Tensor:
         """The product H·v of one flat vector (shape `(size,)`)."""
         if vector.dim() != 1:
@@ -212,8 +295,6 @@ class HessianOperator(EmpiricalRisk):
                 f"expected a flat vector of shape ({self.size},), got {tuple(vector.shape)}"
             )
         return self.matmat(vector.unsqueeze(0))[0]
-
-    __matmul__ = matvec
 
     # -- checks and views -------------------------------------------------------------------
 
@@ -240,17 +321,3 @@ class HessianOperator(EmpiricalRisk):
         rows = [self.matmat(eye[i : i + 64]) for i in range(0, self.size, 64)]
         dense = torch.cat(rows)
         return 0.5 * (dense + dense.T)
-
-    def to_scipy(self) -> Any:
-        """A `scipy.sparse.linalg.LinearOperator` view (float64, on the CPU)."""
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-            return self.matvec(v).cpu().numpy()
-
-        def mm(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float64).T))
-            return self.matmat(v).cpu().numpy().T
-
-        return LinearOperator(
-            (self.size, self.size), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64
-        )

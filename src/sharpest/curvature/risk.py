@@ -3,9 +3,16 @@
     L(θ) = (1/N) Σₙ ℓ(f(xₙ; θ), yₙ) + (λ/2)·‖θ‖²
 
 over all N examples (a true mean over examples, whatever the batch sizes), with the model in
-evaluation semantics (dropout off, BatchNorm on running statistics), with respect to the
-selected trainable parameters flattened in `model.parameters()` order; computed in chunks of
-bounded size and all-reduced over `torch.distributed` ranks when it is initialised.
+evaluation semantics (dropout off, BatchNorm on running statistics; or ``semantics="train"``),
+with respect to the selected trainable parameters flattened in `model.parameters()` order;
+computed in chunks of bounded size and all-reduced over `torch.distributed` ranks when it is
+initialised.
+
+Inputs and models are taken as people have them (:mod:`sharpest.curvature.inputs`): any
+nesting of tuples, lists and Mappings of tensors with a leading batch dimension (a Mapping is
+passed as ``model(**inputs)``), ``torch.compile``d models (unwrapped), and a summing
+``loss_fn`` is refused unless declared with ``reduction="sum"``. All of it lives here, where the
+loss is evaluated, so the Hessian products, probes and metrics evaluate the same function.
 
 :class:`EmpiricalRisk` is what probes and metrics evaluate (the loss along a direction, the
 full-batch gradient); :class:`~sharpest.curvature.operator.HessianOperator` adds the Hessian
@@ -22,6 +29,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from sharpest.curvature.inputs import (
+    REDUCTIONS,
+    SEMANTICS,
+    call_model,
+    check_mean_reduction,
+    semantics_mode,
+    unwrap_compiled,
+)
+from sharpest.curvature.inputs import batch_size as _batch_size
+from sharpest.curvature.inputs import slice_batch as _slice
+from sharpest.curvature.inputs import to_device as _to
 
 __all__ = ["Batch", "EmpiricalRisk", "LossFn", "NonFiniteError", "evaluation_mode", "flatten",
            "unflatten"]
@@ -63,26 +82,6 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _batch_size(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], Tensor):
-        return int(inputs[0].shape[0])
-    raise TypeError(f"cannot tell the batch size of inputs of type {type(inputs).__name__}")
-
-
-def _slice(inputs: Any, start: int, stop: int) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs[start:stop]
-    return type(inputs)(t[start:stop] for t in inputs)
-
-
-def _to(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs.to(device, non_blocking=True)
-    return type(inputs)(t.to(device, non_blocking=True) for t in inputs)
-
-
 def _as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
     """Accept one `(inputs, targets)` pair or an iterable of them."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):
@@ -117,11 +116,13 @@ class EmpiricalRisk:
     Parameters
     ----------
     model:
-        Any `nn.Module` (buffers allowed). It is used in evaluation semantics during each
-        evaluation and each submodule's `training` flag is restored afterwards.
+        Any `nn.Module` (buffers allowed). It is used in `semantics` during each evaluation
+        and each submodule's `training` flag is restored afterwards. A ``torch.compile``d
+        model is unwrapped (``_orig_mod``: the same parameters, run eagerly), since compiled
+        graphs have no double backward.
     loss_fn:
         `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
-        (like `nn.CrossEntropyLoss()`).
+        (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``).
     data:
         One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
         shuffling, no augmentation). Examples are weighted so that the loss is the mean over all
@@ -142,6 +143,19 @@ class EmpiricalRisk:
         value of the mean over all N examples (unequal shards weighted correctly). With
         ``shard_data=True`` each rank passes the full data and keeps its contiguous share;
         with ``False`` each rank passes its own shard.
+    reduction:
+        ``"mean"`` (default): `loss_fn` returns the mean over the batch; a loss that sums is
+        detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`,
+        three forwards of at most 64 examples) and refused with
+        :class:`~sharpest.curvature.inputs.SummedLossError`. ``"sum"``: `loss_fn` sums over
+        the batch's examples; it is divided by each chunk's example count.
+    semantics:
+        ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
+        statistics, running statistics untouched, dropout off); see
+        :mod:`sharpest.curvature.inputs`.
+
+    Inputs may be a tensor or any nesting of tuples, lists and Mappings of tensors with a
+    leading batch dimension; a Mapping is passed as ``model(**inputs)``.
     """
 
     def __init__(
@@ -156,7 +170,15 @@ class EmpiricalRisk:
         device: torch.device | str | None = None,
         distributed: bool | None = None,
         shard_data: bool = True,
+        reduction: str = "mean",
+        semantics: str = "eval",
     ) -> None:
+        model = unwrap_compiled(model)  # compiled graphs have no double backward
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+        self.reduction, self.semantics = reduction, semantics
         self.model = model
         self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
@@ -165,7 +187,7 @@ class EmpiricalRisk:
         ends = np.cumsum([0] + [p.numel() for p in self.params]).tolist()
         self._slices = list(zip(ends[:-1], ends[1:]))
         self.device = torch.device(device) if device is not None else self.params[0].device
-        self.dtype = self.params[0].dtype
+        self.param_dtype = self.params[0].dtype
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         if distributed is None:
@@ -175,6 +197,8 @@ class EmpiricalRisk:
         if self.distributed and shard_data:
             batches = _shard(batches, dist.get_rank(), dist.get_world_size())
         self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
+        if reduction == "mean" and self.chunks:
+            check_mean_reduction(loss_fn, model, self.chunks[0][0], self.chunks[0][1])
         self.num_examples = int(
             self._all_reduce(torch.tensor([sum(n for _, _, n in self.chunks)], dtype=torch.float64))
         )
@@ -265,8 +289,10 @@ class EmpiricalRisk:
         return contextlib.nullcontext()
 
     def _chunk_loss(self, index: int) -> Tensor:
-        inputs, targets, _ = self.chunks[index]
-        loss = self.loss_fn(self.model(inputs), targets)
+        inputs, targets, n = self.chunks[index]
+        loss = self.loss_fn(call_model(self.model, inputs), targets)
+        if self.reduction == "sum":
+            loss = loss / n
         if loss.dim() != 0:
             raise ValueError(
                 f"loss_fn must return a scalar (the mean over the batch), got shape "
@@ -280,9 +306,9 @@ class EmpiricalRisk:
         return sum(n for _, _, n in self.chunks[:index])
 
     def loss(self) -> float:
-        """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in evaluation semantics."""
+        """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in ``semantics``."""
         local = torch.zeros(1, dtype=torch.float64)
-        with torch.no_grad(), evaluation_mode(self.model):
+        with torch.no_grad(), semantics_mode(self.model, self.semantics):
             for index, (_, _, n) in enumerate(self.chunks):
                 local += float(self._chunk_loss(index)) * n / self.num_examples
         total = float(self._all_reduce(local))
@@ -295,7 +321,7 @@ class EmpiricalRisk:
     def gradient(self) -> Tensor:
         """∇L(θ) as a flat float64 vector (same data, semantics and L2 term as the products)."""
         out = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        with evaluation_mode(self.model), self._cudnn(), torch.enable_grad():
+        with semantics_mode(self.model, self.semantics), self._cudnn(), torch.enable_grad():
             for index, (_, _, n) in enumerate(self.chunks):
                 g = torch.autograd.grad(self._chunk_loss(index), self.params, allow_unused=True)
                 g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.params)]

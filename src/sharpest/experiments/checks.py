@@ -23,6 +23,9 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
                             ``alpha_random_A``, ``alpha_full_A`` for the baselines
 ==========================  ============================================================
 
+Tracking points with ``"converged": false`` and probe lines with ``"eigen_converged": false``
+are left out of every metric.
+
 A difference or a ratio of two metrics is a metric too: ``"alpha_e1_0.5 - alpha_e1_1"``,
 ``"lambda1_end / lambda1_peak"``.
 
@@ -135,7 +138,9 @@ def _window_start(records: Sequence[Mapping[str, Any]], window: float) -> float:
 def _eigen_points(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[float]]]:
     pts = []
     for r in records:
-        vals = r.get("eigenvalues") if r.get("event") == "eigen" else None
+        # Points whose Lanczos run did not converge are left out (as in the summaries).
+        usable = r.get("event") == "eigen" and r.get("converged") is not False
+        vals = r.get("eigenvalues") if usable else None
         if isinstance(vals, list) and vals and all(v is not None for v in vals):
             pts.append((int(r.get("iteration") or 0), [float(v) for v in vals]))
     pts.sort(key=lambda p: p[0])
@@ -200,7 +205,10 @@ def metric_value(
 def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[str, Any],
                   window: float) -> float | None:
     start = _window_start(records, window)
-    probes = [r for r in records if r.get("event") == "probe"]
+    # Probe lines marked as coming from unconverged eigenvectors are left out.
+    probes = [
+        r for r in records if r.get("event") == "probe" and r.get("eigen_converged") is not False
+    ]
     if kind == "kmin":
         rows = [r for r in probes if r.get("kind") == "cross_section"
                 and r.get("eigen_index") == args["index"] and args["field"] in r]
@@ -300,8 +308,27 @@ def evaluate_checks(
                     cache[n] = []
             res.values[n] = metric_value(cache[n], c["metric"], c.get("window"))
         _judge(res)
+        note = _unconverged_note(c["metric"], {n: cache.get(n, []) for n in names})
+        if note:
+            res.reason = f"{res.reason}; {note}" if res.reason else note
         results.append(res)
     return results
+
+
+def _unconverged_note(metric: str, records: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Which runs had tracking points left out as unconverged (for metrics built on them)."""
+    if not re.search(r"lambda|fro|kmin|alpha", metric):
+        return ""
+    counts = {}
+    for name, recs in records.items():
+        eig = [r for r in recs if r.get("event") == "eigen"]
+        bad = sum(1 for r in eig if r.get("converged") is False)
+        if bad:
+            counts[name] = f"{bad} of {len(eig)}"
+    if not counts:
+        return ""
+    listed = ", ".join(f"{n}: {v}" for n, v in counts.items())
+    return f"unconverged tracking points left out ({listed})"
 
 
 def _judge(res: CheckResult) -> None:

@@ -156,7 +156,12 @@ class SubspaceSGD(Optimizer):
         return sum(p.numel() for p in trainable_params(self.param_groups))
 
     def set_basis(
-        self, basis: Any, *, orthonormalize: bool = False, tol: float = ORTHONORMAL_TOL
+        self,
+        basis: Any,
+        *,
+        orthonormalize: bool = False,
+        tol: float = ORTHONORMAL_TOL,
+        allow_unconverged: bool = False,
     ) -> bool:
         """Set or refresh the eigenbasis; the caller (the eigen tracker) decides when.
 
@@ -166,12 +171,23 @@ class SubspaceSGD(Optimizer):
                 (in float64 where possible) to the parameters' device.
             orthonormalize: orthonormalize the rows (QR) instead of rejecting them.
             tol: largest accepted ``max |V Vᵀ − I|``.
+            allow_unconverged: use an ``EigenResult`` whose ``converged`` is false; by default
+                such a result is refused with a warning and the previous basis is kept.
 
         Returns:
             Whether the basis changed: ``False`` when ``freeze_basis`` is set and a basis has
-            already been given (the call is then ignored, without checks).
+            already been given (the call is then ignored, without checks), or when an
+            unconverged ``EigenResult`` was refused.
         """
         if self.freeze_basis and self._basis is not None:
+            return False
+        if getattr(basis, "converged", True) is False and not allow_unconverged:
+            warnings.warn(
+                "set_basis() refused an EigenResult with converged=False and kept the previous "
+                "basis; pass allow_unconverged=True to use it anyway",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return False
         params = trainable_params(self.param_groups)
         device = params[0].device if params else torch.device("cpu")

@@ -18,6 +18,9 @@
     ``change_std``, ``change_rel`` (mean change / |L(θ)|), ``loss``, ``coef_mean``,
     ``coef_sq_mean`` (of ⟨g, u⟩; null for the full step).
 
+With ``converged`` given, every record has ``eigen_converged`` (false: the directions come from
+an eigensolver run that did not converge).
+
 Every record has its cost: ``seconds``, ``loss_evals`` (forward passes over the probe subset),
 ``forward_examples`` and ``backward_examples`` (examples through the model in each direction).
 Lists are lists of floats, non-finite numbers become null, so ``pandas.read_json(lines=True)``
@@ -105,6 +108,7 @@ def run_probes(
     cross_sections: bool = True,
     alpha: bool = True,
     generator: torch.Generator | None = None,
+    converged: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run the probes of one point and return their records (see the module docstring).
 
@@ -112,6 +116,8 @@ def run_probes(
     parameters; ``eigenvectors`` are ``(k, n)`` rows matching ``eigenvalues`` (an
     ``EigenResult``'s ``values``/``vectors``); ``generator`` draws the random baseline direction
     (default: a generator seeded with 0). The parameters are bit-identical afterwards.
+    ``converged`` (the eigensolver's flag, when known) is stamped on every record as
+    ``eigen_converged``, so directions from an unconverged solve are marked.
     """
     settings = settings or ProbeSettings()
     values = np.asarray(eigenvalues, dtype=np.float64)
@@ -211,4 +217,6 @@ def run_probes(
                 )
     for record in records:
         record.update(settings.extra)
+        if converged is not None:
+            record["eigen_converged"] = bool(converged)
     return [jsonable(r) for r in records]

@@ -5,6 +5,8 @@ Single run:
 - :func:`plot_eigenvalues` — the paper's Fig. 1/2: the tracked top eigenvalues λᵢ against the
   iteration on a log scale, coloured by rank (red → blue), above the train/val/test accuracy
   (or perplexity, or the training loss); ``until`` zooms on the beginning (Fig. 2, bottom).
+  Points whose Lanczos run did not converge are hollow markers off the lines; with
+  ``eigenvalues_stderr`` in the lines, a band of ±1 standard error surrounds each λᵢ.
 - :func:`plot_training` — training loss, evaluation loss and accuracy, and the learning rate
   when it changes.
 - :func:`plot_angles` — the largest (and every) principal angle between consecutive top-k
@@ -40,6 +42,7 @@ from matplotlib.ticker import LogFormatter
 
 from sharpest.report.reader import RunData, flatten_config
 from sharpest.report.summary import eval_frame, frobenius
+from sharpest.runs.eigen_quality import converged_mask, stderr_matrix
 
 __all__ = [
     "IGNORED_KEYS",
@@ -188,8 +191,11 @@ def plot_eigenvalues(
         raise NoData('no "eigen" lines with eigenvalues')
     lam = run.eigenvalue_matrix()
     it = x_values(run, eig, "iteration")
+    ok = converged_mask(eig)
+    se = stderr_matrix(eig, lam.shape[1])
     sel = np.ones(len(it), bool) if until is None else it <= until
-    lam, it = lam[sel], it[sel]
+    lam, it, ok = lam[sel], it[sel], ok[sel]
+    se = None if se is None else se[sel]
     positive = np.isfinite(lam) & (lam > 0)
     if not positive.any():
         raise NoData("no positive eigenvalue to draw on a log scale")
@@ -213,8 +219,9 @@ def plot_eigenvalues(
     k = lam.shape[1]
     colours = rank_colours(k)
     for i in reversed(range(k)):
-        m = positive[:, i]
+        m = positive[:, i] & ok
         ax.plot(it[m], lam[m, i], color=colours[i], lw=1.0, **_marker(int(m.sum())))
+    _draw_quality(ax, it, lam, ok, se, colours, positive, notes)
     _log_y(ax)
     ax.set_ylabel("eigenvalue λᵢ")
     cmap = ListedColormap(colours)
@@ -253,6 +260,40 @@ def plot_eigenvalues(
     if until is not None:
         ax.set_xlim(left=min(0.0, float(np.nanmin(it))), right=until)
     return fig
+
+
+def _draw_quality(
+    ax: Any,
+    it: np.ndarray,
+    lam: np.ndarray,
+    ok: np.ndarray,
+    se: np.ndarray | None,
+    colours: list[Any],
+    positive: np.ndarray,
+    notes: list[str] | None,
+) -> None:
+    """Hollow markers at unconverged points and ±1 standard-error bands (log-scale safe)."""
+    for i in range(lam.shape[1]):
+        bad = positive[:, i] & ~ok
+        if bad.any():
+            ax.plot(it[bad], lam[bad, i], ls="none", marker="o", ms=5, mfc="none",
+                    mec=colours[i], mew=1.0)
+        if se is not None:
+            m = positive[:, i] & ok & np.isfinite(se[:, i])
+            if m.sum() >= 2:
+                lo = lam[m, i] - se[m, i]
+                ax.fill_between(it[m], np.where(lo > 0, lo, lam[m, i] * 1e-3),
+                                lam[m, i] + se[m, i], color=colours[i], alpha=0.2, lw=0)
+    if notes is None:
+        return
+    n_bad = int((~ok).sum())
+    if n_bad:
+        notes.append(
+            f"{n_bad} of {len(ok)} tracking point(s) did not converge (hollow markers, left out "
+            "of the lines and of the summary numbers)."
+        )
+    if se is not None:
+        notes.append("Bands: ±1 standard error of λᵢ over the Hessian subset (sampling error).")
 
 
 def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
@@ -497,8 +538,12 @@ def plot_sweep(
                 y = lam[:, i]
                 m = np.isfinite(y) & (y > 0)
                 hidden += int((np.isfinite(y) & (y <= 0)).sum())
-                ax.plot(xs[m], y[m], style, color=c, lw=1.1,
+                good = converged_mask(run.eigen_points)
+                ax.plot(xs[m & good], y[m & good], style, color=c, lw=1.1,
                         label=f"{lab}" if i == 0 else None)
+                if (m & ~good).any():  # unconverged points: hollow, off the line
+                    ax.plot(xs[m & ~good], y[m & ~good], ls="none", marker="o", ms=4,
+                            mfc="none", mec=c)
         _log_y(ax)
         ax.set_xlabel(_x_label(x))
         ax.set_ylabel("λ₁ (solid), λ₂ (dashed)")
@@ -559,8 +604,10 @@ def plot_accuracy_norms(
                 if not ok:
                     continue
                 xs = x_values(run, run.eigen_points, x)
-                l1 = run.eigenvalue_matrix()[:, 0]
+                good = converged_mask(run.eigen_points)
+                l1 = np.where(good, run.eigenvalue_matrix()[:, 0], np.nan)
                 fro = np.array([frobenius(v, fro_k) for v in run.eigen_points["eigenvalues"]])
+                fro[~good] = np.nan  # as in the summaries
                 m1 = np.isfinite(l1) & (l1 > 0)
                 m2 = np.isfinite(fro) & (fro > 0)
                 ax.plot(xs[m1], l1[m1], "-", color=c, lw=1.1, label=lab)

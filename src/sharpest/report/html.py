@@ -46,6 +46,7 @@ from sharpest.report.reader import (
     read_run,
 )
 from sharpest.report.summary import summarize
+from sharpest.runs.eigen_quality import unconverged_count
 from sharpest.runs.io import atomic_write_text
 
 __all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_out"]
@@ -125,6 +126,7 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "iterations": ("iterations", _num),
     "epochs": ("last epoch", _num),
     "n_eigen": ("tracking points", _num),
+    "eigen_unconverged": ("tracking points not converged (left out of λ numbers)", _num),
     "k_tracked": ("eigenvalues per point", _num),
     "lambda1_final": ("final λ₁ = ‖H‖₂", _num),
     "lambda1_max": ("largest λ₁", _num),
@@ -378,6 +380,14 @@ def _run_notes(run: RunData) -> list[str]:
         notes.append('no "end" line: the run did not finish (or is still running).')
     if run.diverged:
         notes.append('the run diverged (a "diverged" line).')
+    bad = unconverged_count(run.records)
+    if bad:
+        total = sum(1 for r in run.records if r.get("event") == "eigen")
+        notes.append(
+            f"{bad} of {total} tracking point(s) did not converge: drawn hollow, left out of the "
+            "summary numbers, and the optimizer kept its previous basis there unless "
+            "track.use_unconverged was set."
+        )
     return [f"{run.name}: {n}" for n in notes]
 
 

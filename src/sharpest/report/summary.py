@@ -17,7 +17,9 @@ taken from it.
 Report-only numbers: ``lambda1_max``, ``hessian_fro_max``, ``n_eigen``, ``k_tracked``,
 ``total_matvecs``, ``*_final`` of each eval split, ``tracking_seconds`` (Σ of the ``"eigen"``
 lines' ``seconds``) and ``tracking_share`` (its share of the wall time, ``time`` of the last
-line minus that of the first), and the like.
+line minus that of the first), and the like. Like Table 1 they leave out the eigenvalues of
+tracking points that did not converge (``eigen_unconverged`` counts them); costs count every
+point.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sharpest.paper_metrics import (
     table1,
 )
 from sharpest.report.reader import RunData, read_run
+from sharpest.runs.eigen_quality import converged_mask
 from sharpest.runs.io import jsonable
 
 __all__ = [
@@ -161,20 +164,23 @@ def summarize(
     # -- eigenvalues (report-only numbers) -------------------------------------------------------
     eig = run.eigen_points
     if not eig.empty:
+        ok = converged_mask(eig)
         lam = run.eigenvalue_matrix()
+        lam[~ok] = np.nan  # unconverged points: no eigenvalue numbers
         l1 = lam[:, 0]
         it = pd.to_numeric(eig["iteration"], errors="coerce").to_numpy(dtype=float) if (
             "iteration" in eig.columns
         ) else np.arange(len(eig), dtype=float)
         fro = np.array([frobenius(v, fro_k) for v in eig["eigenvalues"]])
+        fro[~ok] = np.nan
         s["n_eigen"] = len(eig)
         s["k_tracked"] = int(lam.shape[1])
         if np.isfinite(l1).any():
             j = int(np.nanargmax(l1))
             s["lambda1_max"] = l1[j]
             s["lambda1_max_iteration"] = it[j]
-        if lam.shape[1] > 1:
-            s["lambda2_final"] = lam[-1, 1]
+        if lam.shape[1] > 1 and np.isfinite(lam[:, 1]).any():
+            s["lambda2_final"] = lam[np.flatnonzero(np.isfinite(lam[:, 1]))[-1], 1]
         if np.isfinite(fro).any():
             s["hessian_fro_max"] = float(np.nanmax(fro))
         if "n_matvecs" in eig.columns:

@@ -23,6 +23,7 @@ _EXPORTS = {
     "jsonable": "sharpest.runs.io",
     "load": "sharpest.runs.reader",
     "load_checkpoint": "sharpest.runs.folder",
+    "load_many": "sharpest.runs.many",
     "parse_records": "sharpest.runs.io",
     "read_records": "sharpest.runs.io",
     "save_checkpoint": "sharpest.runs.folder",

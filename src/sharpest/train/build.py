@@ -24,6 +24,7 @@ from sharpest.models import build_model
 from sharpest.optim import build_optimizer
 from sharpest.runs import load_checkpoint
 from sharpest.runs.rng import seed_everything
+from sharpest.runs.sinks import Sink
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics
 from sharpest.train.probe_callback import build_probe_callbacks
@@ -42,7 +43,10 @@ class RunParts:
     probes measure the Hessian on (on ``device``); ``eval_train``: the training examples the
     ``train`` split is evaluated on; ``callbacks``: the built-in ones, in their order (eigen
     tracker first: probes read its result, then epoch metrics, probes, the summary line);
-    ``init_eigen``: eigenpairs of ``init_from``'s checkpoint, warm-starting the tracker.
+    ``init_eigen``: eigenpairs of ``init_from``'s checkpoint, warm-starting the tracker;
+    ``sinks``: where the records are mirrored besides ``metrics.jsonl`` (``log.sinks``: names,
+    or :class:`~sharpest.runs.sinks.Sink` objects), opened by the trainer below the run folder
+    once that folder is ready.
     """
 
     config: Config
@@ -59,6 +63,7 @@ class RunParts:
     tracker: EigenTracker | None = None
     callbacks: list[Callback] = field(default_factory=list)
     init_eigen: dict[str, Any] | None = None
+    sinks: list[str | Sink] = field(default_factory=list)
 
 
 def build_data(cfg: Config) -> DataBundle:
@@ -215,4 +220,5 @@ def build(
         tracker=tracker,
         callbacks=callbacks,
         init_eigen=init_eigen,
+        sinks=list(cfg.log.sinks),
     )

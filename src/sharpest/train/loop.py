@@ -50,6 +50,7 @@ from sharpest.runs import (
 from sharpest.runs.io import jsonable
 from sharpest.runs.resume import RESUMABLE_CHANGES, PreparedFolder, prepare_folder
 from sharpest.runs.rng import get_rng_state, seed_everything, set_rng_state
+from sharpest.runs.sinks import Sink, close_all, open_config_sinks
 from sharpest.train.build import RunParts, build
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import evaluate, flat_params, in_batches
@@ -119,6 +120,9 @@ class Trainer:
             built from ``config``.
         model, data, optimizer, loss_fn: your own objects instead of the config's (the
             config still gives batch size, schedule, tracking, evaluation and the rest).
+        sinks: extra mirrors of the records (:mod:`sharpest.runs.sinks`: names or
+            :class:`~sharpest.runs.sinks.Sink` objects), after the config's ``log.sinks``;
+            opened below ``out`` with the run folder and closed at the end of :meth:`fit`.
 
     Build, then loop: ``__init__`` only locks and checks the run folder
     (:func:`sharpest.runs.resume.prepare_folder`; the lock is held until :meth:`fit` ends) and
@@ -144,6 +148,7 @@ class Trainer:
         data: DataBundle | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        sinks: Sequence[str | Sink] = (),
     ) -> None:
         if isinstance(config, (str, os.PathLike)):
             config = load_config(config)
@@ -168,6 +173,8 @@ class Trainer:
                 parts = build(cfg, self.device, world_size=self.world_size, data=data,
                               model=model, optimizer=optimizer)
             self._take(parts, loss_fn, callbacks)
+            # Each sink once (a name given in the config and again here opens one sink).
+            self.sink_specs: list[str | Sink] = list(dict.fromkeys([*parts.sinks, *sinks]))
         except BaseException:
             self._release_lock(discard=True)  # nothing written: leave no folder behind
             raise
@@ -187,6 +194,7 @@ class Trainer:
         self._elapsed = 0.0
         self._t0 = time.perf_counter()
         self._writer: MetricsWriter | None = None
+        self._sinks: list[Sink] = []  # sink_specs, opened with the run folder
         self._progress: Any = None
         self._rng_start = get_rng_state()
         self._rng_resume: dict[str, Any] | None = None
@@ -227,8 +235,10 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            self._close()  # also on KeyboardInterrupt: the log stays consistent for --resume
-            self._release_lock()
+            try:
+                self._close()  # also on KeyboardInterrupt: the log stays consistent for --resume
+            finally:
+                self._release_lock()  # even if a sink fails to close
 
     def _can_extend(self) -> bool:
         """Whether a finished run is resumed with more to do (``--set epochs=N`` raised):
@@ -428,6 +438,8 @@ class Trainer:
         self.records.append(record)
         if self._writer is not None and self.is_main:
             self._writer.write(record)
+            for sink in self._sinks:
+                sink.write(record)
         if event == "eigen":
             self._update_progress()
 
@@ -578,6 +590,7 @@ class Trainer:
         else:
             lines = truncate_lines(folder.metrics_path, lines)
         self._writer = MetricsWriter(folder.metrics_path, lines=lines)
+        self._sinks = open_config_sinks(self.config, folder.path, self.sink_specs)
 
     def _start_fields(self) -> dict[str, Any]:
         d = self.data
@@ -634,6 +647,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        sinks, self._sinks = self._sinks, []
+        close_all(sinks)
 
     def _result(self, already: bool = False) -> TrainResult:
         if already:

@@ -9,6 +9,11 @@ draws M mini-batch gradients from its own seeded batch stream, and logs ``"probe
 - ``kind="alpha"``: E[L(θ − αη⟨g, u⟩u)] − L(θ) for eigenvectors, a random direction and the
   full step (Fig. 4 right).
 
+A point whose eigenpairs did not converge (``EigenResult.converged`` false) is skipped by
+default (``unconverged="skip"``, counted in ``skipped``, warned once); with
+``unconverged="mark"`` it is probed and its lines say ``"eigen_converged": false``. Every line
+has ``eigen_converged``.
+
 Each line also has ``probe_point`` (a counter), ``eigen_age`` (iterations since the
 eigenvectors were computed; 0 by default, see ``max_eigen_age``) and ``train_loss_recent`` (the
 trainer's logged training loss, for the authors' k_min variant); the ``"step"`` line has
@@ -70,6 +75,9 @@ __all__ = [
 
 # Mixed into the run's seed so the probe's batch stream differs from the training stream.
 _SEED_OFFSET = 0x9B0BE
+
+#: What a probe point does with eigenpairs that did not converge.
+UNCONVERGED_MODES = ("skip", "mark")
 
 
 def _config_get(config: Any, key: str, default: Any = None) -> Any:
@@ -136,6 +144,9 @@ class DirectionProbe(Callback):
         trainer offering ``eigen_iteration``; otherwise it is counted from when this callback
         first saw the current ``trainer.eigen`` object (exact when it runs after the tracker).
         Every record carries its ``eigen_age``.
+    unconverged:
+        What to do at a point whose eigenpairs did not converge: ``"skip"`` it (default) or
+        probe it and ``"mark"`` its lines (``eigen_converged: false``).
     """
 
     def __init__(
@@ -164,11 +175,16 @@ class DirectionProbe(Callback):
         max_eigen_age: int | None = 0,
         at_end: bool = False,
         name: str | None = None,
+        unconverged: str = "skip",
     ) -> None:
         if name:
             self.name = name
         if every < 0 or alpha_every < 1 or num_gradients < 1:
             raise ValueError("every >= 0, alpha_every >= 1 and num_gradients >= 1 are required")
+        if unconverged not in UNCONVERGED_MODES:
+            raise ValueError(
+                f"unconverged must be one of {UNCONVERGED_MODES}, got {unconverged!r}"
+            )
         if gradient_mode not in MODES:
             raise ValueError(f"gradient_mode must be one of {MODES}, got {gradient_mode!r}")
         for what, value in (("batch_size", batch_size), ("subset", subset)):
@@ -198,6 +214,7 @@ class DirectionProbe(Callback):
         self.seed = seed
         self.max_eigen_age = max_eigen_age
         self.at_end = bool(at_end)
+        self.unconverged = unconverged
         # state
         self.points = 0
         self.skipped = 0
@@ -207,6 +224,7 @@ class DirectionProbe(Callback):
         self._op: EmpiricalRisk | None = None
         self._op_key: tuple | None = None
         self._warned = False
+        self._warned_unconverged = False
 
     #: Key of this callback's state in checkpoints.
     name: str = "probes"
@@ -341,6 +359,17 @@ class DirectionProbe(Callback):
                     stacklevel=3,
                 )
             return
+        if self.unconverged == "skip" and getattr(eigen, "converged", True) is False:
+            self.skipped += 1
+            if warn and not self._warned_unconverged:
+                self._warned_unconverged = True
+                warnings.warn(
+                    f"probe at iteration {iteration} skipped: its eigenpairs did not converge "
+                    "(probes.unconverged: mark probes such points anyway; warned once)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return
         self.last_iteration = iteration
         do_alpha = self.alpha and self.points % self.alpha_every == 0
         if not (self.cross_section or do_alpha):
@@ -376,6 +405,7 @@ class DirectionProbe(Callback):
             cross_sections=self.cross_section,
             alpha=do_alpha,
             generator=torch.Generator().manual_seed(point_seed),
+            converged=bool(getattr(eigen, "converged", True)),
         )
         recent = getattr(trainer, "train_loss_recent", None)
         common = {
@@ -439,6 +469,7 @@ class ProbesSection(TypedDict, total=False):
     chunk_size: int | None
     seed: int | None
     max_eigen_age: int | None
+    unconverged: str
 
 
 #: The options a ``probes`` section may set (``enabled`` aside), in the order errors list them.

@@ -18,33 +18,78 @@ When tracking points come (iteration ``t`` counts optimizer steps done):
 
 If the optimizer has ``set_basis`` (NudgedSGD and the Sec. 3.3 variants) the tracker refreshes
 it at each epoch start (``refresh_every = 0``, the paper) or every ``refresh_every`` iterations,
-with the leading rows of the eigenvectors of that iteration; the line then has
-``"refreshed": true``.
+with the leading rows of the eigenvectors of that iteration, sorted by ``order`` (``"magnitude"``:
+descending |λ|, the paper; ``"algebraic"``: descending λ, the authors' code; see
+:mod:`sharpest.optim.order`); the line then has ``"refreshed": true``.
 
-In a hand-written loop::
+A loop that never calls :meth:`EigenTracker.start_epoch` (only :meth:`~EigenTracker.step`) has
+no epoch starts: the basis is then refreshed at every tracking
+point of ``step``, and computed at the first ``step`` call if the optimizer has none yet, so no
+step runs as plain SGD unnoticed; with no tracking point that ``step`` could reach (``every = 0``,
+no ``dense_until``, no ``refresh_every``) the first call raises, naming the missing policy.
 
-    tracker = EigenTracker(k=5, every=50)
-    tracker.attach(model, loss_fn, (x_subset, y_subset), weight_decay=wd, log=records.append)
-    for t, (x, y) in enumerate(batches):
-        if t == 0:
-            tracker.step(0)              # before the first step
-        ...optimizer.step()...
-        tracker.step(t + 1)              # computes when due; returns the EigenResult or None
+A point whose Lanczos run did not converge (``"converged": false``, e.g. it hit
+``max_matvecs``) is never used silently: the tracker prints one ``warning: ...`` line, and
+unless ``use_unconverged`` the optimizer keeps its previous basis (the line has
+``"refreshed": false, "refresh_skipped": "not converged"``). The point still warm-starts the
+next one (a start is only a hint) and is still recorded, so readers can mark or skip it.
+
+With ``stderr=True`` the line also has ``eigenvalues_stderr``: the sampling error of each λᵢ
+over the Hessian subset (:mod:`sharpest.curvature.sampling_error`; k more products per point,
+and the subset is split into at least ``MIN_CHUNKS`` chunks).
+
+Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
+callable taking one argument (``records.append``) gets the whole record as a dict
+``{"event": ..., "iteration": ..., "epoch": ..., ...}``; with no ``log`` they are kept in
+``tracker.records``.
+
+In a hand-written loop (every 5 steps, driving Nudged SGD's basis):
+
+>>> import torch
+>>> from torch import nn
+>>> from sharpest.optim import NudgedSGD
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+>>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+>>> loss_fn = nn.CrossEntropyLoss()
+>>> optimizer = NudgedSGD(model.parameters(), lr=0.1, gamma=0.5, k=2)
+>>> records = []
+>>> tracker = EigenTracker(k=2, every=5).attach(
+...     model, loss_fn, (x[:32], y[:32]), optimizer=optimizer, log=records.append)
+>>> for t in range(12):
+...     _ = tracker.step(t)          # computes when due; returns the EigenResult or None
+...     optimizer.zero_grad()
+...     loss_fn(model(x), y).backward()
+...     optimizer.step()
+>>> _ = tracker.finish(12)          # one last point at the end
+>>> [(r["iteration"], r.get("refreshed", False)) for r in records]
+[(0, True), (5, True), (10, True), (12, False)]
+>>> optimizer.basis_version
+3
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_angles
+from sharpest.curvature.sampling_error import (
+    MIN_CHUNKS,
+    eigenvalue_stderr,
+    stderr_chunk_size,
+)
 from sharpest.curvature.spectra import frobenius_from_topk
+from sharpest.optim.order import BASIS_ORDERS, algebraic_top_is_exact, basis_order
 from sharpest.train.callbacks import Callback
+from sharpest.train.event_log import as_event_log
 
 if TYPE_CHECKING:
     from sharpest.config import Config
@@ -86,11 +131,16 @@ class EigenTracker(Callback):
         chunk_size: int | None = None,
         seed: int = 0,
         refresh_every: int = 0,
+        order: str = "magnitude",
+        use_unconverged: bool = False,
+        stderr: bool = False,
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
         if every < 0 or dense_until < 0 or dense_every < 1 or refresh_every < 0:
             raise ValueError("every, dense_until, refresh_every must be ≥ 0 and dense_every ≥ 1")
+        if order not in BASIS_ORDERS:
+            raise ValueError(f"order must be one of {', '.join(BASIS_ORDERS)}; got {order!r}")
         self.k = k
         self.every = every
         self.epoch_start = (every == 0) if epoch_start is None else bool(epoch_start)
@@ -104,11 +154,18 @@ class EigenTracker(Callback):
         self.chunk_size = chunk_size or 512
         self.seed = seed
         self.refresh_every = refresh_every
+        self.order = order
+        self.use_unconverged = bool(use_unconverged)
+        self.stderr = bool(stderr)
+        #: Print warning lines (the trainer turns it off on ranks other than 0).
+        self.verbose = True
+        self._warned_order = False
         # Attached objects (attach() or on_train_start).
         self.model: nn.Module | None = None
         self.operator: HessianOperator | None = None
         self.optimizer: Any = None
         self._log: Callable[..., Any] | None = None
+        self._epoch_starts = False
         # State (checkpointed).
         self.result: EigenResult | None = None
         self.last_iteration: int | None = None
@@ -132,6 +189,9 @@ class EigenTracker(Callback):
             chunk_size=t.chunk_size,
             seed=config.seed if t.seed is None else t.seed,
             refresh_every=config.optimizer.refresh_every,
+            order=config.optimizer.order,
+            use_unconverged=t.use_unconverged,
+            stderr=t.stderr,
         )
 
     # -- setup ---------------------------------------------------------------------------------
@@ -144,17 +204,29 @@ class EigenTracker(Callback):
         weight_decay: float = 0.0,
         optimizer: Any = None,
         log: Callable[..., Any] | None = None,
+        **operator_options: Any,
     ) -> EigenTracker:
         """Bind the model, the loss, the fixed Hessian data (one ``(inputs, targets)`` pair or a
         list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term), optionally an optimizer with
         ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
-        ``self.records``)."""
+        ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
+        ``reduction="sum"``, ``semantics="train"``)."""
         self.model = model
         self.operator = HessianOperator(
-            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto"
+            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto",
+            **operator_options,
         )
+        n = self.operator.num_examples
+        if self.stderr and len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS:
+            # The standard error needs several chunks (its degrees of freedom).
+            self.operator = HessianOperator(
+                model, loss_fn, data, weight_decay,
+                chunk_size=stderr_chunk_size(n, self.chunk_size), cache_graphs="auto",
+                **operator_options,
+            )
         self.optimizer = optimizer if callable(getattr(optimizer, "set_basis", None)) else None
-        self._log = log
+        self._log = as_event_log(log)
+        self._epoch_starts = False  # until start_epoch() or a trainer says epochs are signalled
         return self
 
     @property
@@ -182,20 +254,48 @@ class EigenTracker(Callback):
             return at_epoch_start
         return iteration % self.refresh_every == 0
 
+    def _refresh_in_step(self, iteration: int) -> bool:
+        """Whether ``step(iteration)`` must refresh the basis although its policy says not:
+        the optimizer has none yet, or the epoch-start policy applies but no epoch start is
+        ever signalled (a loop calling only ``step``), so refresh at each tracking point."""
+        if self.optimizer is None:
+            return False
+        if not getattr(self.optimizer, "has_basis", True):
+            return True
+        if self.refresh_every > 0 or self._epoch_starts:
+            return False
+        return self.is_due(iteration)
+
+    def _check_refresh_policy(self) -> None:
+        if self.optimizer is None or self.refresh_every > 0 or self._epoch_starts:
+            return
+        if self.every == 0 and self.dense_until == 0:
+            raise RuntimeError(
+                f"EigenTracker: {type(self.optimizer).__name__} needs its eigenbasis refreshed, "
+                "but no refresh policy reaches step(): refresh_every=0 refreshes at epoch starts "
+                "and start_epoch() was never called, and every=0 gives no tracking points. Set "
+                "every > 0 (refresh at each tracking point), refresh_every > 0, or call "
+                "tracker.start_epoch(iteration, epoch) at each epoch start."
+            )
+
     def step(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """After an optimizer step (or with ``0`` before the first): track if due."""
+        self._check_refresh_policy()
         if self.last_iteration == iteration:
             return None
         refresh = self._refresh_due(iteration, at_epoch_start=False)
+        refresh = refresh or self._refresh_in_step(iteration)
         if self.is_due(iteration) or refresh:
             return self.track(iteration, epoch, refresh=refresh)
         return None
 
     def start_epoch(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """At an epoch start: track if due, at every epoch start, or to refresh the basis."""
+        self._epoch_starts = True
         refresh = self._refresh_due(iteration, at_epoch_start=True)
         if self.last_iteration == iteration:
-            if refresh and self.result is not None:
+            usable = self.result is not None and (self.result.converged or self.use_unconverged)
+            if refresh and usable:
                 self._set_basis(self.result)
             return None
         if self.epoch_start or refresh or self.is_due(iteration):
@@ -230,6 +330,7 @@ class EigenTracker(Callback):
                 init=init,
                 seed=self.seed,
             )
+            stderr = eigenvalue_stderr(self.operator, result.vectors) if self.stderr else None
         finally:
             # Stale first-order graphs would hold the subset's activations during training.
             self.operator.clear_cache()
@@ -242,12 +343,21 @@ class EigenTracker(Callback):
             "warm": init is not None,
             "frobenius_topk": frobenius_from_topk(result.values),
         }
+        if stderr is not None:
+            fields["eigenvalues_stderr"] = [float(x) for x in stderr]
+            fields["stderr_matvecs"] = int(result.vectors.shape[0])  # one product per vector
         if previous is not None and previous.vectors.shape == result.vectors.shape:
             angles = principal_angles(previous.vectors, result.vectors)
             fields["angles"] = [float(a) for a in angles]
             fields["angle_max"] = float(angles.max())
         if refresh:
-            fields["refreshed"] = self._set_basis(result)
+            if result.converged or self.use_unconverged:
+                fields["refreshed"] = self._set_basis(result)
+            else:
+                fields["refreshed"] = False
+                fields["refresh_skipped"] = "not converged"
+        if not result.converged:
+            self._warn_unconverged(iteration, result, fields.get("refresh_skipped") is not None)
         self.result = result
         self.last_iteration = iteration
         self.points += 1
@@ -256,12 +366,53 @@ class EigenTracker(Callback):
         return result
 
     def _set_basis(self, result: EigenResult) -> bool:
-        changed = self.optimizer.set_basis(result.vectors, orthonormalize=True)
+        """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k)."""
+        rows = basis_order(result.values, self.order)
+        k = getattr(self.optimizer, "k", None)
+        if (
+            self.order == "algebraic"
+            and not self._warned_order
+            and isinstance(k, int)
+            and not algebraic_top_is_exact(result.values, k, result.which)
+        ):
+            self._warn(
+                f"order 'algebraic' with which='LM': fewer than {k} of the top {self.k} |λ| are "
+                "≥ 0, so larger algebraic eigenvalues may be missing from the basis (set "
+                "track.which: LA; warned once)"
+            )
+            self._warned_order = True
+        vectors = result.vectors[torch.as_tensor(rows, device=result.vectors.device)]
+        changed = self.optimizer.set_basis(vectors, orthonormalize=True)
         return True if changed is None else bool(changed)
+
+    def _warn(self, message: str) -> None:
+        if not self.verbose:
+            return
+        line = f"warning: {message}"
+        try:  # keeps a progress bar intact
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            print(line, file=sys.stderr, flush=True)
+
+    def _warn_unconverged(self, iteration: int, result: EigenResult, kept: bool) -> None:
+        rel = np.asarray(result.residuals) / np.maximum(np.abs(np.asarray(result.values)), 1e-30)
+        worst = float(rel.max()) if rel.size else float("nan")
+        if not kept:
+            what = "recorded as unconverged"
+        elif getattr(self.optimizer, "has_basis", True):
+            what = "the optimizer keeps its previous basis"
+        else:
+            what = "the optimizer has no basis yet and steps as plain SGD"
+        self._warn(
+            f"eigen point at iteration {iteration} did not converge ({result.n_matvecs} "
+            f"products, largest relative residual {worst:.2g}, tol {self.tol:g}); {what}"
+        )
 
     def _emit(self, epoch: int | None, iteration: int, fields: dict[str, Any]) -> None:
         if self._log is not None:
-            self._log("eigen", **fields)
+            self._log("eigen", iteration=iteration, epoch=epoch, **fields)
         else:
             self.records.append(
                 {"event": "eigen", "epoch": epoch, "iteration": iteration, **fields}
@@ -278,6 +429,8 @@ class EigenTracker(Callback):
             optimizer=trainer.optimizer,
             log=trainer.log,
         )
+        self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
+        self.verbose = bool(getattr(trainer, "is_main", True))
         if self.result is not None:
             self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
 

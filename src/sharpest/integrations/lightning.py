@@ -1,0 +1,129 @@
+"""A PyTorch Lightning ``Callback`` that tracks the top-k Hessian eigenpairs along training.
+
+>>> from sharpest.integrations.lightning import SharpestCallback      # doctest: +SKIP
+>>> callback = SharpestCallback((x_subset, y_subset), nn.CrossEntropyLoss(), k=5, every=50,
+...                             sinks=["tensorboard", "csv"])         # doctest: +SKIP
+>>> pl.Trainer(callbacks=[callback], max_epochs=3).fit(module, loader)  # doctest: +SKIP
+>>> callback.records[-1]["eigenvalues"]                               # doctest: +SKIP
+
+The Hessian is the one of ``loss_fn(module(inputs), targets)`` over the fixed ``data`` (the
+LightningModule's ``forward``; ``model=`` picks a submodule instead), in evaluation semantics
+unless ``semantics="train"``. Tracking points: iteration ``trainer.global_step`` (optimizer
+steps done) at ``every`` steps, at epoch starts when ``every=0``, once at the end. An optimizer
+with ``set_basis`` returned by ``configure_optimizers`` (``NudgedSGD``) gets its basis at each
+epoch start (``refresh_every=0``) or every ``refresh_every`` steps. Records are kept in
+``callback.records``, sent to Lightning's loggers (``to_loggers=True``, scalars named as in
+:mod:`sharpest.runs.sinks`) and to the sinks, which write under ``log_dir`` (default
+``trainer.default_root_dir/sharpest``). Imported from ``lightning.pytorch`` if installed, else
+``pytorch_lightning``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sharpest.integrations._core import TrackingCore
+from sharpest.runs.sinks import Sink, scalars
+
+try:  # the unified package first, the standalone one otherwise
+    import lightning.pytorch as pl
+except ImportError:  # pragma: no cover - depends on what is installed
+    import pytorch_lightning as pl
+
+__all__ = ["SharpestCallback"]
+
+
+class SharpestCallback(pl.Callback):
+    """Top-k Hessian eigenpairs in a Lightning run (see the module docstring).
+
+    Args:
+        data: the fixed Hessian subset, an ``(inputs, targets)`` pair or a list of them.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+        k, every, refresh_every: top-k, steps between tracking points, steps between basis
+            refreshes (0: at epoch starts).
+        model: ``model(pl_module)`` returns the module whose Hessian is tracked (default the
+            LightningModule itself).
+        sinks, log_dir, wandb: mirrors of the records (``"tensorboard"``, ``"wandb"``,
+            ``"csv"`` or :class:`Sink` objects).
+        to_loggers: also send the scalars to ``trainer.loggers``.
+        **options: ``weight_decay``, ``reduction``, ``semantics``, ``drive_optimizer`` and the
+            :class:`~sharpest.train.tracker.EigenTracker` settings (``tol``, ``which``, …).
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        loss_fn: Callable[[Any, Any], Any],
+        *,
+        k: int = 5,
+        every: int = 50,
+        refresh_every: int = 0,
+        model: Callable[[nn.Module], nn.Module] | None = None,
+        sinks: Sequence[str | Sink] = (),
+        log_dir: str | os.PathLike[str] | None = None,
+        wandb: dict[str, Any] | None = None,
+        to_loggers: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.core = TrackingCore(
+            data, loss_fn, k=k, every=every, refresh_every=refresh_every, sinks=sinks,
+            log_dir=log_dir, wandb=wandb, **options,
+        )  # fmt: skip
+        self.select_model = model
+        self.to_loggers = to_loggers
+        self._trainer: Any = None
+
+    @property
+    def tracker(self):
+        return self.core.tracker
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.core.records
+
+    def _send_to_loggers(self, record: dict[str, Any]) -> None:
+        trainer = self._trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        values = scalars(record)
+        step = int(record.get("iteration") or 0)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
+        model = self.select_model(pl_module) if self.select_model else pl_module
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        self.core.open(
+            model, optimizer, Path(trainer.default_root_dir) / "sharpest", pl_module.device
+        )
+        if self.to_loggers and self._send_to_loggers not in self.core.extra_logs:
+            self.core.extra_logs.append(self._send_to_loggers)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.tracker.start_epoch(trainer.global_step, trainer.current_epoch)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        self.tracker.step(trainer.global_step, trainer.current_epoch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            self.tracker.finish(trainer.global_step, trainer.current_epoch)
+        finally:
+            self.core.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "tracker" in state_dict:
+            self.tracker.load_state_dict(state_dict["tracker"])

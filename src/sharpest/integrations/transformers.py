@@ -1,0 +1,113 @@
+"""A Hugging Face ``transformers`` ``TrainerCallback`` that tracks the top-k Hessian eigenpairs.
+
+>>> from sharpest.integrations.transformers import SharpestTrainerCallback  # doctest: +SKIP
+>>> callback = SharpestTrainerCallback((inputs, labels), k=5, every=50,
+...                                    sinks=["tensorboard"])              # doctest: +SKIP
+>>> Trainer(model, args, train_dataset=ds, callbacks=[callback]).train()   # doctest: +SKIP
+
+``data`` is the fixed Hessian subset: ``(inputs, labels)`` with ``inputs`` a dict of tensors
+(``input_ids``, ``attention_mask``, …), passed as ``model(**inputs)``, or a list of such pairs.
+The default loss is the mean cross-entropy of the output's ``logits`` against the labels
+(:func:`logits_cross_entropy`; logits ``(B, C)`` or ``(B, T, V)``); pass ``loss_fn`` for
+others. Attention runs through its math kernel during products (fused kernels have no double
+backward). Tracking points: ``state.global_step`` every ``every`` steps (epoch starts when
+``every=0``), once at the end. An optimizer with ``set_basis`` given to the Trainer
+(``optimizers=(NudgedSGD(...), None)``; accelerate's wrapper is looked through) gets its basis
+at epoch starts or every ``refresh_every`` steps. Records: ``callback.records``, the sinks
+(under ``log_dir``, default ``args.output_dir/sharpest``), and with ``to_log_history=True``
+(default) ``state.log_history`` (eigenvalues and products, so they are saved with the state).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import TrainerCallback
+
+from sharpest.integrations._core import TrackingCore
+from sharpest.runs.sinks import Sink, scalars
+
+__all__ = ["SharpestTrainerCallback", "logits_cross_entropy"]
+
+
+def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``outputs.logits`` (or ``outputs["logits"]``, or a tensor) against
+    ``labels``; ``(B, T, V)`` logits are averaged over tokens (labels ``-100`` ignored)."""
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+class SharpestTrainerCallback(TrainerCallback):
+    """Top-k Hessian eigenpairs in a ``transformers.Trainer`` run (see the module docstring).
+
+    Args: as :class:`sharpest.integrations.lightning.SharpestCallback`, with ``loss_fn``
+    defaulting to :func:`logits_cross_entropy` and ``to_log_history`` in place of
+    ``to_loggers``.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        loss_fn: Callable[[Any, Any], Any] = logits_cross_entropy,
+        *,
+        k: int = 5,
+        every: int = 50,
+        refresh_every: int = 0,
+        sinks: Sequence[str | Sink] = (),
+        log_dir: str | os.PathLike[str] | None = None,
+        wandb: dict[str, Any] | None = None,
+        to_log_history: bool = True,
+        **options: Any,
+    ) -> None:
+        self.core = TrackingCore(
+            data, loss_fn, k=k, every=every, refresh_every=refresh_every, sinks=sinks,
+            log_dir=log_dir, wandb=wandb, **options,
+        )  # fmt: skip
+        self.to_log_history = to_log_history
+        self._state: Any = None
+
+    @property
+    def tracker(self):
+        return self.core.tracker
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.core.records
+
+    def _to_history(self, record: dict[str, Any]) -> None:
+        if self._state is not None:
+            entry = {f"sharpest/{k}": v for k, v in scalars(record).items()}
+            self._state.log_history.append({**entry, "step": record.get("iteration")})
+
+    @staticmethod
+    def _epoch(state: Any) -> int:
+        return int(state.epoch or 0)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
+        if model is None:
+            raise ValueError("SharpestTrainerCallback: the Trainer passed no model")
+        self._state = state
+        device = next(model.parameters()).device
+        self.core.open(model, optimizer, Path(args.output_dir) / "sharpest", device)
+        if self.to_log_history and self._to_history not in self.core.extra_logs:
+            self.core.extra_logs.append(self._to_history)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tracker.start_epoch(state.global_step, self._epoch(state))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tracker.step(state.global_step, self._epoch(state))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        try:
+            self.tracker.finish(state.global_step, self._epoch(state))
+        finally:
+            self.core.close()

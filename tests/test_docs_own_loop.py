@@ -1,0 +1,53 @@
+"""The code blocks of docs/your_own_loop.md and the README's first example run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+#: Blocks that need an optional library: the import that tells.
+NEEDS = {"pytorch_lightning": "pytorch_lightning", "transformers": "transformers"}
+
+
+def python_blocks(path: Path) -> list[str]:
+    return FENCE.findall(path.read_text(encoding="utf-8"))
+
+
+DOC_BLOCKS = python_blocks(ROOT / "docs" / "your_own_loop.md")
+
+
+def run_block(code: str, where: Path, name: str) -> dict:
+    for module, package in NEEDS.items():
+        if re.search(rf"^import {module}|^from {module}", code, re.MULTILINE):
+            pytest.importorskip(package)
+            if module == "transformers":
+                pytest.importorskip("accelerate")
+    namespace: dict = {"__name__": "__doc_block__"}
+    exec(compile(code, name, "exec"), namespace)  # noqa: S102 - the documentation's own code
+    return namespace
+
+
+def test_the_page_has_blocks():
+    assert len(DOC_BLOCKS) >= 8
+
+
+@pytest.mark.parametrize("index", range(len(DOC_BLOCKS)))
+def test_doc_block_runs(index, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # blocks that write files write here
+    run_block(DOC_BLOCKS[index], tmp_path, f"your_own_loop.md block {index + 1}")
+    assert capsys.readouterr().out  # every block shows something
+
+
+@pytest.mark.slow
+def test_readme_first_example_runs_with_progress_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first = python_blocks(ROOT / "README.md")[0]
+    assert "mnist1d" in first
+    run_block(first, tmp_path, "README.md first example")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    # One progress line per tracking point: every 20 of the epoch's 62 steps, and the end.
+    assert [int(line.split()[1]) for line in lines] == [0, 20, 40, 60, 62]

@@ -1,0 +1,163 @@
+"""The Lightning and Hugging Face callbacks, with the real libraries on tiny CPU models: they
+track the top-k on a fixed subset (checked against the final model's Hessian), drive
+NudgedSGD's basis at epoch starts, and mirror the records to sinks (issue 15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from sharpest.curvature import HessianOperator, lanczos
+from sharpest.optim import NudgedSGD
+
+pl = pytest.importorskip("pytorch_lightning")
+
+
+def expected_points():
+    # 4 steps per epoch, 2 epochs, every=3: epoch starts 0 and 4 (refresh), steps 3 and 6,
+    # and the end (8).
+    return [0, 3, 4, 6, 8], [True, False, True, False, False]
+
+
+class TinyModule(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self(x), y)
+
+    def configure_optimizers(self):
+        return NudgedSGD(self.parameters(), lr=0.2, gamma=0.5, k=2)
+
+
+def test_lightning_callback_tracks_and_drives_nudged_sgd(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from sharpest.integrations.lightning import SharpestCallback
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    module = TinyModule()
+    callback = SharpestCallback(
+        (x[:32], y[:32]), nn.CrossEntropyLoss(), k=2, every=3, tol=1e-8,
+        sinks=["csv", "tensorboard"], log_dir=tmp_path / "sinks",
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="pl"),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    points, refreshed = expected_points()
+    assert [r["iteration"] for r in callback.records] == points
+    assert [r.get("refreshed", False) for r in callback.records] == refreshed
+    # epochs done at the end point, as in sharpest's own trainer
+    assert [r["epoch"] for r in callback.records] == [0, 0, 1, 1, 2]
+    optimizer = trainer.optimizers[0]
+    assert optimizer.basis_version == 2
+    # The last point is the trained model's top-2 (exact, from a dense eigendecomposition).
+    op = HessianOperator(module, nn.CrossEntropyLoss(), (x[:32], y[:32]))
+    exact = np.linalg.eigvalsh(op.to_dense().numpy())
+    np.testing.assert_allclose(
+        callback.records[-1]["eigenvalues"], exact[np.argsort(-np.abs(exact))][:2], rtol=1e-5
+    )
+    # Sinks and Lightning's own logger got the eigenvalues.
+    csv = pd.read_csv(tmp_path / "sinks" / "metrics.csv")
+    lam1 = csv[(csv.event == "eigen") & (csv.name == "eigenvalues_1")]
+    assert lam1.iteration.tolist() == points
+    np.testing.assert_allclose(lam1.value, [r["eigenvalues"][0] for r in callback.records])
+    assert list((tmp_path / "sinks" / "tensorboard").glob("events.out.tfevents.*"))
+    logged = pd.read_csv(next((tmp_path / "pl").rglob("metrics.csv")))
+    assert logged["eigen/eigenvalues_1"].dropna().size == len(points)
+
+
+def test_lightning_with_plain_sgd_only_tracks(tmp_path):
+    from sharpest.integrations.lightning import SharpestCallback
+
+    class PlainSGD(TinyModule):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.2)
+
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    callback = SharpestCallback((x, y), nn.CrossEntropyLoss(), k=2, every=1)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(PlainSGD(), loader)
+    assert [r["iteration"] for r in callback.records] == [0, 1, 2]
+    assert not any("refreshed" in r for r in callback.records)
+
+
+def tiny_bert(attn: str = "sdpa"):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=8, num_labels=3,
+        attn_implementation=attn,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+class DictDataset(torch.utils.data.Dataset):
+    def __init__(self, ids, mask, labels):
+        self.ids, self.mask, self.labels = ids, mask, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def test_transformers_callback_tracks_and_drives_nudged_sgd(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers.Trainer needs it
+    from sharpest.integrations.transformers import SharpestTrainerCallback
+
+    torch.manual_seed(0)
+    model = tiny_bert()
+    ids = torch.randint(0, 30, (32, 6))
+    mask = torch.ones(32, 6, dtype=torch.long)
+    mask[::3, 4:] = 0  # some padding
+    labels = torch.randint(0, 3, (32,))
+    subset = ({"input_ids": ids[:16], "attention_mask": mask[:16]}, labels[:16])
+    callback = SharpestTrainerCallback(subset, k=2, every=3, tol=1e-8, sinks=["csv"])
+    optimizer = NudgedSGD(model.parameters(), lr=0.1, gamma=0.5, k=2)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
+        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+        disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type="constant", seed=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=DictDataset(ids, mask, labels),
+        callbacks=[callback], optimizers=(optimizer, None),
+    )  # fmt: skip
+    trainer.train()
+    points, refreshed = expected_points()
+    assert [r["iteration"] for r in callback.records] == points
+    assert [r.get("refreshed", False) for r in callback.records] == refreshed
+    assert optimizer.basis_version == 2
+    # The last point against the trained weights in an eager-attention copy (another kernel).
+    eager = tiny_bert("eager")
+    eager.load_state_dict(model.state_dict())
+    op = HessianOperator(eager, lambda out, t: nn.functional.cross_entropy(out.logits, t), subset)
+    reference = lanczos(op, k=2, tol=1e-10).values
+    np.testing.assert_allclose(callback.records[-1]["eigenvalues"], reference, rtol=1e-4)
+    csv = pd.read_csv(tmp_path / "sharpest" / "metrics.csv")
+    assert csv[(csv.name == "eigenvalues_1")].iteration.tolist() == points
+    history = [h for h in trainer.state.log_history if "sharpest/eigen/eigenvalues_1" in h]
+    assert [h["step"] for h in history] == points
