@@ -29,10 +29,28 @@ are left out of every metric.
 A difference or a ratio of two metrics is a metric too: ``"alpha_e1_0.5 - alpha_e1_1"``,
 ``"lambda1_end / lambda1_peak"``.
 
-``expect``: ``increasing`` / ``decreasing`` (along the check's ``runs``, each neighbour beyond
-the previous by more than ``margin`` of its magnitude, default 5 %: a 0.2 % difference between
-two runs of one seed is noise, not an ordering), or ``OP VALUE`` (``> 0``, ``<= 8``) that every
-run must satisfy.
+``expect``: ``increasing`` / ``decreasing`` along the check's ``runs``, or ``OP VALUE``
+(``> 0``, ``<= 8``) that every run must satisfy.
+
+**Seeds.** A metric is computed per run folder; a run with several seeds (see
+:func:`sharpest.experiments.seeds.seed_groups`) has one value per seed and is summarised by their
+mean ± standard deviation. An ordering holds when, for each neighbour pair ``(a, b)`` along
+``runs``:
+
+1. the means are ordered with the margin: ``±(mean_b − mean_a) > margin · max(|mean_a|,
+   |mean_b|)`` (``margin`` default 5 %; below it the pair is a **tie**), and
+2. the difference exceeds the seed-to-seed spread: for ``N ≤ 3`` seeds (the smaller side)
+   every seed of one is beyond every seed of the other; for ``N ≥ 4`` a one-sided Welch t-test
+   (``scipy.stats.ttest_ind(equal_var=False)``) gives p < 0.05.
+
+``OP VALUE`` holds when every run's seeds satisfy it (``N ≤ 3``) or a one-sided one-sample
+t-test at p < 0.05 says its mean does (``N ≥ 4``).
+
+Verdicts: ``held``; ``held (1 seed)`` when some run has a single seed, so the spread is unknown
+(a single seed can never give more); ``tie`` (no pair reversed, some pair within the margin);
+``did not hold`` at the ``paper`` scale and ``not reproduced at this scale`` at a reduced one
+(``tiny``, ``small``: the claim may need the paper's length or size; the reason says which
+pair failed and how); ``not computed`` when a run has no data.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
 from sharpest.paper_metrics import best_val, frobenius
 from sharpest.report import read_run
 
@@ -55,6 +74,7 @@ ORDER_MARGIN = 0.05
 __all__ = [
     "CheckResult",
     "METRICS",
+    "ORDER_MARGIN",
     "evaluate_checks",
     "findings_markdown",
     "metric_value",
@@ -233,7 +253,12 @@ def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[st
 
 @dataclass
 class CheckResult:
-    """One claim: its numbers per run and whether it held (None: could not be computed)."""
+    """One claim: its numbers per run (over seeds) and its verdict (see the module docstring).
+
+    ``values``: the mean over seeds of each run (None: not computable); ``seeds``: each seed's
+    value; ``held``: True / False / None (not computed); ``tie``: it failed only on ties;
+    ``scale``: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
+    this scale")."""
 
     claim: str
     metric: str
@@ -243,10 +268,29 @@ class CheckResult:
     reason: str = ""
     paper: str = ""
     margin: float = ORDER_MARGIN
+    seeds: dict[str, list[float]] = field(default_factory=dict)
+    tie: bool = False
+    scale: str | None = None
+
+    @property
+    def n_seeds(self) -> int:
+        """The fewest seeds any run of the claim has (0 when one has none)."""
+        return min((len(v) for v in self.seeds.values()), default=0)
 
     @property
     def verdict(self) -> str:
-        return {True: "held", False: "did not hold", None: "not computed"}[self.held]
+        if self.held is None:
+            return "not computed"
+        if self.held:
+            return "held" if self.n_seeds >= 2 else "held (1 seed)"
+        if self.tie:
+            return "tie"
+        if self.scale is not None and self.scale != "paper":
+            return "not reproduced at this scale"
+        return "did not hold"
+
+    def std(self, name: str) -> float:
+        return SeedStats(tuple(self.seeds.get(name, ()))).std
 
     def verdict_at(self, scale: str | None) -> str:
         """The verdict a reader sees: below the paper's scale a claim that failed is "not
@@ -256,16 +300,31 @@ class CheckResult:
         return self.verdict
 
     def numbers(self) -> str:
-        """``run: value`` pairs; α-step changes (fractions of the loss) in percent."""
+        """``run: mean ± std (n seeds)``; α-step changes (fractions of the loss) in percent."""
         pct = self.metric.startswith("alpha") and "/" not in self.metric
-        return ", ".join(f"{n}: {_pct(v) if pct else _fmt(v)}" for n, v in self.values.items())
+        show = _pct if pct else _fmt
+        parts = []
+        for n, v in self.values.items():
+            k = len(self.seeds.get(n, ()))
+            if v is None or k < 2:
+                parts.append(f"{n}: {show(v)}")
+                continue
+            sd = self.std(n)
+            spread = _pct_abs(sd) if pct else _fmt(sd)
+            parts.append(f"{n}: {show(v)} ± {spread} ({k} seeds)")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        def clean(v: float | None) -> float | None:
+            return None if v is None or not math.isfinite(v) else v
+
         return {"claim": self.claim, "metric": self.metric, "expect": self.expect,
-                "values": {k: (None if v is None or not math.isfinite(v) else v)
-                           for k, v in self.values.items()},
+                "values": {k: clean(v) for k, v in self.values.items()},
+                "std": {k: clean(self.std(k)) for k in self.values},
+                "seeds": {k: [clean(x) for x in v] for k, v in self.seeds.items()},
+                "n_seeds": self.n_seeds,
                 "held": self.held, "verdict": self.verdict, "reason": self.reason,
-                "paper": self.paper, "margin": self.margin}
+                "paper": self.paper, "margin": self.margin, "scale": self.scale}
 
 
 def _pct(v: float | None) -> str:
@@ -274,9 +333,15 @@ def _pct(v: float | None) -> str:
     return f"{100 * v:+.3g} %"
 
 
+def _pct_abs(v: float) -> str:
+    return _fmt(v) if not math.isfinite(v) else f"{100 * v:.2g} %"
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
+    if math.isnan(v):
+        return "nan"
     if math.isinf(v):
         return "never (∞)"
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
@@ -285,30 +350,43 @@ def _fmt(v: float | None) -> str:
 
 
 def evaluate_checks(
-    checks: Sequence[Any], folders: Mapping[str, str | Path]
+    checks: Sequence[Any],
+    folders: Mapping[str, str | Path | Sequence[str | Path]],
+    scale: str | None = None,
 ) -> list[CheckResult]:
     """Compute each check (a :class:`~sharpest.experiments.preset.CheckSpec` or a dict with
-    ``claim``, ``metric``, ``runs``, ``expect``, optional ``window`` and ``paper``) on the run
-    folders ``{run name: folder}``."""
-    cache: dict[str, list[dict[str, Any]]] = {}
+    ``claim``, ``metric``, ``runs``, ``expect``, optional ``window``, ``margin`` and ``paper``)
+    on the run folders ``{name: folder}``.
+
+    A run with several seeds is either given as a list of folders (``{name: [folder, ...]}``)
+    or found among the folders by :func:`~sharpest.experiments.seeds.seed_groups` (folders
+    named after it whose config differs only in ``seed``). ``scale``: the scale of the runs
+    (None or ``"paper"``: a failed claim "did not hold"; else "not reproduced at this
+    scale")."""
+    cache: dict[Path, list[dict[str, Any]]] = {}
     results = []
     for c in checks:
         c = c if isinstance(c, Mapping) else c.model_dump()
         res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""),
-                          margin=float(c.get("margin", ORDER_MARGIN)))
-        names = list(c.get("runs") or folders)
+                          margin=float(c.get("margin", ORDER_MARGIN)), scale=scale)
+        names = list(c.get("runs") or _plain_names(folders))
+        groups = seed_groups(names, folders)
         for n in names:
-            if n not in folders:
-                res.values[n] = None
-                continue
-            if n not in cache:
-                try:
-                    cache[n] = _records(folders[n])
-                except Exception:  # noqa: BLE001 - a missing run is "not computed"
-                    cache[n] = []
-            res.values[n] = metric_value(cache[n], c["metric"], c.get("window"))
+            vals: list[float] = []
+            for path in groups.get(n, []):
+                if path not in cache:
+                    try:
+                        cache[path] = _records(path)
+                    except Exception:  # noqa: BLE001 - a missing run is "not computed"
+                        cache[path] = []
+                v = metric_value(cache[path], c["metric"], c.get("window"))
+                if v is not None:
+                    vals.append(float(v))
+            res.seeds[n] = vals
+            res.values[n] = SeedStats(tuple(vals)).mean if vals else None
         _judge(res)
-        note = _unconverged_note(c["metric"], {n: cache.get(n, []) for n in names})
+        note = _unconverged_note(c["metric"], {
+            n: [r for path in groups.get(n, []) for r in cache.get(path, [])] for n in names})
         if note:
             res.reason = f"{res.reason}; {note}" if res.reason else note
         results.append(res)
@@ -331,26 +409,76 @@ def _unconverged_note(metric: str, records: Mapping[str, Sequence[Mapping[str, A
     return f"unconverged tracking points left out ({listed})"
 
 
+def _plain_names(folders: Mapping[str, Any]) -> list[str]:
+    """The run names of ``folders`` with seed folders of another run left out."""
+    names = list(folders)
+    groups = seed_groups(names, folders)
+    seen: set[Path] = set()
+    out = []
+    for n in names:
+        paths = set(groups.get(n, []))
+        if isinstance(folders[n], (str, Path)) and Path(folders[n]) in seen:
+            continue
+        seen |= paths
+        out.append(n)
+    return out
+
+
 def _judge(res: CheckResult) -> None:
     op, value = parse_expect(res.expect)
     missing = [n for n, v in res.values.items() if v is None]
     if missing:
         res.held, res.reason = None, f"no data for {', '.join(missing)}"
         return
-    vals = [float(v) for v in res.values.values()]  # type: ignore[arg-type]
+    names = list(res.values)
     if op in ("increasing", "decreasing"):
-        if len(vals) < 2:
+        if len(names) < 2:
             res.held, res.reason = None, "an ordering needs two runs"
             return
         sign = 1.0 if op == "increasing" else -1.0
-        steps = [sign * (b - a) / max(abs(a), abs(b), 1e-300) for a, b in zip(vals, vals[1:])]
-        res.held = all(s > res.margin for s in steps)
-        names = list(res.values)
-        ties = [f"{a}→{b}" for a, b, s in zip(names, names[1:], steps) if abs(s) <= res.margin]
-        if ties and not res.held:
-            res.reason = f"ties, within {res.margin:.0%} of each other: " + ", ".join(ties)
+        ties, spread, reversed_ = [], [], []
+        for a, b in zip(names, names[1:]):
+            ma, mb = float(res.values[a]), float(res.values[b])  # type: ignore[arg-type]
+            scale = max(abs(ma), abs(mb), 1e-300)
+            step = sign * (mb - ma) / scale if math.isfinite(scale) else sign * (mb - ma)
+            if math.isnan(step):
+                step = 0.0
+            pair = f"{a}→{b}"
+            if abs(step) <= res.margin:
+                ties.append(pair)
+                continue
+            if step < 0:
+                reversed_.append(pair)
+                continue
+            low, high = res.seeds[a], res.seeds[b]
+            if sign < 0:
+                low, high = high, low
+            if not apart(low, high):
+                spread.append(pair)
+        res.held = not (ties or spread or reversed_)
+        res.tie = bool(ties) and not (spread or reversed_)
+        why = []
+        if ties:
+            why.append(f"ties, within {res.margin:.0%} of each other: " + ", ".join(ties))
+        if spread:
+            why.append("ordered but within the seed-to-seed spread: " + ", ".join(spread))
+        if reversed_:
+            why.append("the other way round: " + ", ".join(reversed_))
+        res.reason = "; ".join(why)
         return
-    res.held = bool(all(_OPS[op](v, value) for v in vals))
+    assert value is not None
+    bad = [n for n in names if not beyond(res.seeds[n], op, value)]
+    res.held = not bad
+    if bad:
+        far = [n for n in bad if not _OPS[op](float(res.values[n]), value)]  # type: ignore[arg-type]
+        near = [n for n in bad if n not in far]
+        why = []
+        if far:
+            why.append(f"{', '.join(far)} not {op} {value:g}")
+        if near:
+            why.append(f"{', '.join(near)}: the mean is {op} {value:g} but not beyond the "
+                       "seed-to-seed spread")
+        res.reason = "; ".join(why)
 
 
 def findings_markdown(
@@ -360,7 +488,16 @@ def findings_markdown(
     report turns each bold verdict into a coloured badge."""
     if not results:
         return ""
-    lines = [f"**{title}** (computed from the records):", ""]
+    counts = sorted({len(v) for r in results for v in r.seeds.values() if v})
+    if not counts:
+        seeds = ""
+    elif counts == [1]:
+        seeds = "; one seed per run, so no spread: a claim can at most be \"held (1 seed)\""
+    else:
+        shown = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        seeds = (f"; {shown} seeds per run, shown as mean ± std; an ordering holds when the "
+                 "means differ by the margin and beyond the seed-to-seed spread")
+    lines = [f"**{title}** (computed from the records{seeds}):", ""]
     for r in results:
         expect = r.expect if r.expect in ("increasing", "decreasing") else f"each {r.expect}"
         line = (f"- **{r.verdict_at(scale).upper()}** — {r.claim}. `{r.metric}` ({expect}): "

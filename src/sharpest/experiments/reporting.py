@@ -92,7 +92,7 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
     if preset is None:
         return Path(build_report(runs, out=dest, title=title))
     ended = {p.name: p for p in runs}
-    checks = evaluate_checks(preset.checks, ended) if preset.checks else []
+    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
     findings = write_findings(folder, preset, scale, checks) if checks else ""
     if out is None:
         path, note = preset_report(folder, preset, scale, runs, findings)

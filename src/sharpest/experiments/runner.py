@@ -300,7 +300,7 @@ def run_preset(
         raise PresetError(str(err)) from None
 
     ended = {o.name: o.folder for o in ordered if o.ended}
-    checks = evaluate_checks(preset.checks, ended) if preset.checks else []
+    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
     findings = write_findings(out_path, preset, scale, checks) if checks else ""
     report_path: Path | None = None
     note: str | None = "report not asked for"
