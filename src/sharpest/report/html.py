@@ -45,6 +45,7 @@ from sharpest.report.reader import (
     read_expected_file,
     read_run,
 )
+from sharpest.report.seeds import mean_std_rows, plot_seed_bands, seed_groups
 from sharpest.report.summary import summarize
 from sharpest.runs.eigen_quality import unconverged_count
 from sharpest.runs.io import atomic_write_text
@@ -551,6 +552,20 @@ def build_report(
         items += _run_figures(runs[0], out_dir, fig_dir)
     else:
         colours = run_colours(runs, diff_keys)
+        groups = seed_groups(runs)
+        if len(groups) < len(runs):  # some configuration ran with several seeds
+            reps = [g[0] for g in groups]
+            glabels = run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
+            gcolours = run_colours(reps)
+            items.append(
+                _figure(
+                    out_dir, fig_dir, "seeds_top_eigenvalues",
+                    "λ₁ and λ₂ over seeds",
+                    "Each configuration's λ₁ as the mean over its seeds with a ±1 std band "
+                    "(dashed: mean λ₂).",
+                    lambda notes: plot_seed_bands(groups, glabels, gcolours, notes=notes),
+                )
+            )
         nsgd = any(flatten_config(r.config).get("optimizer.name") == "nsgd" for r in runs)
         items.append(
             _figure(
@@ -647,6 +662,10 @@ def build_report(
             "best_val_accuracy", "test_accuracy_at_best_val", "lambda1_final",
             "hessian_fro_final", "running_loss_last",
         ) and any(c[0] in s for s in summaries)]
+        if len(groups) < len(runs):  # the table over configurations: mean ± std of seeds
+            by_run = dict(zip(map(id, runs), summaries))
+            ctx["table_rows"] = mean_std_rows(
+                glabels, [[by_run[id(r)] for r in g] for g in groups], present)
         ctx["headline_cols"] = [h for _, h, _ in head]
         ctx["headline_rows"] = [
             [lab] + [fmt(s[k]) if k in s else "—" for k, _, fmt in head]

@@ -1,0 +1,135 @@
+"""Seeds in a comparative report: runs that differ only in ``seed`` are one configuration.
+
+:func:`seed_groups` groups the runs (config equal once every key named ``seed``, ``init_from``
+and the keys of :data:`~sharpest.report.figures.IGNORED_KEYS` are left out), keeping the order
+in which each configuration first appears. :func:`mean_std_rows` gives the table rows as
+``mean ± std`` (sample std, ddof 1) with the number of seeds; :func:`plot_seed_bands` draws
+each configuration's λ₁ as the mean over its seeds with a ±1 std band (λ₂ dashed, mean only),
+each seed's series interpolated linearly onto the first seed's tracking points within the
+range every seed covers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from sharpest.report.figures import IGNORED_KEYS, NoData, _canon, _common_x, _log_y, x_values
+from sharpest.report.reader import RunData, flatten_config
+
+__all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_groups"]
+
+
+def _key(run: RunData) -> str:
+    flat = flatten_config(run.config)
+    kept = {k: v for k, v in flat.items() if k not in IGNORED_KEYS
+            and k.rsplit(".", 1)[-1] != "seed" and k.split(".", 1)[0] != "init_from"}
+    return _canon(kept)
+
+
+def seed_groups(runs: Sequence[RunData]) -> list[list[RunData]]:
+    """The runs grouped by configuration, seeds of one configuration together."""
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(_key(r), []).append(r)
+    return list(groups.values())
+
+
+def mean_std(values: Sequence[Any]) -> tuple[float, float, int] | None:
+    """(mean, sample std, n) of the finite numbers among ``values`` (None if there are none)."""
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v)]
+    if not xs:
+        return None
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, len(xs)
+
+
+def mean_std_rows(
+    labels: Sequence[str],
+    summaries: Sequence[Sequence[dict[str, Any]]],
+    columns: Sequence[tuple[str, str, Callable[[Any], str]]],
+) -> list[list[str]]:
+    """One row per configuration: its label with the seed count, then ``mean ± std`` per
+    column (a single seed: the value alone; no value: "—")."""
+    rows = []
+    for lab, group in zip(labels, summaries):
+        n = len(group)
+        row = [f"{lab} ({n} seeds)" if n > 1 else lab]
+        for key, _, fmt in columns:
+            stats = mean_std([s.get(key) for s in group])
+            if stats is None:
+                row.append("—")
+            elif stats[2] == 1:
+                row.append(fmt(stats[0]))
+            else:
+                row.append(f"{fmt(stats[0])} ± {fmt(stats[1])}")
+        rows.append(row)
+    return rows
+
+
+def _on_grid(runs: Sequence[RunData], x: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's λ_rank on the first seed's x within the common range: (x, rows)."""
+    series = []
+    for r in runs:
+        lam = r.eigenvalue_matrix()
+        if r.eigen.empty or lam.shape[1] <= rank:
+            continue
+        xs = np.asarray(x_values(r, r.eigen, x), dtype=float)
+        ys = lam[:, rank].astype(float)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        if ok.sum():
+            order = np.argsort(xs[ok])
+            series.append((xs[ok][order], ys[ok][order]))
+    if not series:
+        return np.empty(0), np.empty((0, 0))
+    lo = max(s[0][0] for s in series)
+    hi = min(s[0][-1] for s in series)
+    grid = series[0][0][(series[0][0] >= lo) & (series[0][0] <= hi)]
+    return grid, np.array([np.interp(grid, sx, sy) for sx, sy in series])
+
+
+def plot_seed_bands(
+    groups: Sequence[Sequence[RunData]],
+    labels: Sequence[str],
+    colours: Sequence[Any],
+    *,
+    notes: list[str] | None = None,
+) -> Figure:
+    """λ₁ of each configuration: the mean over its seeds (solid) with a ±1 std band, and the
+    mean λ₂ (dashed), on one log axis."""
+    runs = [r for g in groups for r in g]
+    if not any(not r.eigen.empty for r in runs):
+        raise NoData('no run has "eigen" lines')
+    x = _common_x(runs)
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.subplots()
+    for group, lab, c in zip(groups, labels, colours):
+        for rank, style in ((0, "-"), (1, "--")):
+            grid, rows = _on_grid(group, x, rank)
+            if not len(grid):
+                continue
+            mean = rows.mean(axis=0)
+            pos = mean > 0
+            n = rows.shape[0]
+            ax.plot(grid[pos], mean[pos], style, color=c, lw=1.2,
+                    label=(f"{lab} (mean of {n})" if n > 1 else lab) if rank == 0 else None)
+            if rank == 0 and n > 1:
+                sd = rows.std(axis=0, ddof=1)
+                low = np.maximum(mean - sd, mean * 1e-2)
+                ax.fill_between(grid[pos], low[pos], (mean + sd)[pos], color=c, alpha=0.2,
+                                lw=0)
+    _log_y(ax)
+    ax.set_xlabel("epoch" if x == "epoch" else "iteration")
+    ax.set_ylabel("λ₁ (solid, ±1 std band), λ₂ (dashed)")
+    ax.set_title("Two largest eigenvalues, mean over seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    if notes is not None:
+        counts = sorted({len(g) for g in groups})
+        notes.append(f"Seeds per configuration: {', '.join(map(str, counts))}; the band is ±1 "
+                     "sample standard deviation across seeds.")
+    fig.tight_layout()
+    return fig

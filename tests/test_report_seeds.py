@@ -1,0 +1,52 @@
+"""A comparative report over seeded runs: tables show mean ± std over seeds, the figure the mean
+λ₁ with a ±1 std band (sharpest.report.seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_report import EPOCHS, config, eigenvalues, records, write_run
+
+from sharpest.report import build_report, read_run, summarize
+from sharpest.report.html import COLUMNS
+from sharpest.report.seeds import _on_grid, mean_std, mean_std_rows, seed_groups
+
+
+def _seeded(tmp_path, lr, scales):
+    return [write_run(tmp_path / "runs" / f"lr{lr}_s{k}", records(lr=lr, scale=s),
+                      config(lr=lr, seed=k)) for k, s in enumerate(scales)]
+
+
+def test_seed_groups_and_mean_std_rows(tmp_path):
+    a = _seeded(tmp_path, 0.1, [1.0, 1.2, 1.4])
+    b = _seeded(tmp_path, 0.01, [3.0, 3.3])
+    runs = [read_run(p) for p in a + b]
+    groups = seed_groups(runs)
+    assert [[r.name for r in g] for g in groups] == [[p.name for p in a], [p.name for p in b]]
+    assert mean_std([1.0, 2.0, None, float("nan")]) == (1.5, pytest.approx(np.std([1, 2],
+                                                                                  ddof=1)), 2)
+    cols = [c for c in COLUMNS if c[0] == "lambda1_final"]
+    rows = mean_std_rows(["lr=0.1", "lr=0.01"], [[summarize(p) for p in a],
+                                                 [summarize(p) for p in b]], cols)
+    last = eigenvalues(2 * EPOCHS - 1)[0]
+    finals = [last * s for s in (1.0, 1.2, 1.4)]
+    fmt = cols[0][2]
+    assert rows[0] == ["lr=0.1 (3 seeds)",
+                       f"{fmt(np.mean(finals))} ± {fmt(np.std(finals, ddof=1))}"]
+    # the band's series: each seed on the first seed's points, here identical schedules
+    grid, vals = _on_grid(groups[1], "iteration", 0)
+    first = groups[1][0].eigenvalue_matrix()[:, 0]
+    assert vals.shape == (2, len(grid)) and np.allclose(vals[1], first * 1.1)
+
+
+def test_report_over_seeds_shows_spread_and_band(tmp_path):
+    folders = _seeded(tmp_path, 0.1, [1.0, 1.2]) + _seeded(tmp_path, 0.01, [3.0, 3.3])
+    path = build_report(folders, per_run=False)
+    text = path.read_text(encoding="utf-8")
+    assert (path.parent / "figures" / "seeds_top_eigenvalues.png").is_file()
+    assert "(2 seeds)" in text and " ± " in text
+    assert "±1 sample standard deviation" in text
+    # runs of one seed each: no seed figure, plain numbers
+    single = build_report([folders[0], folders[2]], out=tmp_path / "plain", per_run=False)
+    assert not (single.parent / "figures" / "seeds_top_eigenvalues.png").exists()
+    assert "seeds)" not in single.read_text(encoding="utf-8")
