@@ -63,6 +63,7 @@ SIMPLECNN_CODE = (
     + dense(6 * 6 * 64, 128) + dense(128, 10)
 )  # fmt: skip
 # Section-4 "medium" with the code's padding, kernel 5: 32 → 28 → 14 → 10 → 5: 5·5·200.
+# By hand: 7,600 + 250,100 + 500,200 + 1,000,200 + 640,128 + 1,290 = 2,399,518 (the code's).
 SIMPLECNN_MEDIUM_CODE = (
     conv(3, 100, 5) + conv(100, 100, 5) + conv(100, 200, 5) + conv(200, 200, 5)
     + dense(5 * 5 * 200, 128) + dense(128, 10)
@@ -108,6 +109,7 @@ PARAM_COUNTS = [
     ("simplecnn", 10, {}, SIMPLECNN_SAME),
     ("simplecnn", 10, {"padding": "code"}, SIMPLECNN_CODE),
     ("simplecnn", 10, {"variant": "medium", "padding": "code"}, SIMPLECNN_MEDIUM_CODE),
+    ("simplecnn", 10, {"variant": "medium"}, SIMPLECNN_MEDIUM_CODE),
     ("resnet32", 10, {}, RESNET32),
     ("resnet32", 10, {"batchnorm": True}, RESNET32 + RESNET32_BN_EXTRA),
     ("vgg11", 10, {}, vgg11(10)),
@@ -176,6 +178,14 @@ def test_built_models_have_the_documented_totals(name: str, classes: int, docume
     assert num_parameters(build_model(name, classes)) == documented
 
 
+def test_medium_simplecnn_is_the_authors_code() -> None:
+    # SETTINGS.md: the code's Sec. 4 SimpleCNN has 2,399,518 parameters ('valid' in convs 2, 4)
+    model = build_model("simplecnn", 10, variant="medium")
+    assert num_parameters(model) == SIMPLECNN_MEDIUM_CODE == 2_399_518
+    assert [m.padding for m in model.features if isinstance(m, torch.nn.Conv2d)] == [
+        "same", "valid", "same", "valid"]
+
+
 def _input_for(name: str, classes: int, batch: int = 2) -> torch.Tensor:
     if name == "lstm":
         return torch.randint(0, classes, (batch, 5))
@@ -204,7 +214,8 @@ def test_forward_shapes(name: str) -> None:
         ({}, (64, 8, 8)),
         ({"padding": "code"}, (64, 6, 6)),
         ({"variant": "medium", "padding": "code"}, (200, 5, 5)),
-        ({"variant": "medium"}, (200, 8, 8)),
+        ({"variant": "medium"}, (200, 5, 5)),  # the authors' code: 'valid' in convs 2 and 4
+        ({"variant": "medium", "padding": "same"}, (200, 8, 8)),
         ({"filters": (8, 8, 16, 16), "kernel_size": 5}, (16, 8, 8)),
     ],
 )
