@@ -285,7 +285,7 @@ def eig(
     from sharpest.config import make_config
     from sharpest.curvature import HessianOperator, lanczos
     from sharpest.runs import RunFolder, load_checkpoint
-    from sharpest.train.build import build
+    from sharpest.train.build import build, decay_params_for
     from sharpest.train.loop import resolve_device
 
     which_ = which.value
@@ -317,6 +317,7 @@ def eig(
         parts.hessian_data,
         cfg.weight_decay,
         chunk_size=cfg.track.chunk_size or 512,
+        decay_params=decay_params_for(cfg, parts.model),
     )
     if k >= op.size:
         _fail(f"--k {k} must be smaller than the number of parameters ({op.size})")

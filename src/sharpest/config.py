@@ -237,6 +237,10 @@ class Config(_Section):
     momentum: float = Field(default=0.0, ge=0, lt=1)
     #: PyTorch convention: adds weight_decay·θ to the gradient; the Hessian gets (wd/2)‖θ‖².
     weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    #: Which parameters weight decay covers, in the optimizer and in the tracked Hessian alike:
+    #: "all", or "kernels" (conv and dense weights only, as Keras' kernel_regularizer). A Keras
+    #: l2(λ) adds λ‖w‖², so it is weight_decay = 2λ here (see sharpest.models.decay).
+    weight_decay_on: Literal["all", "kernels"] = "all"
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     # -- extensions ---------------------------------------------------------------------------

@@ -47,9 +47,10 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     Parameters
     ----------
     model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data, \
-    reduction, semantics:
+    reduction, semantics, decay_params:
         As for :class:`~sharpest.curvature.risk.EmpiricalRisk`: the function is the mean of
-        ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖θ‖² (so the operator adds λ·v), in
+        ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖Mθ‖² (M: the 0/1 mask of
+        ``decay_params``, default all; so the operator adds λ·M·v), in
         evaluation semantics (or ``semantics="train"``), chunked, and data-parallel over
         ``torch.distributed`` (every rank holds the same product of the mean over all N
         examples). Inputs may be any nesting of tuples, lists and Mappings of tensors (a
@@ -91,10 +92,12 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         shard_data: bool = True,
         reduction: str = "mean",
         semantics: str = "eval",
+        decay_params: Sequence[Tensor] | Sequence[str] | None = None,
     ) -> None:
         super().__init__(model, loss_fn, data, weight_decay, params=params,
                          chunk_size=chunk_size, device=device, distributed=distributed,
-                         shard_data=shard_data, reduction=reduction, semantics=semantics)
+                         shard_data=shard_data, reduction=reduction, semantics=semantics,
+                         decay_params=decay_params)
         if cache_graphs not in (True, False, "auto"):
             raise ValueError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.cache_graphs = cache_graphs
@@ -193,7 +196,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         self._agree_on_failure(error)
         out = self._all_reduce(out)
         if self.weight_decay:
-            out += self.weight_decay * vectors.to(device=self.device, dtype=torch.float64)
+            out += self.decay_term(vectors)
         self.n_matvecs += m
         return out
 

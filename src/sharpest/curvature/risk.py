@@ -129,6 +129,11 @@ class EmpiricalRisk:
         N examples, whatever the batch sizes.
     weight_decay:
         λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
+    decay_params:
+        The parameters the L2 term covers (tensors or names; default all of ``params``), e.g.
+        only conv and dense kernels as Keras regularises them: the term becomes (λ/2)·‖Mθ‖²
+        with M the 0/1 mask of their coordinates (``decay_mask``). Parameters outside
+        ``params`` are ignored.
     params:
         Restrict to these parameters (tensors of the model, or their names); default all
         trainable ones (`requires_grad`), in `model.parameters()` order.
@@ -172,6 +177,7 @@ class EmpiricalRisk:
         shard_data: bool = True,
         reduction: str = "mean",
         semantics: str = "eval",
+        decay_params: Sequence[Tensor] | Sequence[str] | None = None,
     ) -> None:
         model = unwrap_compiled(model)  # compiled graphs have no double backward
         if reduction not in REDUCTIONS:
@@ -188,6 +194,8 @@ class EmpiricalRisk:
         self._slices = list(zip(ends[:-1], ends[1:]))
         self.device = torch.device(device) if device is not None else self.params[0].device
         self.param_dtype = self.params[0].dtype
+        #: float64 0/1 mask of the decayed coordinates (None: all of them).
+        self.decay_mask = self._decay_mask(model, decay_params)
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
         if distributed is None:
@@ -208,6 +216,26 @@ class EmpiricalRisk:
         self._no_cudnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
 
     # -- construction -------------------------------------------------------------------------
+
+    def _decay_mask(self, model: nn.Module, decay_params: Sequence[Any] | None) -> Tensor | None:
+        if decay_params is None:
+            return None
+        named = dict(model.named_parameters())
+        chosen = [named[p] if isinstance(p, str) and p in named else p for p in decay_params]
+        if any(isinstance(p, str) for p in chosen):
+            bad = next(p for p in chosen if isinstance(p, str))
+            raise ValueError(f"decay_params: model has no parameter named {bad!r}")
+        mask = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for p, (start, stop) in zip(self.params, self._slices):
+            if any(p is q for q in chosen):
+                mask[start:stop] = 1.0
+        return None if bool(mask.all()) else mask
+
+    def decay_term(self, vectors: Tensor) -> Tensor:
+        """λ·M·v for flat vectors (rows) ``vectors``: the L2 term's share of a Hessian product
+        (and, for v = θ, of the gradient), in float64 on the operator's device."""
+        v = vectors.to(device=self.device, dtype=torch.float64)
+        return self.weight_decay * (v if self.decay_mask is None else v * self.decay_mask)
 
     @staticmethod
     def _select_params(model: nn.Module, params: Sequence[Any] | None) -> list[Tensor]:
@@ -313,9 +341,8 @@ class EmpiricalRisk:
                 local += float(self._chunk_loss(index)) * n / self.num_examples
         total = float(self._all_reduce(local))
         if self.weight_decay:
-            total += 0.5 * self.weight_decay * float(
-                sum(p.detach().double().pow(2).sum() for p in self.params)
-            )
+            theta = flatten([p.detach() for p in self.params]).double().to(self.device)
+            total += 0.5 * float(theta @ self.decay_term(theta))
         return total
 
     def gradient(self) -> Tensor:
@@ -328,7 +355,7 @@ class EmpiricalRisk:
                 out += (n / self.num_examples) * flatten(g).double()
         out = self._all_reduce(out)
         if self.weight_decay:
-            out += self.weight_decay * flatten([p.detach() for p in self.params]).double()
+            out += self.decay_term(flatten([p.detach() for p in self.params]))
         return out
 
     def __repr__(self) -> str:

@@ -176,7 +176,8 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
                 times.append(time.process_time() - s)
     step = sum(times) / len(times) if times else 0.0
     op = HessianOperator(trainer.model, trainer.loss_fn, trainer.hessian_data, cfg.weight_decay,
-                         chunk_size=cfg.track.chunk_size or 512)
+                         chunk_size=cfg.track.chunk_size or 512,
+                         decay_params=trainer.decay_params)
     v = torch.randn(op.size, device=trainer.device)
     op.matvec(v)  # first-order graphs are built once
     s = time.process_time()

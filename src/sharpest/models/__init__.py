@@ -26,6 +26,8 @@ _EXPORTS = {
     "SimpleCNN": "sharpest.models.simplecnn",
     "build_model": "sharpest.models.registry",
     "canonical_name": "sharpest.models.names",
+    "decayed_parameters": "sharpest.models.decay",
+    "kernel_parameters": "sharpest.models.decay",
     "model_options": "sharpest.models.registry",
     "num_parameters": "sharpest.models.registry",
 }

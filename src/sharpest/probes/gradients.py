@@ -125,15 +125,18 @@ def minibatch_gradients(
     *,
     params: Sequence[Tensor] | None = None,
     weight_decay: float = 0.0,
+    decay_mask: Tensor | None = None,
     mode: str = "train",
     seed: int | None = None,
 ) -> GradientSample:
     """The flat gradients of ``loss_fn`` on the first ``num`` batches of ``batches``.
 
-    Each row is ∇ℓ_S(θ) + weight_decay·θ over ``params`` (default: the trainable parameters in
-    ``model.parameters()`` order, the order of the eigenvectors). ``mode``: ``"train"`` (SGD's
-    semantics, default), ``"eval"``, or ``"as_is"`` (leave the flags as they are). The model,
-    its buffers and the global RNG are left as they were (:func:`preserved_model_state`).
+    Each row is ∇ℓ_S(θ) + weight_decay·M·θ over ``params`` (default: the trainable parameters
+    in ``model.parameters()`` order, the order of the eigenvectors); ``decay_mask`` is M, the
+    0/1 mask of the decayed coordinates (``HessianOperator.decay_mask``; None: all).
+    ``mode``: ``"train"`` (SGD's semantics, default), ``"eval"``, or ``"as_is"`` (leave the
+    flags as they are). The model, its buffers and the global RNG are left as they were
+    (:func:`preserved_model_state`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -159,7 +162,10 @@ def minibatch_gradients(
                     [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
                 ).detach()
                 if weight_decay:
-                    flat = flat + weight_decay * flatten([p.detach() for p in params])
+                    theta = flatten([p.detach() for p in params])
+                    if decay_mask is not None:
+                        theta = theta * decay_mask.to(device=theta.device, dtype=theta.dtype)
+                    flat = flat + weight_decay * theta
                 rows.append(flat)
                 size = int(targets.shape[0])
                 examples += size

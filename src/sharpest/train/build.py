@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from sharpest.config import Config, ConfigError
 from sharpest.data import DataBundle, load_data
-from sharpest.models import build_model
+from sharpest.models import build_model, decayed_parameters
 from sharpest.optim import build_optimizer
 from sharpest.runs import load_checkpoint
 from sharpest.runs.rng import seed_everything
@@ -32,7 +32,8 @@ from sharpest.train.schedules import Schedule
 from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker
 
-__all__ = ["RunParts", "build", "build_callbacks", "build_data", "build_model_for"]
+__all__ = ["RunParts", "build", "build_callbacks", "build_data", "build_model_for",
+           "decay_params_for"]
 
 
 @dataclass
@@ -103,16 +104,35 @@ def build_model_for(
     return model, init_eigen
 
 
+def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
+    """The parameters weight decay covers (``weight_decay_on``; None: all of them), in the
+    optimizer and in every Hessian alike (:mod:`sharpest.models.decay`)."""
+    if cfg.weight_decay_on == "all":
+        return None
+    try:
+        return decayed_parameters(model, cfg.weight_decay_on)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def build_optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """The config's optimizer over ``model``'s parameters."""
+    """The config's optimizer over ``model``'s parameters (with ``weight_decay_on: kernels``,
+    one parameter group per tensor, in model order: the nudged optimizers flatten the groups
+    in order, which must stay the eigenvectors' order)."""
     opt = cfg.optimizer
     extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
     if opt.nesterov:
         extra["nesterov"] = True
+    params: Any = model.parameters()
+    decay = decay_params_for(cfg, model)
+    if decay is not None:
+        decayed = {id(p) for p in decay}
+        params = [{"params": [p], "weight_decay": cfg.weight_decay if id(p) in decayed else 0.0}
+                  for p in model.parameters()]
     try:
         return build_optimizer(
             opt.name,
-            model.parameters(),
+            params,
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,

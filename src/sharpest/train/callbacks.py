@@ -45,7 +45,8 @@ class TrainerView(Protocol):
     ``hessian_data`` the fixed ``(inputs, targets)`` subset the Hessian is measured on (never
     augmented); ``eigen`` the tracker's latest result (None before the first point);
     ``records`` the lines logged by this process; ``status`` ``"running"`` | ``"finished"`` |
-    ``"diverged"``; ``initial_params`` θ₀ as one flat float64 vector.
+    ``"diverged"``; ``initial_params`` θ₀ as one flat float64 vector; ``decay_params`` the
+    parameters the L2 term covers (``weight_decay_on``; None: all), for every Hessian.
     """
 
     model: nn.Module
@@ -59,6 +60,7 @@ class TrainerView(Protocol):
     total_iterations: int
     hessian_data: tuple[Any, Tensor]
     initial_params: Tensor
+    decay_params: list[Tensor] | None
     records: list[dict[str, Any]]
     status: str
     is_main: bool

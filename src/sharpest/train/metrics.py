@@ -63,10 +63,13 @@ def weight_spectral_norms(model: nn.Module) -> dict[str, float]:
 
 
 def gradient_norm(
-    model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0, chunk_size: int = 512
+    model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0, chunk_size: int = 512,
+    decay_params: Any = None,
 ) -> float:
-    """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²``, in evaluation mode."""
-    risk = EmpiricalRisk(model, loss_fn, data, weight_decay, chunk_size=chunk_size)
+    """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²`` (over ``decay_params``,
+    default all), in evaluation mode."""
+    risk = EmpiricalRisk(model, loss_fn, data, weight_decay, chunk_size=chunk_size,
+                         decay_params=decay_params)
     return float(risk.gradient().norm())
 
 
@@ -150,6 +153,7 @@ class EpochMetrics(Callback):
                 trainer.hessian_data,
                 trainer.config.weight_decay,
                 self.chunk_size,
+                getattr(trainer, "decay_params", None),
             )
         if self._batch_steps:
             fields["batch_grad_norm"] = float(self._batch_norm_sum) / self._batch_steps

@@ -315,6 +315,7 @@ class DirectionProbe(Callback):
                 weight_decay=wd,
                 chunk_size=self.chunk_size,
                 device=getattr(trainer, "device", None),
+                decay_params=getattr(trainer, "decay_params", None),
             )
             self._op_key = key
         return self._op
@@ -392,6 +393,7 @@ class DirectionProbe(Callback):
             self.num_gradients,
             params=op.params,
             weight_decay=op.weight_decay,
+            decay_mask=op.decay_mask,
             mode=self.gradient_mode,
             seed=point_seed,
         )

@@ -207,7 +207,8 @@ class EigenTracker(Callback):
         **operator_options: Any,
     ) -> EigenTracker:
         """Bind the model, the loss, the fixed Hessian data (one ``(inputs, targets)`` pair or a
-        list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term), optionally an optimizer with
+        list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term; ``decay_params=`` in
+        ``operator_options`` restricts it to those parameters), optionally an optimizer with
         ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
         ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
         ``reduction="sum"``, ``semantics="train"``)."""
@@ -428,6 +429,7 @@ class EigenTracker(Callback):
             trainer.config.weight_decay,
             optimizer=trainer.optimizer,
             log=trainer.log,
+            decay_params=getattr(trainer, "decay_params", None),
         )
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
         self.verbose = bool(getattr(trainer, "is_main", True))
