@@ -138,3 +138,21 @@ def test_seed_groups_by_name_and_config(tmp_path):
     assert [p.name for p in given["x"]] == ["nsgd_gamma10", "nsgd_gamma1"]
     res, = evaluate_checks([{**ORDER, "runs": ["nsgd_gamma10", "nsgd_gamma1"]}], folders)
     assert res.seeds["nsgd_gamma1"] == [3, 4, 5] and math.isclose(res.values["nsgd_gamma1"], 4)
+
+
+def test_kmin_averaged_over_the_last_iterations():
+    from sharpest.experiments.checks import metric_value, parse_metric
+
+    recs = [{"event": "probe", "kind": "cross_section", "iteration": it, "eigen_index": 0,
+             "kmin_1pct": k} for it, k in ((0, 9.0), (100, 8.0), (200, 4.0), (250, None),
+                                            (275, 2.0), (300, 3.0))]
+    recs.append({"event": "end", "iteration": 300})
+    assert parse_metric("kmin_1pct_e1_last100")[1]["last"] == 100
+    # points at iterations ≥ 200: 4, never, 2, 3 → mean of the crossed ones, 3
+    assert metric_value(recs, "kmin_1pct_e1_last100") == pytest.approx(3.0)
+    assert metric_value(recs, "kmin_1pct_e1_last10") == pytest.approx(3.0)  # the last point
+    assert metric_value(recs, "kmin_1pct_e1_last1000") == pytest.approx(26 / 5)
+    # the median over the second half (iterations ≥ 150): 4, ∞, 2, 3 → 3.5
+    assert metric_value(recs, "kmin_1pct_e1") == pytest.approx(3.5)
+    with pytest.raises(ValueError):
+        parse_metric("kmin_1pct_e1_last0")

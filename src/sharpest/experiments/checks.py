@@ -18,6 +18,11 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
                             ``window`` (default: the second half); a point whose loss never
                             rose by the threshold inside the k grid counts as infinite
                             (``kmin_10pct_eN`` likewise)
+``kmin_1pct_eN_lastM``      the paper's statistic (Sec. 3.2, "we average k_min over the last
+                            100 iterations"): the mean k_min of the cross-sections at the
+                            iterations ≥ (last iteration − M), at least the last one, e.g.
+                            ``kmin_1pct_e1_last100``; points that never reached the threshold
+                            are left out of the mean (∞ if none did)
 ``alpha_eN_A``              mean relative loss change of the α-step (α = A) along eN in the
                             last ``window`` (default: the second half), e.g. ``alpha_e1_2``;
                             ``alpha_random_A``, ``alpha_full_A`` for the baselines
@@ -86,12 +91,12 @@ METRICS = (
     "lambda1_first", "lambda1_peak", "lambda2_peak", "lambda1_peak_iteration", "lambda1_growth",
     "lambda1_end", "lambda2_end", "fro_end", "fro_peak", "train_loss_end",
     "train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
-    "val_perplexity", "test_perplexity", "kmin_<T>pct_e<N>", "alpha_e<N>_<A>",
-    "alpha_random_<A>", "alpha_full_<A>",
+    "val_perplexity", "test_perplexity", "kmin_<T>pct_e<N>", "kmin_<T>pct_e<N>_last<M>",
+    "alpha_e<N>_<A>", "alpha_random_<A>", "alpha_full_<A>",
 )
 
 _SIMPLE = {m for m in METRICS if "<" not in m}
-_KMIN = re.compile(r"^kmin_(\d+(?:p\d+)?)pct_e(\d+)$")
+_KMIN = re.compile(r"^kmin_(\d+(?:p\d+)?)pct_e(\d+)(?:_last(\d+))?$")
 _ALPHA = re.compile(r"^alpha_(e\d+|random|full)_(\d+(?:\.\d+)?)$")
 _EXPECT = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 _OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
@@ -115,7 +120,11 @@ def parse_metric(name: str) -> tuple[str, dict[str, Any]]:
     if m:
         if int(m.group(2)) < 1:
             raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
-        return "kmin", {"field": f"kmin_{m.group(1)}pct", "index": int(m.group(2)) - 1}
+        last = None if m.group(3) is None else int(m.group(3))
+        if last is not None and last < 1:
+            raise ValueError(f"metric {name!r}: _lastM needs M ≥ 1 iterations")
+        return "kmin", {"field": f"kmin_{m.group(1)}pct", "index": int(m.group(2)) - 1,
+                        "last": last}
     m = _ALPHA.match(name)
     if m:
         which, alpha = m.group(1), float(m.group(2))
@@ -232,10 +241,15 @@ def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[st
     if kind == "kmin":
         rows = [r for r in probes if r.get("kind") == "cross_section"
                 and r.get("eigen_index") == args["index"] and args["field"] in r]
+        if args.get("last") is not None:
+            start = _last_iteration(records) - args["last"]
         rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
         if not rows:
             return None
         vals = [math.inf if r[args["field"]] is None else float(r[args["field"]]) for r in rows]
+        if args.get("last") is not None:
+            crossed = [v for v in vals if math.isfinite(v)]
+            return float(np.mean(crossed)) if crossed else math.inf
         return float(np.median(vals))
     rows = [r for r in probes if r.get("kind") == "alpha" and r.get("direction") ==
             args["direction"] and (args["index"] is None or r.get("eigen_index") == args["index"])]
