@@ -156,3 +156,12 @@ def test_kmin_averaged_over_the_last_iterations():
     assert metric_value(recs, "kmin_1pct_e1") == pytest.approx(3.5)
     with pytest.raises(ValueError):
         parse_metric("kmin_1pct_e1_last0")
+
+
+def test_a_check_is_made_only_at_its_scales(tmp_path):
+    folders = {"a": _run(tmp_path / "a", 10), "b": _run(tmp_path / "b", 5)}
+    only_small = {**ORDER, "scales": ["small"]}
+    assert [r.verdict for r in evaluate_checks([only_small, ORDER], folders, scale="small")] \
+        == ["held (1 seed)", "held (1 seed)"]
+    assert len(evaluate_checks([only_small, ORDER], folders, scale="paper")) == 1
+    assert len(evaluate_checks([only_small, ORDER], folders)) == 2  # no scale: every check

@@ -35,7 +35,8 @@ A difference or a ratio of two metrics is a metric too: ``"alpha_e1_0.5 - alpha_
 ``"lambda1_end / lambda1_peak"``.
 
 ``expect``: ``increasing`` / ``decreasing`` along the check's ``runs``, or ``OP VALUE``
-(``> 0``, ``<= 8``) that every run must satisfy.
+(``> 0``, ``<= 8``) that every run must satisfy. ``scales``: the scales a claim is made at
+(default all).
 
 **Seeds.** A metric is computed per run folder; a run with several seeds (see
 :func:`sharpest.experiments.seeds.seed_groups`) has one value per seed and is summarised by their
@@ -63,7 +64,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -307,11 +308,10 @@ class CheckResult:
         return SeedStats(tuple(self.seeds.get(name, ()))).std
 
     def verdict_at(self, scale: str | None) -> str:
-        """The verdict a reader sees: below the paper's scale a claim that failed is "not
-        reproduced at this scale" (a smaller run does not refute the paper)."""
-        if self.held is False and scale not in (None, "paper"):
-            return "not reproduced at this scale"
-        return self.verdict
+        """The verdict a reader sees: below the paper's scale a claim that failed (other than
+        on ties) is "not reproduced at this scale" (a smaller run does not refute the paper).
+        ``scale`` None: the scale the result was computed at."""
+        return self.verdict if scale is None else replace(self, scale=scale).verdict
 
     def numbers(self) -> str:
         """``run: mean ± std (n seeds)``; α-step changes (fractions of the loss) in percent."""
@@ -376,11 +376,13 @@ def evaluate_checks(
     or found among the folders by :func:`~sharpest.experiments.seeds.seed_groups` (folders
     named after it whose config differs only in ``seed``). ``scale``: the scale of the runs
     (None or ``"paper"``: a failed claim "did not hold"; else "not reproduced at this
-    scale")."""
+    scale"); a check whose ``scales`` do not include ``scale`` is left out."""
     cache: dict[Path, list[dict[str, Any]]] = {}
     results = []
     for c in checks:
         c = c if isinstance(c, Mapping) else c.model_dump()
+        if scale is not None and scale not in (c.get("scales") or (scale,)):
+            continue
         res = CheckResult(c["claim"], c["metric"], c["expect"], paper=c.get("paper", ""),
                           margin=float(c.get("margin", ORDER_MARGIN)), scale=scale)
         names = list(c.get("runs") or _plain_names(folders))

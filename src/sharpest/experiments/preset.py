@@ -149,6 +149,9 @@ class CheckSpec(_Strict):
     paper: str = ""
     #: For increasing/decreasing: the relative change each neighbour must exceed (a tie below).
     margin: float = Field(default=ORDER_MARGIN, ge=0, lt=1)
+    #: The scales the claim is made at (default: all). A claim that rests on a setting only
+    #: some scales have (e.g. a learning rate changed at scale small) names them.
+    scales: list[Scale] = Field(default_factory=lambda: list(SCALES))
 
     @field_validator("expect")
     @classmethod
@@ -309,7 +312,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
                                                             "note", "minutes", "claim",
                                                             "metric", "expect", "run",
                                                             "epoch", "window", "paper",
-                                                            "workers"], n=1)
+                                                            "workers", "margin", "scales"], n=1)
             if hint:
                 msg += f" (did you mean '{hint[0]}'?)"
         elif e["type"] == "missing":

@@ -339,11 +339,13 @@ def default_out(runs: Sequence[RunData]) -> Path:
 #: Verdicts of the findings (bold, upper case in their Markdown) and their badge classes.
 VERDICT_BADGES = {
     "HELD": "held",
+    "HELD (1 SEED)": "held",
+    "TIE": "scale",
     "DID NOT HOLD": "failed",
     "NOT REPRODUCED AT THIS SCALE": "scale",
     "NOT COMPUTED": "none",
 }
-_VERDICT = re.compile(r"<strong>(" + "|".join(VERDICT_BADGES) + r")</strong>")
+_VERDICT = re.compile(r"<strong>(" + "|".join(map(re.escape, VERDICT_BADGES)) + r")</strong>")
 
 
 def _badges(rendered: str) -> str:
