@@ -319,8 +319,10 @@ def test_run_a_preset_end_to_end(tmp_path):
     findings = json.loads((out / "findings.json").read_text())
     assert [c["metric"] for c in findings["checks"]] == ["lambda1_peak", "alpha_e1_2",
                                                          "kmin_10pct_e1"]
-    assert all(c["verdict"] in ("held", "did not hold") for c in findings["checks"])
-    assert "[held]" in res.output or "[not reproduced at this scale]" in res.output
+    # one seed at a reduced scale: at most "held (1 seed)", a failure is "not reproduced"
+    verdicts = ("held (1 seed)", "tie", "not reproduced at this scale")
+    assert all(c["verdict"] in verdicts for c in findings["checks"])
+    assert any(f"[{v}]" in res.output for v in verdicts)
     assert "[did not hold]" not in res.output  # below paper scale a miss is not a refutation
     pngs = _check_report(out)
     html = (out / "report.html").read_text(encoding="utf-8")
