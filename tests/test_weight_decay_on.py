@@ -114,3 +114,15 @@ def test_trainer_decays_kernels_only_in_the_step_and_the_hessian():
 def test_config_rejects_an_unknown_target():
     with pytest.raises(ConfigError, match="weight_decay_on"):
         make_config({"weight_decay_on": "biases"})
+
+
+def test_resnet_presets_follow_the_papers_l2_at_scale_paper():
+    from sharpest.experiments.preset import load_preset, resolve_runs
+
+    for name, run in (("fig2", "resnet32"), ("fig4", "resnet32"), ("table1_resnet32", "sgd_lr0.1")):
+        preset = load_preset(name)
+        paper = {r.name: r.config for r in resolve_runs(preset, "paper")}[run]
+        # Keras l2(0.005) on the kernels: λ‖w‖², gradient 2λw → weight_decay 0.01
+        assert (paper.weight_decay, paper.weight_decay_on) == (0.01, "kernels")
+    small = {r.name: r.config for r in resolve_runs(load_preset("fig2"), "small")}["resnet32"]
+    assert (small.weight_decay, small.weight_decay_on) == (2e-4, "kernels")  # the code's 1e-4
