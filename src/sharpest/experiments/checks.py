@@ -297,7 +297,8 @@ class CheckResult:
         if self.held is None:
             return "not computed"
         if self.held:
-            return "held" if self.n_seeds >= 2 else "held (1 seed)"
+            # No per-seed values (a result built by hand): nothing to say about the spread.
+            return "held" if not self.seeds or self.n_seeds >= 2 else "held (1 seed)"
         if self.tie:
             return "tie"
         if self.scale is not None and self.scale != "paper":
