@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from sharpest.curvature.adapt import as_operator
+from sharpest.curvature.krylov import KrylovBasis
 
 WHICH = ("LM", "LA", "SA")
 
@@ -58,6 +59,11 @@ class EigenResult:
     seconds: float = 0.0
     restarts: int = 0
     history: list[int] = field(default_factory=list, repr=False)
+    guard_runs: int = 0
+    guard_misses: int = 0
+    guard_matvecs: int = 0
+    guard_value: float = float("nan")
+    guard_risk: float = float("nan")
 
     @property
     def k(self) -> int:
@@ -101,16 +107,24 @@ def _order(theta: np.ndarray, which: str) -> np.ndarray:
     return np.argsort(theta, kind="stable")
 
 
-def _orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """Project `w` off the rows of `basis` twice ("twice is enough", Giraud et al. 2005).
+def _beyond(value: float, threshold: float, which: str) -> float:
+    """How far `value` lies past `threshold` in the order of `which` (positive: it would rank
+    before it)."""
+    if which == "LM":
+        return abs(value) - abs(threshold)
+    if which == "LA":
+        return value - threshold
+    return threshold - value
 
-    Returns the projected vector and the total coefficients basis·w.
-    """
-    coeffs = basis @ w
-    w = w - basis.T @ coeffs
-    again = basis @ w
-    w = w - basis.T @ again
-    return w, coeffs + again
+
+def _extreme(theta: np.ndarray, which: str) -> int:
+    """Index of the Ritz value that ranks first for `which`."""
+    return int(_order(theta, which)[0])
+
+
+GUARD_MAX_PRODUCTS = 40
+GUARD_RISK = 1e-3
+START_MIX = 0.0
 
 
 def lanczos(
@@ -124,6 +138,11 @@ def lanczos(
     *,
     max_basis: int | None = None,
     max_basis_bytes: float = 2 * 2**30,
+    guard: bool = True,
+    risk: float = GUARD_RISK,
+    start: str = "sum",
+    mix: float = START_MIX,
+    oversample: int = 1,
 ) -> EigenResult:
     """Top-k eigenpairs of the symmetric operator `op` by Lanczos.
 
@@ -137,17 +156,56 @@ def lanczos(
     tol: a pair is converged when ‖Hx − θx‖ ≤ tol·max(|θ|, ε·‖T‖), T the projected matrix.
     max_matvecs: stop (``converged=False``) after this many products.
     init: start vectors ``(m, size)``, e.g. the previous eigenvectors when tracking along
-        training: the Krylov space is started from their normalised sum (each row normalised),
-        which contains the wanted eigenvectors to first order when they moved little. It pays
-        only then (``benchmarks/warm_start.py``: 0.56–0.65× a cold start when the top-5 turned
-        by 0.9°, 0.75–0.96× when they turned by 79° in one SGD step). A direction that has just
-        entered the top k has little weight in such a start; at a loose ``tol`` (1e-2) the
-        solve may then converge to λ_{k+1} in place of λ_k.
+        training. A hint, never a constraint: the Krylov space starts from their normalised sum
+        (each row normalised), which holds the wanted eigenvectors to first order when they
+        moved little, and the result passes the same guard as a cold start. An invariant start
+        space is never accepted as final: it is continued from a fresh random direction.
+        A warm start pays only when the basis moved little (``benchmarks/warm_start.py``:
+        0.56–0.65× a cold start when the top-5 turned by 0.9°, 0.75–0.96× at 79°).
     seed: seed of the random start vector (and of the vectors that replace an exhausted
         Krylov space).
     max_basis: most basis vectors kept before a thick restart; default from
         ``max_basis_bytes`` (basis stored in float64 on the operator's device, allocated as it
         grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
+    guard: after the k wanted pairs converge, check that nothing beyond λ_k was missed (below);
+        ``False`` restores the unguarded solver (a wrong set can then be claimed converged).
+    risk: the guard stops when the chance that its random start missed a direction beyond
+        λ_k is at most ``risk`` (default 1e-3).
+
+    The guard
+    ---------
+    Lanczos from one start vector cannot see a direction the start has no component along: a
+    warm start from the previous top-k misses an eigenvector that has just entered the top-k
+    (issue 12: 7 of 40 tracked solves, and 5 of 5 jumps, wrong but ``converged=True``), and even
+    a cold start misses λ_k when λ_{k+1} is within ~1e-3 of it (2 of 20 solves). So, once the
+    k wanted Ritz pairs (θᵢ, xᵢ) meet ``tol``, a guard chain starts from a fresh random vector z
+    orthogonalised against the whole basis Q: Lanczos on the deflated operator
+    B = (I − QQᵀ) H (I − QQᵀ), in the same basis, so its products also enter the Rayleigh–Ritz
+    of the solve and nothing is thrown away. After j guard products:
+
+    - if an extreme Ritz value of the guard chain lies beyond θ_k (by more than tol·|θ_k|, in
+      the order of ``which``; both ends for "LM"), a direction was missed: it is already in the
+      basis, the solve goes on (no restart) and is guarded again when it converges;
+    - else the chance that the guard missed it is bounded a posteriori. The j-th guard vector is
+      q_{j+1} = p_j(B) z with p_j(μ) = det(μ − T_j)/(β_1⋯β_j), so for an eigenpair (μ, u) of B,
+      |uᵀz| ≤ 1/|p_j(μ)|, and beyond the guard's Ritz values |p_j| is smallest at μ = θ_k.
+      For z uniform on the sphere of B's range (dimension n'), P(|uᵀz| ≤ ε) ≤ ε·√(2n'/π).
+      The guard accepts when √(2n'/π)/maxⱼ|p_j(θ_k)| ≤ ``risk``. This is a probability over
+      the guard's random start, not over the operator: no Krylov method can do better, and
+      every guard's outcome is recorded (``guard_runs``, ``guard_misses``, ``guard_matvecs``,
+      ``guard_value`` = the guard's extreme Ritz value, ``guard_risk`` = the bound reached).
+
+    A guard that has not decided after 40 products makes no claim (the solve goes on);
+    ``max_matvecs`` can end a solve in the middle of a guard, which then returns
+    ``converged=False``.
+
+    Chosen by measurement (n = 300 drifting sequences with an eigenvalue rising through the top
+    5, 4 seeds × 40 solves, tol 1e-4, "LM"): unguarded warm starts: 26 of 160 solves wrong and
+    claimed converged, 12.2 products per solve; (a) mixing 0.1 of a random unit vector into the
+    start: 1 of 160 wrong, 14.8 products, so mixing alone reduces but does not remove the
+    failure; (c) the guard: none wrong; a cold start: 17.8 products unguarded, 24.2 guarded.
+    See ``benchmarks/results/lanczos_guard.md`` for the full comparison, including (b) a
+    block start (the init rows plus one random vector, multiplied as a band Lanczos).
 
     Returns
     -------
@@ -164,6 +222,8 @@ def lanczos(
         raise ValueError(f"k={k} must be smaller than the operator size {n}")
     if tol <= 0:
         raise ValueError(f"tol must be positive, got {tol}")
+    if not 0 < risk < 1:
+        raise ValueError(f"risk must lie in (0, 1), got {risk}")
     device = getattr(op, "device", torch.device("cpu"))
     out_dtype = getattr(op, "dtype", torch.float64)
 
@@ -172,12 +232,14 @@ def lanczos(
         max_basis = min(int(max_basis_bytes // (8 * n)), max(100, 4 * k))
     max_basis = min(n, max(max_basis, k + 8, 2 * k))
     limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
+    guard_max = min(GUARD_MAX_PRODUCTS, n)
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def random_vector() -> Tensor:
         return torch.randn(n, generator=generator, dtype=torch.float64).to(device)
 
+    space = KrylovBasis(n, max_basis + guard_max + 2, device)
     if init is not None:
         init = torch.as_tensor(init)
         if init.dim() == 1:
@@ -188,93 +250,111 @@ def lanczos(
         norms = rows.norm(dim=1, keepdim=True)
         if not torch.isfinite(rows).all() or (norms == 0).any():
             raise ValueError("init vectors must be finite and nonzero")
-        start = (rows / norms).sum(0)
-        if start.norm() < 1e-8 * math.sqrt(rows.shape[0]):
-            start = start + 1e-3 * random_vector()
+        rows = rows / norms
+        if start == "block":
+            for row in rows:
+                space.add(row)
+            for _ in range(oversample):
+                space.add(random_vector())
+        else:
+            first = rows.sum(0)
+            first = first / max(float(first.norm()), 1e-300)
+            noise = random_vector()
+            first = first + mix * noise / noise.norm()
+            if space.add(first) is None:
+                space.add(noise)
     else:
-        start = random_vector()
+        space.add(random_vector())
 
-    # Grown by doubling up to max_basis + 1 rows: the budget is a cap, not an allocation.
-    basis = torch.empty(min(max_basis + 1, 2 * k + 2), n, dtype=torch.float64, device=device)
-    proj = np.zeros((max_basis + 1, max_basis + 1))  # T = Qᵀ H Q, arrow + tridiagonal
-    basis[0] = start / start.norm()
-    j = 0  # number of basis vectors whose product is known
-    n_matvecs = restarts = 0
-    history: list[int] = []
-    theta = y = None
-    beta = 0.0
-    converged = False
-
-    while True:
-        w = op.matvec(basis[j].to(out_dtype)).to(device=device, dtype=torch.float64)
-        n_matvecs += 1
+    def product(v: Tensor) -> Tensor:
+        w = op.matvec(v.to(out_dtype)).to(device=device, dtype=torch.float64)
         if not torch.isfinite(w).all():
             raise FloatingPointError("the operator returned a non-finite product")
-        w, coeffs = _orthogonalize(w, basis[: j + 1])
-        c = coeffs.cpu().numpy()
-        proj[: j + 1, j] = c
-        proj[j, : j + 1] = c
-        beta = float(w.norm())
-        j += 1
+        return w
 
-        t = proj[:j, :j]
-        theta, y = np.linalg.eigh(0.5 * (t + t.T))
-        wanted = _order(theta, which)[: min(k, j)]
-        resid = np.abs(beta * y[-1, wanted])
-        scale = max(np.abs(theta).max(), np.finfo(float).tiny)
-        floor = np.finfo(np.float64).eps ** (2 / 3) * scale
-        threshold = tol * np.maximum(np.abs(theta[wanted]), floor)
+    n_matvecs = restarts = 0
+    guard_matvecs = guard_runs = guard_misses = 0
+    guard_value = guard_risk = float("nan")
+    history: list[int] = []
+    converged = False
+    scale = np.finfo(float).tiny
+    # The guard in progress: the rows its chain multiplied, the k-th wanted value it must not
+    # exceed, and its chain's pending row.
+    guard_rows: list[int] | None = None
+    guard_bound = 0.0
+    guard_next: int | None = None
+
+    while True:
+        if guard_rows is not None:
+            index = guard_next
+        elif not space.pending:
+            # Exhausted (invariant) Krylov space: it may miss further copies of a repeated
+            # eigenvalue or pairs the start had no component along; go on from a fresh direction.
+            index = space.add(random_vector())
+            if index is None:
+                break
+        else:
+            index = _choose(space, which, k, tol)
+        rows_before = space.rows
+        space.multiply(index, product, drop=1e-12 * scale)
+        n_matvecs += 1
+        theta, y, c = space.ritz()
+        scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
         history.append(n_matvecs)
-        # An exhausted (invariant) Krylov space has zero residuals but may miss further copies
-        # of a repeated eigenvalue, or pairs the start vector had no component along.
-        exhausted = beta <= 1e-12 * scale or beta == 0.0
-        # Unless the caller supplied the start space (init), an invariant space is not trusted.
-        if j >= k and np.all(resid <= threshold) and (init is not None or not exhausted):
-            converged = True
-            break
-        if n_matvecs >= limit or j >= n:
-            converged = j >= n and len(wanted) == k
-            break
 
-        if exhausted:
-            # The Krylov space is invariant: continue with a fresh direction orthogonal to it
-            # (this is also how repeated eigenvalues get found).
-            w, _ = _orthogonalize(random_vector(), basis[:j])
-            w, _ = _orthogonalize(w, basis[:j])
-            beta_next = 0.0
-        else:
-            beta_next = beta
+        if guard_rows is not None:
+            guard_matvecs += 1
+            guard_rows.append(index)
+            guard_next = space.rows - 1 if space.rows > rows_before else None
+            g_theta, _, _ = space.ritz(guard_rows)
+            guard_value = float(g_theta[_extreme(g_theta, which)])
+            betas = [space.m[b, a] for a, b in zip(guard_rows, guard_rows[1:])]
+            betas.append(space.m[guard_next, index] if guard_next is not None else 0.0)
+            guard_risk = _miss_probability(space, guard_rows, betas, guard_bound, which, n)
+            if _beyond(guard_value, guard_bound, which) > tol * abs(guard_bound):
+                guard_misses += 1  # a direction beyond the k-th value: fold it in, go on
+                guard_rows = None
+            elif guard_risk <= risk:
+                guard_rows = None
+                wanted = _order(theta, which)[:k]
+                if _converged(theta, y, c, wanted, tol, scale):
+                    converged = True
+                    break
+            elif len(guard_rows) >= guard_max:
+                guard_rows = None  # undecided: no claim; the solve goes on
+            if n_matvecs >= limit:
+                break
+            continue
 
-        if j == max_basis:
-            # Thick restart: keep the best Ritz vectors and the residual direction; the
-            # coupling of the residual to the kept Ritz vectors (s = β·y_last) reappears in the
-            # next product's reorthogonalisation coefficients.
-            keep = min(max_basis - 1, max(k + (max_basis - k) // 2, k + 1))
-            order = _order(theta, which)[:keep]
-            ritz = torch.from_numpy(np.ascontiguousarray(y[:, order].T)).to(device)
-            new = ritz @ basis[:j]
-            basis[:keep] = new
-            proj[:] = 0.0
-            proj[np.arange(keep), np.arange(keep)] = theta[order]
-            if not exhausted:
-                s = beta * y[-1, order]
-                proj[keep, :keep] = s
-                proj[:keep, keep] = s
-            j = keep
+        wanted = _order(theta, which)[: min(k, len(theta))]
+        if len(theta) >= k and _converged(theta, y, c, wanted, tol, scale):
+            if len(theta) == n:
+                converged = True  # the whole space: exact
+                break
+            if not guard:
+                converged = True
+                break
+            if n_matvecs < limit:
+                guard_next = space.add(random_vector())
+                if guard_next is not None:
+                    guard_runs += 1
+                    guard_rows = []
+                    guard_bound = float(theta[wanted[-1]])
+                    continue
+                converged = True  # the basis spans the whole space
+                break
+        if n_matvecs >= limit or len(space.mult) >= n:
+            converged = len(space.mult) >= n
+            break
+        if space.rows >= max_basis + 1:
+            _thick_restart(space, theta, y, c, which, k, max_basis)
             restarts += 1
-        else:
-            proj[j, j - 1] = proj[j - 1, j] = beta_next
-        if j >= basis.shape[0]:
-            grown = torch.empty(min(max_basis + 1, 2 * basis.shape[0]), n, dtype=basis.dtype,
-                                device=device)
-            grown[:j] = basis[:j]
-            basis = grown
-        basis[j] = w / w.norm()
 
+    theta, y, c = space.ritz()
     order = _order(theta, which)[:k]
-    vectors = torch.from_numpy(np.ascontiguousarray(y[:, order].T)).to(device) @ basis[: len(theta)]
+    vectors = space.vectors(y[:, order])
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
-    residuals = np.abs(beta * y[-1, order])
+    residuals = np.linalg.norm(c @ y[:, order], axis=0) if len(c) else np.zeros(len(order))
     return EigenResult(
         values=theta[order].astype(np.float64),
         vectors=vectors.to(out_dtype),
@@ -285,4 +365,65 @@ def lanczos(
         seconds=time.perf_counter() - start_time,
         restarts=restarts,
         history=history,
+        guard_runs=guard_runs,
+        guard_misses=guard_misses,
+        guard_matvecs=guard_matvecs,
+        guard_value=guard_value,
+        guard_risk=guard_risk,
     )
+
+
+def _miss_probability(
+    space: KrylovBasis, rows: list[int], betas: list[float], bound: float, which: str, n: int
+) -> float:
+    """Bound on the chance that the guard's random start z missed an eigenvector u of the
+    deflated operator whose eigenvalue μ lies beyond `bound`.
+
+    The guard's j-th Lanczos vector is q_{j+1} = p_j(B) z with p_j(x) = det(x − T_j)/(β_1⋯β_j),
+    so uᵀq_{j+1} = p_j(μ)·uᵀz and |uᵀz| ≤ 1/|p_j(μ)|. Beyond the guard's Ritz values |p_j|
+    grows with |μ − bound|, so μ = bound is the worst case. For z uniform on the unit sphere of
+    an n'-dimensional space, P(|uᵀz| ≤ ε) ≤ ε·√(2n'/π).
+    """
+    targets = [abs(bound), -abs(bound)] if which == "LM" else [bound]
+    t = space.m[np.ix_(rows, rows)]
+    t = 0.5 * (t + t.T)
+    log_beta = np.cumsum(np.log(np.maximum(np.abs(betas), np.finfo(float).tiny)))
+    worst = 0.0
+    for mu in targets:
+        best = 0.0  # the largest log|p_j(μ)| over j
+        for j in range(1, len(rows) + 1):
+            ritz = np.linalg.eigvalsh(t[:j, :j])
+            if betas[j - 1] == 0.0:
+                return 0.0  # an invariant Krylov space: no component beyond it exists
+            best = max(best, float(np.sum(np.log(np.abs(mu - ritz) + 1e-300)) - log_beta[j - 1]))
+        worst = max(worst, math.sqrt(2 * max(n - space.rows, 1) / math.pi) * math.exp(-best))
+    return min(worst, 1.0)
+
+
+def _thresholds(theta: np.ndarray, wanted: np.ndarray, tol: float, scale: float) -> np.ndarray:
+    floor = np.finfo(np.float64).eps ** (2 / 3) * scale
+    return tol * np.maximum(np.abs(theta[wanted]), floor)
+
+
+def _converged(theta, y, c, wanted, tol, scale) -> bool:
+    resid = np.linalg.norm(c @ y[:, wanted], axis=0) if len(c) else np.zeros(len(wanted))
+    return bool(np.all(resid <= _thresholds(theta, wanted, tol, scale)))
+
+
+def _choose(space: KrylovBasis, which: str, k: int, tol: float) -> int:
+    """The pending row that carries most of the wanted Ritz pairs' residuals (relative to their
+    thresholds): with one pending row this is plain Lanczos."""
+    if len(space.pending) == 1 or not space.mult:
+        return space.pending[0]
+    theta, y, c = space.ritz()
+    wanted = _order(theta, which)[: min(k, len(theta))]
+    scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
+    weights = (c @ y[:, wanted]) / _thresholds(theta, wanted, tol, scale)
+    return space.pending[int(np.argmax((weights**2).sum(axis=1)))]
+
+
+def _thick_restart(space, theta, y, c, which, k, max_basis) -> None:
+    """Keep the best Ritz vectors (about half the budget beyond k) and every pending row."""
+    keep = min(len(theta) - 1, max(k + (max_basis - k) // 2, k + 1))
+    order = _order(theta, which)[:keep]
+    space.restart(theta[order], y[:, order], c)
