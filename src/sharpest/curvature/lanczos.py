@@ -331,10 +331,11 @@ def lanczos(
             if len(theta) == n:
                 converged = True  # the whole space: exact
                 break
-            if not guard:
+            if not guard and space.pending:
                 converged = True
                 break
-            if n_matvecs < limit:
+            # (Unguarded, an exhausted chain is not trusted: a fresh direction follows.)
+            if guard and n_matvecs < limit:
                 guard_next = space.add(random_vector())
                 if guard_next is not None:
                     guard_runs += 1
