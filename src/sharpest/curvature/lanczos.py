@@ -281,6 +281,7 @@ def lanczos(
     # The guard in progress: the rows its chain multiplied, the k-th wanted value it must not
     # exceed, and its chain's pending row.
     guard_rows: list[int] | None = None
+    guarded = False  # a guard accepted the current wanted set
     guard_bound = 0.0
     guard_next: int | None = None
 
@@ -315,7 +316,11 @@ def lanczos(
                 guard_misses += 1  # a direction beyond the k-th value: fold it in, go on
                 guard_rows = None
             elif guard_risk <= risk:
+                # Accepted. Should the guard's couplings have moved the wanted pairs above
+                # tol, the solve goes on without another guard: Ritz values only move outwards
+                # as the basis grows, so nothing beyond the new θ_k hides in the complement.
                 guard_rows = None
+                guarded = True
                 wanted = _order(theta, which)[:k]
                 if _converged(theta, y, c, wanted, tol, scale):
                     converged = True
@@ -331,7 +336,7 @@ def lanczos(
             if len(theta) == n:
                 converged = True  # the whole space: exact
                 break
-            if not guard and space.pending:
+            if (not guard and space.pending) or guarded:
                 converged = True
                 break
             # (Unguarded, an exhausted chain is not trusted: a fresh direction follows.)
