@@ -58,10 +58,13 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         summing ``loss_fn`` is refused unless ``reduction="sum"``.
     cache_graphs:
         Keep the first-order graph of every chunk between products, so a product costs one
-        double-backward pass instead of forward + backward + double backward (measured on
-        SimpleCNN, 2 CPU threads: ≈2.5× a gradient instead of ≈4.7×; forward-over-reverse
-        `torch.func.jvp(grad)` was ≈5.9× and `torch.func.linearize` ≈3.9×, so double backward
-        is the backend). Costs memory proportional to the activations of all N examples:
+        double-backward pass instead of forward + backward + double backward. Measured by
+        ``benchmarks/hvp_backends.py`` (SimpleCNN, 512 CIFAR-10 images, 2 CPU threads, medians
+        of interleaved repeats on a shared machine): 2.28× a gradient instead of 3.48×;
+        forward-over-reverse ``torch.func.jvp(grad)`` 3.31×; ``torch.func.linearize`` 1.98×
+        after a build that costs several gradients and is repeated whenever θ changes, so
+        double backward stays the backend.
+        Costs memory proportional to the activations of all N examples:
         ``"auto"`` (default) measures the bytes autograd saves for the first chunk and caches
         only if the extrapolation to all chunks fits ``cache_budget_bytes``. The cache is
         rebuilt automatically when a parameter is modified in place (tensor version counters),
