@@ -163,7 +163,7 @@ def run(a: argparse.Namespace) -> int:
         bench.log(f"point {point} (iteration {iteration}, λ1 {ref.values[0]:.2f}): " + ", ".join(
             f"{r['method']} {r['products']} ({r['max_rel_error']:.0e})" for r in mine)
             + f"  [{time.perf_counter() - started:.0f} s]")
-    write(a, source, rows)
+        write(a, source, rows)  # after every point: a long run that is stopped keeps its rows
     return 0
 
 

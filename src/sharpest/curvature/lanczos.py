@@ -169,6 +169,10 @@ def lanczos(
         grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
     guard: after the k wanted pairs converge, check that nothing beyond λ_k was missed (below);
         ``False`` restores the unguarded solver (a wrong set can then be claimed converged).
+    start, mix, oversample: the alternatives measured against the guard (kept for
+        ``benchmarks/lanczos_guard.py``): ``start="block"`` starts a band Lanczos from the init
+        rows and ``oversample`` random vectors; ``mix`` adds that fraction of a random unit
+        vector to the summed start. Defaults: the summed start, no mix.
     risk: the guard stops when the chance that its random start missed a direction beyond
         λ_k is at most ``risk`` (default 1e-3).
 
