@@ -15,7 +15,7 @@ backward, and scipy's operator interface (:class:`~sharpest.curvature.adapt.Scip
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from sharpest.curvature.risk import (
 
 __all__ = ["EmpiricalRisk", "HessianOperator", "NonFiniteError", "evaluation_mode", "flatten",
            "unflatten"]
+
+
+BACKENDS = ("double_backward", "linearize")
 
 
 class HessianOperator(EmpiricalRisk, ScipyStyle):
@@ -62,13 +65,23 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         ``benchmarks/hvp_backends.py`` (SimpleCNN, 512 CIFAR-10 images, 2 CPU threads, medians
         of interleaved repeats on a shared machine): 2.28× a gradient instead of 3.48×;
         forward-over-reverse ``torch.func.jvp(grad)`` 3.31×; ``torch.func.linearize`` 1.98×
-        after a build that costs several gradients and is repeated whenever θ changes, so
-        double backward stays the backend.
+        after a build that costs about ten gradients and is repeated whenever θ changes, so
+        double backward stays the default backend (see ``backend``).
         Costs memory proportional to the activations of all N examples:
         ``"auto"`` (default) measures the bytes autograd saves for the first chunk and caches
         only if the extrapolation to all chunks fits ``cache_budget_bytes``. The cache is
         rebuilt automatically when a parameter is modified in place (tensor version counters),
         so an operator stays correct while the model trains.
+    backend:
+        ``"double_backward"`` (default) or ``"linearize"``: ``torch.func.linearize`` of each
+        chunk's gradient, traced once per parameter state (rebuilt when a parameter or buffer
+        changes in place) and replayed per product; holds every chunk's linearised graph (no
+        memory budget: opt in knowingly). Measured (``benchmarks/hvp_backends.py``, SimpleCNN,
+        2 threads, shared machine): 1.98× a gradient at 512 images and 1.54× at 2,560 (cached
+        double backward 2.28× and 2.36×), but the build cost 10.2 gradients at 2,560 images and
+        is paid again at every tracking point. For a ~25-product solve that is ≈49 gradients
+        against ≈59: a gain only on large subsets, measured on a loaded machine, so not yet the
+        default.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
@@ -96,6 +109,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         reduction: str = "mean",
         semantics: str = "eval",
         decay_params: Sequence[Tensor] | Sequence[str] | None = None,
+        backend: str = "double_backward",
     ) -> None:
         super().__init__(model, loss_fn, data, weight_decay, params=params,
                          chunk_size=chunk_size, device=device, distributed=distributed,
@@ -109,6 +123,11 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         self._cache: list[tuple[tuple[Tensor, ...], Tensor]] | None = None
         self._cache_versions: list[int] | None = None
         self.n_matvecs = 0
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self._linearized: list[Callable] | None = None
+        self._linearized_versions: list[int] | None = None
 
     # -- products -----------------------------------------------------------------------------
 
@@ -175,6 +194,49 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         """Drop cached first-order graphs (they are rebuilt on the next product)."""
         self._cache = None
         self._cache_versions = None
+        self._linearized = None
+        self._linearized_versions = None
+
+    def _linearizations(self) -> list[Callable]:
+        """Per chunk, the map v ↦ H_c·v from ``torch.func.linearize`` of the chunk's gradient:
+        built (traced) once per parameter state, rebuilt when a parameter or buffer changes."""
+        versions = self._versions()
+        if self._linearized is not None and self._linearized_versions == versions:
+            return self._linearized
+        self._linearized = None
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        keys = [names[id(p)] for p in self.params]
+        primals = {k: p.detach() for k, p in zip(keys, self.params)}
+        fns = []
+        for index in range(len(self.chunks)):
+
+            def loss(params: dict[str, Tensor], index: int = index) -> Tensor:
+                inputs, targets, n = self.chunks[index]
+                if isinstance(inputs, Mapping):
+                    out = torch.func.functional_call(self.model, params, (), dict(inputs))
+                else:
+                    out = torch.func.functional_call(self.model, params, (inputs,))
+                value = self.loss_fn(out, targets)
+                return value / n if self.reduction == "sum" else value
+
+            jvp_fn = torch.func.linearize(torch.func.grad(loss), primals)[1]
+            fns.append(lambda parts, f=jvp_fn: list(f(dict(zip(keys, parts))).values()))
+        self._linearized, self._linearized_versions = fns, versions
+        return fns
+
+    def _linearized_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
+        with semantics_mode(self.model, self.semantics), self._product_kernels():
+            for index, fn in enumerate(self._linearizations()):
+                weight = self.chunks[index][2] / self.num_examples
+                for j, parts in enumerate(v_parts):
+                    row = out[j]
+                    for h, (start, stop) in zip(fn(parts), self._slices):
+                        row[start:stop].add_(h.reshape(-1), alpha=weight)
+                    if not torch.isfinite(row.sum()):
+                        raise NonFiniteError(
+                            f"the Hessian-vector product of chunk {index} (examples "
+                            f"{self._chunk_offset(index)}…) is not finite"
+                        )
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """Products H·vᵢ for the rows vᵢ of `vectors` (shape `(m, size)`), as rows `(m, size)`.
@@ -206,6 +268,9 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         """Add this process's chunks' weighted products to the rows of `out`."""
         m = len(v_parts)
+        if self.backend == "linearize":
+            self._linearized_products(v_parts, out)
+            return
         with semantics_mode(self.model, self.semantics), self._product_kernels():
             for index, grads in self._graphs():
                 weight = self.chunks[index][2] / self.num_examples
