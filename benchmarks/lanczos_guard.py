@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--n", type=int, default=300)
+    p.add_argument("--settings", help="comma-separated prefixes of the settings to run")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     if a.quick:
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     try:
         for name, setting in SETTINGS.items():
+            if a.settings and not any(name.startswith(x) for x in a.settings.split(",")):
+                continue
             rows.append(measure(name, setting, range(a.seeds), a.n, a.steps))
             print(rows[-1], file=sys.stderr, flush=True)
     finally:
