@@ -16,6 +16,10 @@ _EXPORTS = {
     "spectral_norm": "sharpest.curvature",
     "frobenius_from_topk": "sharpest.curvature",
     "principal_angles": "sharpest.curvature",
+    "trace": "sharpest.curvature",
+    "TraceResult": "sharpest.curvature",
+    "spectral_density": "sharpest.curvature",
+    "DensityResult": "sharpest.curvature",
 }
 __all__ = sorted(_EXPORTS)
 

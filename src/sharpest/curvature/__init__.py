@@ -5,6 +5,7 @@ the function (loss and gradient over fixed data, chunked, all-reduced);
 :class:`HessianOperator` adds its Hessian products.
 """
 
+from sharpest.curvature.density import DensityResult, spectral_density
 from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
 from sharpest.curvature.operator import HessianOperator
 from sharpest.curvature.risk import (
@@ -15,8 +16,13 @@ from sharpest.curvature.risk import (
     unflatten,
 )
 from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, spectral_norm
+from sharpest.curvature.trace import TraceResult, trace
 
 __all__ = [
+    "DensityResult",
+    "TraceResult",
+    "spectral_density",
+    "trace",
     "WHICH",
     "EigenResult",
     "EmpiricalRisk",
