@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "EigenResult": "sharpest.curvature",
     "HessianOperator": "sharpest.curvature",
+    "GGNOperator": "sharpest.curvature",
     "lanczos": "sharpest.curvature",
     "spectral_norm": "sharpest.curvature",
     "frobenius_from_topk": "sharpest.curvature",

@@ -6,6 +6,7 @@ the function (loss and gradient over fixed data, chunked, all-reduced);
 """
 
 from sharpest.curvature.density import DensityResult, spectral_density
+from sharpest.curvature.ggn import OPERATOR_KINDS, GGNOperator, build_operator
 from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
 from sharpest.curvature.operator import HessianOperator
 from sharpest.curvature.risk import (
@@ -19,6 +20,9 @@ from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, sp
 from sharpest.curvature.trace import TraceResult, trace
 
 __all__ = [
+    "OPERATOR_KINDS",
+    "GGNOperator",
+    "build_operator",
     "DensityResult",
     "TraceResult",
     "spectral_density",
