@@ -16,10 +16,14 @@ from sharpest.curvature.risk import (
     flatten,
     unflatten,
 )
+from sharpest.curvature.shares import layer_shares, operator_layer_shares, parameter_names
 from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, spectral_norm
 from sharpest.curvature.trace import TraceResult, trace
 
 __all__ = [
+    "layer_shares",
+    "operator_layer_shares",
+    "parameter_names",
     "OPERATOR_KINDS",
     "GGNOperator",
     "build_operator",
