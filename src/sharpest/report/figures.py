@@ -222,6 +222,10 @@ def plot_eigenvalues(
         m = positive[:, i] & ok
         ax.plot(it[m], lam[m, i], color=colours[i], lw=1.0, **_marker(int(m.sum())))
     _draw_quality(ax, it, lam, ok, se, colours, positive, notes)
+    from sharpest.report.curvature_figures import draw_stability_lines  # it imports this module
+
+    if draw_stability_lines(ax, run, until):
+        ax.legend(fontsize=8, loc="lower right")
     _log_y(ax)
     ax.set_ylabel("eigenvalue λᵢ")
     cmap = ListedColormap(colours)
