@@ -100,3 +100,14 @@ def test_tracking_the_ggn(tmp_path):
     exact = trace(op, deflate=top, deflate_dim=0, rtol=None, max_matvecs=200, seed=9)
     assert abs(traces[-1]["value"] - exact.value) <= 4 * np.hypot(traces[-1]["stderr"],
                                                                    exact.stderr)
+
+
+def test_report_draws_the_curvature_figures(spectrum_run):
+    from sharpest.report import build_report
+
+    out, _, _ = spectrum_run
+    text = build_report(out).read_text(encoding="utf-8")
+    for stem in ("stability", "layer_shares", "density", "trace"):
+        assert (out / "figures" / f"{stem}.png").is_file(), stem
+    assert "Eigenvalue density along training" in text
+    assert "within 10 %" in text
