@@ -197,3 +197,17 @@ def test_density_rejects_bad_input(outlier_matrix):
         spectral_density(op, probe="sphere")
     with pytest.raises(ValueError, match="grid"):
         spectral_density(op, grid=np.array([1.0, 0.0]))
+
+
+def test_density_matches_dense_histogram_of_a_tiny_model(problem):
+    model, loss_fn, x, y, h = problem
+    lam = np.linalg.eigvalsh(h)
+    n = len(lam)
+    sigma = 0.02 * (lam.max() - lam.min())
+    op = HessianOperator(model, loss_fn, (x, y))
+    res = spectral_density(op, n_probes=20, steps=30, sigma=sigma, seed=0)
+    truth = broadened_density(res.grid, lam[None, :], np.full((1, n), 1 / n), sigma)
+    l1 = np.trapezoid(np.abs(res.density - truth), res.grid)
+    assert l1 < 0.12  # measured 0.06: the probes' sampling error at n = 83
+    wrong = broadened_density(res.grid, 1.3 * lam[None, :], np.full((1, n), 1 / n), sigma)
+    assert np.trapezoid(np.abs(wrong - truth), res.grid) > 2 * l1

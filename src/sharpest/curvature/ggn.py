@@ -24,7 +24,7 @@ model the Hessian operator supports works, including RNNs (cuDNN off as for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -70,7 +70,7 @@ class GGNOperator(HessianOperator):
 
     def _outputs_and_loss(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
         inputs, targets, _ = self.chunks[index]
-        outputs = self.model(inputs)
+        outputs = self.model(**inputs) if isinstance(inputs, Mapping) else self.model(inputs)
         if not isinstance(outputs, Tensor):
             raise TypeError(
                 f"GGNOperator needs a model returning one tensor, got {type(outputs).__name__}"
