@@ -133,3 +133,16 @@ def test_ggn_cached_and_uncached_agree_and_bad_kind():
     with pytest.raises(ValueError, match="operator must be one of"):
         build_operator("laplacian", model, loss_fn, (x, y))
     assert isinstance(build_operator("fisher", model, loss_fn, (x, y)), GGNOperator)
+
+
+@pytest.mark.parametrize("kind", ["ggn", "fisher"])
+def test_chunk_quadratic_forms_sum_to_the_quadratic_form(kind):
+    """Σ_c (n_c/N)·q[c] + λ‖v‖² = vᵀ G v: what the tracker's eigenvalue stderr relies on."""
+    model, loss_fn, x, y = problem("ce")
+    op = GGNOperator(model, loss_fn, (x, y), weight_decay=0.01, kind=kind, chunk_size=5)
+    v = torch.randn(2, op.size, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    q, sizes = op.chunk_quadratic_forms(v)
+    assert sizes.tolist() == [5.0, 5.0, 2.0]
+    total = (sizes[:, None] / sizes.sum() * q).sum(0) + 0.01 * (v * v).sum(1)
+    expected = (v * op.matmat(v)).sum(1)
+    torch.testing.assert_close(total, expected, rtol=1e-10, atol=1e-12)

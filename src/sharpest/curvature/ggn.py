@@ -24,19 +24,16 @@ model the Hessian operator supports works, including RNNs (cuDNN off as for the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sharpest.curvature.operator import (
-    Batch,
-    HessianOperator,
-    LossFn,
-    NonFiniteError,
-    evaluation_mode,
-)
+from sharpest.curvature.inputs import call_model, semantics_mode
+from sharpest.curvature.operator import HessianOperator
+from sharpest.curvature.risk import Batch, LossFn, NonFiniteError, unflatten
 
 __all__ = ["GGNOperator", "OPERATOR_KINDS", "build_operator"]
 
@@ -69,13 +66,15 @@ class GGNOperator(HessianOperator):
         super().__init__(model, loss_fn, data, weight_decay, params=params, **kwargs)
 
     def _outputs_and_loss(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        inputs, targets, _ = self.chunks[index]
-        outputs = self.model(**inputs) if isinstance(inputs, Mapping) else self.model(inputs)
+        inputs, targets, n = self.chunks[index]
+        outputs = call_model(self.model, inputs)
         if not isinstance(outputs, Tensor):
             raise TypeError(
                 f"GGNOperator needs a model returning one tensor, got {type(outputs).__name__}"
             )
         loss = self.loss_fn(outputs, targets)
+        if self.reduction == "sum":
+            loss = loss / n
         if loss.dim() != 0:
             raise ValueError(
                 f"loss_fn must return a scalar (the mean over the batch), got shape "
@@ -98,7 +97,7 @@ class GGNOperator(HessianOperator):
                 y = torch.stack(
                     [self.loss_fn(outputs[i : i + 1], targets[i : i + 1])
                      for i in range(outputs.shape[0])]
-                )
+                )  # with reduction="sum" a one-example sum is that example's loss
                 h = None
             u = torch.zeros_like(y, requires_grad=True)
             jtu = torch.autograd.grad(
@@ -106,31 +105,37 @@ class GGNOperator(HessianOperator):
             )
         return y, h, u, jtu
 
+    def _jv_and_back(self, graph: tuple, v_part: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``J v`` and what ``Jᵀ`` is applied to: ``H_out J v`` (GGN) or ``J v`` (Fisher)."""
+        y, h, u, jtu = graph
+        live = [i for i, g in enumerate(jtu) if g is not None and g.requires_grad]
+        if live:
+            jv = torch.autograd.grad(
+                [jtu[i] for i in live], u, grad_outputs=[v_part[i] for i in live],
+                retain_graph=True,
+            )[0]
+        else:
+            jv = torch.zeros_like(y)
+        if h is None:
+            return jv, jv
+        if not h.requires_grad:  # the loss is linear in the outputs: no curvature
+            return jv, torch.zeros_like(y)
+        return jv, torch.autograd.grad(h, y, grad_outputs=jv, retain_graph=True)[0]
+
     def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         m = len(v_parts)
-        with evaluation_mode(self.model), self._cudnn(), torch.enable_grad():
-            for index, (y, h, u, jtu) in self._graphs():
+        with semantics_mode(self.model, self.semantics), self._product_kernels(), \
+                torch.enable_grad():
+            for index, graph in self._graphs():
                 n = self.chunks[index][2]
                 # GGN: the chunk's loss is a mean over its n examples, so weight n/N. Fisher:
                 # Σₙ gₙ (gₙᵀv) over the chunk's examples, divided by N.
                 weight = (n if self.kind == "ggn" else 1) / self.num_examples
-                live = [i for i, g in enumerate(jtu) if g is not None and g.requires_grad]
                 for j in range(m):
-                    if live:
-                        jv = torch.autograd.grad(
-                            [jtu[i] for i in live], u,
-                            grad_outputs=[v_parts[j][i] for i in live], retain_graph=True,
-                        )[0]
-                    else:
-                        jv = torch.zeros_like(y)
-                    if h is None:
-                        back = jv
-                    elif h.requires_grad:
-                        back = torch.autograd.grad(h, y, grad_outputs=jv, retain_graph=True)[0]
-                    else:  # the loss is linear in the outputs: no curvature
-                        back = torch.zeros_like(y)
+                    _, back = self._jv_and_back(graph, v_parts[j])
                     gv = torch.autograd.grad(
-                        y, self.params, grad_outputs=back, retain_graph=True, allow_unused=True
+                        graph[0], self.params, grad_outputs=back, retain_graph=True,
+                        allow_unused=True,
                     )
                     row = out[j]
                     for g, (start, stop) in zip(gv, self._slices):
@@ -141,6 +146,37 @@ class GGNOperator(HessianOperator):
                             f"the {self.kind.upper()}-vector product of chunk {index} (examples "
                             f"{self._chunk_offset(index)}…) is not finite"
                         )
+
+    def chunk_quadratic_forms(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-chunk ``q[c, j] = vⱼᵀ G_c vⱼ`` (G_c over chunk c alone, as a mean over its
+        examples, without weight decay) and the chunk sizes: what the eigenvalue standard error
+        needs (see :meth:`HessianOperator.chunk_quadratic_forms`). GGN: ``(Jv)ᵀ H_out (Jv)``;
+        Fisher: ``Σₙ (gₙᵀv)² / n_c``. One product per row, counted in ``n_matvecs``."""
+        if vectors.dim() != 2 or vectors.shape[1] != self.size:
+            raise ValueError(
+                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
+            )
+        m = vectors.shape[0]
+        v_parts = [unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+                   for v in vectors]
+        local = torch.zeros(len(self.chunks), m, dtype=torch.float64)
+        error = None
+        try:
+            with semantics_mode(self.model, self.semantics), self._product_kernels(), \
+                    torch.enable_grad():
+                for index, graph in self._graphs():
+                    n = self.chunks[index][2]
+                    for j in range(m):
+                        jv, back = self._jv_and_back(graph, v_parts[j])
+                        q = float((jv.double() * back.double()).sum())
+                        if not math.isfinite(q):
+                            raise NonFiniteError(f"the quadratic form of chunk {index} is {q}")
+                        local[index, j] = q if self.kind == "ggn" else q / n
+        except NonFiniteError as err:
+            error = err
+        self._agree_on_failure(error)
+        self.n_matvecs += m
+        return self._gather_chunk_rows(local)
 
     def __repr__(self) -> str:
         return super().__repr__().replace("HessianOperator(", f"GGNOperator(kind={self.kind!r}, ")

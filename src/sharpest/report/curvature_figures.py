@@ -8,7 +8,8 @@
   coloured by iteration, log density against a symmetric-log eigenvalue axis (bulk and outliers).
 - :func:`plot_trace` — tr(H) ± 2 standard errors (``"trace"`` lines) and Σ of the tracked top-k.
 
-:func:`draw_stability_lines` adds the lines to an existing λ axis (the eigenvalue figure).
+:func:`sharpest.report.stability.draw_stability_lines` adds the lines to an existing λ axis
+(the eigenvalue figure).
 """
 
 from __future__ import annotations
@@ -24,32 +25,20 @@ from matplotlib.figure import Figure
 
 from sharpest.report.figures import NoData, _epoch_axis, _log_y, x_values
 from sharpest.report.reader import RunData
-from sharpest.report.stability import NEAR_LINE, fraction_near_line, stability_frame
+from sharpest.report.stability import (
+    NEAR_LINE,
+    draw_stability_lines,
+    fraction_near_line,
+    stability_frame,
+)
 
 __all__ = [
     "curvature_figure_specs",
-    "draw_stability_lines",
     "plot_density_evolution",
     "plot_layer_shares",
     "plot_stability",
     "plot_trace",
 ]
-
-
-def draw_stability_lines(ax: Any, run: RunData, until: float | None = None) -> bool:
-    """Draw 2(1+μ)/η (dashed) and, for nsgd, 2(1+μ)/(γη) (dotted) on ``ax``; False if unknown."""
-    frame = stability_frame(run)
-    if frame.empty:
-        return False
-    if until is not None:
-        frame = frame[frame["iteration"] <= until]
-        if frame.empty:
-            return False
-    it = frame["iteration"].to_numpy()
-    ax.plot(it, frame["line"], "--", color="0.25", lw=0.9, label="2(1+μ)/η")
-    if frame["nudged_line"].notna().any():
-        ax.plot(it, frame["nudged_line"], ":", color="0.25", lw=1.1, label="2(1+μ)/(γη)")
-    return True
 
 
 def plot_stability(run: RunData, *, notes: list[str] | None = None) -> Figure:

@@ -26,6 +26,7 @@ from sharpest.report.reader import RunData
 
 __all__ = [
     "NEAR_LINE",
+    "draw_stability_lines",
     "fraction_near_line",
     "stability_frame",
     "stability_summary",
@@ -122,3 +123,19 @@ def stability_summary(run: RunData, within: float = NEAR_LINE) -> dict[str, floa
                                          / frame["line_lambda1"].iloc[-1]),
     }
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def draw_stability_lines(ax: Any, run: RunData, until: float | None = None) -> bool:
+    """Draw 2(1+μ)/η (dashed) and, for nsgd, 2(1+μ)/(γη) (dotted) on ``ax``; False if unknown."""
+    frame = stability_frame(run)
+    if frame.empty:
+        return False
+    if until is not None:
+        frame = frame[frame["iteration"] <= until]
+        if frame.empty:
+            return False
+    it = frame["iteration"].to_numpy()
+    ax.plot(it, frame["line"], "--", color="0.25", lw=0.9, label="2(1+μ)/η")
+    if frame["nudged_line"].notna().any():
+        ax.plot(it, frame["nudged_line"], ":", color="0.25", lw=1.1, label="2(1+μ)/(γη)")
+    return True
