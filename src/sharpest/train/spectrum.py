@@ -94,12 +94,14 @@ class SpectrumTracker(Callback):
         weight_decay: float = 0.0,
         log: Callable[..., Any] | None = None,
         eigen: Callable[[int], Any] | None = None,
+        **operator_options: Any,
     ) -> SpectrumTracker:
         """Bind the model, loss and fixed data; ``eigen(iteration)`` returns an EigenResult of
-        the same operator at that iteration, or None (then the trace pays for its deflation)."""
+        the same operator at that iteration, or None (then the trace pays for its deflation).
+        ``operator_options`` go to the operator (e.g. ``decay_params``), as for the tracker."""
         self.operator = build_operator(
             self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
-            cache_graphs="auto",
+            cache_graphs="auto", **operator_options,
         )
         self._log = log
         if eigen is not None:
@@ -183,7 +185,8 @@ class SpectrumTracker(Callback):
             return None
 
         self.attach(trainer.model, trainer.loss_fn, trainer.hessian_data,
-                    trainer.config.weight_decay, log=trainer.log, eigen=fresh_eigen)
+                    trainer.config.weight_decay, log=trainer.log, eigen=fresh_eigen,
+                    decay_params=getattr(trainer, "decay_params", None))
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
         self.step(trainer.iteration, trainer.epoch)
