@@ -111,3 +111,18 @@ def test_report_draws_the_curvature_figures(spectrum_run):
         assert (out / "figures" / f"{stem}.png").is_file(), stem
     assert "Eigenvalue density along training" in text
     assert "within 10 %" in text
+
+
+def test_tracked_trace_uses_the_trained_objectives_decay_mask(tmp_path):
+    """weight_decay_on: kernels — the trace's operator adds λ on the kernels only, like the
+    eigen tracker's (a trace with λ on every tensor would be λ·26 bias entries too large)."""
+    cfg = tiny(epochs=1, weight_decay=1.0, weight_decay_on="kernels",
+               track={"k": 2, "every": 5, "subset": 32,
+                      "trace": {"every": 5, "rtol": None, "max_matvecs": 60}})
+    trainer = Trainer(cfg, tmp_path / "wd")
+    trainer.fit()
+    records = read_records(tmp_path / "wd" / "metrics.jsonl")
+    last = [r for r in records if r["event"] == "trace"][-1]
+    exact = float(torch.trace(trainer.tracker.operator.to_dense()))
+    assert abs(last["value"] - exact) <= 4 * last["stderr"]
+    assert 4 * last["stderr"] < 26.0  # the test can tell the two masks apart
