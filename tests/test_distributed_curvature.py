@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sharpest import HessianOperator, lanczos
+from sharpest import GGNOperator, HessianOperator, lanczos
 
 
 def _free_port() -> int:
@@ -48,6 +48,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 "examples": (sharded.num_examples, len(sharded.chunks)),
                 "hv": sharded.matvec(v),
                 "hv_given": given.matvec(v),
+                "ggn_v": GGNOperator(model, loss_fn, batches, weight_decay=1e-2).matvec(v),
+                "fisher_v": GGNOperator(model, loss_fn, batches, kind="fisher").matvec(v),
                 "loss": sharded.loss(),
                 "grad": sharded.gradient(),
                 "values": res.values,
@@ -77,6 +79,9 @@ def test_two_process_products_and_eigenpairs_equal_single_process(tmp_path):
     for r in ranks:
         torch.testing.assert_close(r["hv"], hv, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(r["hv_given"], hv, rtol=1e-10, atol=1e-12)
+        for kind, wd in (("ggn", 1e-2), ("fisher", 0.0)):
+            one = GGNOperator(model, loss_fn, (x, y), weight_decay=wd, kind=kind).matvec(v)
+            torch.testing.assert_close(r[f"{kind}_v"], one, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(r["grad"], single.gradient(), rtol=1e-10, atol=1e-12)
         assert r["loss"] == pytest.approx(single.loss(), rel=1e-12)
         np.testing.assert_allclose(r["values"], ref.values, rtol=1e-6)

@@ -12,10 +12,15 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "EigenResult": "sharpest.curvature",
     "HessianOperator": "sharpest.curvature",
+    "GGNOperator": "sharpest.curvature",
     "lanczos": "sharpest.curvature",
     "spectral_norm": "sharpest.curvature",
     "frobenius_from_topk": "sharpest.curvature",
     "principal_angles": "sharpest.curvature",
+    "trace": "sharpest.curvature",
+    "TraceResult": "sharpest.curvature",
+    "spectral_density": "sharpest.curvature",
+    "DensityResult": "sharpest.curvature",
 }
 __all__ = sorted(_EXPORTS)
 

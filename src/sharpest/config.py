@@ -81,8 +81,42 @@ class OptimizerConfig(_Section):
         return self.name != "sgd"
 
 
+class TraceTrackConfig(_Section):
+    """``track.trace``: tr(H) along training (:func:`sharpest.trace`; ``"trace"`` lines)."""
+
+    #: Iterations between trace points (t % every == 0, and once at the end); 0: off.
+    every: int = Field(default=0, ge=0)
+    method: Literal["hutch++", "hutchinson"] = "hutch++"
+    #: Stop at this relative standard error (None: spend max_matvecs).
+    rtol: float | None = Field(default=0.05, gt=0)
+    max_matvecs: int = Field(default=200, ge=1)
+    #: Krylov dimensions deflated besides the tracked top-k (None: 16 alone, 0 with the top-k).
+    deflate_dim: int | None = Field(default=None, ge=0)
+
+
+class DensityTrackConfig(_Section):
+    """``track.density``: the eigenvalue density along training (:func:`sharpest.spectral_density`;
+    ``"density"`` lines)."""
+
+    #: Iterations between density points (t % every == 0, and once at the end); 0: off.
+    every: int = Field(default=0, ge=0)
+    n_probes: int = Field(default=2, ge=1)
+    steps: int = Field(default=40, ge=2)
+    #: Gaussian broadening as a fraction of the spectrum's width.
+    sigma_rel: float = Field(default=0.01, gt=0)
+    grid_size: int = Field(default=200, ge=10)
+
+
 class TrackConfig(_Section):
     """``track``: top-k Hessian eigenvalues along training (Lanczos on a fixed subset)."""
+
+    #: The curvature operator tracked: the Hessian, the Gauss-Newton Jᵀ H_out J, or the
+    #: empirical Fisher (sharpest.GGNOperator).
+    operator: Literal["hessian", "ggn", "fisher"] = "hessian"
+    #: Record each eigenvector's share of ‖eᵢ‖² per parameter tensor (``layer_shares``).
+    layer_shares: bool = True
+    trace: TraceTrackConfig = Field(default_factory=TraceTrackConfig)
+    density: DensityTrackConfig = Field(default_factory=DensityTrackConfig)
 
     #: Eigenpairs computed at each tracking point (≤ 30); 0 turns tracking off.
     k: int = Field(default=10, ge=0, le=30)

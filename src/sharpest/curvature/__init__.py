@@ -5,6 +5,8 @@ the function (loss and gradient over fixed data, chunked, all-reduced);
 :class:`HessianOperator` adds its Hessian products.
 """
 
+from sharpest.curvature.density import DensityResult, spectral_density
+from sharpest.curvature.ggn import OPERATOR_KINDS, GGNOperator, build_operator
 from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
 from sharpest.curvature.operator import HessianOperator
 from sharpest.curvature.risk import (
@@ -14,9 +16,21 @@ from sharpest.curvature.risk import (
     flatten,
     unflatten,
 )
+from sharpest.curvature.shares import layer_shares, operator_layer_shares, parameter_names
 from sharpest.curvature.spectra import frobenius_from_topk, principal_angles, spectral_norm
+from sharpest.curvature.trace import TraceResult, trace
 
 __all__ = [
+    "layer_shares",
+    "operator_layer_shares",
+    "parameter_names",
+    "OPERATOR_KINDS",
+    "GGNOperator",
+    "build_operator",
+    "DensityResult",
+    "TraceResult",
+    "spectral_density",
+    "trace",
     "WHICH",
     "EigenResult",
     "EmpiricalRisk",

@@ -1,145 +1,93 @@
-"""A Krylov basis whose products are known for some rows and pending for others.
+"""A plain Lanczos recurrence that keeps its whole basis: what trace deflation and stochastic
+Lanczos quadrature need (``lanczos`` returns only the top-k Ritz pairs, not the basis or T).
 
-The bookkeeping behind :func:`sharpest.curvature.lanczos.lanczos`. Rows ``b_a`` of the basis are
-orthonormal (twice-reorthogonalised). A row is *multiplied* once ``H b_a`` was computed, else
-*pending*. For every multiplied row i and every row a,
-
-    M[a, i] = b_aᵀ H b_i ,
-
-taken from the reorthogonalisation coefficients of the product, and ``H b_i`` lies in the span
-of the rows that existed right after its product (its remainder became a new pending row). So
-for Ritz pairs (θ, Q y) of the multiplied rows Q, ``T = Qᵀ H Q = M[mult, mult]`` and the
-residual is exactly
-
-    ‖H Q y − θ Q y‖ = ‖M[pending, mult] · y‖ ,
-
-whatever the order in which rows were multiplied. One pending row at a time is ordinary
-Lanczos; several are a band (block) Lanczos; a random row added to a converged basis starts a
-new chain that is Lanczos on the operator deflated against every earlier row (the guard of
-`lanczos`), and its products still count for the Ritz pairs of the whole basis.
+With full reorthogonalisation (twice) the rows of ``basis`` are orthonormal to rounding and
+``T = Q H Qᵀ`` is tridiagonal with diagonal ``alpha`` and off-diagonal ``beta``. Each
+``alpha[j] = q_jᵀ H q_j`` is computed from the product itself, so ``Σ alpha = tr(Q H Qᵀ)``
+exactly (no extra product).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-
-def orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """Project `w` off the rows of `basis` twice ("twice is enough", Giraud et al. 2005).
-
-    Returns the projected vector and the total coefficients basis·w.
-    """
-    coeffs = basis @ w
-    w = w - basis.T @ coeffs
-    again = basis @ w
-    w = w - basis.T @ again
-    return w, coeffs + again
+__all__ = ["KrylovBasis", "krylov_basis", "products"]
 
 
+@dataclass
 class KrylovBasis:
-    """Orthonormal rows (float64, on `device`) and the known part of M."""
+    """An orthonormal Krylov basis ``basis`` (m, n) float64 and its tridiagonal projection."""
 
-    def __init__(self, n: int, capacity: int, device: torch.device) -> None:
-        self.n = n
-        self.device = device
-        self.rows = 0
-        self.basis = torch.empty(min(capacity, 16), n, dtype=torch.float64, device=device)
-        self.m = np.zeros((capacity, capacity))
-        self.mult: list[int] = []  # multiplied rows, in order of their products
-        self.pending: list[int] = []
+    basis: Tensor
+    alpha: np.ndarray
+    beta: np.ndarray
+    n_matvecs: int
 
-    # -- growth ---------------------------------------------------------------------------------
+    def tridiagonal(self) -> np.ndarray:
+        m = len(self.alpha)
+        t = np.diag(self.alpha)
+        if m > 1:
+            t += np.diag(self.beta[: m - 1], 1) + np.diag(self.beta[: m - 1], -1)
+        return t
 
-    def _reserve(self, rows: int) -> None:
-        if rows > self.basis.shape[0]:
-            grown = torch.empty(max(rows, 2 * self.basis.shape[0]), self.n,
-                                dtype=torch.float64, device=self.device)
-            grown[: self.rows] = self.basis[: self.rows]
-            self.basis = grown
-        if rows > self.m.shape[0]:
-            size = max(rows, 2 * self.m.shape[0])
-            grown_m = np.zeros((size, size))
-            grown_m[: self.m.shape[0], : self.m.shape[1]] = self.m
-            self.m = grown_m
 
-    def add(self, vector: Tensor, floor: float = 1e-10) -> int | None:
-        """Append `vector`, orthogonalised against every row, as a pending row.
+def products(op: Any, vectors: Tensor) -> Tensor:
+    """``op`` applied to the rows of ``vectors`` (float64 out), by ``matmat`` when it has one."""
+    dtype = getattr(op, "dtype", torch.float64)
+    if hasattr(op, "matmat"):
+        out = op.matmat(vectors.to(dtype))
+    else:
+        out = torch.stack([op.matvec(v.to(dtype)) for v in vectors])
+    out = out.to(dtype=torch.float64, device=vectors.device)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError("the operator returned a non-finite product")
+    return out
 
-        Returns its index, or None when less than `floor` of its norm is left (it lies in the
-        span already).
-        """
-        norm0 = float(vector.norm())
-        w, _ = orthogonalize(vector, self.basis[: self.rows])
-        if self.rows:
-            w, _ = orthogonalize(w, self.basis[: self.rows])
-        norm = float(w.norm())
-        if norm0 == 0.0 or norm <= floor * norm0:
-            return None
-        return self._append(w / norm)
 
-    def _append(self, unit: Tensor) -> int:
-        self._reserve(self.rows + 1)
-        index = self.rows
-        self.basis[index] = unit
-        self.m[index, :] = 0.0
-        self.m[:, index] = 0.0
-        self.pending.append(index)
-        self.rows += 1
-        return index
+def _project_off(w: Tensor, rows: Tensor | None) -> Tensor:
+    if rows is None or rows.shape[0] == 0:
+        return w
+    w = w - rows.T @ (rows @ w)
+    return w - rows.T @ (rows @ w)
 
-    # -- products -------------------------------------------------------------------------------
 
-    def multiply(self, index: int, product: Callable[[Tensor], Tensor], drop: float) -> float:
-        """Multiply pending row `index`; its remainder becomes a new pending row (the next row of
-        its chain) unless its norm is at most `drop` (the chain is then exhausted). Returns that
-        norm."""
-        w = product(self.basis[index])
-        w, coeffs = orthogonalize(w, self.basis[: self.rows])
-        c = coeffs.cpu().numpy()
-        self.m[: self.rows, index] = c
-        self.m[index, self.mult] = c[self.mult]  # symmetric T on the multiplied rows
-        self.pending.remove(index)
-        self.mult.append(index)
-        beta = float(w.norm())
-        if beta > drop:
-            new = self._append(w / beta)
-            self.m[new, index] = beta
-        return beta
+def krylov_basis(
+    op: Any, start: Tensor, steps: int, *, against: Tensor | None = None
+) -> KrylovBasis:
+    """``steps`` Lanczos steps from ``start`` (one product each), full reorthogonalisation.
 
-    # -- Rayleigh–Ritz --------------------------------------------------------------------------
-
-    def ritz(self, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ritz values θ (ascending), vectors Y (coefficients on `rows`, default every multiplied
-        row) and the matrix C = M[pending, rows] whose products C·y are the residuals."""
-        rows = self.mult if rows is None else rows
-        t = self.m[np.ix_(rows, rows)]
-        theta, y = np.linalg.eigh(0.5 * (t + t.T))
-        c = self.m[np.ix_(self.pending, rows)] if self.pending else np.zeros((0, len(rows)))
-        return theta, y, c
-
-    def vectors(self, y: np.ndarray) -> Tensor:
-        """Ritz vectors Q·y (as rows) for coefficient columns `y` on the multiplied rows."""
-        coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.device)
-        return coeffs @ self.basis[self.mult]
-
-    def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> None:
-        """Thick restart: keep the Ritz vectors Q·y (columns of `y`, values `theta`) as the
-        multiplied rows and every pending row; M becomes diag(θ) and C·y."""
-        keep = y.shape[1]
-        ritz = self.vectors(y)
-        pending = self.basis[self.pending].clone()
-        coupling = c @ y
-        self.m[:] = 0.0
-        self.mult, self.pending = [], []
-        self._reserve(keep + len(pending))
-        self.basis[:keep] = ritz
-        self.basis[keep : keep + len(pending)] = pending
-        self.rows = keep + len(pending)
-        self.m[np.arange(keep), np.arange(keep)] = theta
-        self.m[keep : self.rows, :keep] = coupling
-        self.mult = list(range(keep))
-        self.pending = list(range(keep, self.rows))
+    ``against``: orthonormal rows (k, n) the basis is kept orthogonal to — the recurrence then
+    runs on the deflated operator P⊥ H P⊥ (P⊥ = I − AᵀA), so the new basis extends span(A).
+    Stops early, with fewer rows, when the Krylov space becomes invariant (β ≈ 0).
+    """
+    n = start.numel()
+    device = start.device
+    q = _project_off(start.to(torch.float64).reshape(-1), against)
+    if float(q.norm()) == 0.0:
+        raise ValueError("the start vector lies in the span of the deflated vectors")
+    steps = min(int(steps), n - (0 if against is None else against.shape[0]))
+    basis = torch.empty(max(steps, 0), n, dtype=torch.float64, device=device)
+    alpha = np.zeros(max(steps, 0))
+    beta = np.zeros(max(steps, 0))
+    q = q / q.norm()
+    scale = 0.0
+    used = 0
+    for j in range(steps):
+        basis[j] = q
+        w = products(op, q.unsqueeze(0))[0].to(device)
+        used += 1
+        alpha[j] = float(q @ w)
+        w = _project_off(w, against)
+        w = _project_off(w, basis[: j + 1])  # full reorthogonalisation, twice
+        b = float(w.norm())
+        beta[j] = b
+        scale = max(scale, abs(alpha[j]), b)
+        if j + 1 == steps or b <= 1e-10 * max(scale, np.finfo(float).tiny):
+            return KrylovBasis(basis[: j + 1], alpha[: j + 1], beta[: j + 1], used)
+        q = w / b
+    return KrylovBasis(basis[:0], alpha[:0], beta[:0], used)

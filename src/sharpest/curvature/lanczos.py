@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from sharpest.curvature.adapt import as_operator
-from sharpest.curvature.krylov import KrylovBasis
+from sharpest.curvature.lanczos_basis import LanczosBasis
 
 WHICH = ("LM", "LA", "SA")
 
@@ -250,7 +250,7 @@ def lanczos(
     def random_vector() -> Tensor:
         return torch.randn(n, generator=generator, dtype=torch.float64).to(device)
 
-    space = KrylovBasis(n, max_basis + guard_max + 2, device)
+    space = LanczosBasis(n, max_basis + guard_max + 2, device)
     if init is not None:
         init = torch.as_tensor(init)
         if init.dim() == 1:
@@ -397,7 +397,7 @@ def lanczos(
 
 
 def _miss_probability(
-    space: KrylovBasis, rows: list[int], betas: list[float], bound: float, which: str, n: int
+    space: LanczosBasis, rows: list[int], betas: list[float], bound: float, which: str, n: int
 ) -> float:
     """Bound on the chance that the guard's random start z missed an eigenvector u of the
     deflated operator whose eigenvalue μ lies beyond `bound`.
@@ -433,7 +433,7 @@ def _converged(theta, y, c, wanted, tol, scale) -> bool:
     return bool(np.all(resid <= _thresholds(theta, wanted, tol, scale)))
 
 
-def _choose(space: KrylovBasis, which: str, k: int, tol: float) -> int:
+def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
     """The pending row that carries most of the wanted Ritz pairs' residuals (relative to their
     thresholds): with one pending row this is plain Lanczos."""
     if len(space.pending) == 1 or not space.mult:

@@ -344,6 +344,12 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
             error = err
         self._agree_on_failure(error)
         self.n_matvecs += m
+        return self._gather_chunk_rows(local)
+
+    def _gather_chunk_rows(self, local: Tensor) -> tuple[Tensor, Tensor]:
+        """This rank's per-chunk rows ``local`` (C, m) and the chunk sizes, gathered over ranks
+        (every rank gets every rank's rows, in rank order)."""
+        m = local.shape[1]
         sizes = torch.tensor([n for _, _, n in self.chunks], dtype=torch.float64)
         if not self.distributed:
             return local, sizes

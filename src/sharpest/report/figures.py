@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from sharpest.report.reader import RunData, flatten_config
+from sharpest.report.stability import draw_stability_lines
 from sharpest.report.summary import eval_frame, frobenius
 from sharpest.runs.eigen_quality import converged_mask, stderr_matrix
 
@@ -222,6 +223,8 @@ def plot_eigenvalues(
         m = positive[:, i] & ok
         ax.plot(it[m], lam[m, i], color=colours[i], lw=1.0, **_marker(int(m.sum())))
     _draw_quality(ax, it, lam, ok, se, colours, positive, notes)
+    if draw_stability_lines(ax, run, until):
+        ax.legend(fontsize=8, loc="lower right")
     _log_y(ax)
     ax.set_ylabel("eigenvalue λᵢ")
     cmap = ListedColormap(colours)

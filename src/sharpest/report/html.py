@@ -111,6 +111,7 @@ COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("running_loss_last", "loss, last 10 epochs", _num),
     ("distance_from_init_best_val", "dist. from init at best val.", _num),
     ("weight_spectral_norm_best_val", "ρ(W) at best val.", _num),
+    ("lambda1_near_line_fraction", "λ₁ within 10 % of 2(1+μ)/η", _pct),
     ("n_eigen", "eigen points", _num),
     ("total_matvecs", "HVPs", _num),
     ("tracking_share", "tracking time share", _pct),
@@ -160,6 +161,9 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "distance_from_init_best_val": ("distance from init at best val.", _num),
     "weight_spectral_norm_final": ("final ρ(W)", _num),
     "weight_spectral_norm_best_val": ("ρ(W) at best val.", _num),
+    "lambda1_near_line_fraction": ("points with |λ₁ − 2(1+μ)/η| ≤ 10 % of the line", _pct),
+    "stability_line_final": ("stability line 2(1+μ)/η (nsgd: /γ), last point", _num),
+    "lambda1_over_line_final": ("λ₁ / stability line, last point", _num),
     "wall_seconds": ("wall time", _seconds),
     "tracking_seconds": ("eigen tracking time", _seconds),
     "tracking_share": ("eigen tracking share of wall time", _pct),
@@ -317,6 +321,10 @@ def _run_figures(
             lambda notes: plot_angles(run, notes=notes),
         ),
     ]
+    from sharpest.report.curvature_figures import curvature_figure_specs
+
+    items += [_figure(out, fig_dir, f"{p}{stem}", title, caption, build)
+              for stem, title, caption, build in curvature_figure_specs(run)]
     items += _probe_entries(run, out, fig_dir, f"{p}probe")
     return items
 

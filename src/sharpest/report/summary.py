@@ -41,6 +41,7 @@ from sharpest.paper_metrics import (
     table1,
 )
 from sharpest.report.reader import RunData, read_run
+from sharpest.report.stability import stability_summary
 from sharpest.runs.eigen_quality import converged_mask
 from sharpest.runs.io import jsonable
 
@@ -236,6 +237,7 @@ def summarize(
             s[f"{key}_seconds"] = float(sec.sum())
             if math.isfinite(wall) and wall > 0:
                 s[f"{key}_share"] = float(sec.sum()) / wall
+    s.update(stability_summary(run))  # λ₁ against 2(1+μ)/η: sharpest.report.stability
     out = {k: v for k, v in jsonable(s).items() if v is not None}
     for k, v in out.items():
         if k.endswith(("epoch", "iteration", "iterations", "epochs")) and isinstance(v, float):

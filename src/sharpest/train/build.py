@@ -29,6 +29,7 @@ from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import EpochMetrics
 from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
+from sharpest.train.spectrum import spectrum_callbacks
 from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker
 
@@ -155,6 +156,7 @@ def build_callbacks(
     callbacks: list[Callback] = []
     if tracker is not None:
         callbacks.append(tracker)
+    callbacks += spectrum_callbacks(cfg)  # trace/density, after the tracker's top-k
     if cfg.metrics.enabled:
         callbacks.append(
             EpochMetrics(cfg.metrics.grad_norm, cfg.metrics.spectral_norm,

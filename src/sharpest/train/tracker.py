@@ -6,7 +6,11 @@ the previous eigenvectors, and records an ``"eigen"`` line: ``eigenvalues`` (as 
 them: descending |λ| for ``which="LM"``), ``residuals``, ``n_matvecs``, ``subset_size``,
 ``seconds``, ``converged``, ``warm`` and, from the second point on, the principal ``angles``
 (radians, ascending) between the previous and the new top-k bases and their maximum
-``angle_max``. ``frobenius_topk`` is √Σλᵢ², the paper's ‖H‖_F estimate.
+``angle_max``. ``frobenius_topk`` is √Σλᵢ², the paper's ‖H‖_F estimate. ``layer_shares``
+(``{tensor name: [share of e₁, …, share of e_k]}``, :mod:`sharpest.curvature.shares`) says which
+parameter tensors each eigenvector lives in. With ``operator="ggn"`` or ``"fisher"`` the
+Gauss-Newton or empirical Fisher is tracked instead of the Hessian (the line says
+``"operator"``).
 
 When tracking points come (iteration ``t`` counts optimizer steps done):
 
@@ -81,11 +85,13 @@ import torch
 from torch import Tensor, nn
 
 from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_angles
+from sharpest.curvature.ggn import build_operator
 from sharpest.curvature.sampling_error import (
     MIN_CHUNKS,
     eigenvalue_stderr,
     stderr_chunk_size,
 )
+from sharpest.curvature.shares import operator_layer_shares
 from sharpest.curvature.spectra import frobenius_from_topk
 from sharpest.optim.order import BASIS_ORDERS, algebraic_top_is_exact, basis_order
 from sharpest.train.callbacks import Callback
@@ -134,6 +140,8 @@ class EigenTracker(Callback):
         order: str = "magnitude",
         use_unconverged: bool = False,
         stderr: bool = False,
+        operator: str = "hessian",
+        layer_shares: bool = True,
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
@@ -160,6 +168,9 @@ class EigenTracker(Callback):
         #: Print warning lines (the trainer turns it off on ranks other than 0).
         self.verbose = True
         self._warned_order = False
+        # "hessian" | "ggn" | "fisher" (sharpest.curvature.build_operator).
+        self.operator_kind = operator
+        self.layer_shares = layer_shares
         # Attached objects (attach() or on_train_start).
         self.model: nn.Module | None = None
         self.operator: HessianOperator | None = None
@@ -192,6 +203,8 @@ class EigenTracker(Callback):
             order=config.optimizer.order,
             use_unconverged=t.use_unconverged,
             stderr=t.stderr,
+            operator=t.operator,
+            layer_shares=t.layer_shares,
         )
 
     # -- setup ---------------------------------------------------------------------------------
@@ -213,15 +226,16 @@ class EigenTracker(Callback):
         ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
         ``reduction="sum"``, ``semantics="train"``)."""
         self.model = model
-        self.operator = HessianOperator(
-            model, loss_fn, data, weight_decay, chunk_size=self.chunk_size, cache_graphs="auto",
+        self.operator = build_operator(
+            self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
+            cache_graphs="auto",
             **operator_options,
         )
         n = self.operator.num_examples
         if self.stderr and len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS:
             # The standard error needs several chunks (its degrees of freedom).
-            self.operator = HessianOperator(
-                model, loss_fn, data, weight_decay,
+            self.operator = build_operator(
+                self.operator_kind, model, loss_fn, data, weight_decay,
                 chunk_size=stderr_chunk_size(n, self.chunk_size), cache_graphs="auto",
                 **operator_options,
             )
@@ -351,6 +365,10 @@ class EigenTracker(Callback):
             angles = principal_angles(previous.vectors, result.vectors)
             fields["angles"] = [float(a) for a in angles]
             fields["angle_max"] = float(angles.max())
+        if self.operator_kind != "hessian":
+            fields["operator"] = self.operator_kind
+        if self.layer_shares:
+            fields["layer_shares"] = operator_layer_shares(self.operator, result.vectors)
         if refresh:
             if result.converged or self.use_unconverged:
                 fields["refreshed"] = self._set_basis(result)

@@ -1,0 +1,145 @@
+"""A Krylov basis whose products are known for some rows and pending for others.
+
+The bookkeeping behind :func:`sharpest.curvature.lanczos.lanczos`. Rows ``b_a`` of the basis are
+orthonormal (twice-reorthogonalised). A row is *multiplied* once ``H b_a`` was computed, else
+*pending*. For every multiplied row i and every row a,
+
+    M[a, i] = b_aᵀ H b_i ,
+
+taken from the reorthogonalisation coefficients of the product, and ``H b_i`` lies in the span
+of the rows that existed right after its product (its remainder became a new pending row). So
+for Ritz pairs (θ, Q y) of the multiplied rows Q, ``T = Qᵀ H Q = M[mult, mult]`` and the
+residual is exactly
+
+    ‖H Q y − θ Q y‖ = ‖M[pending, mult] · y‖ ,
+
+whatever the order in which rows were multiplied. One pending row at a time is ordinary
+Lanczos; several are a band (block) Lanczos; a random row added to a converged basis starts a
+new chain that is Lanczos on the operator deflated against every earlier row (the guard of
+`lanczos`), and its products still count for the Ritz pairs of the whole basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
+    """Project `w` off the rows of `basis` twice ("twice is enough", Giraud et al. 2005).
+
+    Returns the projected vector and the total coefficients basis·w.
+    """
+    coeffs = basis @ w
+    w = w - basis.T @ coeffs
+    again = basis @ w
+    w = w - basis.T @ again
+    return w, coeffs + again
+
+
+class LanczosBasis:
+    """Orthonormal rows (float64, on `device`) and the known part of M."""
+
+    def __init__(self, n: int, capacity: int, device: torch.device) -> None:
+        self.n = n
+        self.device = device
+        self.rows = 0
+        self.basis = torch.empty(min(capacity, 16), n, dtype=torch.float64, device=device)
+        self.m = np.zeros((capacity, capacity))
+        self.mult: list[int] = []  # multiplied rows, in order of their products
+        self.pending: list[int] = []
+
+    # -- growth ---------------------------------------------------------------------------------
+
+    def _reserve(self, rows: int) -> None:
+        if rows > self.basis.shape[0]:
+            grown = torch.empty(max(rows, 2 * self.basis.shape[0]), self.n,
+                                dtype=torch.float64, device=self.device)
+            grown[: self.rows] = self.basis[: self.rows]
+            self.basis = grown
+        if rows > self.m.shape[0]:
+            size = max(rows, 2 * self.m.shape[0])
+            grown_m = np.zeros((size, size))
+            grown_m[: self.m.shape[0], : self.m.shape[1]] = self.m
+            self.m = grown_m
+
+    def add(self, vector: Tensor, floor: float = 1e-10) -> int | None:
+        """Append `vector`, orthogonalised against every row, as a pending row.
+
+        Returns its index, or None when less than `floor` of its norm is left (it lies in the
+        span already).
+        """
+        norm0 = float(vector.norm())
+        w, _ = orthogonalize(vector, self.basis[: self.rows])
+        if self.rows:
+            w, _ = orthogonalize(w, self.basis[: self.rows])
+        norm = float(w.norm())
+        if norm0 == 0.0 or norm <= floor * norm0:
+            return None
+        return self._append(w / norm)
+
+    def _append(self, unit: Tensor) -> int:
+        self._reserve(self.rows + 1)
+        index = self.rows
+        self.basis[index] = unit
+        self.m[index, :] = 0.0
+        self.m[:, index] = 0.0
+        self.pending.append(index)
+        self.rows += 1
+        return index
+
+    # -- products -------------------------------------------------------------------------------
+
+    def multiply(self, index: int, product: Callable[[Tensor], Tensor], drop: float) -> float:
+        """Multiply pending row `index`; its remainder becomes a new pending row (the next row of
+        its chain) unless its norm is at most `drop` (the chain is then exhausted). Returns that
+        norm."""
+        w = product(self.basis[index])
+        w, coeffs = orthogonalize(w, self.basis[: self.rows])
+        c = coeffs.cpu().numpy()
+        self.m[: self.rows, index] = c
+        self.m[index, self.mult] = c[self.mult]  # symmetric T on the multiplied rows
+        self.pending.remove(index)
+        self.mult.append(index)
+        beta = float(w.norm())
+        if beta > drop:
+            new = self._append(w / beta)
+            self.m[new, index] = beta
+        return beta
+
+    # -- Rayleigh–Ritz --------------------------------------------------------------------------
+
+    def ritz(self, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ritz values θ (ascending), vectors Y (coefficients on `rows`, default every multiplied
+        row) and the matrix C = M[pending, rows] whose products C·y are the residuals."""
+        rows = self.mult if rows is None else rows
+        t = self.m[np.ix_(rows, rows)]
+        theta, y = np.linalg.eigh(0.5 * (t + t.T))
+        c = self.m[np.ix_(self.pending, rows)] if self.pending else np.zeros((0, len(rows)))
+        return theta, y, c
+
+    def vectors(self, y: np.ndarray) -> Tensor:
+        """Ritz vectors Q·y (as rows) for coefficient columns `y` on the multiplied rows."""
+        coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.device)
+        return coeffs @ self.basis[self.mult]
+
+    def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> None:
+        """Thick restart: keep the Ritz vectors Q·y (columns of `y`, values `theta`) as the
+        multiplied rows and every pending row; M becomes diag(θ) and C·y."""
+        keep = y.shape[1]
+        ritz = self.vectors(y)
+        pending = self.basis[self.pending].clone()
+        coupling = c @ y
+        self.m[:] = 0.0
+        self.mult, self.pending = [], []
+        self._reserve(keep + len(pending))
+        self.basis[:keep] = ritz
+        self.basis[keep : keep + len(pending)] = pending
+        self.rows = keep + len(pending)
+        self.m[np.arange(keep), np.arange(keep)] = theta
+        self.m[keep : self.rows, :keep] = coupling
+        self.mult = list(range(keep))
+        self.pending = list(range(keep, self.rows))
