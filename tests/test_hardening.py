@@ -536,12 +536,35 @@ def test_hints_speak_cli(tmp_path):
 
 def test_warnings_print_as_one_line(tmp_path):
     code = (
-        "import warnings, sys; from sharpest.cli import install_warning_format; "
+        "import warnings, sys; from sharpest.errors import install_warning_format; "
         "install_warning_format(); warnings.warn('something odd\\nsecond line')"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": SRC})
     assert proc.stderr == "warning: something odd second line\n", proc.stderr
+
+
+def test_worker_processes_print_warnings_as_the_cli_does(tmp_path):
+    # `sharpest run` trains in spawned workers: they used to print Python's
+    # "file:line: UserWarning" form although the CLI had installed the one-line form.
+    code = (
+        "import multiprocessing as mp, warnings\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from sharpest.errors import install_warning_format, warning_format_installed\n"
+        "from sharpest.orchestrate.executors import _init_worker\n"
+        "if __name__ == '__main__':\n"
+        "    install_warning_format()\n"
+        "    ctx = mp.get_context('spawn')\n"
+        "    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker,\n"
+        "                             initargs=(None, None, warning_format_installed())) as pool:\n"
+        "        pool.submit(warnings.warn, 'from a worker').result()\n"
+    )
+    script = tmp_path / "pool.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "warning: from a worker\n", proc.stderr
 
 
 # ------------------------------------------------------------------------ 6. CLI conventions ---

@@ -18,13 +18,14 @@ import math
 import os
 import pickle
 import sys
-import warnings
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from sharpest.errors import install_warning_format
 
 app = typer.Typer(
     name="sharpest",
@@ -83,20 +84,6 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress li
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"sharpest: error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
-
-
-def _show_warning(
-    message: Warning | str, category: type[Warning], filename: str, lineno: int,
-    file: Any = None, line: str | None = None,
-) -> None:
-    print(f"warning: {_one_line(str(message))}", file=file if file is not None else sys.stderr)
-
-
-def install_warning_format() -> None:
-    """Print warnings as one ``warning: …`` line (not Python's ``file:line: UserWarning``
-    form), each time they happen. The CLI installs this; the library never does."""
-    warnings.showwarning = _show_warning
-    warnings.filterwarnings("always", category=UserWarning)
 
 
 #: What to do about an OSError, by errno (the message says what failed and where).

@@ -3,7 +3,17 @@ them without importing torch (`sharpest presets` and `--help` stay fast)."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "RunFolderError", "RunFolderWarning"]
+import sys
+import warnings
+from typing import Any
+
+__all__ = [
+    "CheckpointError",
+    "RunFolderError",
+    "RunFolderWarning",
+    "install_warning_format",
+    "warning_format_installed",
+]
 
 
 class RunFolderError(RuntimeError):
@@ -16,3 +26,24 @@ class CheckpointError(RunFolderError):
 
 class RunFolderWarning(UserWarning):
     """Something in a run folder was repaired on resume (a damaged checkpoint skipped, ...)."""
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file if file is not None else sys.stderr)
+
+
+def install_warning_format() -> None:
+    """Print warnings as one ``warning: …`` line (not Python's ``file:line: UserWarning``
+    form), each time they happen. The CLI installs this (and the process pools it starts carry it
+    into their workers); the library never does."""
+    warnings.showwarning = _show_warning
+    warnings.filterwarnings("always", category=UserWarning)
+
+
+def warning_format_installed() -> bool:
+    """Whether :func:`install_warning_format` is in force in this process."""
+    return warnings.showwarning is _show_warning

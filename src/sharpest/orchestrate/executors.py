@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sharpest.errors import install_warning_format, warning_format_installed
+
 __all__ = [
     "RAY_MISSING",
     "ExecutorError",
@@ -187,11 +189,14 @@ _DIED = ("its worker process died (killed, or out of memory?) while it trained; 
          "again to resume it")
 
 
-def _init_worker(gpu_queue: Any, started: Any) -> None:
-    """Pool initializer: pin this worker process to one GPU before torch touches CUDA, and keep
-    the queue that start announcements go to."""
+def _init_worker(gpu_queue: Any, started: Any, plain_warnings: bool = False) -> None:
+    """Pool initializer: pin this worker process to one GPU before torch touches CUDA, keep
+    the queue that start announcements go to, and print warnings as the parent does (the CLI's
+    one-line ``warning: …`` form is lost in a spawned process otherwise)."""
     global _STARTED
     _STARTED = started
+    if plain_warnings:
+        install_warning_format()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
 
@@ -234,7 +239,8 @@ def run_local(
                 gpu_queue.put(gpus[i % len(gpus)])
         started = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                   initializer=_init_worker, initargs=(gpu_queue, started))
+                                   initializer=_init_worker,
+                                   initargs=(gpu_queue, started, warning_format_installed()))
         broken: list[Task] = []
         names: set[str] = set()
         ended = 0
