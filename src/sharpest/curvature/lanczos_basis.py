@@ -14,9 +14,9 @@ residual is exactly
     ‖H Q y − θ Q y‖ = ‖M[pending, mult] · y‖ ,
 
 whatever the order in which rows were multiplied. One pending row at a time is ordinary
-Lanczos; several are a band (block) Lanczos; a random row added to a converged basis starts a
-new chain that is Lanczos on the operator deflated against every earlier row (the guard of
-`lanczos`), and its products still count for the Ritz pairs of the whole basis.
+Lanczos; several are a band (block) Lanczos. Rows that are added but never multiplied deflate
+every product against them: the guard of `lanczos` is a separate basis holding the k converged
+Ritz vectors that way, so its chain is Lanczos on (I − VVᵀ) H (I − VVᵀ).
 """
 
 from __future__ import annotations
