@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from sharpest.curvature.inputs import call_model, semantics_mode
 from sharpest.curvature.operator import HessianOperator
-from sharpest.curvature.risk import Batch, LossFn, NonFiniteError, unflatten
+from sharpest.curvature.risk import Batch, LossFn, NonFiniteError
 
 __all__ = ["GGNOperator", "OPERATOR_KINDS", "build_operator"]
 
@@ -63,6 +63,7 @@ class GGNOperator(HessianOperator):
         if kind not in ("ggn", "fisher"):
             raise ValueError(f"kind must be 'ggn' or 'fisher', got {kind!r}")
         self.kind = kind
+        self.product_name = kind.upper()
         super().__init__(model, loss_fn, data, weight_decay, params=params, **kwargs)
 
     def _outputs_and_loss(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -137,28 +138,15 @@ class GGNOperator(HessianOperator):
                         graph[0], self.params, grad_outputs=back, retain_graph=True,
                         allow_unused=True,
                     )
-                    row = out[j]
-                    for g, (start, stop) in zip(gv, self._slices):
-                        if g is not None:
-                            row[start:stop].add_(g.reshape(-1), alpha=weight)
-                    if not torch.isfinite(row.sum()):
-                        raise NonFiniteError(
-                            f"the {self.kind.upper()}-vector product of chunk {index} (examples "
-                            f"{self._chunk_offset(index)}…) is not finite"
-                        )
+                    self._accumulate(out[j], gv, weight, index)
 
     def chunk_quadratic_forms(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
         """Per-chunk ``q[c, j] = vⱼᵀ G_c vⱼ`` (G_c over chunk c alone, as a mean over its
         examples, without weight decay) and the chunk sizes: what the eigenvalue standard error
         needs (see :meth:`HessianOperator.chunk_quadratic_forms`). GGN: ``(Jv)ᵀ H_out (Jv)``;
         Fisher: ``Σₙ (gₙᵀv)² / n_c``. One product per row, counted in ``n_matvecs``."""
-        if vectors.dim() != 2 or vectors.shape[1] != self.size:
-            raise ValueError(
-                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
-            )
-        m = vectors.shape[0]
-        v_parts = [unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
-                   for v in vectors]
+        v_parts = self._vector_parts(vectors)
+        m = len(v_parts)
         local = torch.zeros(len(self.chunks), m, dtype=torch.float64)
         error = None
         try:

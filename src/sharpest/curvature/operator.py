@@ -229,29 +229,45 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
             for index, fn in enumerate(self._linearizations()):
                 weight = self.chunks[index][2] / self.num_examples
                 for j, parts in enumerate(v_parts):
-                    row = out[j]
-                    for h, (start, stop) in zip(fn(parts), self._slices):
-                        row[start:stop].add_(h.reshape(-1), alpha=weight)
-                    if not torch.isfinite(row.sum()):
-                        raise NonFiniteError(
-                            f"the Hessian-vector product of chunk {index} (examples "
-                            f"{self._chunk_offset(index)}…) is not finite"
-                        )
+                    self._accumulate(out[j], fn(parts), weight, index)
+
+    #: What a product is called in error messages ("the Hessian-vector product of chunk …").
+    product_name = "Hessian"
+
+    def _vector_parts(self, vectors: Tensor) -> list[list[Tensor]]:
+        """Rows of `vectors` `(m, size)` split into parameter-shaped tensors."""
+        if vectors.dim() != 2 or vectors.shape[1] != self.size:
+            raise ValueError(
+                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
+            )
+        return [
+            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
+            for v in vectors
+        ]
+
+    def _accumulate(self, row: Tensor, parts: Sequence[Tensor | None], weight: float,
+                    index: int) -> None:
+        """Add ``weight`` times one chunk's product (parameter-shaped ``parts``) to ``row``.
+
+        In place, parameter by parameter: no flat temporaries, so a product allocates little
+        beyond what autograd itself needs. A ``None`` part (a parameter the chunk's graph does
+        not reach) adds nothing."""
+        for h, (start, stop) in zip(parts, self._slices):
+            if h is not None:
+                row[start:stop].add_(h.reshape(-1), alpha=weight)
+        if not torch.isfinite(row.sum()):
+            raise NonFiniteError(
+                f"the {self.product_name}-vector product of chunk {index} (examples "
+                f"{self._chunk_offset(index)}…) is not finite"
+            )
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """Products H·vᵢ for the rows vᵢ of `vectors` (shape `(m, size)`), as rows `(m, size)`.
 
         All m products share one forward and one first-order backward pass per chunk.
         """
-        if vectors.dim() != 2 or vectors.shape[1] != self.size:
-            raise ValueError(
-                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
-            )
-        m = vectors.shape[0]
-        v_parts = [
-            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
-            for v in vectors
-        ]
+        v_parts = self._vector_parts(vectors)
+        m = len(v_parts)
         out = torch.zeros(m, self.size, dtype=torch.float64, device=self.device)
         error = None
         try:
@@ -285,17 +301,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
                         grad_outputs=[v_parts[j][i] for i in live], retain_graph=keep,
                         allow_unused=True,
                     ) if live else [None] * len(self.params)
-                    # Accumulate in place, parameter by parameter: no flat temporaries, so a
-                    # product allocates little beyond what autograd itself needs.
-                    row = out[j]
-                    for h, (start, stop) in zip(hv, self._slices):
-                        if h is not None:
-                            row[start:stop].add_(h.reshape(-1), alpha=weight)
-                    if not torch.isfinite(row.sum()):
-                        raise NonFiniteError(
-                            f"the Hessian-vector product of chunk {index} (examples "
-                            f"{self._chunk_offset(index)}…) is not finite"
-                        )
+                    self._accumulate(out[j], hv, weight, index)
 
     def chunk_quadratic_forms(self, vectors: Tensor) -> tuple[Tensor, Tensor]:
         """Per-chunk quadratic forms ``q[c, j] = vⱼᵀ H_c vⱼ`` and the chunk sizes ``n_c``.
@@ -308,15 +314,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
 
         Returns ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
         """
-        if vectors.dim() != 2 or vectors.shape[1] != self.size:
-            raise ValueError(
-                f"expected vectors of shape (m, {self.size}), got {tuple(vectors.shape)}"
-            )
-        m = vectors.shape[0]
-        v_parts = [
-            unflatten(v.to(device=self.device, dtype=self.param_dtype), self.params)
-            for v in vectors
-        ]
+        v_parts = self._vector_parts(vectors)
+        m = len(v_parts)
         local = torch.zeros(len(self.chunks), m, dtype=torch.float64)
         error = None
         try:
