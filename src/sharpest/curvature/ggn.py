@@ -73,16 +73,7 @@ class GGNOperator(HessianOperator):
             raise TypeError(
                 f"GGNOperator needs a model returning one tensor, got {type(outputs).__name__}"
             )
-        loss = self.loss_fn(outputs, targets)
-        if self.reduction == "sum":
-            loss = loss / n
-        if loss.dim() != 0:
-            raise ValueError(
-                f"loss_fn must return a scalar (the mean over the batch), got shape "
-                f"{tuple(loss.shape)}"
-            )
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"the loss of chunk {index} of the data is {loss.item()}")
+        loss = self._loss_of(outputs, index)
         return outputs, targets, loss
 
     def _chunk_gradient_graph(self, index: int) -> tuple:  # type: ignore[override]

@@ -317,8 +317,14 @@ class EmpiricalRisk:
         return contextlib.nullcontext()
 
     def _chunk_loss(self, index: int) -> Tensor:
-        inputs, targets, n = self.chunks[index]
-        loss = self.loss_fn(call_model(self.model, inputs), targets)
+        inputs, targets, _ = self.chunks[index]
+        return self._loss_of(call_model(self.model, inputs), index)
+
+    def _loss_of(self, outputs: Any, index: int) -> Tensor:
+        """The mean loss of chunk ``index`` given the model's ``outputs`` on it (checked to be a
+        finite scalar; a summed loss divided by the chunk size when ``reduction="sum"``)."""
+        targets, n = self.chunks[index][1], self.chunks[index][2]
+        loss = self.loss_fn(outputs, targets)
         if self.reduction == "sum":
             loss = loss / n
         if loss.dim() != 0:
