@@ -38,7 +38,6 @@ Skips (exit 0, message) when CIFAR-10 or PyHessian is absent. Writes a markdown 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -346,12 +345,7 @@ def write(a: argparse.Namespace, source: str, tr: float, ref: Any, rows: list[di
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(a.out)
     fields = sorted({k for r in rows for k in r})
-    tmp = a.out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(a.out.with_suffix(".csv"))
+    bench.write_csv(a.out.with_suffix(".csv"), rows, fields)
     bench.log(text)
 
 

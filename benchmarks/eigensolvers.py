@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import csv
 import importlib
+import io
 import math
 import pickle
 import platform
@@ -62,6 +63,7 @@ import torch
 from torch import nn
 
 from sharpest.curvature import HessianOperator, evaluation_mode, lanczos, principal_angles
+from sharpest.runs.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -330,6 +332,16 @@ def rel_error(values: Sequence[float], ref: np.ndarray) -> float:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Write ``rows`` as a CSV (columns: ``columns``, default the first row's keys; other keys
+    are left out) atomically, so a table pandas reads is never half written."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def scipy_counted(op: Any, counter: Counter) -> Any:

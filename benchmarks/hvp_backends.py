@@ -28,7 +28,6 @@ as CSV beside it.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -242,12 +241,7 @@ def write(a: argparse.Namespace, source: str, rows: list[dict]) -> None:
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(a.out)
     csv_path = a.out.with_suffix(".csv")
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    bench.write_csv(csv_path, rows, COLUMNS)
     bench.log(f"wrote {a.out} and {csv_path}")
 
 

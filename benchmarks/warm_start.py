@@ -18,7 +18,6 @@ as CSV beside it.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -135,10 +134,7 @@ def write(a: argparse.Namespace, source: str, rows: list[dict]) -> None:
                      f"{r['cold_error']:.1e} | {r['warm_error']:.1e} |")
     text = "\n".join(lines) + "\n"
     a.out.write_text(text, encoding="utf-8")
-    with open(a.out.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    bench.write_csv(a.out.with_suffix(".csv"), rows, COLUMNS)
     print(text)
 
 
