@@ -77,3 +77,25 @@ def test_demo_verdicts_do_not_depend_on_seed_or_threads(tmp_path):
     diff = [(c.claim, c.verdict, d.verdict, c.numbers(), d.numbers())
             for c, d in zip(a.checks, b.checks) if c.verdict != d.verdict]
     assert not diff, diff
+
+
+def test_demo_seeds_reach_the_preset_runner(tmp_path, monkeypatch):
+    """`sharpest demo --seeds N` runs every configuration N times (seed folders), so the
+    findings carry the seed-to-seed spread; `seed` and `seeds` together are refused."""
+    import sharpest.experiments.demo as demo
+
+    seen = {}
+
+    def fake_run_preset(name, **kw):
+        seen.update(kw, name=name)
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(demo, "run_preset", fake_run_preset)
+    with pytest.raises(SystemExit):
+        demo.run_demo(tmp_path / "d", seeds=3, progress=False)
+    assert seen["name"] == "demo" and seen["seeds"] == 3 and seen["sets"] == []
+    with pytest.raises(ValueError, match="seed .* or seeds"):
+        demo.run_demo(tmp_path / "d", seed=1, seeds=3)
+    seen.clear()
+    runner.invoke(app, ["demo", "--seeds", "2", "--out", str(tmp_path / "d"), "--quiet"])
+    assert seen["seeds"] == 2

@@ -469,3 +469,25 @@ def test_seeds_run_every_preset_run_per_seed_and_restart_from_the_same_seed(tmp_
     state = yaml.safe_load((tmp_path / "o" / "preset.yaml").read_text())
     assert [r["name"] for r in state["runs"]] == names
     assert state["runs"][4]["init_from"] == {"run": "slow", "epoch": None}
+
+
+def test_estimate_counts_every_seed(tmp_path, monkeypatch):
+    """`--estimate --seeds N`: N times the compute, and the makespan of the seeded queue."""
+    import sharpest.experiments.estimate as estimate
+
+    class Fixed:
+        total_seconds = 60.0
+
+        def line(self):
+            return "1 min"
+
+    monkeypatch.setattr(estimate, "estimate_run", lambda name, config: Fixed())
+    path = _write(tmp_path / "p.yaml", TINY_PRESET)
+    res = runner.invoke(app, ["run", str(path), "--scale", "tiny", "--estimate"])
+    assert res.exit_code == 0, res.output
+    assert "total ≈ 3.0 min of one core's compute (the longest" in res.output
+    res = runner.invoke(app, ["run", str(path), "--scale", "tiny", "--estimate", "--seeds", "3"])
+    assert res.exit_code == 0, res.output
+    assert "3 run(s) × 3 seeds = 9 runs" in res.output
+    assert "total ≈ 9.0 min of one core's compute over 3 seeds" in res.output
+    assert "--workers 2 (one core each): ≈ 5.0 min" in res.output  # 9 one-minute runs on 2

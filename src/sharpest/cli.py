@@ -356,6 +356,7 @@ def demo(
         bool, typer.Option("--quick", help="A seconds-long smoke test (tiny scale).")
     ] = False,
     threads: Threads = DEFAULT_THREADS,
+    seeds: SeedsOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """The main job, offline on MNIST-1D, about 1.5 min on a 2-core CPU.
@@ -369,7 +370,7 @@ def demo(
     from sharpest.experiments.demo import findings_table, run_demo
 
     t0 = time.perf_counter()
-    res = run_demo(out, quick=quick, threads=threads,
+    res = run_demo(out, quick=quick, threads=threads, seeds=seeds,
                    progress=not quiet)
     typer.echo(f"\nFindings ({res.preset.name}, scale {res.scale}):")
     typer.echo(findings_table(res))
@@ -431,7 +432,7 @@ def run_cmd(
     if dry_run or estimate:
         _set_threads(threads)
         runs = resolve_runs(p, scale_, sets)
-        _describe(p, scale_, runs, estimate)
+        _describe(p, scale_, runs, estimate, seeds=seeds)
         return
     _set_threads(threads)
     res = run_preset(p, scale_, sets, out, executor=None if executor is None else executor.value,
@@ -442,12 +443,16 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-def _describe(p: Any, scale: str, runs: list[Any], estimate: bool) -> None:
+def _describe(p: Any, scale: str, runs: list[Any], estimate: bool,
+              seeds: int | None = None) -> None:
     from sharpest.experiments.estimate import build_run, estimate_run
 
+    n_seeds = seeds or 1
     typer.echo(f"{p.name}: {p.paper} — {p.title}")
-    typer.echo(f"scale {scale}: {len(runs)} run(s)" + (
-        f"; {p.scale(scale).minutes:g} min expected" if p.scale(scale).minutes else ""))
+    typer.echo(f"scale {scale}: {len(runs)} run(s)"
+               + (f" × {n_seeds} seeds = {len(runs) * n_seeds} runs" if n_seeds > 1 else "")
+               + (f"; {p.scale(scale).minutes:g} min expected (one seed)"
+                  if p.scale(scale).minutes else ""))
     total, longest = 0.0, 0.0
     seconds: list[float] = []
     for r in runs:
@@ -463,12 +468,14 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool) -> None:
         if estimate:
             e = estimate_run(r.name, c)
             typer.echo(f"    {e.line()}")
-            total += e.total_seconds
+            total += e.total_seconds * n_seeds
             longest = max(longest, e.total_seconds)
-            seconds.append(e.total_seconds)
+            # each configuration's seeds follow one another, as run_many queues them
+            seconds.extend([e.total_seconds] * n_seeds)
     if estimate:
-        typer.echo(f"total ≈ {total / 60:.1f} min of one core's compute (the longest run "
-                   f"{longest / 60:.1f} min)")
+        typer.echo(f"total ≈ {total / 60:.1f} min of one core's compute"
+                   + (f" over {n_seeds} seeds" if n_seeds > 1 else "")
+                   + f" (the longest run {longest / 60:.1f} min)")
         for w in (1, 2, 4):
             typer.echo(f"  with --workers {w} (one core each): ≈ "
                        f"{_makespan(seconds, w) / 60:.1f} min of training")

@@ -34,22 +34,28 @@ def run_demo(
     threads: int | None = 1,
     progress: bool = True,
     seed: int | None = None,
+    seeds: int | None = None,
     report: bool = True,
 ) -> PresetResult:
     """Run the demo into ``out`` (default ``runs/demo``, ``runs/demo-quick`` when ``quick``).
 
     ``threads``: torch CPU threads (default 1: on small models a second thread mostly waits).
-    ``seed``: another seed than the preset's (initialisation and data order); ``report``:
-    write the HTML report (the findings are written either way).
+    ``seed``: another seed than the preset's (initialisation and data order); ``seeds``: N
+    runs of each configuration (seeds 0..N-1, folders ``<run>__seed=<s>``), so that each
+    finding is judged against the seed-to-seed spread; ``report``: write the HTML report (the
+    findings are written either way).
     """
     if threads is not None:
         torch.set_num_threads(threads)
     scale = "tiny" if quick else "small"
     if out is None:
         out = DEFAULT_OUT.with_name("demo-quick") if quick else DEFAULT_OUT
+    if seed is not None and seeds is not None:
+        raise ValueError("run_demo: give seed (one run per configuration) or seeds (N), "
+                         "not both")
     sets = [] if seed is None else [f"seed={int(seed)}"]
     return run_preset("demo", scale=scale, sets=sets, out=out, executor="inline",
-                      progress=progress, report=report, tag="demo")
+                      progress=progress, report=report, tag="demo", seeds=seeds)
 
 
 def findings_table(result: PresetResult) -> str:
