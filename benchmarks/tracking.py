@@ -23,7 +23,7 @@ are wall time of each solve (the machine may be shared; products are the robust 
     python benchmarks/tracking.py             # 128 images, 8 points over 140 steps
 
 Writes a markdown table to ``--out`` (default benchmarks/results/tracking.md) and the rows as
-CSV beside it.
+CSV beside it; ``--render`` redraws the markdown from that CSV without solving anything.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eigensolvers as bench  # noqa: E402 - the shared model, data, SGD and thread settings
 
 from sharpest.curvature import HessianOperator, lanczos  # noqa: E402
+from sharpest.runs.io import atomic_write_text  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "tracking.md"
 METHODS = ("guarded warm", "cold (guarded)", "cold (no guard)", "warm (no guard)", "eigsh")
@@ -69,6 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=bench.DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--render", action="store_true",
+                   help="only redraw --out's markdown from the CSV beside it (give the run's own "
+                        "arguments: the header states them)")
     a = p.parse_args(argv)
     q = a.quick
     a.images = a.images or (32 if q else 128)
@@ -83,6 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.render:
+        return render(a)
     with bench.torch_threads(a.threads):
         return run(a)
 
@@ -166,6 +172,18 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+def render(a: argparse.Namespace) -> int:
+    """Redraw the markdown from the CSV a run wrote (e.g. after the table's layout changed)."""
+    import pandas as pd
+
+    csv_path = a.out.with_suffix(".csv")
+    frame = pd.read_csv(csv_path)
+    frame["converged"] = frame["converged"].astype(str).str.lower() == "true"
+    source = f"as in the run that wrote {csv_path.name}"
+    write(a, source, frame.to_dict("records"), csv=False)
+    return 0
+
+
 def summary(rows: list[dict]) -> dict[str, dict]:
     out = {}
     for method in METHODS:
@@ -181,9 +199,13 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def write(a: argparse.Namespace, source: str, rows: list[dict]) -> None:
+def write(a: argparse.Namespace, source: str, rows: list[dict], csv: bool = True) -> None:
     s = summary(rows)
-    met = s["guarded warm"]["mean_products"] <= s["cold (no guard)"]["mean_products"]
+    warm = s["guarded warm"]["mean_products"]
+
+    def verdict(cold: str) -> str:
+        c = s[cold]["mean_products"]
+        return f"{'met' if warm <= c else 'NOT met'} ({warm:.1f} vs {c:.1f})"
     lines = [
         f"# Tracking the top-{a.k} along SGD (SimpleCNN): products per tracking point",
         "",
@@ -202,11 +224,10 @@ def write(a: argparse.Namespace, source: str, rows: list[dict]) -> None:
                      f"{r['worst_error']:.1e} | {r['wrong']} | {r['unconverged']} |")
     lines += [
         "",
-        f"Target (guarded warm needs no more products than a cold start without guard, on "
-        f"average): {'met' if met else 'NOT met'} "
-        f"({s['guarded warm']['mean_products']:.1f} vs "
-        f"{s['cold (no guard)']['mean_products']:.1f}; "
-        f"guarded cold {s['cold (guarded)']['mean_products']:.1f}).",
+        "Target (guarded tracking needs no more products than a cold start, on average): "
+        f"against the guarded cold start (the same guarantee) {verdict('cold (guarded)')}; "
+        f"against the unguarded cold start (the solver before issue 12, which can return "
+        f"λ_(k+1) for λ_k) {verdict('cold (no guard)')}.",
         "",
         "| point | iteration | λ1 | λk | " + " | ".join(METHODS) + " |",
         "|---:|---:|---:|---:|" + "---:|" * len(METHODS),
@@ -225,12 +246,10 @@ def write(a: argparse.Namespace, source: str, rows: list[dict]) -> None:
         lines.append(f"| {point} | {first['iteration']} | {first['lambda1']:.2f} | "
                      f"{first['lambda_k']:.2f} | " + " | ".join(cells) + " |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(a.out)
-    csv_path = a.out.with_suffix(".csv")
-    bench.write_csv(csv_path, rows, COLUMNS)
-    bench.log(f"wrote {a.out} and {csv_path}")
+    atomic_write_text(a.out, "\n".join(lines) + "\n")
+    if csv:
+        bench.write_csv(a.out.with_suffix(".csv"), rows, COLUMNS)
+    bench.log(f"wrote {a.out}" + (f" and {a.out.with_suffix('.csv')}" if csv else ""))
 
 
 if __name__ == "__main__":

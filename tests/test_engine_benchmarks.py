@@ -59,7 +59,13 @@ def test_tracking_benchmark_reports_every_method_per_point(tmp_path):
         assert int(r["products"]) > 0
         if r["method"] in ("guarded warm", "cold (guarded)") and r["converged"] == "True":
             assert float(r["max_rel_error"]) < 1e-3
-    assert "Target" in out.read_text()
+    text = out.read_text()
+    assert "against the guarded cold start" in text and "against the unguarded" in text
+    out.unlink()  # --render redraws the same markdown from the CSV alone
+    assert _load("tracking").main(["--quick", "--threads", "1", "--out", str(out),
+                                   "--render"]) == 0
+    again = out.read_text()
+    assert again.split("\n")[3:] == text.split("\n")[3:]  # all but the data line
 
 
 def test_guard_comparison_quick(tmp_path):
