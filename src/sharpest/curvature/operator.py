@@ -157,7 +157,10 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
             if storage.data_ptr() not in seen:
                 seen.add(storage.data_ptr())
                 saved += storage.nbytes()
-            return t
+            # Not `t` itself: a saved output would then hold its own grad_fn through a Python
+            # object, a cycle gc cannot see, and every graph built here (one per tracking
+            # point) leaked its activations. Autograd restores grad_fn on unpack.
+            return t.detach()
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             graph = self._chunk_gradient_graph(index)
