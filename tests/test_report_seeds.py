@@ -50,3 +50,24 @@ def test_report_over_seeds_shows_spread_and_band(tmp_path):
     single = build_report([folders[0], folders[2]], out=tmp_path / "plain", per_run=False)
     assert not (single.parent / "figures" / "seeds_top_eigenvalues.png").exists()
     assert "seeds)" not in single.read_text(encoding="utf-8")
+
+
+def test_all_runs_figures_colour_and_label_by_configuration(tmp_path, monkeypatch):
+    """In the figures over every run, a configuration's seeds share one colour and one legend
+    entry ("… (2 seeds)"); 21 seeded runs once gave 21 look-alike legend entries."""
+    import sharpest.report.html as html
+
+    seen = {}
+    real = html.plot_sweep
+
+    def spy(runs, labels, colours, **kw):
+        seen.update(labels=list(labels), colours=list(colours))
+        return real(runs, labels, colours, **kw)
+
+    monkeypatch.setattr(html, "plot_sweep", spy)
+    folders = _seeded(tmp_path, 0.1, [1.0, 1.2]) + _seeded(tmp_path, 0.01, [3.0, 3.3])
+    build_report(folders, per_run=False)
+    shown = [lab for lab in seen["labels"] if not lab.startswith("_")]
+    assert len(shown) == 2 and all(lab.endswith("(2 seeds)") for lab in shown)
+    c = seen["colours"]
+    assert c[0] == c[1] and c[2] == c[3] and c[0] != c[2]

@@ -555,7 +555,7 @@ def plot_sweep(
             legend_outside(ax)
         if hidden and notes is not None:
             notes.append(f"{hidden} non-positive λ₁/λ₂ value(s) are not drawn on the log scale.")
-        missing = [lab for lab, ok in zip(labels, has_eig) if not ok]
+        missing = [lab.lstrip("_") for lab, ok in zip(labels, has_eig) if not ok]
         if missing and notes is not None:
             notes.append("No eigenvalues for: " + ", ".join(missing) + ".")
     if any(has_loss):

@@ -563,10 +563,18 @@ def build_report(
     else:
         colours = run_colours(runs, diff_keys)
         groups = seed_groups(runs)
+        fig_labels = list(labels)
         if len(groups) < len(runs):  # some configuration ran with several seeds
             reps = [g[0] for g in groups]
             glabels = run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
             gcolours = run_colours(reps)
+            # The all-runs figures: a configuration's seeds share its colour and one legend
+            # entry (matplotlib leaves labels starting with "_" out of the legend).
+            colour_of = {id(r): gcolours[i] for i, g in enumerate(groups) for r in g}
+            entry = {id(g[0]): f"{glabels[i]} ({len(g)} seeds)" if len(g) > 1 else glabels[i]
+                     for i, g in enumerate(groups)}
+            colours = [colour_of[id(r)] for r in runs]
+            fig_labels = [entry.get(id(r), f"_{lab}") for r, lab in zip(runs, labels)]
             items.append(
                 _figure(
                     out_dir, fig_dir, "seeds_top_eigenvalues",
@@ -583,7 +591,7 @@ def build_report(
                 "λ₁ and λ₂ across runs (Fig. 3; Fig. 5 with the loss)",
                 "The two largest eigenvalues of each run on one log axis (solid λ₁, dashed λ₂), "
                 "and the training loss. Colours follow the first differing config key.",
-                lambda notes: plot_sweep(runs, labels, colours, notes=notes),
+                lambda notes: plot_sweep(runs, fig_labels, colours, notes=notes),
             )
         )
         items.append(
@@ -592,7 +600,7 @@ def build_report(
                 "Accuracy and sharpness across runs (Fig. 6)",
                 "Training and validation accuracy, and the spectral norm ‖H‖₂ (solid) and "
                 f"Frobenius norm from the top {fro_k or 'all'} eigenvalues (dashed), log scale.",
-                lambda notes: plot_accuracy_norms(runs, labels, colours, fro_k=fro_k,
+                lambda notes: plot_accuracy_norms(runs, fig_labels, colours, fro_k=fro_k,
                                                   notes=notes),
             )
         )
