@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import IGNORED_KEYS, NoData, _canon, _common_x, _log_y, x_values
+from sharpest.report.figures import (
+    IGNORED_KEYS,
+    NoData,
+    _canon,
+    _common_x,
+    _log_y,
+    legend_outside,
+    x_values,
+)
 from sharpest.report.reader import RunData, flatten_config
 
 __all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_groups"]
@@ -105,7 +113,7 @@ def plot_seed_bands(
     if not any(not r.eigen.empty for r in runs):
         raise NoData('no run has "eigen" lines')
     x = _common_x(runs)
-    fig = Figure(figsize=(6.0, 4.2))
+    fig = Figure(figsize=(8.0, 4.2))
     ax = fig.subplots()
     for group, lab, c in zip(groups, labels, colours):
         for rank, style in ((0, "-"), (1, "--")):
@@ -126,7 +134,7 @@ def plot_seed_bands(
     ax.set_xlabel("epoch" if x == "epoch" else "iteration")
     ax.set_ylabel("λ₁ (solid, ±1 std band), λ₂ (dashed)")
     ax.set_title("Two largest eigenvalues, mean over seeds", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax)  # outside the data: bands fill most of the axes
     if notes is not None:
         counts = sorted({len(g) for g in groups})
         notes.append(f"Seeds per configuration: {', '.join(map(str, counts))}; the band is ±1 "
