@@ -161,6 +161,70 @@ def fake_train(config, out, resume=False):
     return {"status": "finished", "iteration": 1, "already_finished": False}
 
 
+def sleepy_train(config, out, resume=False):
+    """Writes its pid into the run folder, then 'trains' for two minutes; an interrupt is
+    written down as the run's last word."""
+    import time
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pid").write_text(str(os.getpid()))
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        (folder / "interrupted").write_text("yes")
+        raise
+    return {"status": "finished"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by init) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_local_workers_stop_when_the_sweep_process_is_killed(tmp_path):
+    # SIGKILL to the sweep process (a scheduler's kill, an OOM kill) tells its pool workers
+    # nothing: before the watch, the worker trained its run to the end, unseen.
+    import signal
+    import time
+
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_sweep import sleepy_train\n"
+        "from sharpest.orchestrate.executors import Task, run_local\n"
+        f"tasks = [Task('a', {{'lr': 0.1}}, {str(tmp_path / 'a')!r}, progress=False)]\n"
+        "for _ in run_local(tasks, sleepy_train, max_workers=1):\n"
+        "    pass\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    pid_file = tmp_path / "a" / "pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    assert pid_file.exists(), "the worker never started its run"
+    time.sleep(0.2)  # the pid is written; let the write land
+    worker = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        assert not _alive(worker), "the orphaned worker kept training"
+        assert (tmp_path / "a" / "interrupted").exists()  # stopped as by Ctrl-C, not killed
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_local_sweep_reports_crashes_resumes_and_goes_on(tmp_path, capfd, monkeypatch):
     reports = []

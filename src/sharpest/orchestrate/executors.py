@@ -11,6 +11,8 @@ others.
 
 Each task calls the train function with resume semantics: ``resume=True`` when the folder
 already holds a run (config.yaml), so an interrupted run continues from its last checkpoint.
+A local pool worker whose sweep process dies (SIGTERM, SIGKILL) stops its run as Ctrl-C would
+and exits, instead of training on unseen.
 
 Nothing here imports torch (nor the training code, which does) at module level: a spawned
 worker (or Ray worker) sets ``CUDA_VISIBLE_DEVICES`` and the thread count before torch starts
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -119,6 +123,7 @@ def run_task(
     exception types of ``reraise`` (the inline executor's bad config or folder)."""
     t0 = time.perf_counter()
     _announce(task)
+    _IN_TASK.set()
     try:
         if task.threads:
             import torch
@@ -152,6 +157,8 @@ def run_task(
             "seconds": time.perf_counter() - t0,
             "result": {},
         }
+    finally:
+        _IN_TASK.clear()
 
 
 def diverged_reason(folder: Path) -> str | None:
@@ -189,12 +196,48 @@ _DIED = ("its worker process died (killed, or out of memory?) while it trained; 
          "again to resume it")
 
 
+#: Set while :func:`run_task` runs a task in this process.
+_IN_TASK = threading.Event()
+
+#: Seconds between a worker's checks that its parent is alive, and the most it gives its run to
+#: stop (KeyboardInterrupt, as Ctrl-C) before it exits anyway.
+PARENT_POLL_SECONDS = 1.0
+ORPHAN_GRACE_SECONDS = 30.0
+
+
+def _exit_with_parent(parent: int, poll: float, grace: float) -> None:
+    """Stop this worker once ``parent`` is gone (the thread body of :func:`_watch_parent`)."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    print(f"[sweep] the sweep process {parent} is gone: stopping this worker's run (it resumes "
+          "when the sweep runs again)", file=sys.stderr, flush=True)
+    # As Ctrl-C: the run closes its log and releases its lock (a real signal, so that a
+    # sleeping or blocked main thread wakes up).
+    os.kill(os.getpid(), signal.SIGINT)
+    # Then exit: the pool machinery would only wait for the next task from a dead parent.
+    deadline = time.monotonic() + grace
+    while _IN_TASK.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(1)
+
+
+def _watch_parent(poll: float = PARENT_POLL_SECONDS, grace: float = ORPHAN_GRACE_SECONDS) -> None:
+    """A pool worker outlives a parent killed by SIGTERM or SIGKILL (nothing tells it), and
+    would train its run to the end unseen: burning cores that the next sweep measures its
+    time on, and holding the run's lock so that sweep reports it locked. A daemon thread
+    checks the parent every ``poll`` seconds and interrupts the run when it is gone."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(), poll, grace),
+                     name="sharpest-parent-watch", daemon=True).start()
+
+
 def _init_worker(gpu_queue: Any, started: Any, plain_warnings: bool = False) -> None:
     """Pool initializer: pin this worker process to one GPU before torch touches CUDA, keep
-    the queue that start announcements go to, and print warnings as the parent does (the CLI's
-    one-line ``warning: …`` form is lost in a spawned process otherwise)."""
+    the queue that start announcements go to, print warnings as the parent does (the CLI's
+    one-line ``warning: …`` form is lost in a spawned process otherwise), and stop when the
+    parent dies (:func:`_watch_parent`)."""
     global _STARTED
     _STARTED = started
+    _watch_parent()
     if plain_warnings:
         install_warning_format()
     if gpu_queue is not None:
