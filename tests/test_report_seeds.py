@@ -9,7 +9,7 @@ from test_report import EPOCHS, config, eigenvalues, records, write_run
 
 from sharpest.report import build_report, read_run, summarize
 from sharpest.report.html import COLUMNS
-from sharpest.report.seeds import _on_grid, mean_std, mean_std_rows, seed_groups
+from sharpest.report.seeds import _on_grid, mean_std, mean_std_rows, seed_band, seed_groups
 
 
 def _seeded(tmp_path, lr, scales):
@@ -37,6 +37,20 @@ def test_seed_groups_and_mean_std_rows(tmp_path):
     grid, vals = _on_grid(groups[1], "iteration", 0)
     first = groups[1][0].eigenvalue_matrix()[:, 0]
     assert vals.shape == (2, len(grid)) and np.allclose(vals[1], first * 1.1)
+
+
+def test_seed_band_is_mean_plus_minus_std_within_the_seeds_range():
+    rows = np.array([[10.0, 10.0], [11.0, 0.2], [12.0, 0.2]])  # point 2: one seed far above
+    low, high = seed_band(rows)
+    mean, sd = rows.mean(axis=0), rows.std(axis=0, ddof=1)
+    assert low[0] == pytest.approx(mean[0] - sd[0]) and high[0] == pytest.approx(mean[0] + sd[0])
+    # std (5.66) > mean (3.47): the band stops at the lowest seed, not at 1 % of the mean
+    # (a spike on the log axis that no seed went near)
+    assert mean[1] - sd[1] < 0 and low[1] == pytest.approx(0.2)
+    assert high[1] == pytest.approx(mean[1] + sd[1])
+    # two seeds: std = range/√2 reaches past both; the band is their range
+    low, high = seed_band(np.array([[4.0], [6.0]]))
+    assert (low[0], high[0]) == (4.0, 6.0)
 
 
 def test_report_over_seeds_shows_spread_and_band(tmp_path):

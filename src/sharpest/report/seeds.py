@@ -4,7 +4,8 @@
 and the keys of :data:`~sharpest.report.figures.IGNORED_KEYS` are left out), keeping the order
 in which each configuration first appears. :func:`mean_std_rows` gives the table rows as
 ``mean ± std`` (sample std, ddof 1) with the number of seeds; :func:`plot_seed_bands` draws
-each configuration's λ₁ as the mean over its seeds with a ±1 std band (λ₂ dashed, mean only),
+each configuration's λ₁ as the mean over its seeds with a ±1 std band (:func:`seed_band`: within
+the seeds' range; λ₂ dashed, mean only),
 each seed's series interpolated linearly onto the first seed's tracking points within the
 range every seed covers.
 """
@@ -29,7 +30,7 @@ from sharpest.report.figures import (
 )
 from sharpest.report.reader import RunData, flatten_config
 
-__all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_groups"]
+__all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_band", "seed_groups"]
 
 
 def _key(run: RunData) -> str:
@@ -100,6 +101,20 @@ def _on_grid(runs: Sequence[RunData], x: str, rank: int) -> tuple[np.ndarray, np
     return grid, np.array([np.interp(grid, sx, sy) for sx, sy in series])
 
 
+def seed_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The band drawn around the mean of ``rows`` (seeds × points): mean ± 1 sample std,
+    within the seeds' own range (and above 1 % of the mean, for the log axis).
+
+    With 3 seeds one outlier makes std ≥ mean; mean − std then fell to the 1 % floor and the
+    band showed deep spikes no seed ever went near on the log axis. Clipped, it never claims
+    more spread than the seeds show."""
+    mean = rows.mean(axis=0)
+    sd = rows.std(axis=0, ddof=1)
+    low = np.maximum(mean - sd, np.maximum(rows.min(axis=0), mean * 1e-2))
+    high = np.minimum(mean + sd, rows.max(axis=0))
+    return low, high
+
+
 def plot_seed_bands(
     groups: Sequence[Sequence[RunData]],
     labels: Sequence[str],
@@ -126,10 +141,8 @@ def plot_seed_bands(
             ax.plot(grid[pos], mean[pos], style, color=c, lw=1.2,
                     label=(f"{lab} (mean of {n})" if n > 1 else lab) if rank == 0 else None)
             if rank == 0 and n > 1:
-                sd = rows.std(axis=0, ddof=1)
-                low = np.maximum(mean - sd, mean * 1e-2)
-                ax.fill_between(grid[pos], low[pos], (mean + sd)[pos], color=c, alpha=0.2,
-                                lw=0)
+                low, high = seed_band(rows)
+                ax.fill_between(grid[pos], low[pos], high[pos], color=c, alpha=0.2, lw=0)
     _log_y(ax)
     ax.set_xlabel("epoch" if x == "epoch" else "iteration")
     ax.set_ylabel("λ₁ (solid, ±1 std band), λ₂ (dashed)")
@@ -138,6 +151,6 @@ def plot_seed_bands(
     if notes is not None:
         counts = sorted({len(g) for g in groups})
         notes.append(f"Seeds per configuration: {', '.join(map(str, counts))}; the band is ±1 "
-                     "sample standard deviation across seeds.")
+                     "sample standard deviation across seeds, within the seeds' range.")
     fig.tight_layout()
     return fig
