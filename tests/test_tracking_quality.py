@@ -286,6 +286,9 @@ def test_tracker_records_eigenvalues_stderr():
     plain = EigenTracker(k=3, every=1).attach(model, loss_fn, data)
     plain.step(0)
     assert "eigenvalues_stderr" not in plain.records[-1]
+    # what the guard cost is on the line, within the products
+    guard = plain.records[-1]["guard_matvecs"]
+    assert guard == plain.result.guard_matvecs and 0 < guard < plain.records[-1]["n_matvecs"]
     assert make_config(track={"stderr": True}).track.stderr is True
 
 

@@ -3,7 +3,8 @@
 At each tracking point it runs :func:`sharpest.curvature.lanczos` on the Hessian of the loss on
 a fixed, non-augmented subset of the training set (``(wd/2)‖θ‖²`` included), warm-started from
 the previous eigenvectors, and records an ``"eigen"`` line: ``eigenvalues`` (as Lanczos sorts
-them: descending |λ| for ``which="LM"``), ``residuals``, ``n_matvecs``, ``subset_size``,
+them: descending |λ| for ``which="LM"``), ``residuals``, ``n_matvecs`` (all products, of which
+``guard_matvecs`` were the guard's: see :func:`~sharpest.curvature.lanczos`), ``subset_size``,
 ``seconds``, ``converged``, ``warm`` and, from the second point on, the principal ``angles``
 (radians, ascending) between the previous and the new top-k bases and their maximum
 ``angle_max``. ``frobenius_topk`` is √Σλᵢ², the paper's ‖H‖_F estimate. ``layer_shares``
@@ -353,6 +354,7 @@ class EigenTracker(Callback):
             "eigenvalues": [float(v) for v in result.values],
             "residuals": [float(r) for r in result.residuals],
             "n_matvecs": int(result.n_matvecs),
+            "guard_matvecs": int(result.guard_matvecs),
             "subset_size": self.subset_size,
             "converged": bool(result.converged),
             "warm": init is not None,
