@@ -81,6 +81,48 @@ def test_lightning_callback_tracks_and_drives_nudged_sgd(tmp_path):
     assert logged["eigen/eigenvalues_1"].dropna().size == len(points)
 
 
+def test_lightning_resume_from_a_checkpoint_continues_the_tracking(tmp_path):
+    """Stopped after epoch 1 and resumed with ``fit(ckpt_path=...)``, the callback continues
+    where it stood (warm start from the last point, NudgedSGD's basis and its version from
+    the checkpoint): the resumed points are those of the run that never stopped."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from sharpest.integrations.lightning import SharpestCallback
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    init = TinyModule().state_dict()
+
+    def fit(epochs, folder, ckpt_path=None):
+        module = TinyModule()
+        module.load_state_dict(init)
+        callback = SharpestCallback((x[:32], y[:32]), nn.CrossEntropyLoss(), k=2, every=3,
+                                    tol=1e-8)
+        saver = ModelCheckpoint(dirpath=folder / "ckpt", save_last=True)
+        trainer = pl.Trainer(
+            max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+            callbacks=[callback, saver],
+        )  # fmt: skip
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return callback.records, trainer.optimizers[0]
+
+    whole, whole_opt = fit(2, tmp_path / "whole")
+    first, _ = fit(1, tmp_path / "part")
+    assert [r["iteration"] for r in first] == [0, 3, 4]  # 4: the end of the 1-epoch run
+    resumed, opt = fit(2, tmp_path / "resumed", ckpt_path=tmp_path / "part" / "ckpt" / "last.ckpt")
+    # the checkpoint was taken before the end point: the resumed run tracks 4 (refresh), 6, 8,
+    # the first of them warm-started from the restored point 3
+    assert [r["iteration"] for r in resumed] == [4, 6, 8]
+    assert [r.get("refreshed", False) for r in resumed] == [True, False, False]
+    assert resumed[0]["warm"] and "angles" in resumed[0]
+    for a, b in zip(resumed, whole[2:]):
+        assert a["iteration"] == b["iteration"]
+        np.testing.assert_allclose(a["eigenvalues"], b["eigenvalues"], rtol=1e-6)
+    assert opt.basis_version == whole_opt.basis_version == 2
+
+
 def test_lightning_with_plain_sgd_only_tracks(tmp_path):
     from sharpest.integrations.lightning import SharpestCallback
 
