@@ -85,3 +85,25 @@ def test_all_runs_figures_colour_and_label_by_configuration(tmp_path, monkeypatc
     assert len(shown) == 2 and all(lab.endswith("(2 seeds)") for lab in shown)
     c = seen["colours"]
     assert c[0] == c[1] and c[2] == c[3] and c[0] != c[2]
+
+
+def test_preset_reports_label_seeded_configurations_by_run_name(tmp_path, monkeypatch):
+    """A preset's seeded runs (``NAME__seed=<s>``) appear under NAME in the seed figure and the
+    all-runs legend, not as a list of differing config keys."""
+    import sharpest.report.html as html
+
+    seen = {}
+    real = html.plot_seed_bands
+
+    def spy(groups, labels, colours, **kw):
+        seen["labels"] = list(labels)
+        return real(groups, labels, colours, **kw)
+
+    monkeypatch.setattr(html, "plot_seed_bands", spy)
+    folders = [write_run(tmp_path / "runs" / f"{name}__seed={k}", records(lr=lr, scale=s),
+                         config(lr=lr, seed=k))
+               for name, lr in (("fast", 0.1), ("slow", 0.01)) for k, s in enumerate((1, 1.1))]
+    build_report(folders, per_run=False, label_by_name=True)
+    assert seen["labels"] == ["fast", "slow"]
+    build_report(folders, out=tmp_path / "by_keys", per_run=False)
+    assert seen["labels"] == ["η=0.1", "η=0.01"]

@@ -517,6 +517,17 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 """
 
 
+def _group_labels(reps: Sequence[RunData], by_name: bool) -> list[str]:
+    """One label per configuration (``reps``: one run of each). ``by_name``: the run's name
+    without the ``__seed=<s>`` suffix that seeded runs get (a preset's run name), when those
+    tell the configurations apart; otherwise the differing config keys."""
+    if by_name:
+        names = [re.sub(r"__seed=\d+$", "", r.name) for r in reps]
+        if len(set(names)) == len(names):
+            return names
+    return run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
+
+
 def build_report(
     run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -566,7 +577,7 @@ def build_report(
         fig_labels = list(labels)
         if len(groups) < len(runs):  # some configuration ran with several seeds
             reps = [g[0] for g in groups]
-            glabels = run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
+            glabels = _group_labels(reps, label_by_name)
             gcolours = run_colours(reps)
             # The all-runs figures: a configuration's seeds share its colour and one legend
             # entry (matplotlib leaves labels starting with "_" out of the legend).
