@@ -11,13 +11,14 @@
 The estimate counts ≈ 4k + 24 products per Lanczos solve of k pairs: ≈ 2k + 12 for the
 solve (what we measured for warm-started tracking) and as many again for its guard, the check
 that nothing beyond λ_k was missed (see :func:`sharpest.curvature.lanczos`; the tracker's
-``guard_matvecs``). Measured on SimpleCNN with 128 CIFAR-10 images at η = 0.1: top 5, 34–62
-products a solve over the first epoch; top 10, 65 on average over 17 points. (2k + 12 alone,
-the count before the guard, made tracking-heavy presets look up to 1.5× cheaper than they
-were.) A cold start costs more, a warm one on a slowly moving spectrum less: the estimate is a
-guide, not a promise. Times are CPU times of this process (``time.process_time``), so
-a busy machine does not inflate them; run it with one torch thread (``--threads 1``) to get
-the cost of one core, the unit of the ``--workers`` arithmetic.
+``guard_matvecs``). Measured on SimpleCNN with 128 CIFAR-10 images at η = 0.1 (fig2's small
+scale, 17 points a run): top 5, 40–43 products a solve on average (28–65), 15–16 of them the
+guard's; top 10, 65; top 2 (fig3), about 26. (2k + 12 alone, the count before the guard, made
+tracking-heavy presets look up to 1.5× cheaper than they were.) A cold start costs more, a
+warm one on a slowly moving spectrum less: the estimate is a guide, not a promise. Times are
+CPU times of this process (``time.process_time``), so a busy machine does not inflate them;
+run it with one torch thread (``--threads 1``) to get the cost of one core, the unit of the
+``--workers`` arithmetic.
 """
 
 from __future__ import annotations
