@@ -205,28 +205,29 @@ PARENT_POLL_SECONDS = 1.0
 ORPHAN_GRACE_SECONDS = 30.0
 
 
-def _exit_with_parent(parent: int, poll: float, grace: float) -> None:
+def _exit_with_parent(parent: int) -> None:
     """Stop this worker once ``parent`` is gone (the thread body of :func:`_watch_parent`)."""
     while os.getppid() == parent:
-        time.sleep(poll)
+        time.sleep(PARENT_POLL_SECONDS)
     print(f"[sweep] the sweep process {parent} is gone: stopping this worker's run (it resumes "
           "when the sweep runs again)", file=sys.stderr, flush=True)
     # As Ctrl-C: the run closes its log and releases its lock (a real signal, so that a
     # sleeping or blocked main thread wakes up).
     os.kill(os.getpid(), signal.SIGINT)
     # Then exit: the pool machinery would only wait for the next task from a dead parent.
-    deadline = time.monotonic() + grace
+    deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
     while _IN_TASK.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
     os._exit(1)
 
 
-def _watch_parent(poll: float = PARENT_POLL_SECONDS, grace: float = ORPHAN_GRACE_SECONDS) -> None:
+def _watch_parent() -> None:
     """A pool worker outlives a parent killed by SIGTERM or SIGKILL (nothing tells it), and
     would train its run to the end unseen: burning cores that the next sweep measures its
     time on, and holding the run's lock so that sweep reports it locked. A daemon thread
-    checks the parent every ``poll`` seconds and interrupts the run when it is gone."""
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(), poll, grace),
+    checks the parent every :data:`PARENT_POLL_SECONDS` and interrupts the run when it is
+    gone."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),),
                      name="sharpest-parent-watch", daemon=True).start()
 
 

@@ -36,6 +36,7 @@ from sharpest.orchestrate.executors import (
     visible_gpus,
 )
 from sharpest.runs import RunFolderError
+from sharpest.runs.names import seeded_name
 from sharpest.runs.resume import existing_run
 
 __all__ = [
@@ -161,7 +162,7 @@ def with_seeds(specs: Sequence[RunSpec], seeds: int | Sequence[int] | None) -> l
     for spec in specs:
         for s in values:
             config = make_config({**spec.config.to_dict(), "seed": s})
-            out.append(replace(spec, name=f"{spec.name}__seed={s}", config=config,
+            out.append(replace(spec, name=seeded_name(spec.name, s), config=config,
                                overrides={**spec.overrides, "seed": s}))
     return out
 

@@ -49,6 +49,7 @@ from sharpest.report.seeds import mean_std_rows, plot_seed_bands, seed_groups
 from sharpest.report.summary import summarize
 from sharpest.runs.eigen_quality import unconverged_count
 from sharpest.runs.io import atomic_write_text
+from sharpest.runs.names import configuration_name
 
 __all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_out"]
 
@@ -518,11 +519,11 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 
 
 def _group_labels(reps: Sequence[RunData], by_name: bool) -> list[str]:
-    """One label per configuration (``reps``: one run of each). ``by_name``: the run's name
-    without the ``__seed=<s>`` suffix that seeded runs get (a preset's run name), when those
-    tell the configurations apart; otherwise the differing config keys."""
+    """One label per configuration (``reps``: one run of each). ``by_name``: the run's
+    :func:`~sharpest.runs.names.configuration_name` (a preset's run name), when those tell the
+    configurations apart; otherwise the differing config keys."""
     if by_name:
-        names = [re.sub(r"__seed=\d+$", "", r.name) for r in reps]
+        names = [configuration_name(r.name) for r in reps]
         if len(set(names)) == len(names):
             return names
     return run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
