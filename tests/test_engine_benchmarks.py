@@ -72,8 +72,8 @@ def test_guard_comparison_quick(tmp_path):
     out = tmp_path / "guard.md"
     assert _load("lanczos_guard").main(["--quick", "--n", "120", "--out", str(out)]) == 0
     rows = {r["setting"]: r for r in _rows(out.with_suffix(".csv"))}
-    assert int(rows["(c) warm + guard (default)"]["wrong_and_converged"]) == 0
-    assert float(rows["(c) warm + guard (default)"]["mean_guard_products"]) > 0
+    assert int(rows["warm + guard (default, risk 1e-3)"]["wrong_and_converged"]) == 0
+    assert float(rows["warm + guard (default, risk 1e-3)"]["mean_guard_products"]) > 0
 
 
 def test_gpu_check_runs_on_the_cpu_in_dry_mode(tmp_path):

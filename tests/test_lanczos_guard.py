@@ -212,3 +212,80 @@ def test_bad_risk_is_a_clear_error():
     a = np.diag(np.arange(1.0, 11.0))
     with pytest.raises(ValueError, match="risk must lie in"):
         lanczos(Dense(a), k=2, risk=0.0)
+
+
+# -- issue 23: a bounded guard, ties, a cheaper certificate ------------------------------------
+
+
+def test_a_plus_minus_pair_is_a_tie_not_a_miss():
+    # λ_max = 1 and λ_min = −1 by magnitude: the top-1 is either, as for a dense solver. The
+    # guard finds the other member, states the tie and clears the rest (it never finished
+    # before: each member looked like a miss of the other).
+    rng = np.random.default_rng(11)
+    q = _orthogonal(rng)
+    lam = np.concatenate([[1.0, -1.0], rng.uniform(-0.6, 0.6, N - 2)])
+    a = (q * lam) @ q.T
+    res = lanczos(Dense(a), k=1, which="LM", tol=TOL)
+    assert res.converged and res.tie and res.reason == ""
+    assert abs(res.values[0]) == pytest.approx(1.0, rel=1e-6)
+    assert len(res.tie_values) == 1 and res.tie_values[0] == pytest.approx(-res.values[0], rel=3e-4)
+    assert res.n_matvecs <= 60
+    # not a tie once the pair is inside the top-k
+    both = lanczos(Dense(a), k=2, which="LM", tol=TOL)
+    assert both.converged and not both.tie
+    np.testing.assert_allclose(np.sort(both.values), [-1.0, 1.0], rtol=1e-6)
+
+
+def test_a_flat_spectrum_ends_within_the_guard_budget_with_the_reason():
+    # A flat top (λ_k and λ_{k+1} 1 % apart over a dense edge, as the LSTM at initialisation):
+    # the guard's polynomial grows slowly at λ_k. Under a small budget it ends undecided,
+    # fast, with converged=False and why; its products stay within GUARD_SHARE of the budget.
+    from sharpest.curvature.lanczos_guard import GUARD_SHARE
+
+    rng = np.random.default_rng(12)
+    q = _orthogonal(rng)
+    top = [1.0, -0.999, 0.989, -0.987, 0.985]
+    lam = np.concatenate([top, 0.98 * np.sqrt(rng.random(N - 5)) * rng.choice([-1, 1], N - 5)])
+    a = (q * lam) @ q.T
+    res = lanczos(Dense(a), k=2, which="LM", tol=TOL, max_matvecs=80)
+    assert not res.converged and "guard was undecided" in res.reason and res.n_matvecs <= 80
+    assert 0 < res.guard_matvecs <= GUARD_SHARE * 80
+    np.testing.assert_allclose(res.values, [1.0, -0.999], rtol=1e-4)  # right, but not certified
+    full = lanczos(Dense(a), k=2, which="LM", tol=TOL)  # the default budget suffices
+    assert _check(full, a, "LM", k=2)
+
+
+def test_the_christoffel_sum_is_the_sum_of_the_squared_lanczos_polynomials():
+    from sharpest.curvature.lanczos_guard import _log_christoffel_sum
+
+    rng = np.random.default_rng(13)
+    j = 12
+    alpha, beta = rng.normal(size=j), rng.uniform(0.2, 1.0, size=j)
+    t = np.diag(alpha) + np.diag(beta[:-1], 1) + np.diag(beta[:-1], -1)
+    for mu in (-3.0, 0.3, 2.5, 40.0):
+        # p_l(μ) = det(μ − T_l) / (β_1⋯β_l), p_0 = 1
+        p = [1.0] + [np.linalg.det(mu * np.eye(l) - t[:l, :l]) / np.prod(beta[:l])
+                     for l in range(1, j + 1)]
+        assert _log_christoffel_sum(alpha, beta, mu) == pytest.approx(
+            np.log(np.sum(np.square(p))), rel=1e-9)
+    # far outside the spectrum the sum overflows float64 unless rescaled
+    long_a, long_b = np.zeros(400), np.full(400, 0.5)
+    value = _log_christoffel_sum(long_a, long_b, 50.0)
+    assert np.isfinite(value) and value > 1500
+
+
+def test_converged_pairs_below_lambda_k_are_deflated_and_make_the_guard_cheaper(monkeypatch):
+    # Isolated pairs after λ_k (as the C class outliers of a network's Hessian) converge in the
+    # solve's own basis; deflating them moves the guard's start away from λ_k.
+    import sys
+
+    rng = np.random.default_rng(14)
+    q = _orthogonal(rng)
+    lam = np.concatenate([[10, 9, 8, 7, 6, 5.2, 4.4, 3.8], rng.uniform(-1, 1, N - 8)])
+    a = (q * lam) @ q.T
+    res = lanczos(Dense(a), k=5, which="LA", tol=1e-6, seed=1)
+    assert _check(res, a, "LA", tol=1e-6) and res.guard_extras >= 1
+    monkeypatch.setattr(sys.modules["sharpest.curvature.lanczos_guard"], "MAX_EXTRAS", 0)
+    plain = lanczos(Dense(a), k=5, which="LA", tol=1e-6, seed=1)
+    assert _check(plain, a, "LA", tol=1e-6) and plain.guard_extras == 0
+    assert res.guard_matvecs < plain.guard_matvecs

@@ -230,6 +230,39 @@ def test_chunk_quadratic_forms_match_dense_per_chunk_hessians():
     np.testing.assert_allclose(whole.numpy(), direct.numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize(("max_basis", "warm"), [(None, False), (10, False), (10, True)])
+def test_lanczos_keeps_exact_chunk_forms_of_its_ritz_vectors(max_basis, warm):
+    # Issue 23, item 2: the per-chunk quadratic forms of the returned vectors, kept from the
+    # products the solve made (through thick restarts, warm starts and guard feedback), equal
+    # the ones computed by one more product per vector.
+    from sharpest.curvature import lanczos
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(48, 5, dtype=torch.float64), torch.randint(0, 3, (48,))
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), weight_decay=0.01, chunk_size=6)
+    init = None
+    if warm:  # a start from the wrong directions, so the guard feeds a missed one back
+        init = lanczos(op, k=4, which="SA", tol=1e-8).vectors
+    before = op.n_matvecs
+    res = lanczos(op, k=4, tol=1e-10, max_basis=max_basis, init=init, chunk_forms=True)
+    used = op.n_matvecs - before
+    assert res.converged and used == res.n_matvecs
+    forms, sizes = op.chunk_quadratic_forms(res.vectors)
+    assert res.chunk_forms.shape == (8, 4)
+    np.testing.assert_allclose(res.chunk_sizes, sizes.numpy())
+    np.testing.assert_allclose(res.chunk_forms, forms.numpy(), rtol=1e-7, atol=1e-10)
+    if max_basis:
+        assert res.restarts >= 1
+    # The weighted forms plus the L2 term are the eigenvalues (vᵀHv).
+    whole = (sizes.numpy() / sizes.sum().item()) @ res.chunk_forms + 0.01
+    np.testing.assert_allclose(whole, res.values, rtol=1e-8)
+    plain = lanczos(op, k=4, tol=1e-10, max_basis=max_basis, init=init)
+    assert plain.n_matvecs == res.n_matvecs and plain.chunk_forms is None
+    with pytest.raises(TypeError, match="matvec_with_chunk_forms"):
+        lanczos(torch.eye(9, dtype=torch.float64).numpy() @ np.eye(9), k=2, chunk_forms=True)
+
+
 def test_weighted_stderr_is_the_standard_error_of_the_weighted_mean():
     # Equal chunks: the textbook std(ddof=1)/sqrt(C).
     q = np.array([[1.0, 2.0], [3.0, 2.5], [2.0, 1.0], [6.0, 0.0]])
@@ -279,10 +312,15 @@ def test_tracker_records_eigenvalues_stderr():
     tracker.step(0)
     rec = tracker.records[-1]
     assert len(rec["eigenvalues_stderr"]) == 3
-    assert rec["stderr_matvecs"] == 3
+    assert rec["stderr_matvecs"] == 0  # kept from the solve's own products (issue 23, item 2)
     assert all(np.isfinite(rec["eigenvalues_stderr"])) and min(rec["eigenvalues_stderr"]) > 0
     direct = eigenvalue_stderr(tracker.operator, tracker.result.vectors)
     np.testing.assert_allclose(rec["eigenvalues_stderr"], direct, rtol=1e-6)
+    # and the stderr costs nothing: the same products as a solve without it
+    again = EigenTracker(k=3, every=1, tol=1e-8, chunk_size=512).attach(model, loss_fn, data)
+    again.operator.chunks = tracker.operator.chunks  # the same split, so the same operator
+    again.step(0)
+    assert again.records[-1]["n_matvecs"] == rec["n_matvecs"]
     plain = EigenTracker(k=3, every=1).attach(model, loss_fn, data)
     plain.step(0)
     assert "eigenvalues_stderr" not in plain.records[-1]

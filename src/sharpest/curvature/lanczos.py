@@ -1,5 +1,5 @@
 """Thick-restart Lanczos with full reorthogonalisation for the top-k eigenpairs of a symmetric
-operator (Wu & Simon, 2000).
+operator (Wu & Simon, 2000), with a randomised guard against missed eigenvalues.
 
 Why not `scipy.sparse.linalg.eigsh`: ARPACK's implicit restarts spend products rebuilding a
 basis of `ncv ≥ 2k+1` vectors every cycle, its stopping test is on a tolerance it does not let
@@ -7,11 +7,17 @@ us relate to |λ| per pair, and it cannot be warm-started from several previous 
 Here the basis only grows until the k wanted Ritz pairs have small residuals, is restarted
 (thick: keeping the best Ritz vectors) only when it would exceed a memory budget, and a start
 from the previous eigenvectors converges in a handful of products when they changed little.
+
+The solve has four parts: its start (:meth:`_Solve.start`: a random vector or the normalised
+sum of the ``init`` rows), its loop (:meth:`_Solve.step`: one product with the pending row that
+carries most of the wanted residuals, Rayleigh–Ritz, a thick restart when the basis is full),
+the guard (:mod:`sharpest.curvature.lanczos_guard`, run when the k wanted pairs converge), and
+the result (:meth:`_Solve.result`). The bookkeeping of multiplied and pending rows is
+:mod:`sharpest.curvature.lanczos_basis`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,8 +28,16 @@ from torch import Tensor
 
 from sharpest.curvature.adapt import as_operator
 from sharpest.curvature.lanczos_basis import LanczosBasis
+from sharpest.curvature.lanczos_guard import (
+    GUARD_MAX_PRODUCTS,
+    GUARD_RISK,
+    GUARD_SHARE,
+    choose_deflation,
+    run_guard,
+)
+from sharpest.curvature.ritz import WHICH, order, residual_norms, thresholds
 
-WHICH = ("LM", "LA", "SA")
+__all__ = ["WHICH", "EigenResult", "LinearOperator", "lanczos"]
 
 
 class LinearOperator(Protocol):
@@ -39,15 +53,28 @@ class EigenResult:
     """Eigenpairs of a symmetric operator (plain, immutable data: ``dataclasses.replace`` makes
     a changed copy; :meth:`to_state` / :meth:`from_state` round-trip it through checkpoints).
 
-    Attributes
-    ----------
-    values: (k,) float64, sorted descending — by |λ| for ``which="LM"``, by λ for ``"LA"``;
-        ascending by λ for ``"SA"``.
-    vectors: (k, size), unit norm, row i pairs with ``values[i]``.
-    residuals: (k,) ‖H vᵢ − λᵢ vᵢ‖, from the Lanczos relation (exact up to rounding with full
-        reorthogonalisation; no extra product is spent on them).
-    n_matvecs: products with the operator that this call made.
-    converged: whether every residual met ``tol·|λᵢ|``.
+    Attributes:
+        values: (k,) float64, sorted descending — by |λ| for ``which="LM"``, by λ for ``"LA"``;
+            ascending by λ for ``"SA"``.
+        vectors: (k, size), unit norm, row i pairs with ``values[i]``.
+        residuals: (k,) ‖H vᵢ − λᵢ vᵢ‖, from the Lanczos relation (exact up to rounding with
+            full reorthogonalisation; no extra product is spent on them).
+        n_matvecs: products with the operator that this call made (the guard's included).
+        converged: every residual met ``tol·|λᵢ|`` and the guard cleared the result.
+        reason: why not converged (empty when converged).
+        tie: λ_k has company: further eigenvalues equal to it within ``tol·|λ_k|`` (their
+            values in ``tie_values``), so which eigenvector is the k-th is not determined; the
+            values are (as a dense solver's would be).
+        guard_*: what the guard did (runs, runs that found a missed direction, products, its
+            last extreme Ritz value and miss probability, extra Ritz pairs it deflated).
+        extra_vectors: (m ≤ k, size) or None: the converged Ritz vectors ranked next after λ_k
+            that the guard deflated (:mod:`sharpest.curvature.lanczos_guard`); appended to the next
+            solve's ``init`` along a trajectory they converge early again and make its guard
+            cheaper.
+        chunk_forms: with ``chunk_forms=True``, (C, k) per-chunk quadratic forms vᵢᵀ H_c vᵢ of
+            the returned vectors over the operator's C chunks of data, and ``chunk_sizes``
+            (C,): what :func:`~sharpest.curvature.sampling_error.weighted_stderr` needs for
+            the sampling error of each eigenvalue (no product spent on them).
     """
 
     values: np.ndarray
@@ -59,11 +86,18 @@ class EigenResult:
     seconds: float = 0.0
     restarts: int = 0
     history: list[int] = field(default_factory=list, repr=False)
+    reason: str = ""
+    tie: bool = False
+    tie_values: tuple[float, ...] = ()
     guard_runs: int = 0
     guard_misses: int = 0
     guard_matvecs: int = 0
     guard_value: float = float("nan")
     guard_risk: float = float("nan")
+    guard_extras: int = 0
+    extra_vectors: Tensor | None = field(default=None, repr=False)
+    chunk_forms: np.ndarray | None = field(default=None, repr=False)
+    chunk_sizes: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def k(self) -> int:
@@ -81,6 +115,10 @@ class EigenResult:
             "which": str(self.which),
             "seconds": float(self.seconds),
             "iteration": iteration,
+            "reason": str(self.reason),
+            "tie": bool(self.tie),
+            "extra_vectors": (None if self.extra_vectors is None
+                              else self.extra_vectors.detach().cpu()),
         }
 
     @classmethod
@@ -96,35 +134,12 @@ class EigenResult:
             converged=bool(state["converged"]),
             which=str(state.get("which", "LM")),
             seconds=float(state.get("seconds", 0.0)),
+            reason=str(state.get("reason", "")),
+            tie=bool(state.get("tie", False)),
+            extra_vectors=(None if state.get("extra_vectors") is None
+                           else state["extra_vectors"].to(device) if device is not None
+                           else state["extra_vectors"]),
         )
-
-
-def _order(theta: np.ndarray, which: str) -> np.ndarray:
-    if which == "LM":
-        return np.argsort(-np.abs(theta), kind="stable")
-    if which == "LA":
-        return np.argsort(-theta, kind="stable")
-    return np.argsort(theta, kind="stable")
-
-
-def _beyond(value: float, threshold: float, which: str) -> float:
-    """How far `value` lies past `threshold` in the order of `which` (positive: it would rank
-    before it)."""
-    if which == "LM":
-        return abs(value) - abs(threshold)
-    if which == "LA":
-        return value - threshold
-    return threshold - value
-
-
-def _extreme(theta: np.ndarray, which: str) -> int:
-    """Index of the Ritz value that ranks first for `which`."""
-    return int(_order(theta, which)[0])
-
-
-GUARD_MAX_PRODUCTS = 40
-GUARD_RISK = 1e-3
-START_MIX = 0.0
 
 
 def lanczos(
@@ -140,97 +155,67 @@ def lanczos(
     max_basis_bytes: float = 2 * 2**30,
     guard: bool = True,
     risk: float = GUARD_RISK,
-    start: str = "sum",
-    mix: float = START_MIX,
-    oversample: int = 1,
+    chunk_forms: bool = False,
 ) -> EigenResult:
     """Top-k eigenpairs of the symmetric operator `op` by Lanczos.
 
-    Parameters
-    ----------
-    op: anything with ``size`` and ``matvec(v)`` (e.g. :class:`HessianOperator`); if it has
-        ``matmat`` it is not needed.
-    k: number of eigenpairs, ``1 ≤ k < op.size``.
-    which: ``"LM"`` largest magnitude (the paper's order), ``"LA"`` largest algebraic, ``"SA"``
-        smallest algebraic.
-    tol: a pair is converged when ‖Hx − θx‖ ≤ tol·max(|θ|, ε·‖T‖), T the projected matrix.
-    max_matvecs: stop (``converged=False``) after this many products.
-    init: start vectors ``(m, size)``, e.g. the previous eigenvectors when tracking along
-        training. A hint, never a constraint: the Krylov space starts from their normalised sum
-        (each row normalised), which holds the wanted eigenvectors to first order when they
-        moved little, and the result passes the same guard as a cold start. An invariant start
-        space is never accepted as final: it is continued from a fresh random direction.
-        A warm start pays only when the basis moved little (``benchmarks/warm_start.py``:
-        0.56–0.65× a cold start when the top-5 turned by 0.9°, 0.75–0.96× at 79°).
-    seed: seed of the random start vector (and of the vectors that replace an exhausted
-        Krylov space).
-    max_basis: most basis vectors kept before a thick restart; default from
-        ``max_basis_bytes`` (basis stored in float64 on the operator's device, allocated as it
-        grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
-    guard: after the k wanted pairs converge, check that nothing beyond λ_k was missed (below);
-        ``False`` restores the unguarded solver (a wrong set can then be claimed converged).
-    start, mix, oversample: the alternatives measured against the guard (kept for
-        ``benchmarks/lanczos_guard.py``): ``start="block"`` starts a band Lanczos from the init
-        rows and ``oversample`` random vectors; ``mix`` adds that fraction of a random unit
-        vector to the summed start. Defaults: the summed start, no mix.
-    risk: the guard stops when the chance that its random start missed a direction beyond
-        λ_k is at most ``risk`` (default 1e-3).
+    Args:
+        op: anything with ``size`` and ``matvec(v)`` (e.g. :class:`HessianOperator`), or a scipy
+            ``LinearOperator`` / curvlinops operator (``shape`` and ``@``).
+        k: number of eigenpairs, ``1 ≤ k < op.size``.
+        which: ``"LM"`` largest magnitude (the paper's order), ``"LA"`` largest algebraic,
+            ``"SA"`` smallest algebraic.
+        tol: a pair is converged when ‖Hx − θx‖ ≤ tol·max(|θ|, ε^(2/3)·‖T‖), T the projected
+            matrix; eigenvalues within tol·|λ_k| of λ_k are a tie (``EigenResult.tie``).
+        max_matvecs: stop (``converged=False``) after this many products; default
+            ``max(100k, 10·max_basis)``.
+        init: start vectors ``(m, size)``, e.g. the previous eigenvectors when tracking along
+            training. A hint, never a constraint: the Krylov space starts from their normalised
+            sum (each row normalised), which holds the wanted eigenvectors to first order when
+            they moved little, and the result passes the same guard as a cold start. An
+            invariant start space is never accepted as final: it is continued from a fresh
+            random direction.
+        seed: seed of the random start vector, of the guard's random vectors and of the vectors
+            that replace an exhausted Krylov space.
+        max_basis: most basis vectors kept before a thick restart; default from
+            ``max_basis_bytes`` (basis stored in float64 on the operator's device, allocated as
+            it grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
+        guard: after the k wanted pairs converge, certify that nothing beyond λ_k was missed
+            (:mod:`sharpest.curvature.lanczos_guard`); ``False`` trusts the first converged set
+            (a warm start can then return a wrong set marked converged).
+        risk: the guard clears a result when the chance that its random start missed an
+            eigenvalue beyond λ_k·(1 + tol) is at most ``risk``, a probability over that random
+            start (not over the operator). Its products are bounded: one guard chain takes at
+            most 40, all guard chains of a solve at most half of ``max_matvecs``; a guard that
+            cannot decide ends the solve ``converged=False`` with the reason.
+        chunk_forms: also return the per-chunk quadratic forms of the eigenvectors
+            (``EigenResult.chunk_forms``), kept from the products the solve makes anyway
+            (:mod:`sharpest.curvature.lanczos_basis`); needs an operator with
+            ``matvec_with_chunk_forms`` (:class:`HessianOperator`, :class:`GGNOperator`).
 
-    The guard
-    ---------
-    Lanczos from one start vector cannot see a direction the start has no component along: a
-    warm start from the previous top-k misses an eigenvector that has just entered the top-k
-    (issue 12: 7 of 40 tracked solves, and 5 of 5 jumps, wrong but ``converged=True``), and even
-    a cold start misses λ_k when λ_{k+1} is within ~1e-3 of it (2 of 20 solves). So, once the
-    k wanted Ritz pairs (θᵢ, xᵢ) meet ``tol``, a guard chain starts from a fresh random vector z
-    orthogonalised against the k Ritz vectors V = [x₁ … x_k] only: a separate small Lanczos on
-    the deflated operator B = (I − VVᵀ) H (I − VVᵀ), whose range is everything the solve has
-    not confirmed (including the main chain's next direction, where an entering eigenvector can
-    hide). After j guard products:
-
-    - if an extreme Ritz value of the guard chain lies beyond θ_k (by more than tol·|θ_k|, in
-      the order of ``which``; both ends for "LM"), a direction was missed: it is fed back into
-      the solve, which multiplies its pending rows and then that Ritz vector (so its
-      Rayleigh–Ritz holds it), goes on, and is guarded again when it converges;
-    - else the chance that the guard missed it is bounded a posteriori. The j-th guard vector is
-      q_{j+1} = p_j(B) z with p_j(μ) = det(μ − T_j)/(β_1⋯β_j), so for an eigenpair (μ, u) of B,
-      |uᵀz| ≤ 1/|p_j(μ)|, and beyond the guard's Ritz values |p_j| is smallest at μ = θ_k.
-      For z uniform on the sphere of B's range (dimension n' = n − k),
-      P(|uᵀz| ≤ ε) ≤ ε·√(2n'/π).
-      The guard accepts when √(2n'/π)/maxⱼ|p_j(θ_k)| ≤ ``risk``. This is a probability over
-      the guard's random start, not over the operator: no Krylov method can do better, and
-      every guard's outcome is recorded (``guard_runs``, ``guard_misses``, ``guard_matvecs``,
-      ``guard_value`` = the guard's extreme Ritz value, ``guard_risk`` = the bound reached).
-
-    The guard's products do not enter the solve's Rayleigh–Ritz (its vectors are orthogonal to
-    V, not to the solve's basis); that is its price. A guard that has not decided after 40
-    products makes no claim (its extreme Ritz vector is fed back and the solve goes on);
-    ``max_matvecs`` can end a solve in the middle of a guard, which then returns
-    ``converged=False``.
-
-    Chosen by measurement (``benchmarks/lanczos_guard.py``: n = 300 drifting sequences with an
-    eigenvalue rising from 1 to 12 through the top 5, 2 seeds × 40 solves, tol 1e-4, "LM"):
-    cold starts 18.0 products (none wrong); unguarded warm starts 12.4 products, 6 of 80 solves
-    wrong and claimed converged; (a) 0.1 of a random unit vector mixed into the start 14.7
-    products, 2 of 80 wrong: mixing reduces but does not remove the failure; (c) a guard
-    deflated against the whole basis (the guard's chain continued in the solve's basis): 19.3
-    products, 2 of 80 wrong; deflated against the k pairs and the main chain's pending row:
-    20.3 products (7.7 guard), 1 of 80 wrong, the solve where the riser had just passed λ5
-    (6.08 against 6), its eigenvector mostly along that pending row, which the guard could not
-    see. The current guard (orthogonal to the k pairs only, a separate chain): 0 of 80 wrong,
-    20.8 products (8.1 guard); cold starts with it 25.9 (7.9 guard), the same as before
-    (4 seeds × 40 solves: 1 of 160 wrong before, 0 of 160 after; 20.4 → 20.7 products warm,
-    25.7 cold both).
-    The remaining risk is the one the bound states (≤ ``risk`` per guard, over its random
-    start).
-
-    Returns
-    -------
-    EigenResult with float64 values and vectors in the operator's dtype.
+    Returns:
+        EigenResult with float64 values and vectors in the operator's dtype.
     """
     start_time = time.perf_counter()
     op = as_operator(op)  # also scipy LinearOperators, curvlinops: anything with shape and @
     n = int(op.size)
+    _check_arguments(n, k, which, tol, risk)
+    if max_basis is None:
+        # Past a few times k more basis vectors barely speed convergence; restarts are cheap.
+        max_basis = min(int(max_basis_bytes // (8 * n)), max(100, 4 * k))
+    max_basis = min(n, max(max_basis, k + 8, 2 * k))
+    limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
+    if chunk_forms and not hasattr(op, "matvec_with_chunk_forms"):
+        raise TypeError(f"chunk_forms=True needs an operator with matvec_with_chunk_forms "
+                        f"(HessianOperator, GGNOperator), got {type(op).__name__}")
+    solve = _Solve(op, n, k, which, tol, limit, max_basis, seed, guard, risk, chunk_forms)
+    solve.start(init)
+    while solve.step():
+        pass
+    return solve.result(time.perf_counter() - start_time)
+
+
+def _check_arguments(n: int, k: Any, which: str, tol: float, risk: float) -> None:
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     if not isinstance(k, (int, np.integer)) or k < 1:
@@ -241,230 +226,214 @@ def lanczos(
         raise ValueError(f"tol must be positive, got {tol}")
     if not 0 < risk < 1:
         raise ValueError(f"risk must lie in (0, 1), got {risk}")
-    device = getattr(op, "device", torch.device("cpu"))
-    out_dtype = getattr(op, "dtype", torch.float64)
 
-    if max_basis is None:
-        # Past a few times k more basis vectors barely speed convergence; restarts are cheap.
-        max_basis = min(int(max_basis_bytes // (8 * n)), max(100, 4 * k))
-    max_basis = min(n, max(max_basis, k + 8, 2 * k))
-    limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
-    guard_max = min(GUARD_MAX_PRODUCTS, n)
 
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+class _Solve:
+    """One call of :func:`lanczos`: its basis, counters and verdict."""
 
-    def random_vector() -> Tensor:
-        return torch.randn(n, generator=generator, dtype=torch.float64).to(device)
+    def __init__(self, op, n, k, which, tol, limit, max_basis, seed, guard, risk,
+                 chunk_forms=False) -> None:
+        self.op, self.n, self.k, self.which, self.tol = op, n, k, which, tol
+        self.limit, self.max_basis, self.guard, self.risk = limit, max_basis, guard, risk
+        self.device = getattr(op, "device", torch.device("cpu"))
+        self.out_dtype = getattr(op, "dtype", torch.float64)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # One guard chain takes at most as many rows as the solve's own basis (at least 40:
+        # it cannot restart); all guard chains of a solve together a share of its budget.
+        self.guard_max = min(GUARD_MAX_PRODUCTS, max(max_basis, 40), n)
+        self.guard_budget = max(int(GUARD_SHARE * limit), 1)
+        self.space = LanczosBasis(n, max_basis + 2, self.device)
+        self.n_matvecs = self.restarts = 0
+        self.guard_matvecs = self.guard_runs = self.guard_misses = self.guard_extras = 0
+        self.guard_value = self.guard_risk = float("nan")
+        self.history: list[int] = []
+        self.converged = False
+        self.reason = ""
+        self.scale = np.finfo(float).tiny
+        # Tie members found by the guard for the current top-k (deflated by the next guard).
+        self.ties: list[Tensor] = []
+        self.tie_values: list[float] = []
+        # Rows to multiply next, in order, before the usual choice: after a guard found a
+        # missed direction, the main chain's pending rows and that direction.
+        self.forced: list[int] = []
+        self.chunk_forms = chunk_forms
+        self.chunk_sizes: np.ndarray | None = None
+        self.extra_rows: Tensor | None = None
 
-    space = LanczosBasis(n, max_basis + guard_max + 2, device)
-    if init is not None:
+    # -- start ------------------------------------------------------------------------------
+
+    def random_vector(self) -> Tensor:
+        return torch.randn(self.n, generator=self.generator, dtype=torch.float64).to(self.device)
+
+    def start(self, init: Tensor | None) -> None:
+        """A random start, or the normalised sum of the normalised ``init`` rows."""
+        if init is None:
+            self.space.add(self.random_vector())
+            return
         init = torch.as_tensor(init)
         if init.dim() == 1:
             init = init.unsqueeze(0)
-        if init.dim() != 2 or init.shape[1] != n:
-            raise ValueError(f"init must have shape (m, {n}), got {tuple(init.shape)}")
-        rows = init.to(device=device, dtype=torch.float64)
+        if init.dim() != 2 or init.shape[1] != self.n:
+            raise ValueError(f"init must have shape (m, {self.n}), got {tuple(init.shape)}")
+        rows = init.to(device=self.device, dtype=torch.float64)
         norms = rows.norm(dim=1, keepdim=True)
         if not torch.isfinite(rows).all() or (norms == 0).any():
             raise ValueError("init vectors must be finite and nonzero")
-        rows = rows / norms
-        if start == "block":
-            for row in rows:
-                space.add(row)
-            for _ in range(oversample):
-                space.add(random_vector())
-        else:
-            first = rows.sum(0)
-            first = first / max(float(first.norm()), 1e-300)
-            noise = random_vector()
-            first = first + mix * noise / noise.norm()
-            if space.add(first) is None:
-                space.add(noise)
-    else:
-        space.add(random_vector())
+        first = (rows / norms).sum(0)
+        first = first / max(float(first.norm()), 1e-300)
+        if self.space.add(first) is None:
+            self.space.add(self.random_vector())
 
-    def product(v: Tensor) -> Tensor:
-        w = op.matvec(v.to(out_dtype)).to(device=device, dtype=torch.float64)
+    # -- loop -------------------------------------------------------------------------------
+
+    def product(self, v: Tensor) -> Tensor:
+        w = self.op.matvec(v.to(self.out_dtype)).to(device=self.device, dtype=torch.float64)
         if not torch.isfinite(w).all():
             raise FloatingPointError("the operator returned a non-finite product")
         return w
 
-    n_matvecs = restarts = 0
-    guard_matvecs = guard_runs = guard_misses = 0
-    guard_value = guard_risk = float("nan")
-    history: list[int] = []
-    converged = False
-    scale = np.finfo(float).tiny
-    # Rows to multiply next, in order, before the usual choice: after a guard found something
-    # beyond λ_k, the main chain's pending rows and the guard's Ritz vector.
-    forced: list[int] = []
+    def main_product(self, v: Tensor) -> Tensor | tuple[Tensor, np.ndarray]:
+        """A product of the main chain: with ``chunk_forms``, also its per-chunk projections on
+        the basis rows (:meth:`LanczosBasis.multiply` keeps them)."""
+        if not self.chunk_forms:
+            return self.product(v)
+        rows = self.space.basis[: self.space.rows]
+        w, forms, sizes = self.op.matvec_with_chunk_forms(v.to(self.out_dtype), rows)
+        w = w.to(device=self.device, dtype=torch.float64)
+        if not torch.isfinite(w).all():
+            raise FloatingPointError("the operator returned a non-finite product")
+        self.chunk_sizes = sizes.numpy()
+        return w, forms.numpy()
 
-    while True:
-        forced = [i for i in forced if i in space.pending]
-        if forced:
-            index = forced.pop(0)
+    def step(self) -> bool:
+        """One product and its Rayleigh–Ritz (and the guard when the wanted pairs converge);
+        False when the solve is over."""
+        space = self.space
+        self.forced = [i for i in self.forced if i in space.pending]
+        if self.forced:
+            index = self.forced.pop(0)
         elif not space.pending:
             # Exhausted (invariant) Krylov space: it may miss further copies of a repeated
             # eigenvalue or pairs the start had no component along; go on from a fresh direction.
-            index = space.add(random_vector())
+            index = space.add(self.random_vector())
             if index is None:
-                break
+                return False
         else:
-            index = _choose(space, which, k, tol)
-        space.multiply(index, product, drop=1e-12 * scale)
-        n_matvecs += 1
+            index = _choose(space, self.which, self.k, self.tol)
+        space.multiply(index, self.main_product, drop=1e-12 * self.scale)
+        self.n_matvecs += 1
         theta, y, c = space.ritz()
-        scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
-        history.append(n_matvecs)
-
-        wanted = _order(theta, which)[: min(k, len(theta))]
-        if not forced and len(theta) >= k and _converged(theta, y, c, wanted, tol, scale):
-            if len(theta) == n:
-                converged = True  # the whole space: exact
-                break
-            if not guard:
+        self.scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
+        self.history.append(self.n_matvecs)
+        wanted = order(theta, self.which)[: min(self.k, len(theta))]
+        if not self.forced and len(theta) >= self.k and self._wanted_converged(theta, y, c, wanted):
+            if len(theta) == self.n:
+                self.converged = True  # the whole space: exact
+                return False
+            if not self.guard:
                 if space.pending:
-                    converged = True
-                    break
+                    self.converged = True
+                    return False
                 # (Unguarded, an exhausted chain is not trusted: a fresh direction follows.)
-            elif n_matvecs < limit:
-                found = space.vectors(y[:, wanted])
-                found = found / found.norm(dim=1, keepdim=True)
-                outcome = _run_guard(
-                    product, found, float(theta[wanted[-1]]), which, tol, risk, n,
-                    min(guard_max, limit - n_matvecs), random_vector, device, 1e-12 * scale)
-                guard_runs += 1
-                guard_matvecs += outcome.products
-                n_matvecs += outcome.products
-                guard_value, guard_risk = outcome.value, outcome.risk
-                if outcome.verdict == "clear":
-                    converged = True
-                    break
-                guard_misses += outcome.verdict == "miss"
-                if n_matvecs >= limit:
-                    break  # max_matvecs ended the guard undecided: no claim
-                # Feed what the guard saw back into the solve: multiply the main chain's
-                # pending rows (the entering eigenvector may lie mostly along them) and the
-                # guard's extreme Ritz vector, so that the Rayleigh–Ritz of the solve holds it.
-                # An undecided guard is fed back too; the solve is guarded again later.
-                pending = list(space.pending)
-                fed = space.add(outcome.vector) if outcome.vector is not None else None
-                forced = pending + ([fed] if fed is not None else [])
-        if n_matvecs >= limit or len(space.mult) >= n:
-            converged = len(space.mult) >= n
-            break
-        if not forced and space.rows >= max_basis + 1:
-            _thick_restart(space, theta, y, c, which, k, max_basis)
-            restarts += 1
+            elif not self._guard(theta, y, c, wanted):
+                return False
+        if self.n_matvecs >= self.limit or len(space.mult) >= self.n:
+            self.converged = len(space.mult) >= self.n
+            if not self.converged:
+                self.reason = f"max_matvecs ({self.limit}) reached"
+            return False
+        if not self.forced and space.rows >= self.max_basis + 1:
+            _thick_restart(space, theta, y, c, self.which, self.k, self.max_basis)
+            self.restarts += 1
+        return True
 
-    theta, y, c = space.ritz()
-    order = _order(theta, which)[:k]
-    vectors = space.vectors(y[:, order])
-    vectors = vectors / vectors.norm(dim=1, keepdim=True)
-    residuals = np.linalg.norm(c @ y[:, order], axis=0) if len(c) else np.zeros(len(order))
-    return EigenResult(
-        values=theta[order].astype(np.float64),
-        vectors=vectors.to(out_dtype),
-        residuals=residuals,
-        n_matvecs=n_matvecs,
-        converged=converged and len(order) == k,
-        which=which,
-        seconds=time.perf_counter() - start_time,
-        restarts=restarts,
-        history=history,
-        guard_runs=guard_runs,
-        guard_misses=guard_misses,
-        guard_matvecs=guard_matvecs,
-        guard_value=guard_value,
-        guard_risk=guard_risk,
-    )
+    def _wanted_converged(self, theta, y, c, wanted) -> bool:
+        resid = residual_norms(c, y[:, wanted])
+        return bool(np.all(resid <= thresholds(theta[wanted], self.tol, self.scale)))
 
+    # -- guard ------------------------------------------------------------------------------
 
-@dataclass
-class _GuardOutcome:
-    verdict: str  # "clear", "miss" (a value beyond λ_k), "undecided" (out of products)
-    vector: Tensor | None  # the guard's extreme Ritz vector (unit), to feed back
-    value: float
-    risk: float
-    products: int
+    def _guard(self, theta, y, c, wanted) -> bool:
+        """Guard the converged top-k: False ends the solve (cleared, or undecided), True goes on
+        after a missed direction was fed back."""
+        theta_k = float(theta[wanted[-1]])
+        while True:
+            available = min(self.guard_max, self.guard_budget - self.guard_matvecs,
+                            self.limit - self.n_matvecs)
+            if available <= 0:
+                self.reason = (f"the guard's budget ({self.guard_budget} products) is spent"
+                               if self.n_matvecs < self.limit else
+                               f"max_matvecs ({self.limit}) reached during the guard")
+                return False
+            deflation = choose_deflation(self.space, theta, y, c, wanted, self.which, self.ties)
+            outcome = run_guard(self.product, deflation, theta_k, self.which, self.tol, self.risk,
+                                available, self.random_vector, 1e-12 * self.scale)
+            self.guard_runs += 1
+            self.guard_matvecs += outcome.products
+            self.n_matvecs += outcome.products
+            self.guard_value, self.guard_risk = outcome.value, outcome.risk
+            self.guard_extras = deflation.extras
+            if outcome.verdict == "clear":
+                # The nearest k at most: a seed for the next solve, not a second result.
+                self.extra_rows = deflation.rows[self.k : self.k + min(deflation.extras, self.k)]
+                self.converged = True
+                return False
+            if outcome.verdict == "tie":
+                self.ties.append(outcome.vector)
+                self.tie_values.append(outcome.value)
+                continue
+            if outcome.verdict == "undecided":
+                self.reason = (f"the guard was undecided after {outcome.products} products "
+                               f"(miss probability {outcome.risk:.2g} > risk {self.risk:g})")
+                return False
+            # A miss: feed it back into the solve: multiply the main chain's pending rows (the
+            # entering eigenvector may lie mostly along them) and the guard's Ritz vector, so
+            # that the Rayleigh–Ritz of the solve holds it; it is guarded again when it converges.
+            self.guard_misses += 1
+            self.ties, self.tie_values = [], []
+            pending = list(self.space.pending)
+            fed = self.space.add(outcome.vector)
+            self.forced = pending + ([fed] if fed is not None else [])
+            if self.n_matvecs >= self.limit:
+                self.reason = f"max_matvecs ({self.limit}) reached"
+                return False
+            return True
 
+    # -- result -----------------------------------------------------------------------------
 
-def _run_guard(
-    product, found: Tensor, bound: float, which: str, tol: float, risk: float, n: int,
-    max_products: int, random_vector, device: torch.device, drop: float,
-) -> _GuardOutcome:
-    """Lanczos from a random start on B = (I − VVᵀ) H (I − VVᵀ), V the k converged Ritz
-    vectors `found` (and nothing else: an entering eigenvector can hide in any other direction
-    of the solve's basis). Stops when an extreme Ritz value of B lies beyond `bound` (a miss),
-    when the chance of a miss is at most `risk` (clear), after `max_products` products
-    (undecided)."""
-    k = found.shape[0]
-    chain = LanczosBasis(n, k + max_products + 2, device)
-    for row in found:
-        chain.add(row)  # never multiplied: every product is projected off them
-    fixed = chain.rows
-    rows: list[int] = []
-    nxt = chain.add(random_vector())
-    value = miss = float("nan")
-    vector = None
-    while nxt is not None and len(rows) < max_products:
-        before = chain.rows
-        chain.multiply(nxt, product, drop=drop)
-        rows.append(nxt)
-        nxt = chain.rows - 1 if chain.rows > before else None
-        theta, y, _ = chain.ritz(rows)
-        i = _extreme(theta, which)
-        value = float(theta[i])
-        vector = chain.vectors(y[:, [i]])[0]
-        betas = [chain.m[b, a] for a, b in zip(rows, rows[1:])]
-        betas.append(chain.m[nxt, rows[-1]] if nxt is not None else 0.0)
-        miss = _miss_probability(chain.m, rows, betas, bound, which, n - fixed)
-        if _beyond(value, bound, which) > tol * abs(bound):
-            return _GuardOutcome("miss", vector / vector.norm(), value, miss, len(rows))
-        if miss <= risk:
-            return _GuardOutcome("clear", None, value, miss, len(rows))
-    if nxt is None:  # B's Krylov space from z is exhausted (or B's range is empty)
-        return _GuardOutcome("clear", None, value, 0.0, len(rows))
-    if vector is not None:
-        vector = vector / vector.norm()
-    return _GuardOutcome("undecided", vector, value, miss, len(rows))
-
-
-def _miss_probability(
-    m: np.ndarray, rows: list[int], betas: list[float], bound: float, which: str, dim: int
-) -> float:
-    """Bound on the chance that the guard's random start z missed an eigenvector u of the
-    deflated operator whose eigenvalue μ lies beyond `bound`.
-
-    The guard's j-th Lanczos vector is q_{j+1} = p_j(B) z with p_j(x) = det(x − T_j)/(β_1⋯β_j),
-    so uᵀq_{j+1} = p_j(μ)·uᵀz and |uᵀz| ≤ 1/|p_j(μ)|. Beyond the guard's Ritz values |p_j|
-    grows with |μ − bound|, so μ = bound is the worst case. For z uniform on the unit sphere of
-    the `dim`-dimensional range of B, P(|uᵀz| ≤ ε) ≤ ε·√(2·dim/π).
-    """
-    targets = [abs(bound), -abs(bound)] if which == "LM" else [bound]
-    t = m[np.ix_(rows, rows)]
-    t = 0.5 * (t + t.T)
-    log_beta = np.cumsum(np.log(np.maximum(np.abs(betas), np.finfo(float).tiny)))
-    worst = 0.0
-    for mu in targets:
-        best = 0.0  # the largest log|p_j(μ)| over j
-        for j in range(1, len(rows) + 1):
-            ritz = np.linalg.eigvalsh(t[:j, :j])
-            if betas[j - 1] == 0.0:
-                return 0.0  # an invariant Krylov space: no component beyond it exists
-            best = max(best, float(np.sum(np.log(np.abs(mu - ritz) + 1e-300)) - log_beta[j - 1]))
-        worst = max(worst, math.sqrt(2 * max(dim, 1) / math.pi) * math.exp(-best))
-    return min(worst, 1.0)
-
-
-def _thresholds(theta: np.ndarray, wanted: np.ndarray, tol: float, scale: float) -> np.ndarray:
-    floor = np.finfo(np.float64).eps ** (2 / 3) * scale
-    return tol * np.maximum(np.abs(theta[wanted]), floor)
-
-
-def _converged(theta, y, c, wanted, tol, scale) -> bool:
-    resid = np.linalg.norm(c @ y[:, wanted], axis=0) if len(c) else np.zeros(len(wanted))
-    return bool(np.all(resid <= _thresholds(theta, wanted, tol, scale)))
+    def result(self, seconds: float) -> EigenResult:
+        theta, y, c = self.space.ritz()
+        best = order(theta, self.which)[: self.k]
+        vectors = self.space.vectors(y[:, best])
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
+        converged = self.converged and len(best) == self.k
+        if not converged and not self.reason:
+            self.reason = "the Krylov space was exhausted before k pairs converged"
+        return EigenResult(
+            values=theta[best].astype(np.float64),
+            vectors=vectors.to(self.out_dtype),
+            residuals=residual_norms(c, y[:, best]),
+            n_matvecs=self.n_matvecs,
+            converged=converged,
+            which=self.which,
+            seconds=seconds,
+            restarts=self.restarts,
+            history=self.history,
+            reason="" if converged else self.reason,
+            tie=bool(self.tie_values),
+            tie_values=tuple(float(v) for v in self.tie_values),
+            guard_runs=self.guard_runs,
+            guard_misses=self.guard_misses,
+            guard_matvecs=self.guard_matvecs,
+            guard_value=self.guard_value,
+            guard_risk=self.guard_risk,
+            guard_extras=self.guard_extras,
+            extra_vectors=(self.extra_rows.to(self.out_dtype)
+                           if converged and self.extra_rows is not None
+                           and len(self.extra_rows) else None),
+            chunk_forms=self.space.chunk_forms(y[:, best]),
+            chunk_sizes=self.chunk_sizes,
+        )
 
 
 def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
@@ -473,14 +442,14 @@ def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
     if len(space.pending) == 1 or not space.mult:
         return space.pending[0]
     theta, y, c = space.ritz()
-    wanted = _order(theta, which)[: min(k, len(theta))]
+    wanted = order(theta, which)[: min(k, len(theta))]
     scale = max(float(np.abs(theta).max()), np.finfo(float).tiny)
-    weights = (c @ y[:, wanted]) / _thresholds(theta, wanted, tol, scale)
+    weights = (c @ y[:, wanted]) / thresholds(theta[wanted], tol, scale)
     return space.pending[int(np.argmax((weights**2).sum(axis=1)))]
 
 
 def _thick_restart(space, theta, y, c, which, k, max_basis) -> None:
     """Keep the best Ritz vectors (about half the budget beyond k) and every pending row."""
     keep = min(len(theta) - 1, max(k + (max_basis - k) // 2, k + 1))
-    order = _order(theta, which)[:keep]
-    space.restart(theta[order], y[:, order], c)
+    best = order(theta, which)[:keep]
+    space.restart(theta[best], y[:, best], c)

@@ -17,11 +17,23 @@ whatever the order in which rows were multiplied. One pending row at a time is o
 Lanczos; several are a band (block) Lanczos. Rows that are added but never multiplied deflate
 every product against them: the guard of `lanczos` is a separate basis holding the k converged
 Ritz vectors that way, so its chain is Lanczos on (I − VVᵀ) H (I − VVᵀ).
+
+When H = Σ_c w_c H_c + λI is a weighted mean over chunks of data (a
+:class:`~sharpest.curvature.operator.HessianOperator`) and a product also returns the
+projections of each chunk's own product on the rows, the basis keeps them too,
+
+    F_c[a, i] = b_aᵀ H_c b_i   (i multiplied, taken before orthogonalisation),
+
+completed on the multiplied rows by symmetry (of two multiplied rows, the later product was
+projected on the earlier row). A Ritz vector Q y then has the per-chunk quadratic forms
+yᵀ F_c[mult, mult] y without another product: the sampling error of its Rayleigh quotient
+(:mod:`sharpest.curvature.sampling_error`) comes free with the solve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +63,7 @@ class LanczosBasis:
         self.m = np.zeros((capacity, capacity))
         self.mult: list[int] = []  # multiplied rows, in order of their products
         self.pending: list[int] = []
+        self.chunk_m: np.ndarray | None = None  # F, (chunks, capacity, capacity), on first use
 
     # -- growth ---------------------------------------------------------------------------------
 
@@ -65,6 +78,11 @@ class LanczosBasis:
             grown_m = np.zeros((size, size))
             grown_m[: self.m.shape[0], : self.m.shape[1]] = self.m
             self.m = grown_m
+            if self.chunk_m is not None:
+                grown_f = np.zeros((self.chunk_m.shape[0], size, size))
+                old = self.chunk_m.shape[1]
+                grown_f[:, :old, :old] = self.chunk_m
+                self.chunk_m = grown_f
 
     def add(self, vector: Tensor, floor: float = 1e-10) -> int | None:
         """Append `vector`, orthogonalised against every row, as a pending row.
@@ -93,11 +111,17 @@ class LanczosBasis:
 
     # -- products -------------------------------------------------------------------------------
 
-    def multiply(self, index: int, product: Callable[[Tensor], Tensor], drop: float) -> float:
+    def multiply(self, index: int, product: Callable[[Tensor], Any], drop: float) -> float:
         """Multiply pending row `index`; its remainder becomes a new pending row (the next row of
         its chain) unless its norm is at most `drop` (the chain is then exhausted). Returns that
-        norm."""
+        norm.
+
+        ``product(b)`` returns H·b, or ``(H·b, forms)`` with ``forms`` (chunks, rows) the
+        projections b_aᵀ H_c b on the current rows (kept as F, see the module docstring)."""
         w = product(self.basis[index])
+        if isinstance(w, tuple):
+            w, forms = w
+            self._record_chunk_forms(index, np.asarray(forms, dtype=np.float64))
         w, coeffs = orthogonalize(w, self.basis[: self.rows])
         c = coeffs.cpu().numpy()
         self.m[: self.rows, index] = c
@@ -109,6 +133,25 @@ class LanczosBasis:
             new = self._append(w / beta)
             self.m[new, index] = beta
         return beta
+
+    def _record_chunk_forms(self, index: int, forms: np.ndarray) -> None:
+        if self.chunk_m is None:
+            size = self.m.shape[0]
+            self.chunk_m = np.zeros((forms.shape[0], size, size))
+        if forms.shape != (self.chunk_m.shape[0], self.rows):
+            raise ValueError(f"chunk forms of shape {forms.shape}, expected "
+                             f"({self.chunk_m.shape[0]}, {self.rows})")
+        self.chunk_m[:, : self.rows, index] = forms
+        self.chunk_m[:, index, self.mult] = forms[:, self.mult]
+
+    def chunk_forms(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-chunk quadratic forms (chunks, columns) of the Ritz vectors with coefficients
+        `y` on the multiplied rows: yᵀ F_c[mult, mult] y (None when no forms were recorded)."""
+        if self.chunk_m is None:
+            return None
+        f = self.chunk_m[np.ix_(range(self.chunk_m.shape[0]), self.mult, self.mult)]
+        f = 0.5 * (f + f.transpose(0, 2, 1))
+        return np.einsum("ai,cab,bi->ci", y, f, y)
 
     # -- Rayleigh–Ritz --------------------------------------------------------------------------
 
@@ -133,6 +176,12 @@ class LanczosBasis:
         ritz = self.vectors(y)
         pending = self.basis[self.pending].clone()
         coupling = c @ y
+        if self.chunk_m is not None:
+            f = self.chunk_m[np.ix_(range(self.chunk_m.shape[0]), self.mult, self.mult)]
+            f = 0.5 * (f + f.transpose(0, 2, 1))
+            kept_forms = np.einsum("ai,cab,bj->cij", y, f, y)
+            self.chunk_m[:] = 0.0
+            self.chunk_m[:, :keep, :keep] = kept_forms
         self.m[:] = 0.0
         self.mult, self.pending = [], []
         self._reserve(keep + len(pending))

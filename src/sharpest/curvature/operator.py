@@ -258,11 +258,48 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         for h, (start, stop) in zip(parts, self._slices):
             if h is not None:
                 row[start:stop].add_(h.reshape(-1), alpha=weight)
+        if self._projection is not None:
+            self._project_chunk(parts, index)
         if not torch.isfinite(row.sum()):
             raise NonFiniteError(
                 f"the {self.product_name}-vector product of chunk {index} (examples "
                 f"{self._chunk_offset(index)}…) is not finite"
             )
+
+    #: (rows, table) while :meth:`matvec_with_chunk_forms` runs: where chunk products project.
+    _projection: tuple[Tensor, Tensor] | None = None
+
+    def _project_chunk(self, parts: Sequence[Tensor | None], index: int) -> None:
+        rows, table = self._projection
+        for h, (start, stop) in zip(parts, self._slices):
+            if h is not None:
+                table[index] += rows[:, start:stop] @ h.reshape(-1).to(torch.float64)
+
+    def matvec_with_chunk_forms(
+        self, vector: Tensor, rows: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """H·v, and per chunk c the projections ``rows · (H_c v)``, with H_c the Hessian of the
+        mean loss over chunk c alone (no weight decay term, as in
+        :meth:`chunk_quadratic_forms`): one product, as :meth:`matvec`.
+
+        :func:`~sharpest.curvature.lanczos.lanczos` (``chunk_forms=True``) keeps them to give
+        the per-chunk quadratic forms of its Ritz vectors, and so the sampling error of the
+        eigenvalues, without another product.
+
+        Returns ``(product, forms, sizes)``: the float64 product, ``forms`` ``(C, m)`` for the
+        m rows and the chunk sizes ``(C,)`` (every rank's chunks, as
+        :meth:`chunk_quadratic_forms` returns them), on the CPU.
+        """
+        rows = rows.to(device=self.device, dtype=torch.float64)
+        table = torch.zeros(len(self.chunks), rows.shape[0], dtype=torch.float64,
+                            device=self.device)
+        self._projection = (rows, table)
+        try:
+            product = self.matvec(vector)
+        finally:
+            self._projection = None
+        forms, sizes = self._gather_chunk_rows(table.cpu())
+        return product, forms, sizes
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """Products H·vᵢ for the rows vᵢ of `vectors` (shape `(m, size)`), as rows `(m, size)`.

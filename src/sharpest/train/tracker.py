@@ -40,8 +40,9 @@ unless ``use_unconverged`` the optimizer keeps its previous basis (the line has
 next one (a start is only a hint) and is still recorded, so readers can mark or skip it.
 
 With ``stderr=True`` the line also has ``eigenvalues_stderr``: the sampling error of each λᵢ
-over the Hessian subset (:mod:`sharpest.curvature.sampling_error`; k more products per point,
-and the subset is split into at least ``MIN_CHUNKS`` chunks).
+over the Hessian subset (:mod:`sharpest.curvature.sampling_error`), from the per-chunk
+quadratic forms Lanczos keeps from its own products (no extra product; the subset is split
+into at least ``MIN_CHUNKS`` chunks).
 
 Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
 callable taking one argument (``records.append``) gets the whole record as a dict
@@ -89,8 +90,8 @@ from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_
 from sharpest.curvature.ggn import build_operator
 from sharpest.curvature.sampling_error import (
     MIN_CHUNKS,
-    eigenvalue_stderr,
     stderr_chunk_size,
+    weighted_stderr,
 )
 from sharpest.curvature.shares import operator_layer_shares
 from sharpest.curvature.spectra import frobenius_from_topk
@@ -335,7 +336,13 @@ class EigenTracker(Callback):
             raise RuntimeError("EigenTracker.attach(model, loss_fn, data) first")
         start = time.perf_counter()
         previous = self.result
-        init = previous.vectors if (self.warm_start and previous is not None) else None
+        init = None
+        if self.warm_start and previous is not None:
+            # The previous top-k and the pairs its guard deflated after them: those converge
+            # early again, and the guard deflates them again (issue 23).
+            init = previous.vectors
+            if previous.extra_vectors is not None:
+                init = torch.cat([init, previous.extra_vectors.to(init)])
         try:
             result = lanczos(
                 self.operator,
@@ -345,8 +352,11 @@ class EigenTracker(Callback):
                 max_matvecs=self.max_matvecs,
                 init=init,
                 seed=self.seed,
+                chunk_forms=self.stderr,
             )
-            stderr = eigenvalue_stderr(self.operator, result.vectors) if self.stderr else None
+            # The per-chunk forms come with the solve's own products: no product for them.
+            stderr = (weighted_stderr(result.chunk_forms, result.chunk_sizes)
+                      if self.stderr else None)
         finally:
             # Stale first-order graphs would hold the subset's activations during training.
             self.operator.clear_cache()
@@ -360,9 +370,14 @@ class EigenTracker(Callback):
             "warm": init is not None,
             "frobenius_topk": frobenius_from_topk(result.values),
         }
+        if not result.converged:
+            fields["reason"] = result.reason
+        if result.tie:  # λ_k has company within tol: the k-th eigenvector is not determined
+            fields["tie"] = True
+            fields["tie_values"] = [float(v) for v in result.tie_values]
         if stderr is not None:
             fields["eigenvalues_stderr"] = [float(x) for x in stderr]
-            fields["stderr_matvecs"] = int(result.vectors.shape[0])  # one product per vector
+            fields["stderr_matvecs"] = 0  # kept from the solve's products
         if previous is not None and previous.vectors.shape == result.vectors.shape:
             angles = principal_angles(previous.vectors, result.vectors)
             fields["angles"] = [float(a) for a in angles]
@@ -428,7 +443,8 @@ class EigenTracker(Callback):
             what = "the optimizer has no basis yet and steps as plain SGD"
         self._warn(
             f"eigen point at iteration {iteration} did not converge ({result.n_matvecs} "
-            f"products, largest relative residual {worst:.2g}, tol {self.tol:g}); {what}"
+            f"products, largest relative residual {worst:.2g}, tol {self.tol:g}: "
+            f"{result.reason or 'unknown'}); {what}"
         )
 
     def _emit(self, epoch: int | None, iteration: int, fields: dict[str, Any]) -> None:
