@@ -1,8 +1,9 @@
 """The ``sharpest`` command.
 
-Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint), with a
-one-paragraph message and no traceback; 3 the run diverged; 130 interrupted (resume it with
-``--resume``).
+Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint: a
+:class:`sharpest.errors.SharpestError`) or a file-system error (a full disk included), with a
+one-paragraph message and no traceback; 1 anything else, a bug, with its traceback; 3 the run
+diverged; 130 interrupted (resume it with ``--resume``).
 
 Each verb imports the code it runs inside its own body (the one place imports are deferred on
 purpose): ``sharpest --help`` and bad-input errors then answer without loading torch,
@@ -16,7 +17,6 @@ import functools
 import json
 import math
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -109,17 +109,18 @@ def describe_os_error(err: OSError) -> str:
 
 
 def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors bad input and the file system cause into a one-paragraph message and
-    exit status 2 (no traceback); an interrupt exits 130."""
+    """Turn the errors sharpest raises on purpose (:class:`~sharpest.errors.SharpestError`)
+    and those of the file system into a one-paragraph message and exit status 2 (no
+    traceback); an interrupt exits 130. Anything else is a bug: it propagates with its
+    traceback (exit status 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sharpest.config import ConfigError
-        from sharpest.errors import RunFolderError
+        from sharpest.errors import SharpestError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RunFolderError) as err:
+        except SharpestError as err:
             _fail(str(err))
         except BrokenPipeError:  # `sharpest presets | head`: the reader left, nothing to say
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -129,10 +130,6 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(err) if err.errno is None else describe_os_error(err))
         except OSError as err:
             _fail(describe_os_error(err))
-        except (EOFError, pickle.UnpicklingError) as err:
-            _fail(f"a file ended early or is not what was expected ({err})")
-        except ValueError as err:  # DataError and friends name the file or option
-            _fail(str(err))
         except KeyboardInterrupt:
             typer.echo("sharpest: interrupted (continue the run with --resume)", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None

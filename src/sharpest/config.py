@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sharpest.data.names import canonical_name as data_name
+from sharpest.errors import SharpestError
 from sharpest.models.names import canonical_name as model_name
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 MAX_SEED = 2**63 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(SharpestError, ValueError):
     """A bad config: unknown key, wrong type or bad value. The message names the key."""
 
 

@@ -40,6 +40,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
+from sharpest.errors import SharpestError
 from sharpest.report.reader import RunData, flatten_config
 from sharpest.report.stability import draw_stability_lines
 from sharpest.report.summary import eval_frame, frobenius
@@ -65,7 +66,7 @@ SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 IGNORED_KEYS = ("data_root", "device", "out", "output", "expected", "preset.expected", "name")
 
 
-class NoData(Exception):
+class NoData(SharpestError):
     """A figure cannot be drawn: the run folders lack the records it needs (the message says)."""
 
 

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from sharpest.config import Config, ConfigError, load_config, make_config
 from sharpest.data import DataBundle
 from sharpest.distributed import ddp
+from sharpest.errors import SharpestError
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
@@ -70,7 +71,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 
 
-class Diverged(Exception):
+class Diverged(SharpestError):
     """Training diverged; carries the reason and the loss (if any)."""
 
     def __init__(self, reason: str, loss: float | None = None) -> None:
