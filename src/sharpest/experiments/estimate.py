@@ -36,7 +36,7 @@ from sharpest.config import Config, ConfigError
 from sharpest.curvature import HessianOperator
 from sharpest.models import build_model
 from sharpest.train import Trainer
-from sharpest.train.build import build_optimizer_for
+from sharpest.train.build import build_optimizer_for, decay_params_for
 from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
 
@@ -68,7 +68,7 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
             raise ConfigError(f"model_options: {err}") from None
         if cache is not None:
             cache[key] = model
-    optimizer = build_optimizer_for(config, model)
+    optimizer = build_optimizer_for(config, model, decay_params=decay_params_for(config, model))
     try:
         schedule = Schedule(config.schedule, optimizer, config.lr, 10, 10 * max(1, config.epochs))
     except (ValueError, TypeError) as err:
@@ -182,7 +182,7 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
                 times.append(time.process_time() - s)
     step = sum(times) / len(times) if times else 0.0
     op = HessianOperator(trainer.model, trainer.loss_fn, trainer.hessian_data, cfg.weight_decay,
-                         chunk_size=cfg.track.chunk_size or 512,
+                         chunk_size=cfg.track.chunk_size,
                          decay_params=trainer.decay_params)
     v = torch.randn(op.size, device=trainer.device)
     op.matvec(v)  # first-order graphs are built once
