@@ -266,43 +266,16 @@ def eig(
     """Top-K Hessian eigenvalues at a checkpoint, on its run's Hessian subset."""
     import time
 
-    from sharpest.config import make_config
-    from sharpest.curvature import HessianOperator, lanczos
-    from sharpest.runs import RunFolder, load_checkpoint
-    from sharpest.train.build import build, decay_params_for
-    from sharpest.train.loop import resolve_device
+    from sharpest.curvature import lanczos
+    from sharpest.train.restore import restore_checkpoint
 
     which_ = which.value
     if not (math.isfinite(tol) and tol > 0):
         _fail(f"--tol must be a finite number > 0, got {tol}")
     _set_threads(threads)
-    path = checkpoint
-    if path.is_dir():
-        found = RunFolder(path).latest_checkpoint()
-        if found is None:
-            _fail(f"{path} holds no checkpoint")
-        path = found  # type: ignore[assignment]
-    state = load_checkpoint(path)  # CheckpointError (exit 2) names a damaged file
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        _fail(f"{path} is not a sharpest checkpoint (no model or config in it)")
-    overrides: dict[str, Any] = {"init_from": None, "epochs": 0, "probes": {}}
-    if subset is not None:
-        overrides["track"] = {**state["config"].get("track", {}), "subset": subset}
-    cfg = make_config({**state["config"], **overrides})
-    parts = build(cfg, resolve_device(cfg.device))  # the run's model and Hessian subset
-    try:
-        parts.model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        _fail(f"{path}: its model weights do not fit the model its config describes "
-              f"({cfg.model}, model_options {cfg.model_options}): {str(err).splitlines()[0]}")
-    op = HessianOperator(
-        parts.model,
-        parts.loss_fn,
-        parts.hessian_data,
-        cfg.weight_decay,
-        chunk_size=cfg.track.chunk_size or 512,
-        decay_params=decay_params_for(cfg, parts.model),
-    )
+    point = restore_checkpoint(checkpoint, subset=subset)
+    path, state, cfg = point.path, point.state, point.config
+    op = point.hessian()
     if k >= op.size:
         _fail(f"--k {k} must be smaller than the number of parameters ({op.size})")
     start = time.perf_counter()
