@@ -71,7 +71,8 @@ from typing import Any
 import numpy as np
 
 from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
-from sharpest.paper_metrics import best_val, frobenius
+from sharpest.paper_metrics import best_val
+from sharpest.record_values import frobenius, is_converged
 from sharpest.report import read_run
 
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
@@ -169,7 +170,7 @@ def _eigen_points(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[
     pts = []
     for r in records:
         # Points whose Lanczos run did not converge are left out (as in the summaries).
-        usable = r.get("event") == "eigen" and r.get("converged") is not False
+        usable = r.get("event") == "eigen" and is_converged(r)
         vals = r.get("eigenvalues") if usable else None
         if isinstance(vals, list) and vals and all(v is not None for v in vals):
             pts.append((int(r.get("iteration") or 0), [float(v) for v in vals]))
@@ -237,7 +238,7 @@ def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[st
     start = _window_start(records, window)
     # Probe lines marked as coming from unconverged eigenvectors are left out.
     probes = [
-        r for r in records if r.get("event") == "probe" and r.get("eigen_converged") is not False
+        r for r in records if r.get("event") == "probe" and is_converged(r, "eigen_converged")
     ]
     if kind == "kmin":
         rows = [r for r in probes if r.get("kind") == "cross_section"
@@ -417,7 +418,7 @@ def _unconverged_note(metric: str, records: Mapping[str, Sequence[Mapping[str, A
     counts = {}
     for name, recs in records.items():
         eig = [r for r in recs if r.get("event") == "eigen"]
-        bad = sum(1 for r in eig if r.get("converged") is False)
+        bad = sum(1 for r in eig if not is_converged(r))
         if bad:
             counts[name] = f"{bad} of {len(eig)}"
     if not counts:

@@ -32,14 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sharpest.paper_metrics import (
-    DISTANCE_FIELDS,
-    WEIGHT_NORM_FIELDS,
-    best_val,
-    frobenius,
-    number,
-    table1,
-)
+from sharpest.paper_metrics import DISTANCE_FIELDS, WEIGHT_NORM_FIELDS, best_val, table1
+from sharpest.record_values import frobenius, number
 from sharpest.report.reader import RunData, read_run
 from sharpest.report.stability import stability_summary
 from sharpest.runs.eigen_quality import converged_mask

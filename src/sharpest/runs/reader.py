@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from sharpest.errors import SharpestError
-from sharpest.paper_metrics import number
+from sharpest.record_values import number
 from sharpest.runs.folder import RunFolder
 from sharpest.runs.io import parse_records
 
