@@ -18,6 +18,7 @@ from sharpest.experiments.checks import evaluate_checks
 from sharpest.experiments.preset import PresetError, load_preset
 from sharpest.experiments.runner import expected_markdown, preset_report, write_findings
 from sharpest.report import build_report
+from sharpest.runs.names import configuration_name
 
 __all__ = ["expand_folders", "report_folders"]
 
@@ -91,8 +92,11 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
     dest = Path(out) if out is not None else folder
     if preset is None:
         return Path(build_report(runs, out=dest, title=title))
-    ended = {p.name: p for p in runs}
-    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
+    # Each configuration's seed folders, by the names run_preset gave them.
+    groups: dict[str, list[Path]] = {}
+    for p in runs:
+        groups.setdefault(configuration_name(p.name), []).append(p)
+    checks = evaluate_checks(preset.checks, groups, scale) if preset.checks else []
     findings = write_findings(folder, preset, scale, checks) if checks else ""
     if out is None:
         path, note = preset_report(folder, preset, scale, runs, findings)

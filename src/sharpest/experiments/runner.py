@@ -37,13 +37,7 @@ import yaml
 
 from sharpest.config import ConfigError, make_config
 from sharpest.experiments.checks import CheckResult, evaluate_checks, findings_markdown
-from sharpest.experiments.preset import (
-    Preset,
-    PresetError,
-    ResolvedRun,
-    load_preset,
-    resolve_runs,
-)
+from sharpest.experiments.preset import Preset, PresetError, load_preset, resolve_runs
 from sharpest.orchestrate.many import (
     EXECUTORS,
     OrchestrateError,
@@ -51,12 +45,14 @@ from sharpest.orchestrate.many import (
     RunSpec,
     check_executor,
     check_existing,
+    configuration_groups,
     outcome_lines,
     run_many,
     with_seeds,
 )
 from sharpest.report import build_report
 from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
+from sharpest.runs.names import seeded_name
 from sharpest.train.build import build_data
 
 __all__ = [
@@ -118,7 +114,7 @@ def _sayer(progress: bool, tag: str) -> Callable[[str], None]:
 # -- checks of the folders ---------------------------------------------------------------------
 
 
-def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
+def _preflight_data(runs: Sequence[RunSpec]) -> None:
     """Load each distinct data set once, so a missing one fails before anything trains."""
     seen: set[str] = set()
     for r in runs:
@@ -165,7 +161,7 @@ def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
 
 
 def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], executor: str,
-                 outcomes: Sequence[RunOutcome], by_name: Mapping[str, ResolvedRun],
+                 outcomes: Sequence[RunOutcome], by_name: Mapping[str, RunSpec],
                  report: Path | None = None) -> None:
     doc = {
         "preset": preset.name,
@@ -257,26 +253,22 @@ def run_preset(
         raise PresetError(f"--out {str(out_path)!r} exists and is not a folder")
     try:
         check_executor(executor, workers, address, resources)
-        specs: list[RunSpec] = []
-        by_name: dict[str, ResolvedRun] = {}  # each (seeded) run's preset run
-        for r in runs:
-            for s in with_seeds([_spec(r)], seeds):
-                specs.append(s)
-                by_name[s.name] = r
+        specs = with_seeds(runs, seeds)
+        by_name = {s.name: s for s in specs}
         done = check_existing(specs, out_path)
     except OrchestrateError as err:
         raise PresetError(str(err)) from None
     if len(done) < len(specs):
-        _preflight_data([by_name[s.name] for s in specs if s.name not in done])
+        _preflight_data([s for s in specs if s.name not in done])
     total = len(specs)
 
     def prepare(spec: RunSpec, outcomes: Mapping[str, RunOutcome]) -> RunSpec | str:
         """A restart run: its source's checkpoint as ``init_from`` (or why it cannot run)."""
-        init = by_name[spec.name].init_from
+        init = spec.init_from
         if init is None:
             return spec
-        suffix = spec.name[len(by_name[spec.name].name):]  # "__seed=S" or ""
-        src = outcomes[init.run + suffix]
+        # the source of the same seed
+        src = outcomes[init.run if spec.seed is None else seeded_name(init.run, spec.seed)]
         if not src.finished:
             return (f"cannot restart from {src.name}: it did not finish "
                     f"({src.end_status or src.status}), so it has no checkpoint to restart from")
@@ -299,24 +291,19 @@ def run_preset(
     except OrchestrateError as err:
         raise PresetError(str(err)) from None
 
-    ended = {o.name: o.folder for o in ordered if o.ended}
-    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
+    # The checks judge each configuration on its seeds, as run_many ran them.
+    groups = configuration_groups(ordered)
+    checks = evaluate_checks(preset.checks, groups, scale) if preset.checks else []
     findings = write_findings(out_path, preset, scale, checks) if checks else ""
     report_path: Path | None = None
     note: str | None = "report not asked for"
     if report:
-        report_path, note = preset_report(out_path, preset, scale, list(ended.values()),
-                                          findings)
+        report_path, note = preset_report(out_path, preset, scale,
+                                          [o.folder for o in ordered if o.ended], findings)
         say(f"report: {report_path}" if report_path else str(note))
     _write_state(out_path, preset, scale, sets, executor, ordered, by_name, report_path)
     return PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
                         time.perf_counter() - t0)
-
-
-def _spec(run: ResolvedRun) -> RunSpec:
-    """A preset's run for :func:`run_many`: restart runs in stage 1, after their sources."""
-    return RunSpec(run.name, run.config, dict(run.overrides), stage=run.stage,
-                   ignore=("init_from",) if run.init_from else ())
 
 
 def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -> list[str]:
