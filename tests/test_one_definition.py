@@ -158,3 +158,37 @@ def test_seed_colours_are_keyed_by_folder_not_object(tmp_path):
     assert styles.labels[0].endswith("(2 seeds)") and styles.labels[1].startswith("_")
     again = _styles([read_run(d) for d in dirs], ["r1", "r2", "r3"], ["lr"], False)
     assert again.colours == styles.colours and again.labels == styles.labels
+
+
+# -- the metrics registry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lambda1_peak", "fro_end", "test_accuracy", "kmin_10pct_e1",
+                                  "kmin_1pct_e2_last100", "alpha_e1_0.5", "alpha_random_2",
+                                  "alpha_full_1"])
+def test_each_metric_name_answers_to_one_registry_row(name):
+    from sharpest.experiments.checks import REGISTRY
+
+    assert sum(m.pattern.fullmatch(name) is not None for m in REGISTRY) == 1
+
+
+def test_registered_metrics_on_hand_written_records():
+    from sharpest.experiments.checks import METRICS, REGISTRY, metric_value
+
+    assert METRICS == tuple(m.name for m in REGISTRY)
+    recs = [{"event": "eigen", "iteration": it, "eigenvalues": [l1, l1 / 2]}
+            for it, l1 in ((0, 2.0), (10, 8.0), (20, 6.0), (30, 4.0))]
+    recs += [{"event": "eigen", "iteration": 25, "eigenvalues": [99.0, 1.0], "converged": False},
+             {"event": "train", "iteration": 30, "loss": 0.5},
+             {"event": "eval", "split": "test", "iteration": 30, "accuracy": 0.75}]
+    assert metric_value(recs, "lambda1_first") == 2.0
+    assert metric_value(recs, "lambda1_peak") == 8.0  # the unconverged 99 is left out
+    assert metric_value(recs, "lambda1_peak_iteration") == 10.0
+    assert metric_value(recs, "lambda1_growth") == 4.0
+    assert metric_value(recs, "lambda1_end") == 4.0  # last quarter: iterations ≥ 22.5
+    assert metric_value(recs, "lambda1_end", window=0.5) == 5.0  # iterations ≥ 15: 6 and 4
+    assert metric_value(recs, "fro_peak") == pytest.approx((8**2 + 4**2) ** 0.5)
+    assert metric_value(recs, "lambda1_end / lambda1_peak") == 0.5
+    assert metric_value(recs, "test_accuracy") == 0.75
+    assert metric_value(recs, "val_accuracy") is None
+    assert metric_value(recs, "train_loss_end") == 0.5

@@ -58,7 +58,7 @@ from sharpest.train.build import build_data
 __all__ = [
     "EXECUTORS",
     "PresetResult",
-    "default_out",
+    "preset_out_dir",
     "preset_report",
     "run_preset",
     "write_findings",
@@ -98,7 +98,7 @@ class PresetResult:
         return "\n".join(x for x in lines if x)
 
 
-def default_out(preset: Preset, scale: str) -> Path:
+def preset_out_dir(preset: Preset, scale: str) -> Path:
     """``runs/<preset>-<scale>`` in the working directory."""
     return Path("runs") / f"{preset.name}-{scale}"
 
@@ -248,7 +248,7 @@ def run_preset(
     executor = executor or ("inline" if scale == "tiny" else "local")
     if workers is None and executor == "local":
         workers = preset.scale(scale).workers
-    out_path = Path(out) if out is not None else default_out(preset, scale)
+    out_path = Path(out) if out is not None else preset_out_dir(preset, scale)
     if out_path.exists() and not out_path.is_dir():
         raise PresetError(f"--out {str(out_path)!r} exists and is not a folder")
     try:

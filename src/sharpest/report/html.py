@@ -51,7 +51,7 @@ from sharpest.runs.eigen_quality import unconverged_count
 from sharpest.runs.io import atomic_write_text
 from sharpest.runs.names import configuration_name
 
-__all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_out"]
+__all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_report_dir"]
 
 
 @dataclass
@@ -337,7 +337,7 @@ def _run_figures(
 # -- helpers for the page ---------------------------------------------------------------------
 
 
-def default_out(runs: Sequence[RunData]) -> Path:
+def default_report_dir(runs: Sequence[RunData]) -> Path:
     """Where a comparative report goes by default: ``<common parent>/report``."""
     paths = [r.path.resolve() for r in runs]
     try:
@@ -632,7 +632,7 @@ def _expected_text(expected: str | None, out_dir: Path, runs: Sequence[RunData],
         return expected
     expected = read_expected_file(out_dir)
     if expected is None and len(runs) > 1:
-        expected = read_expected_file(default_out(runs).parent)
+        expected = read_expected_file(default_report_dir(runs).parent)
     if expected is not None:
         return expected
     unique = list(dict.fromkeys(r.expected for r in runs if r.expected))
@@ -706,7 +706,7 @@ def _report_dir(runs: Sequence[RunData], out: str | os.PathLike[str] | None) -> 
     """Where the report goes (a single run's own folder by default), created with its
     ``figures/``."""
     out_dir = Path(out) if out is not None else (
-        runs[0].path if len(runs) == 1 else default_out(runs))
+        runs[0].path if len(runs) == 1 else default_report_dir(runs))
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"report destination {str(out_dir)!r} exists and is not a folder")
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
