@@ -192,3 +192,15 @@ def test_registered_metrics_on_hand_written_records():
     assert metric_value(recs, "test_accuracy") == 0.75
     assert metric_value(recs, "val_accuracy") is None
     assert metric_value(recs, "train_loss_end") == 0.5
+
+
+def test_a_preset_is_resolved_once_at_its_scale():
+    from sharpest.experiments.preset import at_scale
+
+    preset = load_preset("fig5")
+    at = at_scale(preset, "tiny", ["seed=3"])
+    assert at.scale == "tiny" and at.sets == ("seed=3",)
+    assert [r.name for r in at.runs] == [r.name for r in resolve_runs(preset, "tiny")]
+    assert all(r.config.seed == 3 for r in at.runs)
+    assert at.spec == preset.scale("tiny")
+    assert at.title == f"{preset.paper} — {preset.title} (preset fig5, scale tiny)"

@@ -45,6 +45,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,9 @@ __all__ = [
     "Preset",
     "PresetError",
     "PresetRun",
+    "ScaledPreset",
     "ScaleSpec",
+    "at_scale",
     "base_config",
     "find_preset",
     "list_presets",
@@ -218,6 +221,45 @@ class Preset(_Strict):
 
     def run_names(self, scale: str = "paper") -> list[str]:
         return [r.name for r in self.run_specs(scale)]
+
+
+@dataclass(frozen=True)
+class ScaledPreset:
+    """A preset resolved once at a scale: what the runner, the checks and the report read.
+
+    ``sets``: the command line's ``key=value`` overrides (applied last, to every run);
+    ``runs``: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
+    the findings and the report are made again from a finished folder).
+    """
+
+    preset: Preset
+    scale: str
+    sets: tuple[str, ...] = ()
+    runs: tuple[RunSpec, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def spec(self) -> ScaleSpec:
+        """What this scale changes (its note, minutes and workers)."""
+        return self.preset.scale(self.scale)
+
+    @property
+    def title(self) -> str:
+        """The report's title: ``<paper> — <title> (preset <name>, scale <scale>)``."""
+        p = self.preset
+        return f"{p.paper} — {p.title} (preset {p.name}, scale {self.scale})"
+
+
+def at_scale(preset: Preset, scale: str, sets: Iterable[str] = (), *,
+             check_probes: bool = True) -> ScaledPreset:
+    """``preset`` resolved at ``scale`` with the command line's ``sets``: every run validated
+    once (:func:`resolve_runs`; raises :class:`PresetError`)."""
+    sets = tuple(sets)
+    return ScaledPreset(preset, scale, sets,
+                        tuple(resolve_runs(preset, scale, sets, check_probes=check_probes)))
 
 
 # -- files ----------------------------------------------------------------------------------

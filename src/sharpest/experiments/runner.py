@@ -37,7 +37,7 @@ import yaml
 
 from sharpest.config import ConfigError, make_config
 from sharpest.experiments.checks import CheckResult, evaluate_checks, findings_markdown
-from sharpest.experiments.preset import Preset, PresetError, load_preset, resolve_runs
+from sharpest.experiments.preset import Preset, PresetError, ScaledPreset, at_scale, load_preset
 from sharpest.orchestrate.many import (
     EXECUTORS,
     OrchestrateError,
@@ -160,16 +160,16 @@ def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
     return path.resolve()
 
 
-def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], executor: str,
-                 outcomes: Sequence[RunOutcome], by_name: Mapping[str, RunSpec],
-                 report: Path | None = None) -> None:
+def _write_state(out: Path, at: ScaledPreset, executor: str, outcomes: Sequence[RunOutcome],
+                 by_name: Mapping[str, RunSpec], report: Path | None = None) -> None:
+    preset = at.preset
     doc = {
         "preset": preset.name,
         "paper": preset.paper,
         "title": preset.title,
         "source": preset.source,
-        "scale": scale,
-        "sets": list(sets),
+        "scale": at.scale,
+        "sets": list(at.sets),
         "executor": executor,
         "runs": [
             {**o.to_dict(), "init_from": (by_name[o.name].init_from.model_dump()
@@ -184,24 +184,26 @@ def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], exe
                                                         allow_unicode=True))
 
 
-def write_findings(out: Path, preset: Preset, scale: str, checks: Sequence[CheckResult]) -> str:
+def write_findings(out: Path, at: ScaledPreset, checks: Sequence[CheckResult]) -> str:
     """Write ``findings.md`` and ``findings.json`` into ``out``; return the Markdown."""
+    scale = at.scale
     text = findings_markdown(checks, title=f"Findings at scale {scale}", scale=scale)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "findings.md", text + "\n")
     atomic_write_text(out / "findings.json", json.dumps(
-        {"preset": preset.name, "scale": scale, "checks": [c.to_dict() for c in checks]},
+        {"preset": at.name, "scale": scale, "checks": [c.to_dict() for c in checks]},
         indent=1, allow_nan=False) + "\n")
     return text
 
 
-def expected_markdown(preset: Preset, scale: str, findings: str) -> str:
+def expected_markdown(at: ScaledPreset, findings: str) -> str:
     """The report's "expected outcome" section: the preset's words, the findings, the notes."""
+    preset, scale = at.preset, at.scale
     parts = [f"**{preset.paper} — {preset.title}** (preset `{preset.name}`, scale `{scale}`)",
              preset.expected.strip()]
     if findings:
         parts.append(findings)
-    note = preset.scale(scale).note.strip()
+    note = at.spec.note.strip()
     if note:
         parts.append(f"**Scale `{scale}`:** {note}")
     if preset.notes.strip():
@@ -243,17 +245,16 @@ def run_preset(
     t0 = time.perf_counter()
     if not isinstance(preset, Preset):
         preset = load_preset(preset)
-    sets = list(sets)
-    runs = resolve_runs(preset, scale, sets)
+    at = at_scale(preset, scale, sets)  # every run validated once, before anything trains
     executor = executor or ("inline" if scale == "tiny" else "local")
     if workers is None and executor == "local":
-        workers = preset.scale(scale).workers
+        workers = at.spec.workers
     out_path = Path(out) if out is not None else preset_out_dir(preset, scale)
     if out_path.exists() and not out_path.is_dir():
         raise PresetError(f"--out {str(out_path)!r} exists and is not a folder")
     try:
         check_executor(executor, workers, address, resources)
-        specs = with_seeds(runs, seeds)
+        specs = with_seeds(at.runs, seeds)
         by_name = {s.name: s for s in specs}
         done = check_existing(specs, out_path)
     except OrchestrateError as err:
@@ -280,7 +281,7 @@ def run_preset(
         return replace(spec, config=config)
 
     def write(outcomes: list[RunOutcome]) -> None:
-        _write_state(out_path, preset, scale, sets, executor, outcomes, by_name)
+        _write_state(out_path, at, executor, outcomes, by_name)
 
     say(f"{preset.name}: {preset.paper} — {preset.title}; {total} run(s), scale {scale}, "
         f"into {out_path}")
@@ -294,20 +295,21 @@ def run_preset(
     # The checks judge each configuration on its seeds, as run_many ran them.
     groups = configuration_groups(ordered)
     checks = evaluate_checks(preset.checks, groups, scale) if preset.checks else []
-    findings = write_findings(out_path, preset, scale, checks) if checks else ""
+    findings = write_findings(out_path, at, checks) if checks else ""
     report_path: Path | None = None
     note: str | None = "report not asked for"
     if report:
-        report_path, note = preset_report(out_path, preset, scale,
-                                          [o.folder for o in ordered if o.ended], findings)
+        report_path, note = preset_report(out_path, at, [o.folder for o in ordered if o.ended],
+                                          findings)
         say(f"report: {report_path}" if report_path else str(note))
-    _write_state(out_path, preset, scale, sets, executor, ordered, by_name, report_path)
+    _write_state(out_path, at, executor, ordered, by_name, report_path)
     return PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
                         time.perf_counter() - t0)
 
 
-def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -> list[str]:
+def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str]:
     """The preset's group reports and per-run reports; returns Markdown links to them."""
+    preset = at.preset
     by_name = {f.name: f for f in folders}
     links = []
     for gname, members in preset.report_groups.items():
@@ -318,7 +320,7 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
         try:
             build_report(dirs, out=dest, per_run=False, label_by_name=True,
                          title=f"{preset.paper} — {gname}: {', '.join(members)} "
-                               f"(preset {preset.name}, scale {scale})",
+                               f"(preset {preset.name}, scale {at.scale})",
                          expected=preset.expected)
         except Exception as err:  # noqa: BLE001 - a note, not a failure
             links.append(f"{gname}: failed ({type(err).__name__}: {err})")
@@ -336,19 +338,18 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
     return links
 
 
-def preset_report(out: Path, preset: Preset, scale: str, folders: list[Path], findings: str
+def preset_report(out: Path, at: ScaledPreset, folders: list[Path], findings: str
                   ) -> tuple[Path | None, str | None]:
     """The preset's comparative report in ``out`` (with its group and per-run reports), the
     expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
     if not folders:
         return None, "report skipped: no run ended"
-    links = _extra_reports(out, preset, scale, folders)
-    expected = expected_markdown(preset, scale, findings)
+    links = _extra_reports(out, at, folders)
+    expected = expected_markdown(at, findings)
     if links:
         expected += "\n\n**More reports:** " + "; ".join(links) + "."
-    title = f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
     try:
-        path = build_report(folders, out=out, title=title, expected=expected,
+        path = build_report(folders, out=out, title=at.title, expected=expected,
                             label_by_name=True)
     except Exception as err:  # noqa: BLE001 - the runs are done; a report failure is a note
         return None, f"report failed: {type(err).__name__}: {err}"
