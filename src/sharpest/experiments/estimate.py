@@ -9,13 +9,10 @@
   trains nothing into any folder. ``sharpest run PRESET --estimate`` prints it.
 
 The estimate counts ≈ 4k + 24 products per Lanczos solve of k pairs: ≈ 2k + 12 for the
-solve (what we measured for warm-started tracking) and as many again for its guard, the check
-that nothing beyond λ_k was missed (see :func:`sharpest.curvature.lanczos`; the tracker's
-``guard_matvecs``). Measured on SimpleCNN with 128 CIFAR-10 images at η = 0.1 (fig2's small
-scale, 17 points a run): top 5, 40–43 products a solve on average (28–65), 15–16 of them the
-guard's; top 10, 65; top 2 (fig3), about 26. (2k + 12 alone, the count before the guard, made
-tracking-heavy presets look up to 1.5× cheaper than they were.) A cold start costs more, a
-warm one on a slowly moving spectrum less: the estimate is a guide, not a promise. Times are
+solve and as many again for its guard, the check that nothing beyond λ_k was missed (see
+:func:`sharpest.curvature.lanczos`; the tracker's ``guard_matvecs``); the measurements behind
+these counts are in ``docs/experiments.md`` ("The presets"). A cold start costs more, a warm
+one on a slowly moving spectrum less: the estimate is a guide, not a promise. Times are
 CPU times of this process (``time.process_time``), so a busy machine does not inflate them;
 run it with one torch thread (``--threads 1``) to get the cost of one core, the unit of the
 ``--workers`` arithmetic.
