@@ -128,10 +128,10 @@ def _preflight_data(runs: Sequence[RunSpec]) -> None:
         try:
             build_data(c)
         except ConfigError as err:  # "data: cannot load ...: why"
-            raise PresetError(f"run {r.name}: {str(err).strip()} (with sharpest run: --set "
-                              "data_root=DIR)") from None
+            raise PresetError(f"run {r.configuration}: {str(err).strip()} (with sharpest run: "
+                              "--set data_root=DIR)") from None
         except OSError as err:
-            raise PresetError(f"run {r.name}: data: cannot load {c.data!r}: "
+            raise PresetError(f"run {r.configuration}: data: cannot load {c.data!r}: "
                               f"{str(err).strip()} (with sharpest run: --set data_root=DIR)"
                               ) from None
 
