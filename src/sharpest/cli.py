@@ -1,8 +1,9 @@
 """The ``sharpest`` command.
 
-Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint), with a
-one-paragraph message and no traceback; 3 the run diverged; 130 interrupted (resume it with
-``--resume``).
+Exit status: 0 success; 2 bad input (config, run folder, data, checkpoint: a
+:class:`sharpest.errors.SharpestError`) or a file-system error (a full disk included), with a
+one-paragraph message and no traceback; 1 anything else, a bug, with its traceback; 3 the run
+diverged; 130 interrupted (resume it with ``--resume``).
 
 Each verb imports the code it runs inside its own body (the one place imports are deferred on
 purpose): ``sharpest --help`` and bad-input errors then answer without loading torch,
@@ -16,7 +17,6 @@ import functools
 import json
 import math
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -109,17 +109,18 @@ def describe_os_error(err: OSError) -> str:
 
 
 def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors bad input and the file system cause into a one-paragraph message and
-    exit status 2 (no traceback); an interrupt exits 130."""
+    """Turn the errors sharpest raises on purpose (:class:`~sharpest.errors.SharpestError`)
+    and those of the file system into a one-paragraph message and exit status 2 (no
+    traceback); an interrupt exits 130. Anything else is a bug: it propagates with its
+    traceback (exit status 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sharpest.config import ConfigError
-        from sharpest.errors import RunFolderError
+        from sharpest.errors import SharpestError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RunFolderError) as err:
+        except SharpestError as err:
             _fail(str(err))
         except BrokenPipeError:  # `sharpest presets | head`: the reader left, nothing to say
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -129,10 +130,6 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(err) if err.errno is None else describe_os_error(err))
         except OSError as err:
             _fail(describe_os_error(err))
-        except (EOFError, pickle.UnpicklingError) as err:
-            _fail(f"a file ended early or is not what was expected ({err})")
-        except ValueError as err:  # DataError and friends name the file or option
-            _fail(str(err))
         except KeyboardInterrupt:
             typer.echo("sharpest: interrupted (continue the run with --resume)", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -269,43 +266,16 @@ def eig(
     """Top-K Hessian eigenvalues at a checkpoint, on its run's Hessian subset."""
     import time
 
-    from sharpest.config import make_config
-    from sharpest.curvature import HessianOperator, lanczos
-    from sharpest.runs import RunFolder, load_checkpoint
-    from sharpest.train.build import build, decay_params_for
-    from sharpest.train.loop import resolve_device
+    from sharpest.curvature import lanczos
+    from sharpest.train.restore import restore_checkpoint
 
     which_ = which.value
     if not (math.isfinite(tol) and tol > 0):
         _fail(f"--tol must be a finite number > 0, got {tol}")
     _set_threads(threads)
-    path = checkpoint
-    if path.is_dir():
-        found = RunFolder(path).latest_checkpoint()
-        if found is None:
-            _fail(f"{path} holds no checkpoint")
-        path = found  # type: ignore[assignment]
-    state = load_checkpoint(path)  # CheckpointError (exit 2) names a damaged file
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        _fail(f"{path} is not a sharpest checkpoint (no model or config in it)")
-    overrides: dict[str, Any] = {"init_from": None, "epochs": 0, "probes": {}}
-    if subset is not None:
-        overrides["track"] = {**state["config"].get("track", {}), "subset": subset}
-    cfg = make_config({**state["config"], **overrides})
-    parts = build(cfg, resolve_device(cfg.device))  # the run's model and Hessian subset
-    try:
-        parts.model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        _fail(f"{path}: its model weights do not fit the model its config describes "
-              f"({cfg.model}, model_options {cfg.model_options}): {str(err).splitlines()[0]}")
-    op = HessianOperator(
-        parts.model,
-        parts.loss_fn,
-        parts.hessian_data,
-        cfg.weight_decay,
-        chunk_size=cfg.track.chunk_size or 512,
-        decay_params=decay_params_for(cfg, parts.model),
-    )
+    point = restore_checkpoint(checkpoint, subset=subset)
+    path, state, cfg = point.path, point.state, point.config
+    op = point.hessian()
     if k >= op.size:
         _fail(f"--k {k} must be smaller than the number of parameters ({op.size})")
     start = time.perf_counter()

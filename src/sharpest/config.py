@@ -22,15 +22,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sharpest.data.names import canonical_name as data_name
+from sharpest.errors import SharpestError
 from sharpest.models.names import canonical_name as model_name
 
 __all__ = [
     "CheckpointConfig",
     "Config",
     "ConfigError",
+    "DEFAULT_CHUNK_SIZE",
     "EvalConfig",
     "LogConfig",
     "MetricsConfig",
@@ -50,8 +59,12 @@ __all__ = [
 #: Seeds go to torch.manual_seed (64-bit) and into int64 tensors: the largest int64.
 MAX_SEED = 2**63 - 1
 
+#: Examples per forward/backward pass of the curvature products (``track.chunk_size``): the
+#: one default of every callback and verb that builds an operator or a risk from a run.
+DEFAULT_CHUNK_SIZE = 512
 
-class ConfigError(ValueError):
+
+class ConfigError(SharpestError, ValueError):
     """A bad config: unknown key, wrong type or bad value. The message names the key."""
 
 
@@ -137,8 +150,8 @@ class TrackConfig(_Section):
     tol: float = Field(default=1e-4, gt=0)
     which: Literal["LM", "LA"] = "LM"
     max_matvecs: int | None = Field(default=None, ge=1)
-    #: Examples per forward/backward pass of the Hessian-vector products (None: 512).
-    chunk_size: int | None = Field(default=None, ge=1)
+    #: Examples per forward/backward pass of the Hessian-vector products.
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1)
     #: Seed of the subset (None: the run's seed).
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     #: Refresh the optimizer's basis even from a point whose Lanczos did not converge
@@ -147,6 +160,12 @@ class TrackConfig(_Section):
     #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
     #: (k extra products per point; see sharpest.curvature.sampling_error).
     stderr: bool = False
+
+    @field_validator("chunk_size", mode="before")
+    @classmethod
+    def _chunk_default(cls, v: Any) -> Any:
+        # Configs written before the default lived here said ``null`` for it.
+        return DEFAULT_CHUNK_SIZE if v is None else v
 
     @property
     def enabled(self) -> bool:

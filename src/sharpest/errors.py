@@ -1,5 +1,12 @@
-"""Errors and warnings of run folders, in a module that imports nothing heavy: the CLI catches
-them without importing torch (`sharpest presets` and `--help` stay fast)."""
+"""The package's root error and the errors and warnings of run folders, in a module that
+imports nothing heavy: the CLI catches them without importing torch (`sharpest presets` and
+`--help` stay fast).
+
+Every error the package raises on purpose derives from :class:`SharpestError` (and, where
+callers catch it, also from the builtin it used to be: ``ConfigError`` is a ``ValueError``,
+``RunFolderError`` a ``RuntimeError``). The CLI turns a ``SharpestError`` into one paragraph
+and exit status 2; any other exception is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "CheckpointError",
+    "SharpestError",
     "RunFolderError",
     "RunFolderWarning",
     "install_warning_format",
@@ -16,7 +24,13 @@ __all__ = [
 ]
 
 
-class RunFolderError(RuntimeError):
+class SharpestError(Exception):
+    """The root of every error sharpest raises on purpose: bad input (config, preset, data,
+    run folder, checkpoint) or a state it refuses to continue from. Its message is one
+    paragraph that names what is wrong and where."""
+
+
+class RunFolderError(SharpestError, RuntimeError):
     """A run folder cannot be used as asked (exists without --resume, has no config, ...)."""
 
 

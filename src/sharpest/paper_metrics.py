@@ -44,14 +44,12 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sharpest.record_values import finite, frobenius, is_converged, number
+
 __all__ = [
     "DISTANCE_FIELDS",
     "WEIGHT_NORM_FIELDS",
     "best_val",
-    "finite",
-    "frobenius",
-    "is_converged",
-    "number",
     "table1",
 ]
 
@@ -65,49 +63,6 @@ WEIGHT_NORM_FIELDS = (
     "rho_W",
     "spectral_norm_mean",  # the "metrics" line of sharpest train
 )
-
-
-def finite(x: Any) -> bool:
-    """Whether ``x`` is a finite real number (bools are not numbers here)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def number(v: Any) -> float:
-    """A float from a JSON value (None, bools and non-numbers become NaN).
-
-    >>> number("2.5"), number(None)
-    (2.5, nan)
-    """
-    if v is None or isinstance(v, bool):
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def is_converged(record: dict[str, Any]) -> bool:
-    """False only for an ``"eigen"`` line that says ``"converged": false`` (lines without the
-    field count as converged).
-
-    >>> is_converged({"converged": False}), is_converged({})
-    (False, True)
-    """
-    return record.get("converged") is not False
-
-
-def frobenius(values: Iterable[Any] | None, k: int | None = 5) -> float:
-    """√(Σ λᵢ²) over the first ``k`` values (all when ``k`` is None), non-finite ones ignored;
-    NaN when none is finite.
-
-    >>> frobenius([3.0, 4.0, 12.0], k=2)
-    5.0
-    """
-    vals = [number(v) for v in (values if values is not None else [])]
-    if k is not None:
-        vals = vals[:k]
-    vals = [v for v in vals if math.isfinite(v)]
-    return math.sqrt(math.fsum(v * v for v in vals)) if vals else math.nan
 
 
 def _mean(xs: Iterable[float]) -> float:

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharpest.errors import SharpestError
+
 __all__ = [
     "REDUCTIONS",
     "SEMANTICS",
@@ -53,7 +55,7 @@ REDUCTIONS = ("mean", "sum")
 SEMANTICS = ("eval", "train")
 
 
-class SummedLossError(ValueError):
+class SummedLossError(SharpestError, ValueError):
     """``loss_fn`` sums over the batch where the operator needs the mean."""
 
 

@@ -41,6 +41,7 @@ from sharpest.curvature.inputs import (
 from sharpest.curvature.inputs import batch_size as _batch_size
 from sharpest.curvature.inputs import slice_batch as _slice
 from sharpest.curvature.inputs import to_device as _to
+from sharpest.errors import SharpestError
 
 __all__ = ["Batch", "EmpiricalRisk", "LossFn", "NonFiniteError", "evaluation_mode", "flatten",
            "unflatten"]
@@ -49,7 +50,7 @@ Batch = tuple[Any, Tensor]
 LossFn = Callable[[Any, Tensor], Tensor]
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(SharpestError, FloatingPointError):
     """A loss, gradient or Hessian-vector product was NaN or infinite."""
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sharpest.curvature.lanczos import LinearOperator, lanczos
-from sharpest.paper_metrics import frobenius
+from sharpest.record_values import frobenius
 
 
 def spectral_norm(op: LinearOperator, tol: float = 1e-4, seed: int = 0, **kwargs) -> float:

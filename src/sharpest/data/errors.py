@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from sharpest.errors import SharpestError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(SharpestError, ValueError):
     """A data file or folder is missing, corrupt, truncated or of the wrong kind.
 
     Subclasses :class:`ValueError` so that callers treating bad input generically still catch it;

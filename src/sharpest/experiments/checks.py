@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ from typing import Any
 import numpy as np
 
 from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
-from sharpest.paper_metrics import best_val, frobenius
+from sharpest.paper_metrics import best_val
+from sharpest.record_values import frobenius, is_converged
 from sharpest.report import read_run
 
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
@@ -80,61 +81,235 @@ ORDER_MARGIN = 0.05
 __all__ = [
     "CheckResult",
     "METRICS",
+    "Metric",
     "ORDER_MARGIN",
+    "REGISTRY",
     "evaluate_checks",
+    "find_metric",
     "findings_markdown",
     "metric_value",
     "parse_expect",
     "parse_metric",
 ]
 
-METRICS = (
-    "lambda1_first", "lambda1_peak", "lambda2_peak", "lambda1_peak_iteration", "lambda1_growth",
-    "lambda1_end", "lambda2_end", "fro_end", "fro_peak", "train_loss_end",
-    "train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
-    "val_perplexity", "test_perplexity", "kmin_<T>pct_e<N>", "kmin_<T>pct_e<N>_last<M>",
-    "alpha_e<N>_<A>", "alpha_random_<A>", "alpha_full_<A>",
-)
+# -- the metrics: a registry ----------------------------------------------------------------
 
-_SIMPLE = {m for m in METRICS if "<" not in m}
-_KMIN = re.compile(r"^kmin_(\d+(?:p\d+)?)pct_e(\d+)(?:_last(\d+))?$")
-_ALPHA = re.compile(r"^alpha_(e\d+|random|full)_(\d+(?:\.\d+)?)$")
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of a check (a row of the module docstring's table).
+
+    ``name``: how the table writes it (``<N>`` for a number in the name); ``pattern``: the
+    names it answers to; ``args``: what a name's match says (the eigenvector, the threshold,
+    ...; ValueError when the name is out of range); ``value(records, args, window)``: the
+    number of one run's records, None when they do not allow it; ``window``: the default
+    fraction of the run ``value`` averages over at its end (None: the whole run).
+    """
+
+    name: str
+    pattern: re.Pattern[str]
+    value: Callable[[Sequence[Mapping[str, Any]], dict[str, Any], float], float | None]
+    args: Callable[[str, re.Match[str]], dict[str, Any]] = lambda name, m: {}
+    window: float = 0.25
+    #: The kind :func:`parse_metric` returns (default: the name itself).
+    kind: str = ""
+
+
+def _eigen_series(records: Sequence[Mapping[str, Any]], rank: int
+                  ) -> list[tuple[int, float]] | None:
+    """λ_{rank+1} of the converged tracking points, by iteration (None: none has it)."""
+    pts = _eigen_points(records)
+    if not pts or rank >= len(pts[0][1]):
+        return None
+    return [(it, v[rank]) for it, v in pts]
+
+
+def _first(series: list[tuple[int, float]], start: float) -> float:
+    return series[0][1]
+
+
+def _peak(series: list[tuple[int, float]], start: float) -> float:
+    return max(v for _, v in series)
+
+
+def _peak_iteration(series: list[tuple[int, float]], start: float) -> float:
+    return float(max(series, key=lambda p: p[1])[0])
+
+
+def _growth(series: list[tuple[int, float]], start: float) -> float | None:
+    first = series[0][1]
+    return max(v for _, v in series) / first if first > 0 else None
+
+
+def _end_mean(series: list[tuple[int, float]], start: float) -> float:
+    return float(np.mean([v for _, v in _late(series, start)]))
+
+
+def _of_lambda(rank: int, stat: Callable[[list[tuple[int, float]], float], float | None]):
+    """A metric of λ_{rank+1} along training: ``stat(series, start of the window)``."""
+    def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+              window: float) -> float | None:
+        series = _eigen_series(records, rank)
+        return None if series is None else stat(series, _window_start(records, window))
+    return value
+
+
+def _of_fro(stat: Callable[[list[tuple[int, float]], float], float | None]):
+    """A metric of ‖H‖_F (top 5) along training."""
+    def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+              window: float) -> float | None:
+        pts = _eigen_points(records)
+        if not pts:
+            return None
+        return stat([(it, frobenius(v, 5)) for it, v in pts], _window_start(records, window))
+    return value
+
+
+def _train_loss_end(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+                    window: float) -> float | None:
+    pts = [(int(r.get("iteration") or 0), float(r["loss"])) for r in records
+           if r.get("event") == "train" and r.get("loss") is not None]
+    start = _window_start(records, window)
+    return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
+
+
+def _best_val_accuracy(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+                       window: float) -> float | None:
+    best = best_val([dict(r) for r in records])  # the paper's best validation point
+    return float(best["accuracy"]) if best is not None and "accuracy" in best else None
+
+
+def _last_eval(split: str, col: str):
+    """The last evaluation of ``split``'s ``col``."""
+    def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+              window: float) -> float | None:
+        vals = [float(r[col]) for r in records if r.get("event") == "eval"
+                and r.get("split") == split and r.get(col) is not None]
+        return vals[-1] if vals else None
+    return value
+
+
+def _eigenvector(name: str, number: str) -> int:
+    """The 0-based index of the paper's eN (ValueError for e0)."""
+    if int(number) < 1:
+        raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
+    return int(number) - 1
+
+
+def _kmin_args(name: str, m: re.Match[str]) -> dict[str, Any]:
+    index = _eigenvector(name, m.group(2))
+    last = int(m.group(3)) if m.group(3) else None  # kmin_<T>pct_e<N>: an empty group
+    if last is not None and last < 1:
+        raise ValueError(f"metric {name!r}: _lastM needs M ≥ 1 iterations")
+    return {"field": f"kmin_{m.group(1)}pct", "index": index, "last": last}
+
+
+def _alpha_args(name: str, m: re.Match[str]) -> dict[str, Any]:
+    which, alpha = m.group(1), float(m.group(2))
+    if which.startswith("e"):
+        return {"direction": "eigen", "index": _eigenvector(name, which[1:]), "alpha": alpha}
+    return {"direction": which, "index": None, "alpha": alpha}
+
+
+def _probes(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    # Probe lines marked as coming from unconverged eigenvectors are left out.
+    return [r for r in records
+            if r.get("event") == "probe" and is_converged(r, "eigen_converged")]
+
+
+def _kmin(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+          window: float) -> float | None:
+    rows = [r for r in _probes(records) if r.get("kind") == "cross_section"
+            and r.get("eigen_index") == args["index"] and args["field"] in r]
+    start = (_window_start(records, window) if args.get("last") is None
+             else _last_iteration(records) - args["last"])
+    rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
+    if not rows:
+        return None
+    vals = [math.inf if r[args["field"]] is None else float(r[args["field"]]) for r in rows]
+    if args.get("last") is not None:
+        crossed = [v for v in vals if math.isfinite(v)]
+        return float(np.mean(crossed)) if crossed else math.inf
+    return float(np.median(vals))
+
+
+def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+           window: float) -> float | None:
+    rows = [r for r in _probes(records) if r.get("kind") == "alpha" and r.get("direction") ==
+            args["direction"] and (args["index"] is None or r.get("eigen_index") == args["index"])]
+    start = _window_start(records, window)
+    rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
+    vals = []
+    for r in rows:
+        for a, v in zip(r.get("alphas") or [], r.get("change_rel") or []):
+            if a is not None and v is not None and abs(float(a) - args["alpha"]) < 1e-9:
+                vals.append(float(v))
+    return float(np.mean(vals)) if vals else None
+
+
+def _plain(name: str, value: Callable[..., float | None], window: float = 0.25) -> Metric:
+    return Metric(name, re.compile(re.escape(name)), value, window=window)
+
+
+#: Every metric a check may name, in the order of the module docstring's table.
+REGISTRY: tuple[Metric, ...] = (
+    _plain("lambda1_first", _of_lambda(0, _first)),
+    _plain("lambda1_peak", _of_lambda(0, _peak)),
+    _plain("lambda2_peak", _of_lambda(1, _peak)),
+    _plain("lambda1_peak_iteration", _of_lambda(0, _peak_iteration)),
+    _plain("lambda1_growth", _of_lambda(0, _growth)),
+    _plain("lambda1_end", _of_lambda(0, _end_mean)),
+    _plain("lambda2_end", _of_lambda(1, _end_mean)),
+    _plain("fro_end", _of_fro(_end_mean)),
+    _plain("fro_peak", _of_fro(_peak)),
+    _plain("train_loss_end", _train_loss_end),
+    _plain("train_accuracy", _last_eval("train", "accuracy")),
+    _plain("val_accuracy", _last_eval("val", "accuracy")),
+    _plain("test_accuracy", _last_eval("test", "accuracy")),
+    _plain("best_val_accuracy", _best_val_accuracy),
+    _plain("val_perplexity", _last_eval("val", "perplexity")),
+    _plain("test_perplexity", _last_eval("test", "perplexity")),
+    Metric("kmin_<T>pct_e<N>", re.compile(r"kmin_(\d+(?:p\d+)?)pct_e(\d+)()"), _kmin,
+           _kmin_args, window=0.5, kind="kmin"),
+    Metric("kmin_<T>pct_e<N>_last<M>", re.compile(r"kmin_(\d+(?:p\d+)?)pct_e(\d+)_last(\d+)"),
+           _kmin, _kmin_args, window=0.5, kind="kmin"),
+    Metric("alpha_e<N>_<A>", re.compile(r"alpha_(e\d+)_(\d+(?:\.\d+)?)"), _alpha, _alpha_args,
+           window=0.5, kind="alpha"),
+    Metric("alpha_random_<A>", re.compile(r"alpha_(random)_(\d+(?:\.\d+)?)"), _alpha,
+           _alpha_args, window=0.5, kind="alpha"),
+    Metric("alpha_full_<A>", re.compile(r"alpha_(full)_(\d+(?:\.\d+)?)"), _alpha,
+           _alpha_args, window=0.5, kind="alpha"),
+)
+METRICS = tuple(m.name for m in REGISTRY)
+_BY_KIND = {m.kind or m.name: m for m in REGISTRY}
+_COMBINED = {" - ": "difference", " / ": "ratio"}
 _EXPECT = re.compile(r"^\s*(<=|>=|<|>)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 _OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
+
+
+def find_metric(name: str) -> tuple[Metric, dict[str, Any]]:
+    """The registered metric ``name`` answers to, and what the name says; ValueError if none."""
+    for metric in REGISTRY:
+        m = metric.pattern.fullmatch(name)
+        if m:
+            return metric, metric.args(name, m)
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
 
 
 def parse_metric(name: str) -> tuple[str, dict[str, Any]]:
     """``"kmin_10pct_e1"`` → ``("kmin", {"field": "kmin_10pct", "index": 0})``; ValueError if
     unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``."""
-    for sep, kind in ((" - ", "difference"), (" / ", "ratio")):
+    for sep, kind in _COMBINED.items():
         if sep in name:
             terms = tuple(t.strip() for t in name.split(sep))
             if len(terms) != 2:
                 raise ValueError(f"metric {name!r}: a {kind} has two terms, 'A{sep}B'")
             for t in terms:
-                if parse_metric(t)[0] in ("difference", "ratio"):
+                if parse_metric(t)[0] in _COMBINED.values():
                     raise ValueError(f"metric {name!r}: only two plain metrics combine")
             return kind, {"terms": terms}
-    if name in _SIMPLE:
-        return name, {}
-    m = _KMIN.match(name)
-    if m:
-        if int(m.group(2)) < 1:
-            raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
-        last = None if m.group(3) is None else int(m.group(3))
-        if last is not None and last < 1:
-            raise ValueError(f"metric {name!r}: _lastM needs M ≥ 1 iterations")
-        return "kmin", {"field": f"kmin_{m.group(1)}pct", "index": int(m.group(2)) - 1,
-                        "last": last}
-    m = _ALPHA.match(name)
-    if m:
-        which, alpha = m.group(1), float(m.group(2))
-        if which.startswith("e"):
-            if int(which[1:]) < 1:
-                raise ValueError(f"metric {name!r}: eigenvectors are numbered from e1")
-            return "alpha", {"direction": "eigen", "index": int(which[1:]) - 1, "alpha": alpha}
-        return "alpha", {"direction": which, "index": None, "alpha": alpha}
-    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    metric, args = find_metric(name)
+    return metric.kind or metric.name, args
 
 
 def parse_expect(text: str) -> tuple[str, float | None]:
@@ -169,7 +344,7 @@ def _eigen_points(records: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[
     pts = []
     for r in records:
         # Points whose Lanczos run did not converge are left out (as in the summaries).
-        usable = r.get("event") == "eigen" and r.get("converged") is not False
+        usable = r.get("event") == "eigen" and is_converged(r)
         vals = r.get("eigenvalues") if usable else None
         if isinstance(vals, list) and vals and all(v is not None for v in vals):
             pts.append((int(r.get("iteration") or 0), [float(v) for v in vals]))
@@ -185,82 +360,19 @@ def _late(points: list[tuple[int, Any]], start: float) -> list[tuple[int, Any]]:
 def metric_value(
     records: Sequence[Mapping[str, Any]], name: str, window: float | None = None
 ) -> float | None:
-    """The metric ``name`` of one run's records (None when the records do not allow it)."""
+    """The metric ``name`` of one run's records (None when the records do not allow it).
+
+    ``window``: the fraction of the run at its end that end-of-run metrics average over
+    (default: the metric's own, see :data:`REGISTRY`)."""
     kind, args = parse_metric(name)
-    if kind in ("difference", "ratio"):
+    if kind in _COMBINED.values():
         a, b = (metric_value(records, t, window) for t in args["terms"])
         if a is None or b is None or (kind == "ratio" and b == 0):
             return None
         v = a - b if kind == "difference" else a / b
         return None if math.isnan(v) else v
-    if kind == "kmin" or kind == "alpha":
-        return _probe_metric(records, kind, args, 0.5 if window is None else window)
-    start = _window_start(records, 0.25 if window is None else window)
-    if kind.startswith(("lambda", "fro")):
-        pts = _eigen_points(records)
-        if not pts:
-            return None
-        rank = 1 if kind.startswith("lambda2") else 0
-        if rank >= len(pts[0][1]):
-            return None
-        series = [(it, v[rank]) for it, v in pts]
-        if kind in ("lambda1_first",):
-            return series[0][1]
-        if kind in ("lambda1_peak", "lambda2_peak"):
-            return max(v for _, v in series)
-        if kind == "lambda1_peak_iteration":
-            return float(max(series, key=lambda p: p[1])[0])
-        if kind == "lambda1_growth":
-            first = series[0][1]
-            return max(v for _, v in series) / first if first > 0 else None
-        if kind in ("lambda1_end", "lambda2_end"):
-            return float(np.mean([v for _, v in _late(series, start)]))
-        fro = [(it, frobenius(v, 5)) for it, v in pts]
-        if kind == "fro_peak":
-            return max(v for _, v in fro)
-        return float(np.mean([v for _, v in _late(fro, start)]))
-    if kind == "train_loss_end":
-        pts = [(int(r.get("iteration") or 0), float(r["loss"])) for r in records
-               if r.get("event") == "train" and r.get("loss") is not None]
-        return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
-    if kind == "best_val_accuracy":
-        best = best_val([dict(r) for r in records])  # the paper's best validation point
-        return float(best["accuracy"]) if best is not None and "accuracy" in best else None
-    split, col = kind.split("_")
-    vals = [float(r[col]) for r in records if r.get("event") == "eval"
-            and r.get("split") == split and r.get(col) is not None]
-    return vals[-1] if vals else None
-
-
-def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[str, Any],
-                  window: float) -> float | None:
-    start = _window_start(records, window)
-    # Probe lines marked as coming from unconverged eigenvectors are left out.
-    probes = [
-        r for r in records if r.get("event") == "probe" and r.get("eigen_converged") is not False
-    ]
-    if kind == "kmin":
-        rows = [r for r in probes if r.get("kind") == "cross_section"
-                and r.get("eigen_index") == args["index"] and args["field"] in r]
-        if args.get("last") is not None:
-            start = _last_iteration(records) - args["last"]
-        rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
-        if not rows:
-            return None
-        vals = [math.inf if r[args["field"]] is None else float(r[args["field"]]) for r in rows]
-        if args.get("last") is not None:
-            crossed = [v for v in vals if math.isfinite(v)]
-            return float(np.mean(crossed)) if crossed else math.inf
-        return float(np.median(vals))
-    rows = [r for r in probes if r.get("kind") == "alpha" and r.get("direction") ==
-            args["direction"] and (args["index"] is None or r.get("eigen_index") == args["index"])]
-    rows = [r for r in rows if int(r.get("iteration") or 0) >= start] or rows[-1:]
-    vals = []
-    for r in rows:
-        for a, v in zip(r.get("alphas") or [], r.get("change_rel") or []):
-            if a is not None and v is not None and abs(float(a) - args["alpha"]) < 1e-9:
-                vals.append(float(v))
-    return float(np.mean(vals)) if vals else None
+    metric = _BY_KIND[kind]
+    return metric.value(records, args, metric.window if window is None else window)
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -417,7 +529,7 @@ def _unconverged_note(metric: str, records: Mapping[str, Sequence[Mapping[str, A
     counts = {}
     for name, recs in records.items():
         eig = [r for r in recs if r.get("event") == "eigen"]
-        bad = sum(1 for r in eig if r.get("converged") is False)
+        bad = sum(1 for r in eig if not is_converged(r))
         if bad:
             counts[name] = f"{bad} of {len(eig)}"
     if not counts:

@@ -9,13 +9,10 @@
   trains nothing into any folder. ``sharpest run PRESET --estimate`` prints it.
 
 The estimate counts ≈ 4k + 24 products per Lanczos solve of k pairs: ≈ 2k + 12 for the
-solve (what we measured for warm-started tracking) and as many again for its guard, the check
-that nothing beyond λ_k was missed (see :func:`sharpest.curvature.lanczos`; the tracker's
-``guard_matvecs``). Measured on SimpleCNN with 128 CIFAR-10 images at η = 0.1 (fig2's small
-scale, 17 points a run): top 5, 40–43 products a solve on average (28–65), 15–16 of them the
-guard's; top 10, 65; top 2 (fig3), about 26. (2k + 12 alone, the count before the guard, made
-tracking-heavy presets look up to 1.5× cheaper than they were.) A cold start costs more, a
-warm one on a slowly moving spectrum less: the estimate is a guide, not a promise. Times are
+solve and as many again for its guard, the check that nothing beyond λ_k was missed (see
+:func:`sharpest.curvature.lanczos`; the tracker's ``guard_matvecs``); the measurements behind
+these counts are in ``docs/experiments.md`` ("The presets"). A cold start costs more, a warm
+one on a slowly moving spectrum less: the estimate is a guide, not a promise. Times are
 CPU times of this process (``time.process_time``), so a busy machine does not inflate them;
 run it with one torch thread (``--threads 1``) to get the cost of one core, the unit of the
 ``--workers`` arithmetic.
@@ -36,7 +33,7 @@ from sharpest.config import Config, ConfigError
 from sharpest.curvature import HessianOperator
 from sharpest.models import build_model
 from sharpest.train import Trainer
-from sharpest.train.build import build_optimizer_for
+from sharpest.train.build import build_optimizer_for, decay_params_for
 from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
 
@@ -68,7 +65,7 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
             raise ConfigError(f"model_options: {err}") from None
         if cache is not None:
             cache[key] = model
-    optimizer = build_optimizer_for(config, model)
+    optimizer = build_optimizer_for(config, model, decay_params=decay_params_for(config, model))
     try:
         schedule = Schedule(config.schedule, optimizer, config.lr, 10, 10 * max(1, config.epochs))
     except (ValueError, TypeError) as err:
@@ -182,7 +179,7 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
                 times.append(time.process_time() - s)
     step = sum(times) / len(times) if times else 0.0
     op = HessianOperator(trainer.model, trainer.loss_fn, trainer.hessian_data, cfg.weight_decay,
-                         chunk_size=cfg.track.chunk_size or 512,
+                         chunk_size=cfg.track.chunk_size,
                          decay_params=trainer.decay_params)
     v = torch.randn(op.size, device=trainer.device)
     op.matvec(v)  # first-order graphs are built once

@@ -45,7 +45,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -53,9 +53,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sharpest.config import Config, ConfigError, apply_sets, make_config, parse_set, read_yaml
+from sharpest.config import ConfigError, apply_sets, make_config, parse_set, read_yaml
 from sharpest.experiments.checks import ORDER_MARGIN, parse_expect, parse_metric
 from sharpest.orchestrate.grid import grid_points
+from sharpest.orchestrate.many import RunSpec
 
 __all__ = [
     "SCALES",
@@ -63,9 +64,10 @@ __all__ = [
     "InitFrom",
     "Preset",
     "PresetError",
-    "ResolvedRun",
-    "RunSpec",
+    "PresetRun",
+    "ScaledPreset",
     "ScaleSpec",
+    "at_scale",
     "base_config",
     "find_preset",
     "list_presets",
@@ -97,8 +99,9 @@ class InitFrom(_Strict):
     epoch: int | None = Field(default=None, ge=1)
 
 
-class RunSpec(_Strict):
-    """One run of a preset: a folder name and config overrides."""
+class PresetRun(_Strict):
+    """One run of a preset as its YAML gives it: a folder name and config overrides
+    (:func:`resolve_runs` makes it a :class:`~sharpest.orchestrate.many.RunSpec`)."""
 
     name: str
     #: Config overrides (nested or dotted keys).
@@ -178,7 +181,7 @@ class Preset(_Strict):
     notes: str = ""
     aliases: list[str] = Field(default_factory=list)
     base: dict[str, Any] = Field(default_factory=dict)
-    runs: list[RunSpec] = Field(default_factory=list)
+    runs: list[PresetRun] = Field(default_factory=list)
     grid: dict[str, list[Any]] | None = None
     scales: dict[Scale, ScaleSpec] = Field(default_factory=dict)
     checks: list[CheckSpec] = Field(default_factory=list)
@@ -208,32 +211,55 @@ class Preset(_Strict):
             raise PresetError(f"--scale: expected one of {', '.join(SCALES)} (got {scale!r})")
         return self.scales.get(scale, ScaleSpec())  # type: ignore[arg-type]
 
-    def run_specs(self, scale: str = "paper") -> list[RunSpec]:
+    def run_specs(self, scale: str = "paper") -> list[PresetRun]:
         """The runs (grid points expanded) at ``scale``."""
         if self.grid is None:
-            return list(self.runs) if self.runs else [RunSpec(name="run")]
+            return list(self.runs) if self.runs else [PresetRun(name="run")]
         grid = self.scale(scale).grid or self.grid
-        return list(self.runs) + [RunSpec(name=name, set=overrides)
+        return list(self.runs) + [PresetRun(name=name, set=overrides)
                                   for name, overrides in grid_points(grid)]
 
     def run_names(self, scale: str = "paper") -> list[str]:
         return [r.name for r in self.run_specs(scale)]
 
 
-@dataclass
-class ResolvedRun:
-    """One run of a preset at a scale: its validated config (``init_from`` still symbolic)."""
+@dataclass(frozen=True)
+class ScaledPreset:
+    """A preset resolved once at a scale: what the runner, the checks and the report read.
 
-    name: str
-    config: Config
-    overrides: dict[str, Any]
-    init_from: InitFrom | None = None
-    description: str = ""
-    depends_on: list[str] = field(default_factory=list)
+    ``sets``: the command line's ``key=value`` overrides (applied last, to every run);
+    ``runs``: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
+    the findings and the report are made again from a finished folder).
+    """
+
+    preset: Preset
+    scale: str
+    sets: tuple[str, ...] = ()
+    runs: tuple[RunSpec, ...] = ()
 
     @property
-    def stage(self) -> int:
-        return 1 if self.init_from is not None else 0
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def spec(self) -> ScaleSpec:
+        """What this scale changes (its note, minutes and workers)."""
+        return self.preset.scale(self.scale)
+
+    @property
+    def title(self) -> str:
+        """The report's title: ``<paper> — <title> (preset <name>, scale <scale>)``."""
+        p = self.preset
+        return f"{p.paper} — {p.title} (preset {p.name}, scale {self.scale})"
+
+
+def at_scale(preset: Preset, scale: str, sets: Iterable[str] = (), *,
+             check_probes: bool = True) -> ScaledPreset:
+    """``preset`` resolved at ``scale`` with the command line's ``sets``: every run validated
+    once (:func:`resolve_runs`; raises :class:`PresetError`)."""
+    sets = tuple(sets)
+    return ScaledPreset(preset, scale, sets,
+                        tuple(resolve_runs(preset, scale, sets, check_probes=check_probes)))
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -482,7 +508,7 @@ def resolve_runs(
     sets: Iterable[str | tuple[str, Any]] = (),
     *,
     check_probes: bool = True,
-) -> list[ResolvedRun]:
+) -> list[RunSpec]:
     """Every run's validated config at ``scale``, with the command line's ``sets`` applied last.
 
     Raises :class:`PresetError` naming the preset, the scale, the run and the key. ``init_from``
@@ -492,7 +518,7 @@ def resolve_runs(
     spec = preset.scale(scale)
     where = preset.source or preset.name
     cli = [parse_set(s) if isinstance(s, str) else s for s in sets]
-    runs: list[ResolvedRun] = []
+    runs: list[RunSpec] = []
     errors: list[str] = []
     for r in preset.run_specs(scale):
         what = f"preset {preset.name} ({where}), scale {scale}, run {r.name}"
@@ -521,8 +547,12 @@ def resolve_runs(
                 errors.append(f"{what}: invalid config: probes: {err}.")
                 continue
         overrides = dict(_pairs(r.set))
-        runs.append(ResolvedRun(r.name, cfg, overrides, r.init_from, r.description,
-                                [r.init_from.run] if r.init_from else []))
+        # A restart run trains in stage 1, after its source; its folder's config may differ
+        # in init_from (the checkpoint, filled in when the source has trained).
+        restart = r.init_from is not None
+        runs.append(RunSpec(r.name, cfg, overrides, stage=1 if restart else 0,
+                            ignore=("init_from",) if restart else (), init_from=r.init_from,
+                            description=r.description))
     if errors:
         more = f" (and {len(errors) - 1} more bad runs)" if len(errors) > 1 else ""
         raise PresetError(errors[0] + more)

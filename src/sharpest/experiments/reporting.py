@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from sharpest.experiments.checks import evaluate_checks
-from sharpest.experiments.preset import PresetError, load_preset
+from sharpest.experiments.preset import PresetError, ScaledPreset, load_preset
 from sharpest.experiments.runner import expected_markdown, preset_report, write_findings
 from sharpest.report import build_report
+from sharpest.runs.names import configuration_name
 
 __all__ = ["expand_folders", "report_folders"]
 
@@ -91,14 +92,18 @@ def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str 
     dest = Path(out) if out is not None else folder
     if preset is None:
         return Path(build_report(runs, out=dest, title=title))
-    ended = {p.name: p for p in runs}
-    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
-    findings = write_findings(folder, preset, scale, checks) if checks else ""
+    # Each configuration's seed folders, by the names run_preset gave them.
+    groups: dict[str, list[Path]] = {}
+    for p in runs:
+        groups.setdefault(configuration_name(p.name), []).append(p)
+    # The preset at the scale it ran (its runs are not resolved again: they have trained).
+    at = ScaledPreset(preset, scale, tuple(str(s) for s in state.get("sets") or ()))
+    checks = evaluate_checks(preset.checks, groups, scale) if preset.checks else []
+    findings = write_findings(folder, at, checks) if checks else ""
     if out is None:
-        path, note = preset_report(folder, preset, scale, runs, findings)
+        path, note = preset_report(folder, at, runs, findings)
         if path is None:
             raise PresetError(str(note))
         return path
-    title = title or f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
-    return Path(build_report(runs, out=dest, title=title, label_by_name=True,
-                             expected=expected_markdown(preset, scale, findings)))
+    return Path(build_report(runs, out=dest, title=title or at.title, label_by_name=True,
+                             expected=expected_markdown(at, findings)))

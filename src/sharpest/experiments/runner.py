@@ -37,13 +37,7 @@ import yaml
 
 from sharpest.config import ConfigError, make_config
 from sharpest.experiments.checks import CheckResult, evaluate_checks, findings_markdown
-from sharpest.experiments.preset import (
-    Preset,
-    PresetError,
-    ResolvedRun,
-    load_preset,
-    resolve_runs,
-)
+from sharpest.experiments.preset import Preset, PresetError, ScaledPreset, at_scale, load_preset
 from sharpest.orchestrate.many import (
     EXECUTORS,
     OrchestrateError,
@@ -51,18 +45,20 @@ from sharpest.orchestrate.many import (
     RunSpec,
     check_executor,
     check_existing,
+    configuration_groups,
     outcome_lines,
     run_many,
     with_seeds,
 )
 from sharpest.report import build_report
 from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
+from sharpest.runs.names import seeded_name
 from sharpest.train.build import build_data
 
 __all__ = [
     "EXECUTORS",
     "PresetResult",
-    "default_out",
+    "preset_out_dir",
     "preset_report",
     "run_preset",
     "write_findings",
@@ -102,7 +98,7 @@ class PresetResult:
         return "\n".join(x for x in lines if x)
 
 
-def default_out(preset: Preset, scale: str) -> Path:
+def preset_out_dir(preset: Preset, scale: str) -> Path:
     """``runs/<preset>-<scale>`` in the working directory."""
     return Path("runs") / f"{preset.name}-{scale}"
 
@@ -118,7 +114,7 @@ def _sayer(progress: bool, tag: str) -> Callable[[str], None]:
 # -- checks of the folders ---------------------------------------------------------------------
 
 
-def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
+def _preflight_data(runs: Sequence[RunSpec]) -> None:
     """Load each distinct data set once, so a missing one fails before anything trains."""
     seen: set[str] = set()
     for r in runs:
@@ -132,10 +128,10 @@ def _preflight_data(runs: Sequence[ResolvedRun]) -> None:
         try:
             build_data(c)
         except ConfigError as err:  # "data: cannot load ...: why"
-            raise PresetError(f"run {r.name}: {str(err).strip()} (with sharpest run: --set "
-                              "data_root=DIR)") from None
+            raise PresetError(f"run {r.configuration}: {str(err).strip()} (with sharpest run: "
+                              "--set data_root=DIR)") from None
         except OSError as err:
-            raise PresetError(f"run {r.name}: data: cannot load {c.data!r}: "
+            raise PresetError(f"run {r.configuration}: data: cannot load {c.data!r}: "
                               f"{str(err).strip()} (with sharpest run: --set data_root=DIR)"
                               ) from None
 
@@ -164,16 +160,16 @@ def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
     return path.resolve()
 
 
-def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], executor: str,
-                 outcomes: Sequence[RunOutcome], by_name: Mapping[str, ResolvedRun],
-                 report: Path | None = None) -> None:
+def _write_state(out: Path, at: ScaledPreset, executor: str, outcomes: Sequence[RunOutcome],
+                 by_name: Mapping[str, RunSpec], report: Path | None = None) -> None:
+    preset = at.preset
     doc = {
         "preset": preset.name,
         "paper": preset.paper,
         "title": preset.title,
         "source": preset.source,
-        "scale": scale,
-        "sets": list(sets),
+        "scale": at.scale,
+        "sets": list(at.sets),
         "executor": executor,
         "runs": [
             {**o.to_dict(), "init_from": (by_name[o.name].init_from.model_dump()
@@ -188,24 +184,26 @@ def _write_state(out: Path, preset: Preset, scale: str, sets: Sequence[str], exe
                                                         allow_unicode=True))
 
 
-def write_findings(out: Path, preset: Preset, scale: str, checks: Sequence[CheckResult]) -> str:
+def write_findings(out: Path, at: ScaledPreset, checks: Sequence[CheckResult]) -> str:
     """Write ``findings.md`` and ``findings.json`` into ``out``; return the Markdown."""
+    scale = at.scale
     text = findings_markdown(checks, title=f"Findings at scale {scale}", scale=scale)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "findings.md", text + "\n")
     atomic_write_text(out / "findings.json", json.dumps(
-        {"preset": preset.name, "scale": scale, "checks": [c.to_dict() for c in checks]},
+        {"preset": at.name, "scale": scale, "checks": [c.to_dict() for c in checks]},
         indent=1, allow_nan=False) + "\n")
     return text
 
 
-def expected_markdown(preset: Preset, scale: str, findings: str) -> str:
+def expected_markdown(at: ScaledPreset, findings: str) -> str:
     """The report's "expected outcome" section: the preset's words, the findings, the notes."""
+    preset, scale = at.preset, at.scale
     parts = [f"**{preset.paper} — {preset.title}** (preset `{preset.name}`, scale `{scale}`)",
              preset.expected.strip()]
     if findings:
         parts.append(findings)
-    note = preset.scale(scale).note.strip()
+    note = at.spec.note.strip()
     if note:
         parts.append(f"**Scale `{scale}`:** {note}")
     if preset.notes.strip():
@@ -247,36 +245,31 @@ def run_preset(
     t0 = time.perf_counter()
     if not isinstance(preset, Preset):
         preset = load_preset(preset)
-    sets = list(sets)
-    runs = resolve_runs(preset, scale, sets)
+    at = at_scale(preset, scale, sets)  # every run validated once, before anything trains
     executor = executor or ("inline" if scale == "tiny" else "local")
     if workers is None and executor == "local":
-        workers = preset.scale(scale).workers
-    out_path = Path(out) if out is not None else default_out(preset, scale)
+        workers = at.spec.workers
+    out_path = Path(out) if out is not None else preset_out_dir(preset, scale)
     if out_path.exists() and not out_path.is_dir():
         raise PresetError(f"--out {str(out_path)!r} exists and is not a folder")
     try:
         check_executor(executor, workers, address, resources)
-        specs: list[RunSpec] = []
-        by_name: dict[str, ResolvedRun] = {}  # each (seeded) run's preset run
-        for r in runs:
-            for s in with_seeds([_spec(r)], seeds):
-                specs.append(s)
-                by_name[s.name] = r
+        specs = with_seeds(at.runs, seeds)
+        by_name = {s.name: s for s in specs}
         done = check_existing(specs, out_path)
     except OrchestrateError as err:
         raise PresetError(str(err)) from None
     if len(done) < len(specs):
-        _preflight_data([by_name[s.name] for s in specs if s.name not in done])
+        _preflight_data([s for s in specs if s.name not in done])
     total = len(specs)
 
     def prepare(spec: RunSpec, outcomes: Mapping[str, RunOutcome]) -> RunSpec | str:
         """A restart run: its source's checkpoint as ``init_from`` (or why it cannot run)."""
-        init = by_name[spec.name].init_from
+        init = spec.init_from
         if init is None:
             return spec
-        suffix = spec.name[len(by_name[spec.name].name):]  # "__seed=S" or ""
-        src = outcomes[init.run + suffix]
+        # the source of the same seed
+        src = outcomes[init.run if spec.seed is None else seeded_name(init.run, spec.seed)]
         if not src.finished:
             return (f"cannot restart from {src.name}: it did not finish "
                     f"({src.end_status or src.status}), so it has no checkpoint to restart from")
@@ -288,7 +281,7 @@ def run_preset(
         return replace(spec, config=config)
 
     def write(outcomes: list[RunOutcome]) -> None:
-        _write_state(out_path, preset, scale, sets, executor, outcomes, by_name)
+        _write_state(out_path, at, executor, outcomes, by_name)
 
     say(f"{preset.name}: {preset.paper} — {preset.title}; {total} run(s), scale {scale}, "
         f"into {out_path}")
@@ -299,28 +292,24 @@ def run_preset(
     except OrchestrateError as err:
         raise PresetError(str(err)) from None
 
-    ended = {o.name: o.folder for o in ordered if o.ended}
-    checks = evaluate_checks(preset.checks, ended, scale) if preset.checks else []
-    findings = write_findings(out_path, preset, scale, checks) if checks else ""
+    # The checks judge each configuration on its seeds, as run_many ran them.
+    groups = configuration_groups(ordered)
+    checks = evaluate_checks(preset.checks, groups, scale) if preset.checks else []
+    findings = write_findings(out_path, at, checks) if checks else ""
     report_path: Path | None = None
     note: str | None = "report not asked for"
     if report:
-        report_path, note = preset_report(out_path, preset, scale, list(ended.values()),
+        report_path, note = preset_report(out_path, at, [o.folder for o in ordered if o.ended],
                                           findings)
         say(f"report: {report_path}" if report_path else str(note))
-    _write_state(out_path, preset, scale, sets, executor, ordered, by_name, report_path)
+    _write_state(out_path, at, executor, ordered, by_name, report_path)
     return PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
                         time.perf_counter() - t0)
 
 
-def _spec(run: ResolvedRun) -> RunSpec:
-    """A preset's run for :func:`run_many`: restart runs in stage 1, after their sources."""
-    return RunSpec(run.name, run.config, dict(run.overrides), stage=run.stage,
-                   ignore=("init_from",) if run.init_from else ())
-
-
-def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -> list[str]:
+def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str]:
     """The preset's group reports and per-run reports; returns Markdown links to them."""
+    preset = at.preset
     by_name = {f.name: f for f in folders}
     links = []
     for gname, members in preset.report_groups.items():
@@ -331,7 +320,7 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
         try:
             build_report(dirs, out=dest, per_run=False, label_by_name=True,
                          title=f"{preset.paper} — {gname}: {', '.join(members)} "
-                               f"(preset {preset.name}, scale {scale})",
+                               f"(preset {preset.name}, scale {at.scale})",
                          expected=preset.expected)
         except Exception as err:  # noqa: BLE001 - a note, not a failure
             links.append(f"{gname}: failed ({type(err).__name__}: {err})")
@@ -349,19 +338,18 @@ def _extra_reports(out: Path, preset: Preset, scale: str, folders: list[Path]) -
     return links
 
 
-def preset_report(out: Path, preset: Preset, scale: str, folders: list[Path], findings: str
+def preset_report(out: Path, at: ScaledPreset, folders: list[Path], findings: str
                   ) -> tuple[Path | None, str | None]:
     """The preset's comparative report in ``out`` (with its group and per-run reports), the
     expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
     if not folders:
         return None, "report skipped: no run ended"
-    links = _extra_reports(out, preset, scale, folders)
-    expected = expected_markdown(preset, scale, findings)
+    links = _extra_reports(out, at, folders)
+    expected = expected_markdown(at, findings)
     if links:
         expected += "\n\n**More reports:** " + "; ".join(links) + "."
-    title = f"{preset.paper} — {preset.title} (preset {preset.name}, scale {scale})"
     try:
-        path = build_report(folders, out=out, title=title, expected=expected,
+        path = build_report(folders, out=out, title=at.title, expected=expected,
                             label_by_name=True)
     except Exception as err:  # noqa: BLE001 - the runs are done; a report failure is a note
         return None, f"report failed: {type(err).__name__}: {err}"

@@ -1,10 +1,13 @@
 """Seeds: which run folders are one configuration, and when two sets of seeds are apart.
 
 A configuration run with several seeds (initialisation and data order) leaves one run folder
-per seed. :func:`seed_groups` finds them: a folder belongs to the run ``NAME`` when its name is
-``NAME`` or ``NAME`` plus a seed suffix (``NAME_s1``, ``NAME-seed2``, ``NAME__seed=3``, ``NAME/s1``
-...) **and** its ``config.yaml`` equals ``NAME``'s except for the keys named ``seed`` (at any
-depth) and ``init_from`` (a restart run starts from its own seed's source). A folder whose
+per seed. An orchestrator that ran them passes them grouped (``{name: [folder, ...]}``, as
+:func:`~sharpest.experiments.runner.run_preset` does); otherwise :func:`seed_groups` finds them:
+a folder belongs to the run ``NAME`` when its name is ``NAME`` or ``NAME`` plus a seed suffix
+(``NAME_s1``, ``NAME-seed2``, ``NAME__seed=3``, ``NAME/s1`` ...:
+:func:`sharpest.runs.names.names_a_seed_of`) **and** its ``config.yaml`` is the same
+configuration (:func:`sharpest.runs.names.configuration_key`: equal but for ``seed`` at any
+depth and ``init_from``, a restart run starting from its own seed's source). A folder whose
 config cannot be read is grouped by its name alone.
 
 The rule that two sets of values are *apart* (:func:`apart`), stated once for every check:
@@ -22,13 +25,14 @@ one-sample t-test at p < 0.05 for N ≥ 4.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sharpest.runs.names import configuration_key, names_a_seed_of
 
 __all__ = ["ALPHA", "SMALL_N", "SeedStats", "apart", "beyond", "seed_groups"]
 
@@ -37,8 +41,6 @@ ALPHA = 0.05
 #: Up to this many seeds (on the smaller side), "apart" means the ranges do not overlap.
 SMALL_N = 3
 
-_SUFFIX = r"(?:(?:__|[_\-./])?(?:seed|s)[_\-=]?|[_\-/=])\d+"
-_IGNORED = ("seed", "init_from")
 
 
 @dataclass(frozen=True)
@@ -107,14 +109,6 @@ def beyond(values: Sequence[float], op: str, bound: float, alpha: float = ALPHA)
 # -- grouping -------------------------------------------------------------------------------
 
 
-def _without(config: Any) -> Any:
-    if isinstance(config, Mapping):
-        return {k: _without(v) for k, v in config.items() if k not in _IGNORED}
-    if isinstance(config, list):
-        return [_without(v) for v in config]
-    return config
-
-
 def _config(folder: Path) -> dict[str, Any] | None:
     import yaml
 
@@ -150,8 +144,7 @@ def seed_groups(
         if given is not None and not isinstance(given, (str, Path)):
             out[name] = [Path(p) for p in given]
             continue
-        pattern = re.compile(re.escape(name) + _SUFFIX)
-        members = [k for k in singles if k == name or pattern.fullmatch(k)]
+        members = [k for k in singles if names_a_seed_of(k, name)]
         # A longer run name that also matches (e.g. "a_s1" is itself a run) keeps its own.
         members = [k for k in members if k == name or k not in names]
         if not members:
@@ -161,7 +154,7 @@ def seed_groups(
         ref_key = name if name in members else members[0]
         ref = configs[ref_key]
         keep = [k for k in members if ref is None or configs[k] is None
-                or _without(configs[k]) == _without(ref)]
+                or configuration_key(configs[k]) == configuration_key(ref)]
         paths = [singles[k] for k in keep]
         out[name] = sorted(paths, key=lambda p: (_seed_of(p), str(p)))
     return out

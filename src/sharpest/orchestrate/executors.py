@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharpest.errors import install_warning_format, warning_format_installed
+from sharpest.errors import SharpestError, install_warning_format, warning_format_installed
 
 __all__ = [
     "RAY_MISSING",
@@ -55,7 +55,7 @@ RAY_MISSING = "the ray executor needs Ray, which is not installed: pip install '
 TrainFn = Callable[..., Any]
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(SharpestError, RuntimeError):
     """The executor cannot start (e.g. Ray is missing, or its address is unreachable)."""
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "RunOutcome",
     "RunSpec",
     "check_existing",
+    "configuration_groups",
     "outcome_lines",
     "run_many",
     "status_counts",
@@ -61,12 +62,16 @@ class OrchestrateError(ConfigError):
 
 @dataclass
 class RunSpec:
-    """One named config to train into ``out/<name>``.
+    """One named config to train into ``out/<name>``: a sweep's point, a preset's run.
 
     ``overrides``: what distinguishes it (recorded in the state files); ``stage``: runs of a
     later stage start after every run of an earlier one ended (a restart after its source);
     ``ignore``: config keys an existing folder may differ in (e.g. ``init_from``, filled in
-    when the source run has ended).
+    when the source run has ended); ``configuration``: the name of the configuration it is a
+    seed of (its name before :func:`with_seeds`; default ``name``) and ``seed`` the seed
+    :func:`with_seeds` gave it (None: run as given); ``init_from``: the run it restarts from
+    (a preset's ``{run, epoch}``: ``prepare`` fills the checkpoint into the config), and
+    ``description``: one line for the report.
     """
 
     name: str
@@ -74,6 +79,14 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     stage: int = 0
     ignore: tuple[str, ...] = ()
+    configuration: str = ""
+    seed: int | None = None
+    init_from: Any = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.configuration:
+            self.configuration = self.name
 
 
 @dataclass
@@ -94,6 +107,12 @@ class RunOutcome:
     seconds: float = 0.0
     result: dict[str, Any] = field(default_factory=dict)
     traceback: str | None = None
+    #: The configuration it is a seed of (:attr:`RunSpec.configuration`; default ``name``).
+    configuration: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.configuration:
+            self.configuration = self.name
 
     @property
     def ended(self) -> bool:
@@ -126,6 +145,15 @@ class RunOutcome:
         self.seconds = float(outcome.get("seconds", 0.0))
         self.result = dict(outcome.get("result") or {})
         self.traceback = outcome.get("traceback")
+
+
+def configuration_groups(outcomes: Sequence[RunOutcome]) -> dict[str, list[Path]]:
+    """The folders of the runs that ended, by configuration (its seeds in the order run)."""
+    groups: dict[str, list[Path]] = {}
+    for o in outcomes:
+        if o.ended:
+            groups.setdefault(o.configuration, []).append(o.folder)
+    return groups
 
 
 def status_counts(outcomes: Sequence[RunOutcome]) -> dict[str, int]:
@@ -163,7 +191,7 @@ def with_seeds(specs: Sequence[RunSpec], seeds: int | Sequence[int] | None) -> l
         for s in values:
             config = make_config({**spec.config.to_dict(), "seed": s})
             out.append(replace(spec, name=seeded_name(spec.name, s), config=config,
-                               overrides={**spec.overrides, "seed": s}))
+                               overrides={**spec.overrides, "seed": s}, seed=s))
     return out
 
 
@@ -289,7 +317,8 @@ def run_many(
         dup = next(n for n in names if names.count(n) > 1)
         raise OrchestrateError(f"two runs are named {dup!r}; run names are folder names")
     done = check_existing(specs, out)
-    outcomes = {s.name: RunOutcome(s.name, dict(s.overrides), out / s.name) for s in specs}
+    outcomes = {s.name: RunOutcome(s.name, dict(s.overrides), out / s.name,
+                                   configuration=s.configuration) for s in specs}
     ordered = [outcomes[n] for n in names]
     index = {n: i for i, n in enumerate(names, 1)}
     total = len(specs)

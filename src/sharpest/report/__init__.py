@@ -21,7 +21,7 @@ _EXPORTS = {
     "ReportError": "sharpest.report.reader",
     "RunData": "sharpest.report.reader",
     "build_report": "sharpest.report.html",
-    "default_out": "sharpest.report.html",
+    "default_report_dir": "sharpest.report.html",
     "frobenius": "sharpest.report.summary",
     "plot_accuracy_norms": "sharpest.report.figures",
     "plot_angles": "sharpest.report.figures",

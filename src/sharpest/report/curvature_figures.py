@@ -23,7 +23,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import NoData, _epoch_axis, _log_y, x_values
+from sharpest.report.axes import epoch_axis, log_y, x_values
+from sharpest.report.figures import NoData
 from sharpest.report.reader import RunData
 from sharpest.report.stability import (
     NEAR_LINE,
@@ -58,14 +59,14 @@ def plot_stability(run: RunData, *, notes: list[str] | None = None) -> Figure:
     draw_stability_lines(ax, run)
     if (~pos).any() and notes is not None:
         notes.append(f"{int((~pos).sum())} non-positive λ₁ value(s) are not drawn.")
-    _log_y(ax)
+    log_y(ax)
     frac = fraction_near_line(lam, line)
     ax.set_title(f"λ₁ and the stability line — {run.name}: within 10 % at "
                  f"{100 * frac:.0f} % of {len(frame)} points", fontsize=10)
     ax.set_xlabel("iteration")
     ax.set_ylabel("λ₁")
     ax.legend(fontsize=8)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
@@ -106,7 +107,7 @@ def plot_layer_shares(run: RunData, *, rank: int = 1, top: int = 8,
     ax.set_ylabel(f"share of ‖e{rank}‖²")
     ax.set_title(f"Where e{rank} lives: per-tensor shares — {run.name}", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
@@ -126,7 +127,7 @@ def plot_density_evolution(run: RunData, *, notes: list[str] | None = None) -> F
         floor = 1e-8 * np.nanmax(d) if np.isfinite(d).any() else 0.0
         ax.plot(g, np.maximum(d, floor), color=cmap(norm(x)), lw=1.0)
         width = max(width, float(np.nanmax(np.abs(g))))
-    _log_y(ax)
+    log_y(ax)
     if "sigma" in df.columns:
         sigma = float(pd.to_numeric(df["sigma"], errors="coerce").median())
         if np.isfinite(sigma) and sigma > 0 and width > 20 * sigma:
@@ -160,7 +161,7 @@ def plot_trace(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax.set_ylabel("trace")
     ax.set_title(f"Trace of the curvature — {run.name}", fontsize=10)
     ax.legend(fontsize=8)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 

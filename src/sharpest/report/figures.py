@@ -38,8 +38,16 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
 
+from sharpest.errors import SharpestError
+from sharpest.report.axes import (
+    common_x,
+    epoch_axis,
+    legend_outside,
+    log_y,
+    numeric,
+    x_values,
+)
 from sharpest.report.reader import RunData, flatten_config
 from sharpest.report.stability import draw_stability_lines
 from sharpest.report.summary import eval_frame, frobenius
@@ -60,12 +68,15 @@ __all__ = [
     "x_values",
 ]
 
+#: The names these helpers had here (sharpest.report.axes holds them now).
+_log_y, _epoch_axis, _common_x = log_y, epoch_axis, common_x
+
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 #: Config keys never used to tell runs apart (paths, devices, bookkeeping).
 IGNORED_KEYS = ("data_root", "device", "out", "output", "expected", "preset.expected", "name")
 
 
-class NoData(Exception):
+class NoData(SharpestError):
     """A figure cannot be drawn: the run folders lack the records it needs (the message says)."""
 
 
@@ -78,35 +89,8 @@ def rank_colours(k: int) -> list[Any]:
     return [cmap(i / (k - 1)) if k > 1 else cmap(0.0) for i in range(k)]
 
 
-def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
-    if df.empty or col not in df.columns:
-        return np.full(len(df), np.nan)
-    return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
-
-
-def x_values(run: RunData, df: pd.DataFrame, x: str = "iteration") -> np.ndarray:
-    """The x coordinates of the lines ``df`` of ``run``: iterations, or epochs (iteration divided
-    by the steps per epoch when those are known, else the lines' ``epoch`` field)."""
-    it = _numeric(df, "iteration")
-    if x == "iteration":
-        return it if np.isfinite(it).any() else np.arange(len(df), dtype=float)
-    ipe = run.iters_per_epoch
-    if ipe and np.isfinite(it).any():
-        return it / ipe
-    ep = _numeric(df, "epoch")
-    return ep if np.isfinite(ep).any() else np.arange(len(df), dtype=float)
-
-
 def _x_label(x: str) -> str:
     return "epoch" if x == "epoch" else "iteration"
-
-
-def _epoch_axis(ax: Any, run: RunData) -> None:
-    ipe = run.iters_per_epoch
-    if ipe:
-        sec = ax.secondary_xaxis("top", functions=(lambda v: v / ipe, lambda e: e * ipe))
-        sec.set_xlabel("epoch", fontsize=8)
-        sec.tick_params(labelsize=7)
 
 
 def _eval_metric(runs: Sequence[RunData], splits: Sequence[str] = ("train", "val", "test")):
@@ -121,7 +105,7 @@ def _eval_metric(runs: Sequence[RunData], splits: Sequence[str] = ("train", "val
 
 
 def _metric_values(ev: pd.DataFrame, metric: str) -> np.ndarray:
-    y = _numeric(ev, metric)
+    y = numeric(ev, metric)
     return y * 100.0 if metric == "accuracy" else y
 
 
@@ -133,25 +117,7 @@ def _log_if_positive(ax: Any, values: Sequence[float]) -> None:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size and (v > 0).all() and v.max() / v.min() > 20:
-        _log_y(ax)
-
-
-def _log_y(ax: Any) -> None:
-    """Log y axis with plain-number tick labels (cheaper to draw than mathtext powers)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter())
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
-
-
-def legend_outside(ax: Any, **kwargs: Any) -> Any:
-    """The legend to the right of the axes, outside the data (``bbox_inches="tight"`` and
-    ``tight_layout`` make room for it), so that no curve hides under it."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return None
-    opts = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0,
-            "fontsize": 8, "frameon": False, **kwargs}
-    return ax.legend(handles, labels, **opts)
+        log_y(ax)
 
 
 def _marker(n: int) -> dict[str, Any]:
@@ -225,7 +191,7 @@ def plot_eigenvalues(
     _draw_quality(ax, it, lam, ok, se, colours, positive, notes)
     if draw_stability_lines(ax, run, until):
         ax.legend(fontsize=8, loc="lower right")
-    _log_y(ax)
+    log_y(ax)
     ax.set_ylabel("eigenvalue λᵢ")
     cmap = ListedColormap(colours)
     norm = BoundaryNorm(np.arange(0.5, k + 1.5), k)
@@ -233,7 +199,7 @@ def plot_eigenvalues(
     cbar.set_label("rank i")
     cbar.set_ticks(list(range(1, k + 1, max(1, math.ceil(k / 10)))))
     ax.set_title(title or f"Top {k} Hessian eigenvalues — {run.name}", fontsize=10)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     if ax2 is not None:
         if metric is not None:
             for split in ("train", "val", "test"):
@@ -247,11 +213,11 @@ def plot_eigenvalues(
                          **_marker(int(keep.sum())))
             ax2.set_ylabel(_metric_label(metric))
             if metric == "perplexity":
-                _log_y(ax2)
+                log_y(ax2)
         else:
             x = x_values(run, tr, "iteration")
             keep = np.ones(len(x), bool) if until is None else x <= until
-            y = _numeric(tr, "loss")
+            y = numeric(tr, "loss")
             ax2.plot(x[keep], y[keep], color="0.3", label="training loss")
             _log_if_positive(ax2, y[keep])
             ax2.set_ylabel("training loss")
@@ -308,7 +274,7 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
     if not has_train and not splits:
         raise NoData('no "train" or "eval" lines')
     metric = _eval_metric([run])
-    lr = _numeric(tr, "lr") if has_train else np.array([])
+    lr = numeric(tr, "lr") if has_train else np.array([])
     lr_changes = np.isfinite(lr).sum() > 1 and np.nanmax(lr) > np.nanmin(lr)
     n = 1 + (metric is not None) + bool(lr_changes)
     fig = Figure(figsize=(4.3 * n, 3.6))
@@ -316,13 +282,13 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax = axes.pop(0)
     values: list[float] = []
     if has_train:
-        y = _numeric(tr, "loss")
+        y = numeric(tr, "loss")
         ax.plot(x_values(run, tr), y, color="0.25", lw=1.0, label="training (running mean)")
         values += list(y)
     for split in splits:
         ev = eval_frame(run, split)
         if "loss" in ev.columns and ev["loss"].notna().any():
-            y = _numeric(ev, "loss")
+            y = numeric(ev, "loss")
             ax.plot(x_values(run, ev), y, color=SPLIT_COLOURS.get(split), lw=1.0,
                     label=f"{split} (eval)", **_marker(len(ev)))
             values += list(y)
@@ -339,7 +305,7 @@ def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
                 ax.plot(x_values(run, ev), _metric_values(ev, metric),
                         color=SPLIT_COLOURS.get(split), label=split, **_marker(len(ev)))
         if metric == "perplexity":
-            _log_y(ax)
+            log_y(ax)
         ax.set_xlabel("iteration")
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(metric.capitalize(), fontsize=10)
@@ -386,7 +352,7 @@ def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
                     alpha=0.8,
                     label=f"angle {j + 1}" if k <= 10 else None)
     if has_max:
-        am = _numeric(eig, "angle_max") * scale
+        am = numeric(eig, "angle_max") * scale
         ax.plot(x, am, color="black", lw=1.6, label="largest angle", **_marker(len(eig)))
     ax.set_ylim(bottom=0)
     ax.set_xlabel("iteration")
@@ -394,7 +360,7 @@ def plot_angles(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax.set_title("Rotation of the top-k eigenspace between consecutive tracking points",
                  fontsize=10)
     legend_outside(ax, fontsize=7)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
@@ -506,10 +472,6 @@ def run_colours(runs: Sequence[RunData], keys: Sequence[str] | None = None) -> l
     return colours
 
 
-def _common_x(runs: Sequence[RunData]) -> str:
-    return "epoch" if all(r.iters_per_epoch for r in runs) else "iteration"
-
-
 def plot_sweep(
     runs: Sequence[RunData],
     labels: Sequence[str],
@@ -523,7 +485,7 @@ def plot_sweep(
     has_loss = [not r.frame("train").empty and "loss" in r.frame("train").columns for r in runs]
     if not any(has_eig) and not any(has_loss):
         raise NoData('no run has "eigen" or "train" lines')
-    x = _common_x(runs)
+    x = common_x(runs)
     n = int(any(has_eig)) + int(any(has_loss))
     fig = Figure(figsize=(5.2 * n, 4.0))
     axes = list(fig.subplots(1, n, squeeze=False)[0])
@@ -547,7 +509,7 @@ def plot_sweep(
                 if (m & ~good).any():  # unconverged points: hollow, off the line
                     ax.plot(xs[m & ~good], y[m & ~good], ls="none", marker="o", ms=4,
                             mfc="none", mec=c)
-        _log_y(ax)
+        log_y(ax)
         ax.set_xlabel(_x_label(x))
         ax.set_ylabel("λ₁ (solid), λ₂ (dashed)")
         ax.set_title("Two largest Hessian eigenvalues", fontsize=10)
@@ -565,7 +527,7 @@ def plot_sweep(
             if not ok:
                 continue
             tr = run.frame("train")
-            y = _numeric(tr, "loss")
+            y = numeric(tr, "loss")
             ax.plot(x_values(run, tr, x), y, color=c, lw=1.0, label=lab)
             values += list(y)
         _log_if_positive(ax, values)
@@ -591,7 +553,7 @@ def plot_accuracy_norms(
     has_eig = [not r.eigen_points.empty for r in runs]
     if metric is None and not any(has_eig):
         raise NoData('no run has "eval" lines with accuracy or "eigen" lines')
-    x = _common_x(runs)
+    x = common_x(runs)
     panels: list[str] = []
     if metric is not None:
         for split in ("train", "val"):
@@ -615,7 +577,7 @@ def plot_accuracy_norms(
                 m2 = np.isfinite(fro) & (fro > 0)
                 ax.plot(xs[m1], l1[m1], "-", color=c, lw=1.1, label=lab)
                 ax.plot(xs[m2], fro[m2], "--", color=c, lw=1.1)
-            _log_y(ax)
+            log_y(ax)
             top = "all" if fro_k is None else f"top {fro_k}"
             ax.set_ylabel(f"‖H‖₂ (solid), ‖H‖_F from {top} λ (dashed)")
             ax.set_title("Sharpness", fontsize=10)
@@ -630,7 +592,7 @@ def plot_accuracy_norms(
             ax.set_title(f"{'Training' if panel == 'train' else 'Validation'} {metric}",
                          fontsize=10)
             if metric == "perplexity":
-                _log_y(ax)
+                log_y(ax)
         ax.set_xlabel(_x_label(x))
     legend_outside(axes[-1])  # one legend for all panels: the runs' colours
     if notes is not None and metric is None:

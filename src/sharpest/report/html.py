@@ -51,7 +51,7 @@ from sharpest.runs.eigen_quality import unconverged_count
 from sharpest.runs.io import atomic_write_text
 from sharpest.runs.names import configuration_name
 
-__all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_out"]
+__all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_report_dir"]
 
 
 @dataclass
@@ -68,8 +68,12 @@ class FigureEntry:
 
 @dataclass
 class Skipped:
+    """A figure left out: its records were never asked for (``failed`` False, a footnote),
+    or drawing it broke (``failed`` True: news, listed apart)."""
+
     title: str
     reason: str
+    failed: bool = False
 
 
 def _pct(v: Any) -> str:
@@ -210,7 +214,7 @@ def _figure(
         return Skipped(title, str(err))
     except Exception as err:  # a report should come out even if one figure breaks
         warnings.warn(f"figure {name!r} failed: {err!r}", RuntimeWarning, stacklevel=2)
-        return Skipped(title, f"failed: {type(err).__name__}: {err}")
+        return Skipped(title, f"failed: {type(err).__name__}: {err}", failed=True)
     paths = save_figure(fig, fig_dir / name)
     return _entry(out, name, title, caption, paths, notes)
 
@@ -259,7 +263,7 @@ def _probe_entries(
         paths = probe_figures.write_probe_figures(run.all_records(), fig_dir, prefix=prefix)
     except Exception as err:
         warnings.warn(f"probe figures failed: {err!r}", RuntimeWarning, stacklevel=2)
-        return [Skipped(title, f"failed: {type(err).__name__}: {err}")]
+        return [Skipped(title, f"failed: {type(err).__name__}: {err}", failed=True)]
     if not paths:
         return [Skipped(title, "the probe lines hold no cross-section or α records")]
     stems: dict[str, list[Path]] = {}
@@ -333,7 +337,7 @@ def _run_figures(
 # -- helpers for the page ---------------------------------------------------------------------
 
 
-def default_out(runs: Sequence[RunData]) -> Path:
+def default_report_dir(runs: Sequence[RunData]) -> Path:
     """Where a comparative report goes by default: ``<common parent>/report``."""
     paths = [r.path.resolve() for r in runs]
     try:
@@ -529,6 +533,186 @@ def _group_labels(reps: Sequence[RunData], by_name: bool) -> list[str]:
     return run_labels(reps)[0] if len(reps) > 1 else [reps[0].name]
 
 
+@dataclass
+class _Styles:
+    """How the all-runs figures draw each run, and the configurations its seeds make.
+
+    ``colours`` and ``labels``: one per run (a label starting with ``_`` stays out of the
+    legend: a configuration's seeds share its colour and one legend entry); ``groups``: the
+    runs by configuration (:func:`~sharpest.report.seeds.seed_groups`), ``group_labels`` and
+    ``group_colours`` one per configuration.
+    """
+
+    colours: list[Any]
+    labels: list[str]
+    groups: list[list[RunData]]
+    group_labels: list[str]
+    group_colours: list[Any]
+
+    @property
+    def seeded(self) -> bool:
+        """Whether some configuration ran with several seeds."""
+        return len(self.groups) < sum(len(g) for g in self.groups)
+
+
+def _styles(runs: Sequence[RunData], labels: Sequence[str], diff_keys: Sequence[str],
+            label_by_name: bool) -> _Styles:
+    """Colours and legend labels of the all-runs figures, seeds of a configuration as one."""
+    groups = seed_groups(runs)
+    if len(groups) == len(runs):
+        return _Styles(run_colours(runs, diff_keys), list(labels), groups, list(labels),
+                       run_colours(runs, diff_keys))
+    reps = [g[0] for g in groups]
+    glabels = _group_labels(reps, label_by_name)
+    gcolours = run_colours(reps)
+    # Keyed by folder (unique, unlike folder names: a/run and b/run).
+    colour_of = {r.path: gcolours[i] for i, g in enumerate(groups) for r in g}
+    entry = {g[0].path: f"{glabels[i]} ({len(g)} seeds)" if len(g) > 1 else glabels[i]
+             for i, g in enumerate(groups)}
+    return _Styles([colour_of[r.path] for r in runs],
+                   [entry.get(r.path, f"_{lab}") for r, lab in zip(runs, labels)],
+                   groups, glabels, gcolours)
+
+
+def _comparative_figures(
+    runs: Sequence[RunData], labels: Sequence[str], styles: _Styles, out_dir: Path,
+    fig_dir: Path, fro_k: int | None, per_run: bool,
+) -> list[FigureEntry | Skipped]:
+    """The figures of several runs: seed bands (when seeds), λ₁/λ₂ across runs, accuracy and
+    sharpness, then (``per_run``) each run's own figures."""
+    items: list[FigureEntry | Skipped] = []
+    if styles.seeded:
+        items.append(
+            _figure(
+                out_dir, fig_dir, "seeds_top_eigenvalues",
+                "λ₁ and λ₂ over seeds",
+                "Each configuration's λ₁ as the mean over its seeds with a ±1 std band "
+                "(dashed: mean λ₂).",
+                lambda notes: plot_seed_bands(styles.groups, styles.group_labels,
+                                              styles.group_colours, notes=notes),
+            )
+        )
+    nsgd = any(flatten_config(r.config).get("optimizer.name") == "nsgd" for r in runs)
+    items.append(
+        _figure(
+            out_dir, fig_dir, "sweep_top_eigenvalues",
+            "λ₁ and λ₂ across runs (Fig. 3; Fig. 5 with the loss)",
+            "The two largest eigenvalues of each run on one log axis (solid λ₁, dashed λ₂), "
+            "and the training loss. Colours follow the first differing config key.",
+            lambda notes: plot_sweep(runs, styles.labels, styles.colours, notes=notes),
+        )
+    )
+    items.append(
+        _figure(
+            out_dir, fig_dir, "nsgd" if nsgd else "sweep_accuracy_sharpness",
+            "Accuracy and sharpness across runs (Fig. 6)",
+            "Training and validation accuracy, and the spectral norm ‖H‖₂ (solid) and "
+            f"Frobenius norm from the top {fro_k or 'all'} eigenvalues (dashed), log scale.",
+            lambda notes: plot_accuracy_norms(runs, styles.labels, styles.colours, fro_k=fro_k,
+                                              notes=notes),
+        )
+    )
+    used: set[str] = set()
+    for run, lab in zip(runs, labels if per_run else []):
+        prefix = _slug(run.name)
+        while prefix in used:
+            prefix += "_"
+        used.add(prefix)
+        for it in _run_figures(run, out_dir, fig_dir, prefix, zoom=False):
+            it.title = f"{lab}: {it.title}"
+            items.append(it)
+    return items
+
+
+def _expected_text(expected: str | None, out_dir: Path, runs: Sequence[RunData],
+                   labels: Sequence[str]) -> str | None:
+    """The expected outcome: as given, else an ``expected.md`` (in ``out_dir``, or the runs'
+    common parent), else the runs' ``expected`` config key (each run's when they differ)."""
+    if expected is not None:
+        return expected
+    expected = read_expected_file(out_dir)
+    if expected is None and len(runs) > 1:
+        expected = read_expected_file(default_report_dir(runs).parent)
+    if expected is not None:
+        return expected
+    unique = list(dict.fromkeys(r.expected for r in runs if r.expected))
+    if len(unique) == 1:
+        return unique[0]
+    if unique:
+        return "\n\n".join(
+            f"**{lab}**: {r.expected}" for r, lab in zip(runs, labels) if r.expected
+        )
+    return None
+
+
+def _single_tables(run: RunData, summary: dict[str, Any]) -> dict[str, Any]:
+    """The page's numbers for one run: the headline, the final eigenvalues, every summary."""
+    head_keys = [
+        "best_val_accuracy", "test_accuracy_at_best_val", "best_val_perplexity",
+        "lambda1_final", "lambda1_max", "hessian_fro_final", "hessian_fro_last",
+        "running_loss_last", "n_eigen", "total_matvecs", "tracking_share",
+    ]
+    return {
+        "headline": [_format(k, summary[k]) for k in head_keys if k in summary],
+        "final_eigs": _final_eigenvalues(run),
+        "summary_rows": [_format(k, v) for k, v in summary.items() if k not in ("run", "path")],
+    }
+
+
+def _comparative_tables(runs: Sequence[RunData], labels: Sequence[str],
+                        summaries: Sequence[dict[str, Any]], diff_keys: Sequence[str],
+                        styles: _Styles) -> dict[str, Any]:
+    """The page's tables for several runs: the summary table (over configurations, mean ±
+    std of their seeds, when seeds), the headline, the config keys that differ."""
+    present = [c for c in COLUMNS if any(c[0] in s for s in summaries)]
+    ctx: dict[str, Any] = {
+        "missing_cols": [h for k, h, _ in COLUMNS if not any(k in s for s in summaries)],
+        "table_cols": [h for _, h, _ in present],
+        "table_rows": [
+            [lab] + [fmt(s[k]) if k in s else "—" for k, _, fmt in present]
+            for lab, s in zip(labels, summaries)
+        ],
+    }
+    head = [c for c in COLUMNS if c[0] in (
+        "best_val_accuracy", "test_accuracy_at_best_val", "lambda1_final",
+        "hessian_fro_final", "running_loss_last",
+    ) and any(c[0] in s for s in summaries)]
+    if styles.seeded:  # the table over configurations: mean ± std of seeds
+        by_run = {r.path: s for r, s in zip(runs, summaries)}
+        ctx["table_rows"] = mean_std_rows(
+            styles.group_labels, [[by_run[r.path] for r in g] for g in styles.groups], present)
+    ctx["headline_cols"] = [h for _, h, _ in head]
+    ctx["headline_rows"] = [
+        [lab] + [fmt(s[k]) if k in s else "—" for k, _, fmt in head]
+        for lab, s in zip(labels, summaries)
+    ]
+    flat = [flatten_config(r.config) for r in runs]
+    ctx["diff_keys"] = list(diff_keys)
+    # One row per key, one column per run: a handful of runs fit the page, and long
+    # values (probe sections) wrap inside their cell.
+    ctx["diff_rows"] = [[k] + [_cfg_value(_shown(k, f)) for f in flat] for k in diff_keys]
+    ctx["run_pairs"] = list(zip(runs, labels))
+    return ctx
+
+
+def _report_title(runs: Sequence[RunData], diff_keys: Sequence[str]) -> str:
+    if len(runs) == 1:
+        return f"sharpest report — {runs[0].name}"
+    return f"sharpest report — {len(runs)} runs" + (
+        f" ({', '.join(diff_keys[:3])})" if diff_keys else "")
+
+
+def _report_dir(runs: Sequence[RunData], out: str | os.PathLike[str] | None) -> Path:
+    """Where the report goes (a single run's own folder by default), created with its
+    ``figures/``."""
+    out_dir = Path(out) if out is not None else (
+        runs[0].path if len(runs) == 1 else default_report_dir(runs))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"report destination {str(out_dir)!r} exists and is not a folder")
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
 def build_report(
     run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -559,99 +743,24 @@ def build_report(
         raise ReportError("no run folder given")
     runs = [read_run(p) for p in run_dirs]
     single = len(runs) == 1
-    out_dir = Path(out) if out is not None else (runs[0].path if single else default_out(runs))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"report destination {str(out_dir)!r} exists and is not a folder")
+    out_dir = _report_dir(runs, out)
     fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-
     summaries = [summarize(r, fro_k=fro_k) for r in runs]
     labels, diff_keys = (
         run_labels(runs, by_name=label_by_name) if not single else ([runs[0].name], [])
     )
-    items: list[FigureEntry | Skipped] = []
     if single:
-        items += _run_figures(runs[0], out_dir, fig_dir)
+        items = _run_figures(runs[0], out_dir, fig_dir)
+        tables = _single_tables(runs[0], summaries[0])
     else:
-        colours = run_colours(runs, diff_keys)
-        groups = seed_groups(runs)
-        fig_labels = list(labels)
-        if len(groups) < len(runs):  # some configuration ran with several seeds
-            reps = [g[0] for g in groups]
-            glabels = _group_labels(reps, label_by_name)
-            gcolours = run_colours(reps)
-            # The all-runs figures: a configuration's seeds share its colour and one legend
-            # entry (matplotlib leaves labels starting with "_" out of the legend).
-            colour_of = {id(r): gcolours[i] for i, g in enumerate(groups) for r in g}
-            entry = {id(g[0]): f"{glabels[i]} ({len(g)} seeds)" if len(g) > 1 else glabels[i]
-                     for i, g in enumerate(groups)}
-            colours = [colour_of[id(r)] for r in runs]
-            fig_labels = [entry.get(id(r), f"_{lab}") for r, lab in zip(runs, labels)]
-            items.append(
-                _figure(
-                    out_dir, fig_dir, "seeds_top_eigenvalues",
-                    "λ₁ and λ₂ over seeds",
-                    "Each configuration's λ₁ as the mean over its seeds with a ±1 std band "
-                    "(dashed: mean λ₂).",
-                    lambda notes: plot_seed_bands(groups, glabels, gcolours, notes=notes),
-                )
-            )
-        nsgd = any(flatten_config(r.config).get("optimizer.name") == "nsgd" for r in runs)
-        items.append(
-            _figure(
-                out_dir, fig_dir, "sweep_top_eigenvalues",
-                "λ₁ and λ₂ across runs (Fig. 3; Fig. 5 with the loss)",
-                "The two largest eigenvalues of each run on one log axis (solid λ₁, dashed λ₂), "
-                "and the training loss. Colours follow the first differing config key.",
-                lambda notes: plot_sweep(runs, fig_labels, colours, notes=notes),
-            )
-        )
-        items.append(
-            _figure(
-                out_dir, fig_dir, "nsgd" if nsgd else "sweep_accuracy_sharpness",
-                "Accuracy and sharpness across runs (Fig. 6)",
-                "Training and validation accuracy, and the spectral norm ‖H‖₂ (solid) and "
-                f"Frobenius norm from the top {fro_k or 'all'} eigenvalues (dashed), log scale.",
-                lambda notes: plot_accuracy_norms(runs, fig_labels, colours, fro_k=fro_k,
-                                                  notes=notes),
-            )
-        )
-        used: set[str] = set()
-        for run, lab in zip(runs, labels if per_run else []):
-            prefix = _slug(run.name)
-            while prefix in used:
-                prefix += "_"
-            used.add(prefix)
-            for it in _run_figures(run, out_dir, fig_dir, prefix, zoom=False):
-                it.title = f"{lab}: {it.title}"
-                items.append(it)
+        styles = _styles(runs, labels, diff_keys, label_by_name)
+        items = _comparative_figures(runs, labels, styles, out_dir, fig_dir, fro_k, per_run)
+        tables = _comparative_tables(runs, labels, summaries, diff_keys, styles)
     figures = [i for i in items if isinstance(i, FigureEntry)]
     skipped = [i for i in items if isinstance(i, Skipped)]
-
-    # -- expected outcome -------------------------------------------------------------------
-    if expected is None:
-        expected = read_expected_file(out_dir)
-        if expected is None and not single:
-            expected = read_expected_file(default_out(runs).parent)
-        if expected is None:
-            found = [r.expected for r in runs if r.expected]
-            unique = list(dict.fromkeys(found))
-            if len(unique) == 1:
-                expected = unique[0]
-            elif unique:
-                expected = "\n\n".join(
-                    f"**{lab}**: {r.expected}" for r, lab in zip(runs, labels) if r.expected
-                )
-
-    # -- tables -----------------------------------------------------------------------------
+    expected = _expected_text(expected, out_dir, runs, labels)
     ctx: dict[str, Any] = {
-        "title": title
-        or (
-            f"sharpest report — {runs[0].name}"
-            if single
-            else f"sharpest report — {len(runs)} runs"
-            + (f" ({', '.join(diff_keys[:3])})" if diff_keys else "")
-        ),
+        "title": title or _report_title(runs, diff_keys),
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": runs,
         "single": single,
@@ -663,51 +772,12 @@ def build_report(
             for f in figures
         ],
         # A figure that broke is news; one whose records were never asked for is a footnote.
-        "failed": [s for s in skipped if s.reason.startswith("failed")],
-        "skipped": [s for s in skipped if not s.reason.startswith("failed")],
+        "failed": [s for s in skipped if s.failed],
+        "skipped": [s for s in skipped if not s.failed],
         "missing_cols": [],
         "fro_k": fro_k or "all",
+        **tables,
     }
-    if single:
-        s = summaries[0]
-        head_keys = [
-            "best_val_accuracy", "test_accuracy_at_best_val", "best_val_perplexity",
-            "lambda1_final", "lambda1_max", "hessian_fro_final", "hessian_fro_last",
-            "running_loss_last", "n_eigen", "total_matvecs", "tracking_share",
-        ]
-        ctx["headline"] = [_format(k, s[k]) for k in head_keys if k in s]
-        ctx["final_eigs"] = _final_eigenvalues(runs[0])
-        ctx["summary_rows"] = [
-            _format(k, v) for k, v in s.items() if k not in ("run", "path")
-        ]
-    else:
-        present = [c for c in COLUMNS if any(c[0] in s for s in summaries)]
-        ctx["missing_cols"] = [h for k, h, _ in COLUMNS if not any(k in s for s in summaries)]
-        ctx["table_cols"] = [h for _, h, _ in present]
-        ctx["table_rows"] = [
-            [lab] + [fmt(s[k]) if k in s else "—" for k, _, fmt in present]
-            for lab, s in zip(labels, summaries)
-        ]
-        head = [c for c in COLUMNS if c[0] in (
-            "best_val_accuracy", "test_accuracy_at_best_val", "lambda1_final",
-            "hessian_fro_final", "running_loss_last",
-        ) and any(c[0] in s for s in summaries)]
-        if len(groups) < len(runs):  # the table over configurations: mean ± std of seeds
-            by_run = dict(zip(map(id, runs), summaries))
-            ctx["table_rows"] = mean_std_rows(
-                glabels, [[by_run[id(r)] for r in g] for g in groups], present)
-        ctx["headline_cols"] = [h for _, h, _ in head]
-        ctx["headline_rows"] = [
-            [lab] + [fmt(s[k]) if k in s else "—" for k, _, fmt in head]
-            for lab, s in zip(labels, summaries)
-        ]
-        flat = [flatten_config(r.config) for r in runs]
-        ctx["diff_keys"] = diff_keys
-        # One row per key, one column per run: a handful of runs fit the page, and long
-        # values (probe sections) wrap inside their cell.
-        ctx["diff_rows"] = [[k] + [_cfg_value(_shown(k, f)) for f in flat] for k in diff_keys]
-        ctx["run_pairs"] = list(zip(runs, labels))
-
     env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
     page = env.from_string(_TEMPLATE).render(**ctx)
     path = out_dir / "report.html"

@@ -21,7 +21,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import legend_outside, save_figure
+from sharpest.report.axes import legend_outside
+from sharpest.report.figures import save_figure
 
 __all__ = [
     "ALPHA_COLORS",

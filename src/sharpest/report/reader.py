@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from sharpest.errors import SharpestError
 from sharpest.runs.io import RecordsError
 from sharpest.runs.reader import (
     EXPECTED_FILES,
@@ -30,7 +31,7 @@ __all__ = [
 RunData = Run
 
 
-class ReportError(ValueError):
+class ReportError(SharpestError, ValueError):
     """A report cannot be made as asked (missing folder, not a run folder, no runs, …)."""
 
 

@@ -1,8 +1,9 @@
 """Seeds in a comparative report: runs that differ only in ``seed`` are one configuration.
 
-:func:`seed_groups` groups the runs (config equal once every key named ``seed``, ``init_from``
-and the keys of :data:`~sharpest.report.figures.IGNORED_KEYS` are left out), keeping the order
-in which each configuration first appears. :func:`mean_std_rows` gives the table rows as
+:func:`seed_groups` groups the runs (one configuration by
+:func:`sharpest.runs.names.configuration_key`, the keys of
+:data:`~sharpest.report.figures.IGNORED_KEYS` left out too), keeping the order in which each
+configuration first appears. :func:`mean_std_rows` gives the table rows as
 ``mean ± std`` (sample std, ddof 1) with the number of seeds; :func:`plot_seed_bands` draws
 each configuration's λ₁ as the mean over its seeds with a ±1 std band (:func:`seed_band`: within
 the seeds' range; λ₂ dashed, mean only),
@@ -19,32 +20,19 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import (
-    IGNORED_KEYS,
-    NoData,
-    _canon,
-    _common_x,
-    _log_y,
-    legend_outside,
-    x_values,
-)
-from sharpest.report.reader import RunData, flatten_config
+from sharpest.report.axes import common_x, legend_outside, log_y, x_values
+from sharpest.report.figures import IGNORED_KEYS, NoData
+from sharpest.report.reader import RunData
+from sharpest.runs.names import configuration_key
 
 __all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_band", "seed_groups"]
-
-
-def _key(run: RunData) -> str:
-    flat = flatten_config(run.config)
-    kept = {k: v for k, v in flat.items() if k not in IGNORED_KEYS
-            and k.rsplit(".", 1)[-1] != "seed" and k.split(".", 1)[0] != "init_from"}
-    return _canon(kept)
 
 
 def seed_groups(runs: Sequence[RunData]) -> list[list[RunData]]:
     """The runs grouped by configuration, seeds of one configuration together."""
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(_key(r), []).append(r)
+        groups.setdefault(configuration_key(r.config, IGNORED_KEYS), []).append(r)
     return list(groups.values())
 
 
@@ -127,7 +115,7 @@ def plot_seed_bands(
     runs = [r for g in groups for r in g]
     if not any(not r.eigen.empty for r in runs):
         raise NoData('no run has "eigen" lines')
-    x = _common_x(runs)
+    x = common_x(runs)
     fig = Figure(figsize=(8.0, 4.2))
     ax = fig.subplots()
     for group, lab, c in zip(groups, labels, colours):
@@ -143,7 +131,7 @@ def plot_seed_bands(
             if rank == 0 and n > 1:
                 low, high = seed_band(rows)
                 ax.fill_between(grid[pos], low[pos], high[pos], color=c, alpha=0.2, lw=0)
-    _log_y(ax)
+    log_y(ax)
     ax.set_xlabel("epoch" if x == "epoch" else "iteration")
     ax.set_ylabel("λ₁ (solid, ±1 std band), λ₂ (dashed)")
     ax.set_title("Two largest eigenvalues, mean over seeds", fontsize=10)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sharpest.paper_metrics import number as _number
+from sharpest.record_values import number as _number
 from sharpest.report.reader import RunData
 
 __all__ = [

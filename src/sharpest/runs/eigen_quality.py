@@ -1,6 +1,6 @@
 """Reading the quality fields of ``"eigen"`` lines: convergence and sampling error.
 
-:func:`sharpest.paper_metrics.is_converged` decides, for Table 1 (the trainer's summary line
+:func:`sharpest.record_values.is_converged` decides, for Table 1 (the trainer's summary line
 and the report alike); these helpers apply it to the report's frames. Plain Python and numpy.
 
 - A point is *unconverged* when its line says ``"converged": false`` (Lanczos stopped before
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sharpest.paper_metrics import is_converged, number
+from sharpest.record_values import is_converged, number
 
 __all__ = ["converged_mask", "is_converged", "stderr_matrix", "unconverged_count"]
 

@@ -9,6 +9,7 @@ returns, so a checkpoint that counts ``n`` lines can rely on those ``n`` lines b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -20,11 +21,14 @@ from typing import IO, Any
 
 import numpy as np
 
+from sharpest.errors import SharpestError
+
 __all__ = [
     "MetricsWriter",
     "RecordsError",
     "atomic_write",
     "count_lines",
+    "disk_full_error",
     "atomic_write_text",
     "fsync_dir",
     "jsonable",
@@ -83,6 +87,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
     The temp file has a unique name (mkstemp) and gets the mode a plain ``open()`` would give
     (0666 less the umask) rather than mkstemp's 0600.
+
+    Raises:
+        OSError: with ``errno.ENOSPC`` (or ``EDQUOT``) when the file system filled up, however
+            ``write`` reported it (torch's zip writer turns the ``OSError`` of a full disk
+            into ``RuntimeError: ... unexpected pos ...``); ``path`` is left as it was.
     """
     path = Path(path)
     make_dirs(path.parent)
@@ -94,13 +103,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        # Before the temp file goes (removing it frees the space that tells a full disk).
+        full = disk_full_error(err, path)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if full is not None and full is not err:
+            raise full from err
         raise
     fsync_dir(path.parent)
+
+
+#: errno values that mean "no space left" (quota included).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(err: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """The ``OSError`` of a full file system behind ``err`` (raised while writing ``path``),
+    or ``None`` when ``err`` is something else.
+
+    A full disk is recognised by its errno on ``err`` or on an exception it was raised from
+    or while handling (``__cause__`` / ``__context__``: torch's zip writer reports the
+    ``OSError`` of the Python file it writes to as a ``RuntimeError``), or, when the writer
+    swallowed the ``OSError``, by ``path``'s file system having no free block left. Any
+    other error (a bug, an interrupt) gives ``None`` and keeps its traceback.
+    """
+    if isinstance(err, (KeyboardInterrupt, SystemExit)):
+        return None
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _NO_SPACE:
+            return cur if cur is err else OSError(cur.errno, os.strerror(cur.errno), str(path))
+        cur = cur.__cause__ or cur.__context__
+    if isinstance(err, OSError):
+        return None  # an OSError of another kind says what it is itself
+    try:
+        st = os.statvfs(Path(path).parent)
+    except (OSError, AttributeError):  # no statvfs (Windows) or the folder is gone
+        return None
+    if st.f_bavail * st.f_frsize < max(st.f_bsize, st.f_frsize):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -201,7 +248,7 @@ def count_lines(path: str | os.PathLike[str]) -> int:
         return 0
 
 
-class RecordsError(ValueError):
+class RecordsError(SharpestError, ValueError):
     """A ``.jsonl`` log holds a damaged line that is not its last (the message names file and
     line): a killed writer can only tear the last line, so anything else is corruption."""
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sharpest.paper_metrics import number
+from sharpest.errors import SharpestError
+from sharpest.record_values import number
 from sharpest.runs.folder import RunFolder
 from sharpest.runs.io import parse_records
 
@@ -29,7 +30,7 @@ __all__ = ["EXPECTED_FILES", "Run", "RunReadError", "flatten_config", "load"]
 EXPECTED_FILES = ("expected.md", "EXPECTED.md", "expected.txt")
 
 
-class RunReadError(FileNotFoundError, ValueError):
+class RunReadError(SharpestError, FileNotFoundError, ValueError):
     """A path is not a readable run folder (missing, not a folder, no run files, bad YAML).
 
     A ``FileNotFoundError`` (what :func:`load` always raised for a missing folder) and a

@@ -21,6 +21,7 @@ from sharpest.train.metrics import (
     gradient_norm,
     weight_spectral_norms,
 )
+from sharpest.train.restore import RestoredPoint, restore_checkpoint
 from sharpest.train.schedules import Schedule
 from sharpest.train.summary import RunSummary
 from sharpest.train.tracker import EigenTracker
@@ -31,6 +32,7 @@ __all__ = [
     "EigenTracker",
     "EpochMetrics",
     "LambdaCallback",
+    "RestoredPoint",
     "RunParts",
     "RunSummary",
     "Schedule",
@@ -42,6 +44,7 @@ __all__ = [
     "evaluate",
     "gradient_norm",
     "resolve_device",
+    "restore_checkpoint",
     "train",
     "weight_spectral_norms",
 ]

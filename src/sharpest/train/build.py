@@ -48,7 +48,9 @@ class RunParts:
     ``init_eigen``: eigenpairs of ``init_from``'s checkpoint, warm-starting the tracker;
     ``sinks``: where the records are mirrored besides ``metrics.jsonl`` (``log.sinks``: names,
     or :class:`~sharpest.runs.sinks.Sink` objects), opened by the trainer below the run folder
-    once that folder is ready.
+    once that folder is ready; ``decay_params``: the parameters the L2 term covers
+    (``weight_decay_on``; None: all of them), as the optimizer was given them and as every
+    Hessian of the run takes them (:func:`decay_params_for`, worked out once here).
     """
 
     config: Config
@@ -66,6 +68,7 @@ class RunParts:
     callbacks: list[Callback] = field(default_factory=list)
     init_eigen: dict[str, Any] | None = None
     sinks: list[str | Sink] = field(default_factory=list)
+    decay_params: list[Tensor] | None = None
 
 
 def build_data(cfg: Config) -> DataBundle:
@@ -116,18 +119,20 @@ def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
         raise ConfigError(str(err)) from None
 
 
-def build_optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer_for(
+    cfg: Config, model: nn.Module, *, decay_params: list[Tensor] | None
+) -> torch.optim.Optimizer:
     """The config's optimizer over ``model``'s parameters (with ``weight_decay_on: kernels``,
     one parameter group per tensor, in model order: the nudged optimizers flatten the groups
-    in order, which must stay the eigenvectors' order)."""
+    in order, which must stay the eigenvectors' order). ``decay_params``: what
+    :func:`decay_params_for` gives for ``cfg`` and ``model``."""
     opt = cfg.optimizer
     extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
     if opt.nesterov:
         extra["nesterov"] = True
     params: Any = model.parameters()
-    decay = decay_params_for(cfg, model)
-    if decay is not None:
-        decayed = {id(p) for p in decay}
+    if decay_params is not None:
+        decayed = {id(p) for p in decay_params}
         params = [{"params": [p], "weight_decay": cfg.weight_decay if id(p) in decayed else 0.0}
                   for p in model.parameters()]
     try:
@@ -160,7 +165,7 @@ def build_callbacks(
     if cfg.metrics.enabled:
         callbacks.append(
             EpochMetrics(cfg.metrics.grad_norm, cfg.metrics.spectral_norm,
-                         cfg.track.chunk_size or 512)
+                         cfg.track.chunk_size)
         )
     if cfg.probes:
         try:
@@ -223,8 +228,9 @@ def build(
         model, init_eigen = build_model_for(cfg, data, device)
     else:
         model.to(device)
+    decay = decay_params_for(cfg, model)
     if optimizer is None:
-        optimizer = build_optimizer_for(cfg, model)
+        optimizer = build_optimizer_for(cfg, model, decay_params=decay)
     schedule = Schedule(cfg.schedule, optimizer, cfg.lr, ipe, total)
     tracker, callbacks = build_callbacks(cfg, init_eigen)
     return RunParts(
@@ -243,4 +249,5 @@ def build(
         callbacks=callbacks,
         init_eigen=init_eigen,
         sinks=list(cfg.log.sinks),
+        decay_params=decay,
     )

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from sharpest.config import Config, ConfigError, load_config, make_config
 from sharpest.data import DataBundle
 from sharpest.distributed import ddp
+from sharpest.errors import SharpestError
 from sharpest.runs import (
     MetricsWriter,
     RunFolder,
@@ -51,7 +52,7 @@ from sharpest.runs.io import jsonable
 from sharpest.runs.resume import RESUMABLE_CHANGES, PreparedFolder, prepare_folder
 from sharpest.runs.rng import get_rng_state, seed_everything, set_rng_state
 from sharpest.runs.sinks import Sink, close_all, open_config_sinks
-from sharpest.train.build import RunParts, build, decay_params_for
+from sharpest.train.build import RunParts, build
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import evaluate, flat_params, in_batches
 from sharpest.train.tracker import eigen_state
@@ -70,7 +71,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 
 
-class Diverged(Exception):
+class Diverged(SharpestError):
     """Training diverged; carries the reason and the loss (if any)."""
 
     def __init__(self, reason: str, loss: float | None = None) -> None:
@@ -211,7 +212,7 @@ class Trainer:
         self.eval_train = parts.eval_train
         self.model = parts.model
         # The parameters the L2 term covers (None: all), for every Hessian of the run.
-        self.decay_params = decay_params_for(self.config, self.model)
+        self.decay_params = parts.decay_params
         self.init_eigen = parts.init_eigen
         self.num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.initial_params = flat_params(self.model).clone()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from sharpest.config import DEFAULT_CHUNK_SIZE
 from sharpest.curvature import EmpiricalRisk, evaluation_mode
 from sharpest.train.callbacks import Callback
 
@@ -81,7 +82,8 @@ def weight_frobenius_norms(model: nn.Module) -> dict[str, float]:
 
 
 def gradient_norm(
-    model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0, chunk_size: int = 512,
+    model: nn.Module, loss_fn: Any, data: Any, weight_decay: float = 0.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     decay_params: Any = None,
 ) -> float:
     """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²`` (over ``decay_params``,
@@ -136,7 +138,8 @@ class EpochMetrics(Callback):
     name = "metrics"
 
     def __init__(
-        self, grad_norm: bool = True, spectral_norm: bool = True, chunk_size: int = 512
+        self, grad_norm: bool = True, spectral_norm: bool = True,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.grad_norm = grad_norm
         self.spectral_norm = spectral_norm

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from sharpest.config import DEFAULT_CHUNK_SIZE
 from sharpest.curvature import EmpiricalRisk
 from sharpest.probes import (
     DEFAULT_ALPHAS,
@@ -511,7 +512,7 @@ def build_probe_callbacks(
         epoch_start = _config_get(track, "epoch_start")
         options["epoch_start"] = (track_every == 0) if epoch_start is None else bool(epoch_start)
     if options.get("chunk_size") is None:
-        options["chunk_size"] = _config_get(track, "chunk_size") or 512
+        options["chunk_size"] = _config_get(track, "chunk_size") or DEFAULT_CHUNK_SIZE
     for key in ("directions", "ks", "alphas", "alpha_directions", "kmin_thresholds"):
         value = options.get(key)
         if value is not None and not isinstance(value, (list, tuple)):

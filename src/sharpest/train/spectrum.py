@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sharpest.config import DEFAULT_CHUNK_SIZE
 from sharpest.curvature.density import spectral_density
 from sharpest.curvature.ggn import build_operator
 from sharpest.curvature.trace import trace
@@ -58,7 +59,7 @@ class SpectrumTracker(Callback):
         self.operator_kind = operator
         self.trace_options = dict(trace_options or {})
         self.density_options = dict(density_options or {})
-        self.chunk_size = chunk_size or 512
+        self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         self.seed = seed
         self.operator: Any = None
         self._log: Callable[..., Any] | None = None

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from sharpest.paper_metrics import finite, table1
+from sharpest.paper_metrics import table1
+from sharpest.record_values import finite
 from sharpest.runs import read_records
 from sharpest.train.callbacks import Callback
 from sharpest.train.metrics import distance_from_init, weight_spectral_norms

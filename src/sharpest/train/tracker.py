@@ -86,6 +86,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sharpest.config import DEFAULT_CHUNK_SIZE
 from sharpest.curvature import EigenResult, HessianOperator, lanczos, principal_angles
 from sharpest.curvature.ggn import build_operator
 from sharpest.curvature.sampling_error import (
@@ -161,7 +162,7 @@ class EigenTracker(Callback):
         self.tol = tol
         self.which = which
         self.max_matvecs = max_matvecs
-        self.chunk_size = chunk_size or 512
+        self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         self.seed = seed
         self.refresh_every = refresh_every
         self.order = order
