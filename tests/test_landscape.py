@@ -154,7 +154,7 @@ def test_surface_equals_direct_loss_evaluations():
     op = EmpiricalRisk(model, loss_fn, (x, y), 0.1, chunk_size=7)  # 5 chunks, last one short
     ref = direct(op, d1, d2, grid)
     reference = surface(model, loss_fn, (x, y), [d1, d2], grid, weight_decay=0.1, chunk_size=7,
-                        vectorize=False)
+                        points_per_batch=1)
     np.testing.assert_array_equal(reference.loss, ref)  # the same function, bit for bit
     fast = surface(model, loss_fn, (x, y), torch.stack([d1, d2]), grid, weight_decay=0.1,
                    chunk_size=7, points_per_batch=5)
@@ -184,26 +184,28 @@ class Interrupted(Exception):
     pass
 
 
-def test_killed_surface_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("per", [1, 5])  # in place, and vmapped
+def test_killed_surface_resumes_where_it_stopped(tmp_path, per):
     model, (x, y) = small_cnn(), image_data()
     loss_fn = nn.CrossEntropyLoss()
     d = [filter_normalized_direction(model, 0), filter_normalized_direction(model, 1)]
     grid = (np.linspace(-1, 1, 4), np.linspace(-1, 1, 3))
     op = EmpiricalRisk(model, loss_fn, (x, y))
-    whole = surface_of(op, d, grid, points_per_batch=5)
+    whole = surface_of(op, d, grid, points_per_batch=per)
     path = tmp_path / "s.npz"
 
     def stop(done: int, total: int) -> None:
         raise Interrupted  # killed right after the first batch was saved
 
     with pytest.raises(Interrupted):
-        surface_of(op, d, grid, points_per_batch=5, path=path, on_batch=stop)
+        surface_of(op, d, grid, points_per_batch=per, path=path, on_batch=stop)
     saved = load_surface_file(path)
-    assert int(saved["done"].sum()) == 5 and np.isnan(saved["loss"][~saved["done"]]).all()
-    resumed = surface_of(op, d, grid, points_per_batch=5, path=path)
-    assert resumed.n_points == 12 - 5  # only the missing points were evaluated
+    assert int(saved["done"].sum()) == per and np.isnan(saved["loss"][~saved["done"]]).all()
+    resumed = surface_of(op, d, grid, points_per_batch=per, path=path)
+    assert resumed.n_points == 12 - per  # only the missing points were evaluated
     np.testing.assert_array_equal(resumed.loss, whole.loss)
     np.testing.assert_array_equal(resumed.accuracy, whole.accuracy)
+    assert resumed.loss0 == whole.loss0 == op.loss()
     final = load_surface_file(path)
     assert bool(final["done"].all())
     np.testing.assert_array_equal(final["loss"], whole.loss)
@@ -335,3 +337,34 @@ def test_worst_case_sharpness_checks_its_options():
     before = model.weight.detach().clone()
     assert math.isfinite(worst_case_sharpness(model, loss, (X, y), 0.1, steps=2))
     assert torch.equal(model.weight, before)  # θ restored bit for bit
+
+
+# -- benchmark --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_surface_benchmark_runs_at_a_tiny_size(tmp_path):
+    import csv
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "surface.py"
+    spec = importlib.util.spec_from_file_location("_bench_surface", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    out = tmp_path / "surface.md"
+    args = ["--points", "3", "--images", "16", "--chunk", "8", "--naive-points", "9",
+            "--per-batch", "1,3", "--threads", "1", "--filters", "2,2,4,4", "--dense", "8",
+            "--data-root", str(tmp_path / "none"), "--out", str(out)]
+    with torch.random.fork_rng():
+        assert module.main(args) == 0
+    with open(out.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], int(r["points_per_batch"])) for r in rows] == [
+        ("naive", 1), ("sharpest", 1), ("sharpest", 3)]
+    assert all(int(r["points"]) == 9 and float(r["points_per_second"]) > 0 for r in rows)
+    assert float(rows[1]["max_abs_diff"]) < 1e-12  # in place: the naive forward passes
+    assert float(rows[2]["max_abs_diff"]) < 1e-5  # vmapped: float32 rounding
+    assert "random images" in out.read_text()

@@ -372,8 +372,10 @@ def surface(
                                  min=1)
     ] = None,
     points_per_batch: Annotated[
-        int, typer.Option(help="Grid points per batched forward pass (memory).", min=1)
-    ] = 8,
+        int | None,
+        typer.Option(help="Grid points per forward pass (vmapped when > 1; default 1 on a "
+                     "CPU, 8 on a GPU).", min=1),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar with an ETA.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a line.")] = False,

@@ -14,12 +14,15 @@ with it when the outputs are scores over classes (or tokens) and the targets are
 The shifted parameters are computed in float64 and rounded once to the parameters' dtype, as
 :class:`~sharpest.probes.shift.ParameterShift` does; a non-finite loss is stored as ``inf``.
 
-**Speed.** Grid points are evaluated ``points_per_batch`` at a time: their parameters are
-stacked and one ``torch.func.vmap`` of ``torch.func.functional_call`` runs the model for all
-of them on each chunk of examples, under ``torch.no_grad`` (one batched matrix product instead
-of P small ones; the inputs are read once per batch of points). Models that ``vmap`` cannot
-run (e.g. cuDNN / fused RNN kernels) fall back, with a warning, to the reference method:
-parameters set in place and one forward pass per point and chunk (``vectorize=False``).
+**Speed.** Every grid point costs one forward pass over the data, under ``torch.no_grad``
+(no graph), with the parameters written in place once per point (not per batch) and the
+accuracy counted from the same outputs; L(θ) is read off the grid when (0, 0) is on it.
+With ``points_per_batch`` P > 1, P points share each pass: their parameters are stacked and
+one ``torch.func.vmap`` of ``torch.func.functional_call`` runs the model for all of them on
+each chunk of examples — more work per kernel, which pays on a GPU with a small model. On a
+CPU a vmapped convolution with per-point weights runs as a grouped convolution and was slower
+than one pass per point (benchmarks/surface.py), so the default (``None``) is P = 1 on a CPU
+and P = 8 on a GPU. Models that ``vmap`` cannot run fall back, with a warning, to P = 1.
 
 **Resumable.** With ``path``, the state (the grid, the values so far, which points are done,
 and a fingerprint of θ, the directions, the grid and the data) is written atomically to that
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sharpest.curvature import EmpiricalRisk, flatten, unflatten
+from sharpest.curvature import EmpiricalRisk, NonFiniteError, flatten, unflatten
 from sharpest.curvature.inputs import semantics_mode
 from sharpest.runs.io import atomic_write
 
@@ -71,7 +74,8 @@ class SurfaceResult:
     d₁'s coordinate ``grid[0][i]``; ``accuracy`` is None when it does not apply. ``loss0``:
     L(θ) at the centre. ``n_points``: grid points evaluated by this call (the others were read
     back from ``path``); ``forward_examples``: examples through the model by this call (a
-    point costs one pass over the data). ``vectorized``: whether the batched path ran.
+    point costs one pass over the data). ``vectorized``: whether the vmapped path ran
+    (``points_per_batch`` > 1).
     """
 
     loss: np.ndarray
@@ -297,11 +301,10 @@ def surface_of(
     directions: Tensor | Sequence[Tensor],
     grid: Sequence[Sequence[float]],
     *,
-    points_per_batch: int = 8,
+    points_per_batch: int | None = None,
     accuracy: bool = True,
     path: str | Path | None = None,
     progress: bool = False,
-    vectorize: bool = True,
     metadata: Mapping[str, Any] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SurfaceResult:
@@ -313,17 +316,20 @@ def surface_of(
         op: The probe loss (data, semantics, weight decay, parameters).
         directions: d₁, d₂: a ``(2, op.size)`` tensor or two flat vectors.
         grid: The coordinates along d₁ and d₂.
-        points_per_batch: Grid points per vmapped forward pass (memory grows with it).
+        points_per_batch: Grid points per forward pass: 1 sets the parameters in place (the
+            reference), P > 1 vmaps P points (memory grows with P); None: 1 on a CPU, 8 on
+            a GPU (see the module docstring).
         accuracy: Also count the accuracy (when it applies).
         path: ``.npz`` file to save to after each batch of points and to resume from.
         progress: Show a tqdm progress bar with its ETA (on stderr).
-        vectorize: Batch the points with ``torch.func.vmap`` (False: the in-place reference).
         metadata: Extra plain values stored in the file (JSON text under ``meta``).
         on_batch: Called as ``on_batch(done, total)`` after each saved batch of points.
 
     Returns:
         A :class:`SurfaceResult`; the parameters hold θ again, bit for bit.
     """
+    if points_per_batch is None:
+        points_per_batch = 1 if op.device.type == "cpu" else 8
     if points_per_batch < 1:
         raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
     start = time.perf_counter()
@@ -345,11 +351,16 @@ def surface_of(
                 " remove it or choose another path"
             )
         loss, hits, done = saved["loss"].copy(), saved["correct"].copy(), saved["done"].copy()
-    evaluator = _Evaluator(op, theta, d, vectorize)
-    loss0 = float(evaluator(theta.to(op.param_dtype).unsqueeze(0))[0][0])
+    evaluator = _Evaluator(op, theta, d, vectorize=points_per_batch > 1)
+    zero_a, zero_b = np.flatnonzero(a == 0.0), np.flatnonzero(b == 0.0)
+    on_grid = (int(zero_a[0]), int(zero_b[0])) if zero_a.size and zero_b.size else None
     todo = [(i, j) for i in range(shape[0]) for j in range(shape[1]) if not done[i, j]]
+    if on_grid is not None and on_grid in todo:  # the centre first: L(θ) is known at once
+        todo.remove(on_grid)
+        todo.insert(0, on_grid)
     total = shape[0] * shape[1]
     bar = _progress(total, total - len(todo), progress)
+    loss0 = float(loss[on_grid]) if on_grid is not None else math.nan
     n_points = 0
     try:
         for s in range(0, len(todo), points_per_batch):
@@ -358,6 +369,8 @@ def surface_of(
             jj = np.array([j for _, j in batch])
             values, correct = evaluator(evaluator.shifted(a[ii], b[jj]))
             loss[ii, jj], hits[ii, jj], done[ii, jj] = values, correct, True
+            if on_grid is not None:
+                loss0 = float(loss[on_grid])
             n_points += len(batch)
             if file is not None:
                 _save(file, _state(a, b, loss, hits, done, key, loss0, op, evaluator, meta_text))
@@ -368,6 +381,14 @@ def surface_of(
         bar.close()
     if file is not None and n_points == 0 and not file.exists():
         _save(file, _state(a, b, loss, hits, done, key, loss0, op, evaluator, meta_text))
+    if on_grid is None:  # (0, 0) not on the grid: one more pass for L(θ)
+        try:
+            loss0 = op.loss()
+        except NonFiniteError:
+            loss0 = math.inf
+        evaluator.forward_examples += op.num_examples
+        if file is not None:
+            _save(file, _state(a, b, loss, hits, done, key, loss0, op, evaluator, meta_text))
     acc = hits / op.num_examples if accuracy and evaluator.accuracy else None
     return SurfaceResult(
         loss=loss,
@@ -447,7 +468,7 @@ def surface(
     coordinates along each. ``weight_decay``, ``decay_params``, ``chunk_size`` (examples per
     forward pass) and ``device`` are :class:`~sharpest.curvature.EmpiricalRisk`'s; the other
     options are :func:`surface_of`'s (``points_per_batch``, ``path`` to resume, ``progress``,
-    ``accuracy``, ``vectorize``).
+    ``accuracy``).
 
     Returns a :class:`SurfaceResult`: ``.loss`` ``(len(grid[0]), len(grid[1]))`` and
     ``.accuracy`` (or None). See the module docstring for the quantity and the method.

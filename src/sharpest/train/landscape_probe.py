@@ -237,7 +237,7 @@ def draw_surface(
     span: float | str | Sequence[float] = "auto",
     trajectory: Trajectory | None = None,
     path: Path | None = None,
-    points_per_batch: int = 8,
+    points_per_batch: int | None = None,
     progress: bool = False,
     info: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
@@ -368,8 +368,9 @@ class SurfaceProbe(_Scheduled):
 
     Options: ``directions`` (``"eigen"``, ``"eigen_random"``, ``"random"``), ``points`` per
     axis (default 21), ``span`` (``"auto"``, a number or two), ``trajectory`` (project the
-    run's checkpoints), ``points_per_batch`` (grid points per vmapped pass), ``ignore`` (1-D
-    parameters in filter-normalised directions: ``"biasbn"`` or ``"none"``), ``max_matvecs``
+    run's checkpoints), ``points_per_batch`` (grid points per forward pass; default 1 on a
+    CPU, 8 on a GPU), ``ignore`` (1-D parameters in filter-normalised directions:
+    ``"biasbn"`` or ``"none"``), ``max_matvecs``
     (its own Lanczos when the tracker's eigenvectors are not of this iteration), and the
     schedule and data options of every landscape probe (``every``, ``epoch_every``,
     ``at_end``, ``subset``, ``chunk_size``, ``seed``).
@@ -379,8 +380,8 @@ class SurfaceProbe(_Scheduled):
 
     def __init__(self, directions: str = "eigen", points: int = 21,
                  span: float | str | list[float] = "auto", trajectory: bool = True,
-                 points_per_batch: int = 8, ignore: str = "biasbn", max_matvecs: int = 300,
-                 **schedule: Any) -> None:
+                 points_per_batch: int | None = None, ignore: str = "biasbn",
+                 max_matvecs: int = 300, **schedule: Any) -> None:
         super().__init__(**schedule)
         if directions not in PLANES or directions == "pca":
             raise ValueError(
@@ -393,7 +394,8 @@ class SurfaceProbe(_Scheduled):
             raise ValueError(f"span must be 'auto', a number or two numbers, got {span!r}")
         if ignore not in IGNORE_MODES:
             raise ValueError(f"ignore must be one of {IGNORE_MODES}, got {ignore!r}")
-        if not isinstance(points_per_batch, int) or points_per_batch < 1:
+        if points_per_batch is not None and (
+                not isinstance(points_per_batch, int) or points_per_batch < 1):
             raise ValueError(f"points_per_batch must be an integer >= 1, got {points_per_batch!r}")
         self.directions, self.grid_points, self.span = directions, points, span
         self.trajectory, self.points_per_batch = bool(trajectory), points_per_batch

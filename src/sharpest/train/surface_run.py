@@ -74,7 +74,7 @@ def surface_at_epoch(
     points: int = 21,
     span: float | str = "auto",
     subset: int | None = None,
-    points_per_batch: int = 8,
+    points_per_batch: int | None = None,
     seed: int = 0,
     progress: bool = True,
     device: str | None = None,
