@@ -113,7 +113,7 @@ def _draw_contour(ax: Any, s: SurfaceData, values: np.ndarray, cmap: str, label:
         xy = np.asarray(traj["coords"], dtype=float)
         ax.plot(xy[:, 0], xy[:, 1], "-o", color="tab:red", markersize=3, linewidth=1.2,
                 zorder=4, label="trajectory")
-        ax.annotate("θ₀", xy[0], textcoords="offset points", xytext=(4, 4), fontsize=7,
+        ax.annotate(r"$\theta_0$", xy[0], textcoords="offset points", xytext=(4, 4), fontsize=7,
                     color="tab:red")
         ax.set_xlim(min(s.a[0], xy[:, 0].min()), max(s.a[-1], xy[:, 0].max()))
         ax.set_ylim(min(s.b[0], xy[:, 1].min()), max(s.b[-1], xy[:, 1].max()))
@@ -130,17 +130,20 @@ def _draw_contour(ax: Any, s: SurfaceData, values: np.ndarray, cmap: str, label:
 def plot_surface_contours(surfaces: Sequence[SurfaceData], *, accuracy: bool = True,
                           notes: list[str] | None = None, title: str | None = None) -> Figure:
     """One row per surface: the loss contours with the trajectory (red; θ₀ labelled; ★ the
-    surface's centre), and the accuracy contours beside it when the file has them."""
+    surface's centre), and the accuracy contours beside it when the file has them (with
+    ``accuracy=False``: the loss contours of all surfaces side by side)."""
     if not surfaces:
         raise NoData("no surfaces (OUT/surfaces/*.npz)")
     cols = 2 if accuracy and any(s.accuracy is not None for s in surfaces) else 1
-    fig = Figure(figsize=(5.2 * cols, 4.2 * len(surfaces)))
+    # Loss only: the surfaces side by side (one row), else one row per surface.
+    shape = (len(surfaces), cols) if cols == 2 else (1, len(surfaces))
+    fig = Figure(figsize=(5.2 * shape[1], 4.2 * shape[0]))
     for r, s in enumerate(surfaces):
-        ax = fig.add_subplot(len(surfaces), cols, r * cols + 1)
+        ax = fig.add_subplot(*shape, r * cols + 1)
         _draw_contour(ax, s, s.loss, "viridis", "loss")
         ax.set_title(f"loss at {s.label}: {s.meta.get('directions', '')} plane", fontsize=9)
         if cols == 2 and s.accuracy is not None:
-            ax2 = fig.add_subplot(len(surfaces), cols, r * cols + 2)
+            ax2 = fig.add_subplot(*shape, r * cols + 2)
             acc = 100.0 * s.accuracy
             finite = acc[np.isfinite(acc)]
             levels = np.linspace(finite.min(), max(finite.max(), finite.min() + 1e-6), 24)
