@@ -180,6 +180,49 @@ def test_surface_checks_its_input():
         surface(model, nn.CrossEntropyLoss(), (x, y), [d, d[:-1]], ([0.0], [0.0]))
 
 
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, batch_first=True)
+        self.out = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(x)
+        return self.out(h[:, -1])
+
+
+class Keyword(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 5)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+
+def test_surface_falls_back_where_vmap_cannot_and_takes_mapping_inputs():
+    torch.manual_seed(0)
+    grid = ([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0])
+    y = torch.randint(0, 5, (10,))
+    lstm = Recurrent().double()
+    x = torch.randn(10, 6, 3, dtype=torch.float64)
+    d = [filter_normalized_direction(lstm, 0), filter_normalized_direction(lstm, 1)]
+    with pytest.warns(RuntimeWarning, match="batched evaluation failed"):
+        batched = surface(lstm, nn.CrossEntropyLoss(), (x, y), d, grid, points_per_batch=4)
+    assert not batched.vectorized  # aten::lstm has no batching rule: one point per pass
+    single = surface(lstm, nn.CrossEntropyLoss(), (x, y), d, grid, points_per_batch=1)
+    np.testing.assert_array_equal(batched.loss, single.loss)
+    # Mapping inputs are passed as model(**inputs) on both paths.
+    model = Keyword().double()
+    inputs = {"features": torch.randn(10, 3, dtype=torch.float64)}
+    d = [filter_normalized_direction(model, 0), filter_normalized_direction(model, 1)]
+    a = surface(model, nn.CrossEntropyLoss(), (inputs, y), d, grid, points_per_batch=4)
+    b = surface(model, nn.CrossEntropyLoss(), (inputs, y), d, grid, points_per_batch=1)
+    assert a.vectorized and a.accuracy is not None
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-13, atol=0)
+    np.testing.assert_array_equal(a.accuracy, b.accuracy)
+
+
 class Interrupted(Exception):
     pass
 
