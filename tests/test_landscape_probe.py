@@ -41,7 +41,9 @@ TINY = {
     "checkpoint": {"keep": 0},
     "probes": {
         "surface": {"epoch_every": 2, "points": 5, "directions": "eigen"},
-        "sharpness": {"kinds": ["eps", "adaptive", "m"], "rho": 0.05, "steps": 3, "m": 16},
+        # every 10 iterations: 10 ends epoch 2, whose start (the tracker's point) it waits for
+        "sharpness": {"kinds": ["eps", "adaptive", "m"], "rho": 0.05, "steps": 3, "m": 16,
+                      "every": 10, "epoch_every": 0},
     },
 }
 
@@ -98,7 +100,9 @@ def test_sharpness_probe_matches_the_library_at_the_end(run):
     out, records = run
     lines = probe_lines(records, "sharpness")
     assert {r["sharpness_kind"] for r in lines} == {"eps", "adaptive", "m"}
-    assert sorted({r["iteration"] for r in lines}) == [0, 5, 10, 15]
+    assert sorted({r["iteration"] for r in lines}) == [10, 15]  # and at the end
+    eigen = {r["iteration"]: r["eigenvalues"][0] for r in records if r["event"] == "eigen"}
+    assert all(r["eigenvalue"] == eigen[r["iteration"]] for r in lines)  # λ₁ of the same point
     last = [r for r in lines if r["iteration"] == 15 and r["sharpness_kind"] == "eps"][0]
     cfg = make_config(TINY)
     parts = build(cfg)

@@ -302,13 +302,22 @@ class _Scheduled(Callback):
         self.subset, self.chunk_size, self.seed = subset, chunk_size, seed
         self.points = 0
         self.last_iteration: int | None = None
+        self._pending = False
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
-        if self.epoch_every and int(trainer.epoch) % self.epoch_every == 0:
+        due = self._pending or (self.epoch_every and int(trainer.epoch) % self.epoch_every == 0)
+        self._pending = False
+        if due:
             self._maybe(trainer)
 
     def on_step_end(self, trainer: TrainerView) -> None:
         if self.every and int(trainer.iteration) % self.every == 0:
+            # The last step of an epoch another one follows: its iteration is the next epoch's
+            # start, where the tracker computes (after this hook); probe there, with its λ's.
+            if getattr(trainer, "end_of_epoch", False) and not getattr(trainer, "last_epoch",
+                                                                        True):
+                self._pending = True
+                return
             self._maybe(trainer)
 
     def on_train_end(self, trainer: TrainerView) -> None:
