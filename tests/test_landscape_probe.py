@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sharpest.cli import app
@@ -154,3 +155,33 @@ def test_cli_surface_at_an_epoch_and_the_report_figures(run, tmp_path):
             assert (figures / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
     html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "Loss surfaces (pca plane)" in html and "Worst-case sharpness" in html
+
+
+def test_planes_name_their_directions():
+    cfg = make_config(TINY)
+    model = build(cfg).model
+    n = sum(p.numel() for p in model.parameters())
+    g = torch.Generator().manual_seed(0)
+    vectors, _ = torch.linalg.qr(torch.randn(n, 2, generator=g, dtype=torch.float64))
+    eigen = ([5.0, 2.0], vectors.T.contiguous())
+    both = plane_for("eigen", model, eigen=eigen)
+    assert both.names == ["e₁", "e₂"] and both.eigenvalues == [5.0, 2.0]
+    torch.testing.assert_close(both.directions, eigen[1])
+    mixed = plane_for("eigen_random", model, eigen=eigen, seed=3)
+    assert mixed.eigenvalues == [5.0, None]
+    d = mixed.directions
+    torch.testing.assert_close(d[0], eigen[1][0])
+    assert float(d[1].norm()) == pytest.approx(1.0) and abs(float(d[0] @ d[1])) < 1e-12
+    rand = plane_for("random", model, seed=3)
+    assert rand.eigenvalues == [None, None] and "filter-normalised" in rand.names[0]
+    with pytest.raises(ValueError, match="need the top 2"):
+        plane_for("eigen", model, eigen=([5.0], eigen[1][:1]))
+    with pytest.raises(ValueError, match="at least 3 points"):
+        plane_for("pca", model, trajectory=torch.zeros(2, n, dtype=torch.float64))
+
+
+def test_cli_surface_refuses_a_bad_span(tmp_path):
+    res = CliRunner().invoke(app, ["surface", str(tmp_path), "--at", "1", "--span", "wide"])
+    assert res.exit_code == 2 and "--span must be 'auto' or a number > 0" in res.output
+    res = CliRunner().invoke(app, ["surface", str(tmp_path), "--at", "1"])
+    assert res.exit_code == 2 and "not a run folder" in res.output
