@@ -152,7 +152,8 @@ def test_eig_bad_input(tmp_path):
     assert result.exit_code == EXIT_BAD_INPUT and "cannot read" in result.output
 
 
-DESIGN_VERBS = {"demo", "train", "run", "sweep", "report", "eig", "presets"}
+# DESIGN.md's verbs, and `surface` (issue 27: the 2-D loss surface of a run at an epoch).
+DESIGN_VERBS = {"demo", "train", "run", "sweep", "report", "eig", "presets", "surface"}
 
 
 def test_verbs_are_registered():

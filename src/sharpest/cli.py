@@ -316,6 +316,88 @@ def eig(
 # ------------------------------------------------------------- presets, demo, report ---
 
 
+class Plane(str, Enum):
+    eigen = "eigen"
+    eigen_random = "eigen_random"
+    random = "random"
+    pca = "pca"
+
+
+@app.command()
+@clean_errors
+def surface(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    at: Annotated[int, typer.Option("--at", help="The epoch (0: θ₀, before training).", min=0)],
+    directions: Annotated[
+        Plane,
+        typer.Option(help="eigen: e₁, e₂; eigen_random: e₁ and a random direction ⊥ e₁; "
+                     "random: two filter-normalised ones (Li et al.); pca: the trajectory's."),
+    ] = Plane.random,
+    points: Annotated[int, typer.Option(help="Grid points per axis.", min=2, max=401)] = 21,
+    span: Annotated[
+        str, typer.Option(help="Half-width of the grid on each axis, or 'auto'.")
+    ] = "auto",
+    subset: Annotated[
+        int | None, typer.Option(help="Use the first N examples of the run's Hessian subset.",
+                                 min=1)
+    ] = None,
+    points_per_batch: Annotated[
+        int | None,
+        typer.Option(help="Grid points per forward pass (vmapped when > 1; default 1 on a "
+                     "CPU, 8 on a GPU).", min=1),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar with an ETA.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a line.")] = False,
+    threads: Threads = DEFAULT_THREADS,
+) -> None:
+    """The 2-D loss surface of a run at an epoch, with its trajectory projected on it.
+
+    Written (resumably: run it again after a kill) to RUN/surfaces/; `sharpest report RUN`
+    draws it.
+    """
+    from sharpest.train.surface_run import surface_at_epoch
+
+    if span != "auto":
+        try:
+            value = float(span)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            _fail(f"--span must be 'auto' or a number > 0, got {span!r}")
+    _set_threads(threads)
+    done = surface_at_epoch(
+        run, at, directions=directions.value, points=points,
+        span=span if span == "auto" else float(span), subset=subset,
+        points_per_batch=points_per_batch, seed=seed, progress=progress and not as_json,
+    )
+    res = done.result
+    summary = {
+        "file": str(done.path),
+        "epoch": at,
+        "directions": directions.value,
+        "names": done.meta["names"],
+        "eigenvalues": done.meta["eigenvalues"],
+        "span": done.meta["span"],
+        "points": points,
+        "loss0": res.loss0,
+        "loss_min": float(res.loss.min()),
+        "subset_size": res.num_examples,
+        "evaluated": res.n_points,
+        "seconds": done.seconds,
+        "points_per_second": res.n_points / done.seconds if done.seconds > 0 else None,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(
+        f"surface {points}x{points} of {run} at epoch {at} along {directions.value} "
+        f"({', '.join(done.meta['names'])}) on {res.num_examples} examples: L(θ) = "
+        f"{res.loss0:.4g}, min {summary['loss_min']:.4g}; {res.n_points} points in "
+        f"{done.seconds:.1f} s -> {done.path}"
+    )
+
+
 @app.command()
 @clean_errors
 def demo(

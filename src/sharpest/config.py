@@ -326,7 +326,9 @@ class Config(_Section):
     deterministic: bool = False
     #: Start from another run's checkpoint (weights and eigenbasis; fresh optimizer).
     init_from: str | None = None
-    #: Probe callbacks (sharpest.train.probe_callback validates this section).
+    #: Probe callbacks: cross-sections and the α-probe, and the sub-sections ``surface`` (2-D
+    #: loss surfaces) and ``sharpness`` (worst-case sharpness); sharpest.train.probe_callback
+    #: validates this section.
     probes: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

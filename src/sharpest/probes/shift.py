@@ -42,6 +42,7 @@ class ParameterShift:
         self.params: list[Tensor] = list(op.params)
         self.base: list[Tensor] = [p.detach().clone() for p in self.params]
         self.n_evals = 0
+        self.n_grads = 0
 
     @property
     def size(self) -> int:
@@ -70,20 +71,37 @@ class ParameterShift:
             return math.inf
         return value if math.isfinite(value) else math.inf
 
-    def loss(self, delta: Tensor | None = None) -> float:
-        """L(θ + δ) (L(θ) when ``delta`` is None), θ restored afterwards."""
-        if delta is None:
-            return self._evaluate()
+    def _shift(self, delta: Tensor) -> None:
         if delta.shape != (self.size,):
             raise ValueError(
                 f"expected a flat shift of shape ({self.size},), got {tuple(delta.shape)}"
             )
         parts = unflatten(delta.to(device=self.base[0].device, dtype=torch.float64), self.base)
-        try:
-            with torch.no_grad():
-                for p, b, d in zip(self.params, self.base, parts):
-                    p.copy_((b.double() + d).to(p.dtype))
+        with torch.no_grad():
+            for p, b, d in zip(self.params, self.base, parts):
+                p.copy_((b.double() + d).to(p.dtype))
+
+    def loss(self, delta: Tensor | None = None) -> float:
+        """L(θ + δ) (L(θ) when ``delta`` is None), θ restored afterwards."""
+        if delta is None:
             return self._evaluate()
+        try:
+            self._shift(delta)
+            return self._evaluate()
+        finally:
+            self.restore()
+
+    def gradient(self, delta: Tensor | None = None) -> Tensor:
+        """∇L(θ + δ) as a flat float64 vector (``op.gradient()`` there), θ restored afterwards.
+
+        ``n_grads`` counts them (each one forward and one backward pass over all examples).
+        """
+        self.n_grads += 1
+        if delta is None:
+            return self.op.gradient()
+        try:
+            self._shift(delta)
+            return self.op.gradient()
         finally:
             self.restore()
 

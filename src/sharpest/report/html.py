@@ -330,6 +330,10 @@ def _run_figures(
 
     items += [_figure(out, fig_dir, f"{p}{stem}", title, caption, build)
               for stem, title, caption, build in curvature_figure_specs(run)]
+    from sharpest.report.surface_figures import surface_figure_specs
+
+    items += [_figure(out, fig_dir, f"{p}{stem}", title, caption, build)
+              for stem, title, caption, build in surface_figure_specs(run)]
     items += _probe_entries(run, out, fig_dir, f"{p}probe")
     return items
 

@@ -62,6 +62,9 @@ from sharpest.probes import (
     run_probes,
 )
 from sharpest.train.callbacks import Callback, TrainerView
+from sharpest.train.landscape_probe import LANDSCAPE_SECTIONS, build_landscape_callbacks
+from sharpest.train.probe_common import config_get as _config_get
+from sharpest.train.probe_common import first_examples as _first
 
 if TYPE_CHECKING:
     from sharpest.config import Config
@@ -79,29 +82,6 @@ _SEED_OFFSET = 0x9B0BE
 
 #: What a probe point does with eigenpairs that did not converge.
 UNCONVERGED_MODES = ("skip", "mark")
-
-
-def _config_get(config: Any, key: str, default: Any = None) -> Any:
-    if config is None:
-        return default
-    if isinstance(config, dict):
-        return config.get(key, default)
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        try:
-            return getter(key, default)
-        except TypeError:
-            pass
-    return getattr(config, key, default)
-
-
-def _first(pair: Any, n: int | None) -> Any:
-    if n is None:
-        return pair
-    x, y = pair
-    if isinstance(x, (list, tuple)):
-        return type(x)(t[:n] for t in x), y[:n]
-    return x[:n], y[:n]
 
 
 class DirectionProbe(Callback):
@@ -473,16 +453,25 @@ class ProbesSection(TypedDict, total=False):
     seed: int | None
     max_eigen_age: int | None
     unconverged: str
+    surface: dict[str, Any]
+    sharpness: dict[str, Any]
 
 
 #: The options a ``probes`` section may set (``enabled`` aside), in the order errors list them.
-_OPTION_NAMES = tuple(k for k in ProbesSection.__annotations__ if k != "enabled")
+_OPTION_NAMES = tuple(
+    k for k in ProbesSection.__annotations__ if k != "enabled" and k not in LANDSCAPE_SECTIONS
+)
 
 
 def build_probe_callbacks(
     section: ProbesSection | dict[str, Any] | None, config: Config | None = None
-) -> list[DirectionProbe]:
+) -> list[Callback]:
     """The probe callbacks of a run config's ``probes`` section (empty: none).
+
+    The sub-sections ``surface`` and ``sharpness`` build the landscape probes
+    (:func:`sharpest.train.landscape_probe.build_landscape_callbacks`: 2-D surfaces,
+    worst-case sharpness); the direction probe (cross-sections, α-probe) is built too when
+    the section has any other key, or no such sub-section at all.
 
     The keys are :class:`DirectionProbe`'s options, plus ``enabled`` (default true). Defaults
     that depend on the run: ``every`` and ``epoch_start`` follow the tracker (``track.every``,
@@ -499,6 +488,12 @@ def build_probe_callbacks(
     options = dict(section)
     if not options.pop("enabled", True):
         return []
+    # probes.surface / probes.sharpness (sharpest.train.landscape_probe): their own callbacks;
+    # the direction probe is built beside them only when the section sets one of its options.
+    landscape = {k: options.pop(k) for k in LANDSCAPE_SECTIONS if k in options}
+    extra = build_landscape_callbacks(landscape, config) if landscape else []
+    if landscape and not options:
+        return extra
     unknown = sorted(set(options) - set(_OPTION_NAMES))
     if unknown:
         raise ValueError(
@@ -517,4 +512,4 @@ def build_probe_callbacks(
         value = options.get(key)
         if value is not None and not isinstance(value, (list, tuple)):
             raise TypeError(f"probes.{key} must be a list, got {value!r}")
-    return [DirectionProbe(**options)]
+    return [DirectionProbe(**options), *extra]
