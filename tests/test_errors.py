@@ -43,6 +43,7 @@ CLASSES = [
     ("sharpest.orchestrate.executors", "ExecutorError", RuntimeError),
     ("sharpest.orchestrate.grid", "SweepError", ValueError),
     ("sharpest.orchestrate.many", "OrchestrateError", ValueError),
+    ("sharpest.probes.landscape", "SurfaceMismatchError", ValueError),
 ]
 
 

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from sharpest.curvature import EmpiricalRisk, NonFiniteError, flatten, unflatten
 from sharpest.curvature.inputs import semantics_mode
+from sharpest.errors import SharpestError
 from sharpest.runs.io import atomic_write
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
 Batch = tuple[Any, Tensor]
 
 
-class SurfaceMismatchError(ValueError):
+class SurfaceMismatchError(SharpestError, ValueError):
     """A surface file holds another surface (other θ, directions, grid or data)."""
 
 
