@@ -32,6 +32,7 @@ from sharpest.curvature.lanczos_guard import (
     GUARD_MAX_PRODUCTS,
     GUARD_RISK,
     GUARD_SHARE,
+    MAX_EXTRAS,
     choose_deflation,
     run_guard,
 )
@@ -153,6 +154,8 @@ def lanczos(
     *,
     max_basis: int | None = None,
     max_basis_bytes: float = 2 * 2**30,
+    basis_dtype: torch.dtype = torch.float64,
+    basis_device: torch.device | str | None = None,
     guard: bool = True,
     risk: float = GUARD_RISK,
     chunk_forms: bool = False,
@@ -177,9 +180,22 @@ def lanczos(
             random direction.
         seed: seed of the random start vector, of the guard's random vectors and of the vectors
             that replace an exhausted Krylov space.
-        max_basis: most basis vectors kept before a thick restart; default from
-            ``max_basis_bytes`` (basis stored in float64 on the operator's device, allocated as
-            it grows) and at most ``max(100, 4k)``; at least ``k + 8`` and at most ``size``.
+        max_basis: most basis vectors kept before a thick restart; default at most
+            ``max(100, 4k)``, and always what ``max_basis_bytes`` allows.
+        max_basis_bytes: a promise: the solve's basis and the guard's together never hold more
+            than this many bytes (rows of ``size`` entries in ``basis_dtype``, allocated 8 rows
+            at a time as they are needed; thick restarts happen in place). The guard gets up
+            to half of it (at most k + 16 + 100 rows), the solve the rest. Too small for
+            ``k`` (it needs 2k + 15 rows with the guard, k + 6 without) is a ValueError
+            naming the least that works. Not counted: the k returned vectors, one product
+            and float64 temporaries of at most 64 MiB.
+        basis_dtype: ``torch.float64`` (default) or ``torch.float32``: how basis rows are
+            stored. Inner products are accumulated in float64 either way; float32 rows
+            halve the memory and round each row once (eigenvalues agree with a float64
+            basis to ~1e-7 relative: ``tests/test_lanczos_memory.py``).
+        basis_device: where basis rows are stored (default the operator's device), e.g.
+            ``"cpu"`` for an operator on a GPU: rows then travel to it in 64-MiB slices
+            (pinned host memory).
         guard: after the k wanted pairs converge, certify that nothing beyond λ_k was missed
             (:mod:`sharpest.curvature.lanczos_guard`); ``False`` trusts the first converged set
             (a warm start can then return a wrong set marked converged).
@@ -200,19 +216,61 @@ def lanczos(
     op = as_operator(op)  # also scipy LinearOperators, curvlinops: anything with shape and @
     n = int(op.size)
     _check_arguments(n, k, which, tol, risk)
-    if max_basis is None:
-        # Past a few times k more basis vectors barely speed convergence; restarts are cheap.
-        max_basis = min(int(max_basis_bytes // (8 * n)), max(100, 4 * k))
-    max_basis = min(n, max(max_basis, k + 8, 2 * k))
+    if basis_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"basis_dtype must be torch.float32 or torch.float64, got {basis_dtype}")
+    plan = _plan_memory(n, k, max_basis, max_basis_bytes, basis_dtype, guard)
+    max_basis = plan.max_basis
     limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
     if chunk_forms and not hasattr(op, "matvec_with_chunk_forms"):
         raise TypeError(f"chunk_forms=True needs an operator with matvec_with_chunk_forms "
                         f"(HessianOperator, GGNOperator), got {type(op).__name__}")
-    solve = _Solve(op, n, k, which, tol, limit, max_basis, seed, guard, risk, chunk_forms)
+    solve = _Solve(op, n, k, which, tol, limit, plan, seed, guard, risk, chunk_forms,
+                   basis_dtype, basis_device)
     solve.start(init)
     while solve.step():
         pass
     return solve.result(time.perf_counter() - start_time)
+
+
+@dataclass(frozen=True)
+class _MemoryPlan:
+    """How many rows the solve's basis and the guard's may hold (see ``max_basis_bytes``)."""
+
+    max_basis: int  # rows kept before a thick restart
+    main_rows: int  # the solve's basis: max_basis + room for its pending rows
+    guard_rows: int  # one guard chain with its deflated rows (0 without the guard)
+
+
+#: Rows the solve's basis holds beyond ``max_basis``: its pending rows before a restart.
+_PENDING_ROOM = 4
+#: Guard chain products the smallest budget still allows.
+_MIN_GUARD_PRODUCTS = 8
+
+
+def _plan_memory(n: int, k: int, max_basis: int | None, max_bytes: float, dtype: torch.dtype,
+                 guard: bool) -> _MemoryPlan:
+    row_bytes = n * (4 if dtype == torch.float32 else 8)
+    rows = int(max_bytes // row_bytes)
+    least_main = min(n, k + 2) + _PENDING_ROOM
+    least_guard = k + _MIN_GUARD_PRODUCTS + 1 if guard else 0
+    if rows < least_main + least_guard:
+        least = least_main + least_guard
+        raise ValueError(
+            f"max_basis_bytes={max_bytes:.4g} holds {rows} basis vectors of {n:,} "
+            f"{str(dtype).replace('torch.', '')} entries; top-{k} needs at least {least} "
+            f"({least * row_bytes:,} bytes){' with the guard' if guard else ''}: raise "
+            "max_basis_bytes, or store the basis in float32 (basis_dtype=torch.float32)")
+    guard_rows = 0
+    if guard:
+        wanted = k + MAX_EXTRAS + GUARD_MAX_PRODUCTS + 1
+        guard_rows = max(least_guard, min(wanted, rows // 2))
+    main_rows = rows - guard_rows
+    # Past a few times k more basis vectors barely speed convergence; restarts are cheap.
+    default = max(100, 4 * k) if max_basis is None else max_basis
+    chosen = min(default, main_rows - _PENDING_ROOM, n)
+    chosen = max(chosen, min(n, k + 2))
+    return _MemoryPlan(max_basis=chosen, main_rows=min(main_rows, chosen + _PENDING_ROOM),
+                       guard_rows=guard_rows)
 
 
 def _check_arguments(n: int, k: Any, which: str, tol: float, risk: float) -> None:
@@ -231,18 +289,19 @@ def _check_arguments(n: int, k: Any, which: str, tol: float, risk: float) -> Non
 class _Solve:
     """One call of :func:`lanczos`: its basis, counters and verdict."""
 
-    def __init__(self, op, n, k, which, tol, limit, max_basis, seed, guard, risk,
-                 chunk_forms=False) -> None:
+    def __init__(self, op, n, k, which, tol, limit, plan, seed, guard, risk, chunk_forms,
+                 basis_dtype, basis_device) -> None:
         self.op, self.n, self.k, self.which, self.tol = op, n, k, which, tol
-        self.limit, self.max_basis, self.guard, self.risk = limit, max_basis, guard, risk
-        self.device = getattr(op, "device", torch.device("cpu"))
+        self.limit, self.max_basis, self.guard, self.risk = limit, plan.max_basis, guard, risk
+        self.plan = plan
+        self.device = torch.device(getattr(op, "device", torch.device("cpu")))
         self.out_dtype = getattr(op, "dtype", torch.float64)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        # One guard chain takes at most as many rows as the solve's own basis (at least 40:
-        # it cannot restart); all guard chains of a solve together a share of its budget.
-        self.guard_max = min(GUARD_MAX_PRODUCTS, max(max_basis, 40), n)
+        # All guard chains of a solve together take at most a share of its products; one chain
+        # is bounded by its rows (the memory plan).
         self.guard_budget = max(int(GUARD_SHARE * limit), 1)
-        self.space = LanczosBasis(n, max_basis + 2, self.device)
+        self.space = LanczosBasis(n, plan.main_rows, self.device, dtype=basis_dtype,
+                                  store_device=basis_device)
         self.n_matvecs = self.restarts = 0
         self.guard_matvecs = self.guard_runs = self.guard_misses = self.guard_extras = 0
         self.guard_value = self.guard_risk = float("nan")
@@ -287,7 +346,8 @@ class _Solve:
     # -- loop -------------------------------------------------------------------------------
 
     def product(self, v: Tensor) -> Tensor:
-        w = self.op.matvec(v.to(self.out_dtype)).to(device=self.device, dtype=torch.float64)
+        v = v.to(device=self.device, dtype=self.out_dtype)
+        w = self.op.matvec(v).to(device=self.device, dtype=torch.float64)
         if not torch.isfinite(w).all():
             raise FloatingPointError("the operator returned a non-finite product")
         return w
@@ -297,8 +357,9 @@ class _Solve:
         the basis rows (:meth:`LanczosBasis.multiply` keeps them)."""
         if not self.chunk_forms:
             return self.product(v)
-        rows = self.space.basis[: self.space.rows]
-        w, forms, sizes = self.op.matvec_with_chunk_forms(v.to(self.out_dtype), rows)
+        rows = self.space.dense_rows()
+        v = v.to(device=self.device, dtype=self.out_dtype)
+        w, forms, sizes = self.op.matvec_with_chunk_forms(v, rows)
         w = w.to(device=self.device, dtype=torch.float64)
         if not torch.isfinite(w).all():
             raise FloatingPointError("the operator returned a non-finite product")
@@ -342,8 +403,9 @@ class _Solve:
             if not self.converged:
                 self.reason = f"max_matvecs ({self.limit}) reached"
             return False
-        if not self.forced and space.rows >= self.max_basis + 1:
-            _thick_restart(space, theta, y, c, self.which, self.k, self.max_basis)
+        if space.rows >= self.max_basis + 1:
+            moved = _thick_restart(space, theta, y, c, self.which, self.k, self.max_basis)
+            self.forced = [moved[i] for i in self.forced if i in moved]
             self.restarts += 1
         return True
 
@@ -358,14 +420,18 @@ class _Solve:
         after a missed direction was fed back."""
         theta_k = float(theta[wanted[-1]])
         while True:
-            available = min(self.guard_max, self.guard_budget - self.guard_matvecs,
-                            self.limit - self.n_matvecs)
+            deflation = choose_deflation(
+                self.space, theta, y, c, wanted, self.which, self.ties,
+                max_extras=max(0, min(MAX_EXTRAS, self.plan.guard_rows - self.k
+                                      - len(self.ties) - 1 - _MIN_GUARD_PRODUCTS)))
+            room = self.plan.guard_rows - deflation.count - 1  # the chain's own rows
+            available = min(room, GUARD_MAX_PRODUCTS, self.guard_budget - self.guard_matvecs,
+                            self.limit - self.n_matvecs, self.n)
             if available <= 0:
                 self.reason = (f"the guard's budget ({self.guard_budget} products) is spent"
                                if self.n_matvecs < self.limit else
                                f"max_matvecs ({self.limit}) reached during the guard")
                 return False
-            deflation = choose_deflation(self.space, theta, y, c, wanted, self.which, self.ties)
             outcome = run_guard(self.product, deflation, theta_k, self.which, self.tol, self.risk,
                                 available, self.random_vector, 1e-12 * self.scale)
             self.guard_runs += 1
@@ -375,7 +441,8 @@ class _Solve:
             self.guard_extras = deflation.extras
             if outcome.verdict == "clear":
                 # The nearest k at most: a seed for the next solve, not a second result.
-                self.extra_rows = deflation.rows[self.k : self.k + min(deflation.extras, self.k)]
+                extras = deflation.columns[:, self.k : self.k + min(deflation.extras, self.k)]
+                self.extra_rows = self.space.vectors(extras) if extras.shape[1] else None
                 self.converged = True
                 return False
             if outcome.verdict == "tie":
@@ -384,7 +451,9 @@ class _Solve:
                 continue
             if outcome.verdict == "undecided":
                 self.reason = (f"the guard was undecided after {outcome.products} products "
-                               f"(miss probability {outcome.risk:.2g} > risk {self.risk:g})")
+                               f"(miss probability {outcome.risk:.2g} > risk {self.risk:g}; "
+                               "its chain is bounded by max_basis_bytes and by half of "
+                               "max_matvecs)")
                 return False
             # A miss: feed it back into the solve: multiply the main chain's pending rows (the
             # entering eigenvector may lie mostly along them) and the guard's Ritz vector, so
@@ -448,8 +517,9 @@ def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
     return space.pending[int(np.argmax((weights**2).sum(axis=1)))]
 
 
-def _thick_restart(space, theta, y, c, which, k, max_basis) -> None:
-    """Keep the best Ritz vectors (about half the budget beyond k) and every pending row."""
+def _thick_restart(space, theta, y, c, which, k, max_basis) -> dict[int, int]:
+    """Keep the best Ritz vectors (about half the budget beyond k) and every pending row;
+    returns where each pending row went."""
     keep = min(len(theta) - 1, max(k + (max_basis - k) // 2, k + 1))
     best = order(theta, which)[:keep]
-    space.restart(theta[best], y[:, best], c)
+    return space.restart(theta[best], y[:, best], c)

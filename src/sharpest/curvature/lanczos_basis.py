@@ -39,27 +39,142 @@ import numpy as np
 import torch
 from torch import Tensor
 
+#: Bytes of float64 temporaries one blockwise step may hold (rows cast from a float32 or
+#: host-held basis, a slice of the rows during a restart).
+WORK_BYTES = 64 * 2**20
 
-def orthogonalize(w: Tensor, basis: Tensor) -> tuple[Tensor, Tensor]:
-    """Project `w` off the rows of `basis` twice ("twice is enough", Giraud et al. 2005).
 
-    Returns the projected vector and the total coefficients basis·w.
+class RowStore:
+    """Up to `capacity` rows of length `n`, stored in `dtype` on `device` and allocated
+    :attr:`BLOCK` rows at a time (no reallocation, so memory never exceeds `capacity` rows plus
+    :data:`WORK_BYTES`); inner products and updates in float64 on the `work` device.
+
+    A float32 or host-held store trades precision or transfers for memory: each row is rounded
+    once when stored (orthogonality to ~1e-7 in float32), every inner product is still
+    accumulated in float64, column slice by column slice.
     """
-    coeffs = basis @ w
-    w = w - basis.T @ coeffs
-    again = basis @ w
-    w = w - basis.T @ again
+
+    BLOCK = 8
+
+    def __init__(self, n: int, capacity: int, dtype: torch.dtype, device: torch.device,
+                 work: torch.device) -> None:
+        self.n, self.capacity, self.dtype = n, capacity, dtype
+        self.device, self.work = torch.device(device), torch.device(work)
+        self.blocks: list[Tensor] = []
+        self.direct = dtype == torch.float64 and self.device == self.work
+        self.pin = self.device.type == "cpu" and self.work.type == "cuda"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.blocks)
+
+    def ensure(self, rows: int) -> None:
+        if rows > self.capacity:
+            raise RuntimeError(f"the Lanczos basis needs {rows} rows, more than its capacity "
+                               f"{self.capacity} (a bug: report it)")
+        while len(self.blocks) * self.BLOCK < rows:
+            size = min(self.BLOCK, self.capacity - len(self.blocks) * self.BLOCK)
+            block = torch.empty(size, self.n, dtype=self.dtype, device=self.device)
+            self.blocks.append(block.pin_memory() if self.pin else block)
+
+    def row(self, i: int) -> Tensor:
+        """Row `i` as stored (a view)."""
+        return self.blocks[i // self.BLOCK][i % self.BLOCK]
+
+    def set_row(self, i: int, value: Tensor) -> None:
+        self.row(i).copy_(value)
+
+    def _slabs(self, count: int):
+        for b, block in enumerate(self.blocks):
+            start = b * self.BLOCK
+            if start >= count:
+                return
+            yield start, block[: min(self.BLOCK, count - start)]
+
+    def _columns(self, rows: int):
+        step = max(1, WORK_BYTES // (8 * max(rows, 1)))
+        for lo in range(0, self.n, step):
+            yield slice(lo, min(lo + step, self.n))
+
+    def _cast(self, t: Tensor) -> Tensor:
+        return t.to(device=self.work, dtype=torch.float64, non_blocking=self.pin)
+
+    def dot(self, count: int, w: Tensor) -> Tensor:
+        """rows[:count] · w (float64, on the work device)."""
+        out = torch.zeros(count, dtype=torch.float64, device=self.work)
+        for start, slab in self._slabs(count):
+            if self.direct:
+                out[start : start + len(slab)] = slab @ w
+            else:
+                for cols in self._columns(len(slab)):
+                    out[start : start + len(slab)] += self._cast(slab[:, cols]) @ w[cols]
+        return out
+
+    def subtract(self, count: int, w: Tensor, coeffs: Tensor) -> None:
+        """w −= rows[:count]ᵀ · coeffs, in place."""
+        for start, slab in self._slabs(count):
+            c = coeffs[start : start + len(slab)]
+            if self.direct:
+                w.addmv_(slab.T, c, alpha=-1.0)
+            else:
+                for cols in self._columns(len(slab)):
+                    w[cols].addmv_(self._cast(slab[:, cols]).T, c, alpha=-1.0)
+
+    def combine(self, indices: list[int], y: np.ndarray) -> Tensor:
+        """yᵀ · rows[indices]: (y.shape[1], n) float64 on the work device."""
+        coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.work)
+        out = torch.zeros(coeffs.shape[0], self.n, dtype=torch.float64, device=self.work)
+        for cols in self._columns(len(indices)):
+            part = torch.stack([self._cast(self.row(i)[cols]) for i in indices])
+            out[:, cols] = coeffs @ part
+        return out
+
+    def rewrite(self, indices: list[int], y: np.ndarray, moved: list[int]) -> None:
+        """In place: rows[:m] = yᵀ · rows[indices] (m = y.shape[1]), then the rows `moved`
+        after them in order, a column slice at a time (a thick restart without a second
+        basis)."""
+        coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.work)
+        m = coeffs.shape[0]
+        self.ensure(m + len(moved))
+        for cols in self._columns(len(indices) + len(moved)):
+            part = torch.stack([self._cast(self.row(i)[cols]) for i in indices])
+            kept = [self._cast(self.row(i)[cols]) for i in moved]
+            new = coeffs @ part
+            for j in range(m):
+                self.row(j)[cols].copy_(new[j])
+            for j, values in enumerate(kept):
+                self.row(m + j)[cols].copy_(values)
+
+
+def orthogonalize(w: Tensor, store: RowStore, count: int) -> tuple[Tensor, Tensor]:
+    """Project `w` (float64, work device) off the first `count` rows of `store` twice ("twice
+    is enough", Giraud et al. 2005). Returns the projected vector and the total coefficients."""
+    w = w.clone()
+    coeffs = store.dot(count, w)
+    store.subtract(count, w, coeffs)
+    again = store.dot(count, w)
+    store.subtract(count, w, again)
     return w, coeffs + again
 
 
 class LanczosBasis:
-    """Orthonormal rows (float64, on `device`) and the known part of M."""
+    """Orthonormal rows (a :class:`RowStore`) and the known part of M.
 
-    def __init__(self, n: int, capacity: int, device: torch.device) -> None:
+    Args:
+        n: length of the rows.
+        capacity: the most rows it may ever hold.
+        device: where products are computed (float64 work vectors live there).
+        dtype, store_device: how and where rows are stored (default float64 on `device`).
+    """
+
+    def __init__(self, n: int, capacity: int, device: torch.device,
+                 dtype: torch.dtype = torch.float64,
+                 store_device: torch.device | str | None = None) -> None:
         self.n = n
-        self.device = device
+        self.device = torch.device(device)
         self.rows = 0
-        self.basis = torch.empty(min(capacity, 16), n, dtype=torch.float64, device=device)
+        self.store = RowStore(n, capacity, dtype,
+                              self.device if store_device is None else store_device, self.device)
         self.m = np.zeros((capacity, capacity))
         self.mult: list[int] = []  # multiplied rows, in order of their products
         self.pending: list[int] = []
@@ -68,11 +183,7 @@ class LanczosBasis:
     # -- growth ---------------------------------------------------------------------------------
 
     def _reserve(self, rows: int) -> None:
-        if rows > self.basis.shape[0]:
-            grown = torch.empty(max(rows, 2 * self.basis.shape[0]), self.n,
-                                dtype=torch.float64, device=self.device)
-            grown[: self.rows] = self.basis[: self.rows]
-            self.basis = grown
+        self.store.ensure(rows)
         if rows > self.m.shape[0]:
             size = max(rows, 2 * self.m.shape[0])
             grown_m = np.zeros((size, size))
@@ -90,10 +201,11 @@ class LanczosBasis:
         Returns its index, or None when less than `floor` of its norm is left (it lies in the
         span already).
         """
+        vector = vector.to(device=self.device, dtype=torch.float64)
         norm0 = float(vector.norm())
-        w, _ = orthogonalize(vector, self.basis[: self.rows])
+        w, _ = orthogonalize(vector, self.store, self.rows)
         if self.rows:
-            w, _ = orthogonalize(w, self.basis[: self.rows])
+            w, _ = orthogonalize(w, self.store, self.rows)
         norm = float(w.norm())
         if norm0 == 0.0 or norm <= floor * norm0:
             return None
@@ -102,7 +214,7 @@ class LanczosBasis:
     def _append(self, unit: Tensor) -> int:
         self._reserve(self.rows + 1)
         index = self.rows
-        self.basis[index] = unit
+        self.store.set_row(index, unit)
         self.m[index, :] = 0.0
         self.m[:, index] = 0.0
         self.pending.append(index)
@@ -118,11 +230,11 @@ class LanczosBasis:
 
         ``product(b)`` returns H·b, or ``(H·b, forms)`` with ``forms`` (chunks, rows) the
         projections b_aᵀ H_c b on the current rows (kept as F, see the module docstring)."""
-        w = product(self.basis[index])
+        w = product(self.store.row(index))
         if isinstance(w, tuple):
             w, forms = w
             self._record_chunk_forms(index, np.asarray(forms, dtype=np.float64))
-        w, coeffs = orthogonalize(w, self.basis[: self.rows])
+        w, coeffs = orthogonalize(w, self.store, self.rows)
         c = coeffs.cpu().numpy()
         self.m[: self.rows, index] = c
         self.m[index, self.mult] = c[self.mult]  # symmetric T on the multiplied rows
@@ -164,17 +276,21 @@ class LanczosBasis:
         c = self.m[np.ix_(self.pending, rows)] if self.pending else np.zeros((0, len(rows)))
         return theta, y, c
 
-    def vectors(self, y: np.ndarray) -> Tensor:
-        """Ritz vectors Q·y (as rows) for coefficient columns `y` on the multiplied rows."""
-        coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.device)
-        return coeffs @ self.basis[self.mult]
+    def vectors(self, y: np.ndarray, rows: list[int] | None = None) -> Tensor:
+        """Ritz vectors Q·y (as float64 rows on the work device) for coefficient columns `y` on
+        `rows` (default the multiplied rows)."""
+        return self.store.combine(self.mult if rows is None else rows, y)
 
-    def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> None:
+    def dense_rows(self) -> Tensor:
+        """Every row as one float64 tensor (a copy: for small operators only)."""
+        return self.store.combine(list(range(self.rows)), np.eye(self.rows))
+
+    def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> dict[int, int]:
         """Thick restart: keep the Ritz vectors Q·y (columns of `y`, values `theta`) as the
-        multiplied rows and every pending row; M becomes diag(θ) and C·y."""
+        multiplied rows and every pending row (in place); M becomes diag(θ) and C·y. Returns
+        where each pending row went (old index → new)."""
         keep = y.shape[1]
-        ritz = self.vectors(y)
-        pending = self.basis[self.pending].clone()
+        moved = list(self.pending)
         coupling = c @ y
         if self.chunk_m is not None:
             f = self.chunk_m[np.ix_(range(self.chunk_m.shape[0]), self.mult, self.mult)]
@@ -182,13 +298,12 @@ class LanczosBasis:
             kept_forms = np.einsum("ai,cab,bj->cij", y, f, y)
             self.chunk_m[:] = 0.0
             self.chunk_m[:, :keep, :keep] = kept_forms
+        self.store.rewrite(self.mult, y, moved)
         self.m[:] = 0.0
         self.mult, self.pending = [], []
-        self._reserve(keep + len(pending))
-        self.basis[:keep] = ritz
-        self.basis[keep : keep + len(pending)] = pending
-        self.rows = keep + len(pending)
+        self.rows = keep + len(moved)
         self.m[np.arange(keep), np.arange(keep)] = theta
         self.m[keep : self.rows, :keep] = coupling
         self.mult = list(range(keep))
         self.pending = list(range(keep, self.rows))
+        return dict(zip(moved, self.pending))

@@ -58,7 +58,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from sharpest.curvature.lanczos_basis import LanczosBasis
@@ -78,10 +77,19 @@ MAX_EXTRAS = 16
 
 @dataclass
 class Deflation:
-    """The rows the guard deflates, and how far the bound's point moves because of them."""
+    """What the guard deflates — the solve's Ritz vectors with coefficient columns `columns`
+    (the k wanted ones, then the extras) and the tie members — and how far the bound's point
+    moves because of them."""
 
-    rows: Tensor  # (m, n) orthonormal unit rows: the k wanted Ritz vectors, then extras, ties
-    extras: int  # how many rows are extras
+    space: LanczosBasis  # the solve's basis, where the Ritz vectors live
+    columns: np.ndarray  # (multiplied rows, k + extras) Ritz coefficients
+    ties: list[Tensor]
+    extras: int
+
+    @property
+    def count(self) -> int:
+        """Rows deflated."""
+        return self.columns.shape[1] + len(self.ties)
     slack: float
 
 
@@ -121,11 +129,9 @@ def choose_deflation(
     while taken and taken < len(inside) and slack_of(taken) > 0.1 * gaps[taken]:
         taken -= 1
     columns = np.concatenate([wanted, inside[:taken]]).astype(int)
-    rows = space.vectors(y[:, columns])
-    rows = rows / rows.norm(dim=1, keepdim=True)
-    if ties:
-        rows = torch.cat([rows, torch.stack(ties).to(rows)])
-    return Deflation(rows=rows, extras=taken, slack=slack_of(taken) if taken else 0.0)
+    return Deflation(space=space, columns=y[:, columns], ties=list(ties), extras=taken,
+                     slack=slack_of(taken) if taken else 0.0)
+
 
 
 def guard_point(theta_k: float, tol: float, slack: float, which: str) -> list[tuple[float, int]]:
@@ -151,12 +157,19 @@ def run_guard(
     drop: float,
 ) -> GuardOutcome:
     """One guard chain on B = (I − WWᵀ) H (I − WWᵀ) from a fresh random vector (see the module
-    docstring for the verdicts and the bound)."""
-    rows_w = deflation.rows
-    n = rows_w.shape[1]
-    chain = LanczosBasis(n, rows_w.shape[0] + max_products + 2, rows_w.device)
-    for row in rows_w:
-        chain.add(row)  # never multiplied: every product is projected off them
+    docstring for the verdicts and the bound), in a basis stored as the solve's is and holding
+    at most ``deflation.count + max_products + 1`` rows."""
+    space = deflation.space
+    n = space.n
+    chain = LanczosBasis(n, deflation.count + max_products + 1, space.device,
+                         dtype=space.store.dtype, store_device=space.store.device)
+    # One deflated row at a time (never all of them at once beside the chain's basis); they
+    # are never multiplied, so every product is projected off them.
+    for j in range(deflation.columns.shape[1]):
+        row = space.vectors(deflation.columns[:, [j]])[0]
+        chain.add(row / row.norm())
+    for row in deflation.ties:
+        chain.add(row)
     dim = n - chain.rows
     points = guard_point(theta_k, tol, deflation.slack, which)
     rows: list[int] = []
