@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sharpest.curvature.adapt import as_operator
-from sharpest.curvature.lanczos_basis import LanczosBasis
+from sharpest.curvature.lanczos_basis import LanczosBasis, Layout
 from sharpest.curvature.lanczos_guard import (
     GUARD_MAX_PRODUCTS,
     GUARD_RISK,
@@ -156,6 +156,7 @@ def lanczos(
     max_basis_bytes: float = 2 * 2**30,
     basis_dtype: torch.dtype = torch.float64,
     basis_device: torch.device | str | None = None,
+    shard_basis: bool = False,
     guard: bool = True,
     risk: float = GUARD_RISK,
     chunk_forms: bool = False,
@@ -196,6 +197,12 @@ def lanczos(
         basis_device: where basis rows are stored (default the operator's device), e.g.
             ``"cpu"`` for an operator on a GPU: rows then travel to it in 64-MiB slices
             (pinned host memory).
+        shard_basis: under ``torch.distributed``, each rank stores only its slice of every
+            basis row (⌈size/world⌉ entries), so basis memory per rank (and
+            ``max_basis_bytes``) falls as 1/world; inner products are all-reduced and a row
+            is gathered whole only to be multiplied. Every rank must call ``lanczos`` with the
+            same arguments on an operator that gives every rank the same product (a
+            data-parallel :class:`HessianOperator` does); each gets the whole result.
         guard: after the k wanted pairs converge, certify that nothing beyond λ_k was missed
             (:mod:`sharpest.curvature.lanczos_guard`); ``False`` trusts the first converged set
             (a warm start can then return a wrong set marked converged).
@@ -218,14 +225,17 @@ def lanczos(
     _check_arguments(n, k, which, tol, risk)
     if basis_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"basis_dtype must be torch.float32 or torch.float64, got {basis_dtype}")
-    plan = _plan_memory(n, k, max_basis, max_basis_bytes, basis_dtype, guard)
+    layout = Layout(n, sharded=shard_basis)
+    if chunk_forms and shard_basis:
+        raise ValueError("chunk_forms=True needs an unsharded basis (shard_basis=False)")
+    plan = _plan_memory(layout.local_n, k, max_basis, max_basis_bytes, basis_dtype, guard)
     max_basis = plan.max_basis
     limit = max_matvecs if max_matvecs is not None else max(100 * k, 10 * max_basis)
     if chunk_forms and not hasattr(op, "matvec_with_chunk_forms"):
         raise TypeError(f"chunk_forms=True needs an operator with matvec_with_chunk_forms "
                         f"(HessianOperator, GGNOperator), got {type(op).__name__}")
     solve = _Solve(op, n, k, which, tol, limit, plan, seed, guard, risk, chunk_forms,
-                   basis_dtype, basis_device)
+                   basis_dtype, basis_device, layout)
     solve.start(init)
     while solve.step():
         pass
@@ -249,6 +259,7 @@ _MIN_GUARD_PRODUCTS = 8
 
 def _plan_memory(n: int, k: int, max_basis: int | None, max_bytes: float, dtype: torch.dtype,
                  guard: bool) -> _MemoryPlan:
+    """Rows for a basis whose rows hold `n` entries here (a rank's slice when sharded)."""
     row_bytes = n * (4 if dtype == torch.float32 else 8)
     rows = int(max_bytes // row_bytes)
     least_main = min(n, k + 2) + _PENDING_ROOM
@@ -290,7 +301,7 @@ class _Solve:
     """One call of :func:`lanczos`: its basis, counters and verdict."""
 
     def __init__(self, op, n, k, which, tol, limit, plan, seed, guard, risk, chunk_forms,
-                 basis_dtype, basis_device) -> None:
+                 basis_dtype, basis_device, layout) -> None:
         self.op, self.n, self.k, self.which, self.tol = op, n, k, which, tol
         self.limit, self.max_basis, self.guard, self.risk = limit, plan.max_basis, guard, risk
         self.plan = plan
@@ -300,8 +311,9 @@ class _Solve:
         # All guard chains of a solve together take at most a share of its products; one chain
         # is bounded by its rows (the memory plan).
         self.guard_budget = max(int(GUARD_SHARE * limit), 1)
+        self.layout = layout
         self.space = LanczosBasis(n, plan.main_rows, self.device, dtype=basis_dtype,
-                                  store_device=basis_device)
+                                  store_device=basis_device, layout=layout)
         self.n_matvecs = self.restarts = 0
         self.guard_matvecs = self.guard_runs = self.guard_misses = self.guard_extras = 0
         self.guard_value = self.guard_risk = float("nan")
@@ -322,7 +334,9 @@ class _Solve:
     # -- start ------------------------------------------------------------------------------
 
     def random_vector(self) -> Tensor:
-        return torch.randn(self.n, generator=self.generator, dtype=torch.float64).to(self.device)
+        """A Gaussian vector (this rank's slice of it: every rank draws the same one)."""
+        full = torch.randn(self.n, generator=self.generator, dtype=torch.float64)
+        return self.layout.local(full).to(self.device)
 
     def start(self, init: Tensor | None) -> None:
         """A random start, or the normalised sum of the normalised ``init`` rows."""
@@ -334,12 +348,12 @@ class _Solve:
             init = init.unsqueeze(0)
         if init.dim() != 2 or init.shape[1] != self.n:
             raise ValueError(f"init must have shape (m, {self.n}), got {tuple(init.shape)}")
-        rows = init.to(device=self.device, dtype=torch.float64)
-        norms = rows.norm(dim=1, keepdim=True)
+        rows = self.layout.local(init).to(device=self.device, dtype=torch.float64)
+        norms = self.layout.sum((rows * rows).sum(dim=1, keepdim=True)).sqrt()
         if not torch.isfinite(rows).all() or (norms == 0).any():
             raise ValueError("init vectors must be finite and nonzero")
         first = (rows / norms).sum(0)
-        first = first / max(float(first.norm()), 1e-300)
+        first = first / max(self.layout.norm(first), 1e-300)
         if self.space.add(first) is None:
             self.space.add(self.random_vector())
 
@@ -442,7 +456,8 @@ class _Solve:
             if outcome.verdict == "clear":
                 # The nearest k at most: a seed for the next solve, not a second result.
                 extras = deflation.columns[:, self.k : self.k + min(deflation.extras, self.k)]
-                self.extra_rows = self.space.vectors(extras) if extras.shape[1] else None
+                self.extra_rows = (self.layout.full(self.space.vectors(extras))
+                                   if extras.shape[1] else None)
                 self.converged = True
                 return False
             if outcome.verdict == "tie":
@@ -473,7 +488,7 @@ class _Solve:
     def result(self, seconds: float) -> EigenResult:
         theta, y, c = self.space.ritz()
         best = order(theta, self.which)[: self.k]
-        vectors = self.space.vectors(y[:, best])
+        vectors = self.layout.full(self.space.vectors(y[:, best]))
         vectors = vectors / vectors.norm(dim=1, keepdim=True)
         converged = self.converged and len(best) == self.k
         if not converged and not self.reason:

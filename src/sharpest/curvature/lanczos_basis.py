@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 #: Bytes of float64 temporaries one blockwise step may hold (rows cast from a float32 or
@@ -146,13 +147,68 @@ class RowStore:
                 self.row(m + j)[cols].copy_(values)
 
 
-def orthogonalize(w: Tensor, store: RowStore, count: int) -> tuple[Tensor, Tensor]:
-    """Project `w` (float64, work device) off the first `count` rows of `store` twice ("twice
-    is enough", Giraud et al. 2005). Returns the projected vector and the total coefficients."""
+class Layout:
+    """Which entries of each length-`n` basis row this process holds: all of them, or, with
+    ``sharded`` under ``torch.distributed``, the rank's contiguous slice [lo, hi) of ⌈n/W⌉
+    entries (W ranks), so that basis memory per rank falls as 1/W. Inner products of slices are
+    all-reduced; a row is gathered whole only to be multiplied (every rank then computes, or
+    receives, the same product, as a data-parallel :class:`HessianOperator` does)."""
+
+    def __init__(self, n: int, sharded: bool = False) -> None:
+        self.n, self.sharded = n, sharded
+        if sharded:
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("a sharded basis needs torch.distributed to be initialised")
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+            self.width = -(-n // self.world)
+            self.lo, self.hi = min(n, self.rank * self.width), min(n, (self.rank + 1) * self.width)
+        else:
+            self.world, self.rank, self.width, self.lo, self.hi = 1, 0, n, 0, n
+
+    @property
+    def local_n(self) -> int:
+        return self.hi - self.lo
+
+    def local(self, full: Tensor) -> Tensor:
+        """This rank's slice of full rows (last dimension n)."""
+        return full[..., self.lo : self.hi] if self.sharded else full
+
+    def full(self, local: Tensor) -> Tensor:
+        """Whole rows from every rank's slices (a copy)."""
+        if not self.sharded:
+            return local
+        on_cpu = dist.get_backend() != "nccl"
+        padded = torch.zeros(*local.shape[:-1], self.width, dtype=local.dtype,
+                             device="cpu" if on_cpu else local.device)
+        padded[..., : self.local_n] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat(parts, dim=-1)[..., : self.n].to(local.device)
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Sum over ranks of per-slice partial results (identity unsharded)."""
+        if not self.sharded:
+            return t
+        on = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        reduced = t.to(on)
+        dist.all_reduce(reduced)
+        return reduced.to(t.device)
+
+    def norm(self, v: Tensor) -> float:
+        return float(self.sum(torch.dot(v, v).reshape(1))[0].sqrt())
+
+
+def orthogonalize(
+    w: Tensor, store: RowStore, count: int, layout: Layout | None = None
+) -> tuple[Tensor, Tensor]:
+    """Project `w` (float64, work device; this rank's slice under a sharded `layout`) off the
+    first `count` rows of `store` twice ("twice is enough", Giraud et al. 2005). Returns the
+    projected vector and the total coefficients."""
+    total = layout.sum if layout is not None else (lambda t: t)
     w = w.clone()
-    coeffs = store.dot(count, w)
+    coeffs = total(store.dot(count, w))
     store.subtract(count, w, coeffs)
-    again = store.dot(count, w)
+    again = total(store.dot(count, w))
     store.subtract(count, w, again)
     return w, coeffs + again
 
@@ -165,15 +221,20 @@ class LanczosBasis:
         capacity: the most rows it may ever hold.
         device: where products are computed (float64 work vectors live there).
         dtype, store_device: how and where rows are stored (default float64 on `device`).
+        layout: which entries of each row this process holds (default all); vectors given to
+            :meth:`add` and returned by :meth:`vectors` are then this rank's slices, while
+            :meth:`multiply` hands the product whole rows.
     """
 
     def __init__(self, n: int, capacity: int, device: torch.device,
                  dtype: torch.dtype = torch.float64,
-                 store_device: torch.device | str | None = None) -> None:
+                 store_device: torch.device | str | None = None,
+                 layout: Layout | None = None) -> None:
         self.n = n
         self.device = torch.device(device)
         self.rows = 0
-        self.store = RowStore(n, capacity, dtype,
+        self.layout = layout or Layout(n)
+        self.store = RowStore(self.layout.local_n, capacity, dtype,
                               self.device if store_device is None else store_device, self.device)
         self.m = np.zeros((capacity, capacity))
         self.mult: list[int] = []  # multiplied rows, in order of their products
@@ -202,11 +263,11 @@ class LanczosBasis:
         span already).
         """
         vector = vector.to(device=self.device, dtype=torch.float64)
-        norm0 = float(vector.norm())
-        w, _ = orthogonalize(vector, self.store, self.rows)
+        norm0 = self.layout.norm(vector)
+        w, _ = orthogonalize(vector, self.store, self.rows, self.layout)
         if self.rows:
-            w, _ = orthogonalize(w, self.store, self.rows)
-        norm = float(w.norm())
+            w, _ = orthogonalize(w, self.store, self.rows, self.layout)
+        norm = self.layout.norm(w)
         if norm0 == 0.0 or norm <= floor * norm0:
             return None
         return self._append(w / norm)
@@ -230,17 +291,18 @@ class LanczosBasis:
 
         ``product(b)`` returns H·b, or ``(H·b, forms)`` with ``forms`` (chunks, rows) the
         projections b_aᵀ H_c b on the current rows (kept as F, see the module docstring)."""
-        w = product(self.store.row(index))
+        w = product(self.layout.full(self.store.row(index)))
         if isinstance(w, tuple):
             w, forms = w
             self._record_chunk_forms(index, np.asarray(forms, dtype=np.float64))
-        w, coeffs = orthogonalize(w, self.store, self.rows)
+        w = self.layout.local(w.to(device=self.device, dtype=torch.float64))
+        w, coeffs = orthogonalize(w, self.store, self.rows, self.layout)
         c = coeffs.cpu().numpy()
         self.m[: self.rows, index] = c
         self.m[index, self.mult] = c[self.mult]  # symmetric T on the multiplied rows
         self.pending.remove(index)
         self.mult.append(index)
-        beta = float(w.norm())
+        beta = self.layout.norm(w)
         if beta > drop:
             new = self._append(w / beta)
             self.m[new, index] = beta
@@ -277,12 +339,14 @@ class LanczosBasis:
         return theta, y, c
 
     def vectors(self, y: np.ndarray, rows: list[int] | None = None) -> Tensor:
-        """Ritz vectors Q·y (as float64 rows on the work device) for coefficient columns `y` on
-        `rows` (default the multiplied rows)."""
+        """Ritz vectors Q·y (as float64 rows on the work device; this rank's slices under a
+        sharded layout) for coefficient columns `y` on `rows` (default the multiplied rows)."""
         return self.store.combine(self.mult if rows is None else rows, y)
 
     def dense_rows(self) -> Tensor:
-        """Every row as one float64 tensor (a copy: for small operators only)."""
+        """Every row as one float64 tensor (a copy: for small operators only; whole rows)."""
+        if self.layout.sharded:
+            raise ValueError("per-chunk forms (chunk_forms=True) need an unsharded basis")
         return self.store.combine(list(range(self.rows)), np.eye(self.rows))
 
     def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> dict[int, int]:

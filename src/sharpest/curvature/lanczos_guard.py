@@ -162,12 +162,13 @@ def run_guard(
     space = deflation.space
     n = space.n
     chain = LanczosBasis(n, deflation.count + max_products + 1, space.device,
-                         dtype=space.store.dtype, store_device=space.store.device)
+                         dtype=space.store.dtype, store_device=space.store.device,
+                         layout=space.layout)
     # One deflated row at a time (never all of them at once beside the chain's basis); they
     # are never multiplied, so every product is projected off them.
     for j in range(deflation.columns.shape[1]):
         row = space.vectors(deflation.columns[:, [j]])[0]
-        chain.add(row / row.norm())
+        chain.add(row / space.layout.norm(row))
     for row in deflation.ties:
         chain.add(row)
     dim = n - chain.rows
@@ -184,7 +185,7 @@ def run_guard(
         i = int(order(theta, which)[0])
         value = float(theta[i])
         vector = chain.vectors(y[:, [i]])[0]
-        vector = vector / vector.norm()
+        vector = vector / space.layout.norm(vector)
         past = beyond(value, theta_k, which)
         if past > tol * abs(theta_k):
             return GuardOutcome("miss", vector, value, miss, len(rows))
