@@ -6,8 +6,9 @@ grows. Every ``--every`` steps, on the Hessian of the first ``--images`` of them
 process and on the same operator:
 
 - ``reference``: ``lanczos`` cold at tol 1e-9 (the errors below are relative to its values);
-- ``guarded warm``: ``lanczos(init=previous guarded warm vectors)`` at ``--tol``, as
-  ``EigenTracker`` does (the guard on, its default);
+- ``guarded warm``: ``lanczos(init=previous guarded warm vectors and the converged pairs
+  after them that its guard deflated)`` at ``--tol``, as ``EigenTracker`` does (the guard on,
+  its default);
 - ``cold (guarded)``: ``lanczos`` from a random start at ``--tol``, guard on;
 - ``cold (no guard)``: the same with ``guard=False`` (the solver before issue 12);
 - ``warm (no guard)``: its own chain of warm starts with ``guard=False`` (before issue 12), to
@@ -146,7 +147,12 @@ def run(a: argparse.Namespace) -> int:
             "cold (no guard)": solve(guard=False),
             "warm (no guard)": solve(init=plain_prev, guard=False),
         }
-        warm_prev = results["guarded warm"][0].vectors
+        # As EigenTracker does: the top-k and the converged pairs after it that the guard
+        # deflated (issue 23).
+        warm_res = results["guarded warm"][0]
+        warm_prev = warm_res.vectors
+        if warm_res.extra_vectors is not None:
+            warm_prev = torch.cat([warm_prev, warm_res.extra_vectors])
         plain_prev = results["warm (no guard)"][0].vectors
         worst = max(bench.rel_error(r.values, ref.values) for r, _, _ in results.values()
                     if r.converged)

@@ -87,3 +87,13 @@ def test_gpu_check_runs_on_the_cpu_in_dry_mode(tmp_path):
     assert report["lstm_hvp"]["rel_diff_vs_cpu"] < 1e-12
     assert [r["k"] for r in report["matmat_vs_matvecs"]["rows"]] == [2, 3]
     assert any(r["backend"] == "gradient" for r in report["hvp_over_gradient"]["rows"])
+
+
+@pytest.mark.slow
+def test_scale_benchmark_quick(tmp_path):
+    pytest.importorskip("transformers", reason="the integrations extra")
+    out = tmp_path / "scale.md"
+    assert _load("scale").main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    rows = _rows(out.with_suffix(".csv"))
+    assert rows[0]["shape"] == "gpt2-1m" and int(rows[0]["top5_products"]) > 0
+    assert "training step" in out.read_text()
