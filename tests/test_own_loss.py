@@ -66,7 +66,7 @@ def whole_batch_reference(model, inputs, labels, names):
     theta = torch.cat([p.reshape(-1) for p in like]).requires_grad_()
     value = loss(theta)
     (grad,) = torch.autograd.grad(value, theta)
-    return float(value.detach()), grad, hessian(loss, theta.detach())
+    return float(value.detach()), grad, hessian(loss, theta.detach(), vectorize=True)
 
 
 def assert_matches(op, value, grad, dense):
@@ -100,6 +100,27 @@ def test_gpt2_own_loss_is_the_whole_batch_loss_and_its_hessian():
     assert op.num_units == 32 and op.num_examples == 7
     value, grad, dense = whole_batch_reference(model, inputs, labels, GPT2_PARAMS)
     assert_matches(op, value, grad, dense)
+
+
+def test_chunk_forms_for_the_sampling_error_are_weighted_by_tokens():
+    """``chunk_quadratic_forms`` returns the chunks' token counts as their sizes, so the
+    weighted mean of the forms is vᵀHv (what ``eigenvalue_stderr`` assumes)."""
+    from sharpest.curvature.sampling_error import eigenvalue_stderr
+
+    torch.manual_seed(0)
+    model = tiny_gpt2().double()
+    inputs, labels = gpt2_data()
+    op = HessianOperator(model, None, (inputs, labels), chunk_size=3, params=GPT2_PARAMS)
+    _, _, dense = whole_batch_reference(model, inputs, labels, GPT2_PARAMS)
+    vectors = torch.randn(2, op.size, dtype=torch.float64)
+    forms, sizes = op.chunk_quadratic_forms(vectors)
+    assert sizes.tolist() == op.chunk_units
+    exact = torch.einsum("ji,ik,jk->j", vectors, dense, vectors)
+    torch.testing.assert_close((sizes / sizes.sum()) @ forms, exact, rtol=1e-5,
+                               atol=1e-6 * exact.abs().max())
+    assert np.isfinite(eigenvalue_stderr(op, vectors)).all()
+    with pytest.raises(ValueError, match="reduction must be 'mean'"):
+        HessianOperator(model, None, (inputs, labels), reduction="sum")
 
 
 def test_weighting_chunks_by_sequences_is_not_the_whole_batch_loss():
@@ -278,3 +299,52 @@ def test_transformers_callback_tracks_the_hessian_of_the_trainers_loss(tmp_path)
     op = callbacks["own"].tracker.operator
     assert op.loss() == pytest.approx(loss, rel=1e-5)
     assert lanczos(op, k=1, tol=1e-8).values[0] == pytest.approx(reference[0], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_lightning_callback_tracks_the_hessian_of_the_wrapped_models_own_loss():
+    pl = pytest.importorskip("pytorch_lightning")
+    from sharpest.integrations.lightning import SharpestCallback
+
+    class Wrapper(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_bert_mlm()
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    torch.manual_seed(5)
+    module = Wrapper()
+    ids, mask, _ = padded_batch(24, [12, 4, 9, 2, 7, 12, 5, 3] * 2, width=12, seed=5)
+    chosen = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(6)) < 0.4) & (mask > 0)
+    chosen[:, 0] = True
+    labels = ids.masked_fill(~chosen, -100)
+    subset = ({"input_ids": ids[:8], "attention_mask": mask[:8]}, labels[:8])
+    callback = SharpestCallback(subset, k=2, every=2, tol=1e-8, chunk_size=3,
+                                model=lambda m: m.model)
+    loader = torch.utils.data.DataLoader(_Sequences(ids, mask, labels), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[callback],
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, loader)
+    model = module.model
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = model(**subset[0], labels=subset[1]).loss  # the whole subset as one batch
+    flat = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params,
+                                                                 create_graph=True)])
+
+    def hvp(v):
+        hv = torch.autograd.grad(flat @ torch.as_tensor(v.reshape(-1), dtype=flat.dtype),
+                                 params, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]).double().numpy()
+
+    n = flat.numel()
+    reference = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=4, which="LM",
+                      tol=1e-8, return_eigenvectors=False)
+    top = sorted(reference, key=abs, reverse=True)[:2]
+    np.testing.assert_allclose(callback.records[-1]["eigenvalues"], top, rtol=1e-3)

@@ -219,6 +219,9 @@ class EmpiricalRisk:
         model = unwrap_compiled(model)  # compiled graphs have no double backward
         if loss_fn is None:
             loss_fn = model_loss(model)
+        if isinstance(loss_fn, ModelLoss) and reduction != "mean":
+            raise ValueError("the model's own loss is a mean over its tokens: reduction must be "
+                             f"'mean', got {reduction!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if semantics not in SEMANTICS:
