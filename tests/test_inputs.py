@@ -423,3 +423,22 @@ def test_dataclass_batches_with_a_call_hook():
     with pytest.raises(TypeError, match=r"calling model\(inputs\) with inputs of type Batch "
                                         r"failed: .*call=lambda model, inputs"):
         HessianOperator(model, loss_fn, (batch, y))  # model(batch): forward needs 2 arguments
+
+
+def test_one_argument_model_agrees_with_curvlinops():
+    """curvlinops' own dict-input cases: its models take the batch dict as one argument."""
+    curvlinops = pytest.importorskip("curvlinops")
+    torch.manual_seed(15)
+    model = OneArgumentModel()
+    data = [({"x": torch.randn(n, 3), "w": torch.rand(n, 1)}, torch.randint(0, 2, (n,)))
+            for n in (5, 3)]
+    loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    theirs = curvlinops.HessianLinearOperator(
+        model, loss_fn, params, data, batch_size_fn=lambda inputs: inputs["x"].shape[0],
+        check_deterministic=False,
+    )  # fmt: skip
+    eye = torch.eye(sum(p.numel() for p in params))
+    reference = torch.stack([theirs @ e for e in eye])
+    ours = HessianOperator(model, loss_fn, data).to_dense()
+    torch.testing.assert_close(ours, reference.to(ours.dtype), rtol=1e-8, atol=1e-10)
