@@ -345,8 +345,13 @@ def test_a_mapping_goes_in_as_one_argument_when_forward_takes_one():
     assert not op.call.keywords  # decided from the signature, before any call
     ref = dense(model, lambda m: loss_fn(m(inputs), y))
     torch.testing.assert_close(op.to_dense(), ref, rtol=1e-8, atol=1e-10)
-    # The keyword convention is kept where forward names every key (or has **kwargs).
+    # The keyword convention is kept where forward names every key (or has **kwargs), and
+    # where it names some: an extra key then fails the call, naming both ways.
     assert resolve_call(KeywordModel(), {"features": 0, "mask": 0}).keywords
+    extra = {"features": torch.randn(4, 4, 3), "mask": torch.ones(4, 4), "ids": torch.ones(4)}
+    assert resolve_call(KeywordModel(), extra).keywords
+    with pytest.raises(TypeError, match=r"calling model\(\*\*inputs\).*'ids'.*model\(inputs\)"):
+        HessianOperator(KeywordModel(), loss_fn, (extra, y[:4]))
 
 
 def test_inputs_that_fit_neither_way_are_refused_naming_both():

@@ -193,9 +193,10 @@ def resolve_call(model: nn.Module, inputs: Any, call: Call | None = None) -> Cal
 
     ``call`` given: it is used as is. Inputs that are not a Mapping: ``model(inputs)``. A
     Mapping: ``model(**inputs)`` when ``forward`` has ``**kwargs`` or a parameter named by
-    every key (or its signature cannot be read); otherwise ``model(inputs)`` when ``forward``
-    takes one positional parameter (any others having defaults). A Mapping that fits neither
-    is refused with a ``TypeError`` naming both ways and the ``call=`` hook.
+    any key (or its signature cannot be read; a key it lacks then fails the call with an error
+    naming both ways); otherwise, no key naming a parameter, ``model(inputs)`` when
+    ``forward`` takes one positional parameter (any others having defaults). A Mapping that
+    fits neither is refused with a ``TypeError`` naming both ways and the ``call=`` hook.
 
     >>> class Keywords(nn.Module):
     ...     def forward(self, input_ids, attention_mask=None): return input_ids
@@ -224,6 +225,8 @@ def resolve_call(model: nn.Module, inputs: Any, call: Call | None = None) -> Cal
     missing = [key for key in inputs if key not in named]
     if not missing:
         return ModelCall(True, "forward has a parameter for every key")
+    if len(missing) < len(inputs):  # some keys name parameters: meant as keywords
+        return ModelCall(True, f"forward has parameters named by some keys (not {missing[0]!r})")
     positional = [p for p in parameters if p.kind in (kinds.POSITIONAL_ONLY,
                                                       kinds.POSITIONAL_OR_KEYWORD)]
     required = [p for p in parameters if p.default is inspect.Parameter.empty

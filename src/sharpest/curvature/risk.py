@@ -158,8 +158,9 @@ class EmpiricalRisk:
         ``call(model, inputs) -> outputs``: how a batch's inputs go into the model (dataclass
         or graph batches, several positional arguments). Default: decided once from
         ``forward``'s signature (:func:`sharpest.curvature.inputs.resolve_call`): a Mapping as
-        keyword arguments when ``forward`` accepts its keys, else as one argument when
-        ``forward`` takes one; anything else as one argument.
+        keyword arguments when ``forward`` names its keys (or has ``**kwargs``), else as one
+        argument when ``forward`` takes one; anything else as one argument. With the model's
+        own loss the inputs it gets hold the labels too (under ``"labels"``).
     weight_decay:
         λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
     decay_params:
