@@ -348,3 +348,37 @@ def test_lightning_callback_tracks_the_hessian_of_the_wrapped_models_own_loss():
                       tol=1e-8, return_eigenvectors=False)
     top = sorted(reference, key=abs, reverse=True)[:2]
     np.testing.assert_allclose(callback.records[-1]["eigenvalues"], top, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_transformers_callback_tracks_the_trainers_loss_of_a_masked_lm(tmp_path):
+    """A masked LM (no shift): the old default scored the right tokens but weighted the chunks
+    by sequences, so with uneven masked tokens per chunk it missed the Trainer's loss too."""
+    pytest.importorskip("accelerate")
+    from sharpest.integrations.transformers import SharpestTrainerCallback, logits_cross_entropy
+
+    torch.manual_seed(2)
+    model = tiny_bert_mlm()
+    ids, mask, _ = padded_batch(24, [12, 2, 9, 3, 12, 4, 7, 2] * 2, width=12, seed=7)
+    chosen = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(8)) < 0.5) & (mask > 0)
+    chosen[:, 0] = True
+    labels = ids.masked_fill(~chosen, -100)
+    subset = ({"input_ids": ids[:8], "attention_mask": mask[:8]}, labels[:8])
+    own = SharpestTrainerCallback(subset, k=2, every=2, tol=1e-8, chunk_size=2)
+    old = SharpestTrainerCallback(subset, logits_cross_entropy, k=2, every=2, tol=1e-8,
+                                  chunk_size=2)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4,
+        learning_rate=5e-2, report_to=[], save_strategy="no", logging_strategy="no",
+        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args,
+                                   train_dataset=_Sequences(ids, mask, labels),
+                                   callbacks=[own, old])
+    trainer.train()
+    loss, reference = trainer_top_eigenvalues(trainer, *subset, k=2)
+    # Measured: λ₁ 21.488 for the Trainer's loss, 21.488 own loss, 22.444 old default.
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(old.records[-1]["eigenvalues"], reference, rtol=1e-3)
+    np.testing.assert_allclose(own.records[-1]["eigenvalues"], reference, rtol=1e-3)
+    assert own.tracker.operator.loss() == pytest.approx(loss, rel=1e-5)
