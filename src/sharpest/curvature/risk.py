@@ -253,12 +253,15 @@ class EmpiricalRisk:
         self._with_labels = getattr(loss_fn, "with_labels", None)
         self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
         self.call = resolve_call(model, self.chunks[0][0] if self.chunks else None, call)
-        if self.chunks and (reduction == "mean" or isinstance(loss_fn, ModelLoss)):
+        if self.chunks and reduction == "mean":
+            own = isinstance(loss_fn, ModelLoss)
+            # The model's own loss is a mean: check that it is over the units counted (the
+            # causal shift guessed right), within what three float32 forwards of different
+            # batch sizes (TF32 matmuls included) agree to.
             check_mean_reduction(
                 loss_fn, model, self.chunks[0][0], self.chunks[0][1], call=self.call,
-                units=units, strict=isinstance(loss_fn, ModelLoss),
-                rtol=max(1e-5, 100 * torch.finfo(self.param_dtype).eps)
-                if isinstance(loss_fn, ModelLoss) else 1e-3,
+                units=units, strict=own,
+                rtol=max(1e-4, 100 * torch.finfo(self.param_dtype).eps) if own else 1e-3,
             )
         totals = self._all_reduce(torch.tensor(
             [float(self._examples), float(sum(self.chunk_units))], dtype=torch.float64))
