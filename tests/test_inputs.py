@@ -316,3 +316,134 @@ def test_tracker_with_stderr_keeps_the_operator_options():
     top = exact[exact.abs().argsort(descending=True)][:2]
     torch.testing.assert_close(torch.as_tensor(result.values), top, rtol=1e-7, atol=1e-9)
     assert len(tracker.records[0]["eigenvalues_stderr"]) == 2
+
+
+# ---- inputs as the model takes them (issue 24): one argument, call= hook, dataclasses ----------
+
+
+class OneArgumentModel(nn.Module):
+    """Takes the batch dict itself, as curvlinops' test models do: ``forward(self, data)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, data):
+        return self.out(torch.tanh(self.lin(data["x"])) * data["w"])
+
+
+def test_a_mapping_goes_in_as_one_argument_when_forward_takes_one():
+    from sharpest.curvature.inputs import resolve_call
+
+    torch.manual_seed(12)
+    model = OneArgumentModel()
+    inputs = {"x": torch.randn(10, 3), "w": torch.rand(10, 1)}
+    y = torch.randint(0, 2, (10,))
+    loss_fn = nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, (inputs, y), chunk_size=4)
+    assert not op.call.keywords  # decided from the signature, before any call
+    ref = dense(model, lambda m: loss_fn(m(inputs), y))
+    torch.testing.assert_close(op.to_dense(), ref, rtol=1e-8, atol=1e-10)
+    # The keyword convention is kept where forward names every key (or has **kwargs), and
+    # where it names some: an extra key then fails the call, naming both ways.
+    assert resolve_call(KeywordModel(), {"features": 0, "mask": 0}).keywords
+    extra = {"features": torch.randn(4, 4, 3), "mask": torch.ones(4, 4), "ids": torch.ones(4)}
+    assert resolve_call(KeywordModel(), extra).keywords
+    with pytest.raises(TypeError, match=r"calling model\(\*\*inputs\).*'ids'.*model\(inputs\)"):
+        HessianOperator(KeywordModel(), loss_fn, (extra, y[:4]))
+
+
+def test_inputs_that_fit_neither_way_are_refused_naming_both():
+    class TwoArguments(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+
+    inputs = {"x": torch.randn(4, 3), "z": torch.randn(4, 3)}
+    with pytest.raises(TypeError, match=r"neither model\(\*\*inputs\).*nor model\(inputs\).*call="):
+        HessianOperator(TwoArguments(), nn.CrossEntropyLoss(), (inputs, torch.zeros(4).long()))
+    op = HessianOperator(TwoArguments(), nn.CrossEntropyLoss(), (inputs, torch.zeros(4).long()),
+                         call=lambda m, b: m(b["x"], b["z"]))
+    assert op.to_dense().shape == (8, 8)
+
+
+def test_a_wrong_guess_fails_naming_both_ways():
+    class Opaque(OneArgumentModel):
+        def forward(self, batch, **options):  # **options: looks like it takes keywords
+            return super().forward(batch)
+
+    torch.manual_seed(13)
+    inputs = {"x": torch.randn(6, 3), "w": torch.rand(6, 1)}
+    y = torch.randint(0, 2, (6,))
+    with pytest.raises(TypeError, match=r"calling model\(\*\*inputs\).*failed: .*batch.*"
+                                        r"model\(inputs\).*call="):
+        HessianOperator(Opaque(), nn.CrossEntropyLoss(), (inputs, y))
+    model = Opaque()
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (inputs, y),
+                         call=lambda m, b: m(b))
+    ref = dense(model, lambda m: nn.CrossEntropyLoss()(m(inputs), y))
+    torch.testing.assert_close(op.to_dense(), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_dataclass_batches_with_a_call_hook():
+    """A dataclass batch is sliced into chunks like a Mapping; ``call=`` says how it goes in.
+    Every evaluation path uses the hook: the risk, both product backends, the GGN."""
+    from dataclasses import dataclass
+
+    from sharpest import GGNOperator
+
+    @dataclass
+    class Batch:
+        features: torch.Tensor
+        mask: torch.Tensor
+        note: str = "kept"
+
+    torch.manual_seed(14)
+    model = KeywordModel()
+    batch = Batch(torch.randn(11, 4, 3), (torch.rand(11, 4) > 0.3).double())
+    assert batch_size(batch) == 11
+    part = slice_batch(batch, 2, 5)
+    assert isinstance(part, Batch) and part.features.shape[0] == 3 and part.note == "kept"
+    y = torch.randint(0, 2, (11,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def call(m, b):
+        return m(b.features, b.mask)
+
+    ref = dense(model, lambda m: loss_fn(m(batch.features, batch.mask), y))
+    for backend in ("double_backward", "linearize"):
+        op = HessianOperator(model, loss_fn, (batch, y), chunk_size=4, call=call,
+                             backend=backend)
+        torch.testing.assert_close(op.to_dense(), ref, rtol=1e-8, atol=1e-10)
+    risk = EmpiricalRisk(model, loss_fn, (batch, y), chunk_size=4, call=call)
+    assert abs(risk.loss() - float(loss_fn(model(batch.features, batch.mask), y))) < 1e-12
+    ggn = GGNOperator(model, loss_fn, (batch, y), chunk_size=4, call=call)
+    as_keywords = GGNOperator(model, loss_fn, ({"features": batch.features, "mask": batch.mask},
+                                               y))  # fmt: skip
+    torch.testing.assert_close(ggn.to_dense(), as_keywords.to_dense(), rtol=1e-8, atol=1e-10)
+    with pytest.raises(TypeError, match=r"calling model\(inputs\) with inputs of type Batch "
+                                        r"failed: .*call=lambda model, inputs"):
+        HessianOperator(model, loss_fn, (batch, y))  # model(batch): forward needs 2 arguments
+
+
+def test_one_argument_model_agrees_with_curvlinops():
+    """curvlinops' own dict-input cases: its models take the batch dict as one argument."""
+    curvlinops = pytest.importorskip("curvlinops")
+    torch.manual_seed(15)
+    model = OneArgumentModel()
+    data = [({"x": torch.randn(n, 3), "w": torch.rand(n, 1)}, torch.randint(0, 2, (n,)))
+            for n in (5, 3)]
+    loss_fn = nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    theirs = curvlinops.HessianLinearOperator(
+        model, loss_fn, params, data, batch_size_fn=lambda inputs: inputs["x"].shape[0],
+        check_deterministic=False,
+    )  # fmt: skip
+    eye = torch.eye(sum(p.numel() for p in params))
+    reference = torch.stack([theirs @ e for e in eye])
+    ours = HessianOperator(model, loss_fn, data).to_dense()
+    torch.testing.assert_close(ours, reference.to(ours.dtype), rtol=1e-8, atol=1e-10)

@@ -2,13 +2,15 @@
 
 Knows nothing of training: it takes a model, a loss and fixed data. :class:`EmpiricalRisk` is
 the function (loss and gradient over fixed data, chunked, all-reduced);
-:class:`HessianOperator` adds its Hessian products.
+:class:`HessianOperator` adds its Hessian products; :func:`model_loss` is the loss a model
+computes itself from its labels (what ``loss_fn=None`` means).
 """
 
 from sharpest.curvature.density import DensityResult, spectral_density
 from sharpest.curvature.ggn import OPERATOR_KINDS, GGNOperator, build_operator
 from sharpest.curvature.lanczos import WHICH, EigenResult, lanczos
 from sharpest.curvature.operator import HessianOperator
+from sharpest.curvature.own_loss import ModelLoss, model_loss
 from sharpest.curvature.risk import (
     EmpiricalRisk,
     NonFiniteError,
@@ -40,6 +42,8 @@ __all__ = [
     "flatten",
     "frobenius_from_topk",
     "lanczos",
+    "ModelLoss",
+    "model_loss",
     "principal_angles",
     "spectral_norm",
     "unflatten",

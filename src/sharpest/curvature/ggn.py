@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharpest.curvature.inputs import call_model, semantics_mode
+from sharpest.curvature.inputs import semantics_mode
 from sharpest.curvature.operator import HessianOperator
+from sharpest.curvature.own_loss import ModelLoss
 from sharpest.curvature.risk import Batch, LossFn, NonFiniteError
 
 __all__ = ["GGNOperator", "OPERATOR_KINDS", "build_operator"]
@@ -47,6 +48,11 @@ class GGNOperator(HessianOperator):
     ``matvec``, ``matmat``, ``dtype``/``device``, ``weight_decay`` (adds λ·v), evaluation mode
     during products, ``chunk_size``, graph caching, a true mean over all examples, and
     data-parallel all-reduce under ``torch.distributed`` (all inherited).
+
+    The GGN's chunks are weighted as the Hessian's, u_c/U (``units``: examples by default,
+    or e.g. tokens); the empirical Fisher is a mean over examples, so it takes no ``units``.
+    Both need ``loss_fn(outputs, targets)`` of a model returning one tensor: the model's own
+    loss (``loss_fn=None``) gives no outputs to linearise around and is refused.
     """
 
     def __init__(
@@ -62,13 +68,22 @@ class GGNOperator(HessianOperator):
     ) -> None:
         if kind not in ("ggn", "fisher"):
             raise ValueError(f"kind must be 'ggn' or 'fisher', got {kind!r}")
+        if loss_fn is None or isinstance(loss_fn, ModelLoss):
+            raise ValueError(
+                f"the {kind.upper()} needs loss_fn(outputs, targets) of the model's outputs; the "
+                "model's own loss (loss_fn=None) hides them in .loss. Pass a loss_fn, e.g. the "
+                "cross-entropy of the logits (shifted for a causal LM), or use the Hessian"
+            )
+        if kind == "fisher" and (kwargs.get("units") is not None
+                                 or getattr(loss_fn, "units", None) is not None):
+            raise ValueError("the empirical Fisher is a mean over examples: it takes no units")
         self.kind = kind
         self.product_name = kind.upper()
         super().__init__(model, loss_fn, data, weight_decay, params=params, **kwargs)
 
     def _outputs_and_loss(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        inputs, targets, n = self.chunks[index]
-        outputs = call_model(self.model, inputs)
+        targets = self.chunks[index][1]
+        outputs = self._outputs(index)
         if not isinstance(outputs, Tensor):
             raise TypeError(
                 f"GGNOperator needs a model returning one tensor, got {type(outputs).__name__}"
@@ -119,10 +134,9 @@ class GGNOperator(HessianOperator):
         with semantics_mode(self.model, self.semantics), self._product_kernels(), \
                 torch.enable_grad():
             for index, graph in self._graphs():
-                n = self.chunks[index][2]
-                # GGN: the chunk's loss is a mean over its n examples, so weight n/N. Fisher:
+                # GGN: the chunk's loss is a mean over its u_c units, so weight u_c/U. Fisher:
                 # Σₙ gₙ (gₙᵀv) over the chunk's examples, divided by N.
-                weight = (n if self.kind == "ggn" else 1) / self.num_examples
+                weight = self.weight(index) if self.kind == "ggn" else 1 / self.num_examples
                 for j in range(m):
                     _, back = self._jv_and_back(graph, v_parts[j])
                     gv = torch.autograd.grad(

@@ -2,10 +2,19 @@
 summed losses, train-mode BatchNorm.
 
 Inputs
-    A batch's inputs may be a tensor or any nesting of tuples, lists and Mappings whose tensor
-    leaves share a leading batch dimension (non-tensor leaves and 0-d tensors are passed through
-    unchanged). A Mapping is passed as keyword arguments, ``model(**inputs)``, as Hugging Face
-    models take them; anything else is passed as the one positional argument ``model(inputs)``.
+    A batch's inputs may be a tensor or any nesting of tuples, lists, Mappings and dataclasses
+    whose tensor leaves share a leading batch dimension (non-tensor leaves and 0-d tensors are
+    passed through unchanged).
+
+Calling the model
+    Inputs go in as the model takes them, decided once from ``forward``'s signature
+    (:func:`resolve_call`): a Mapping as keyword arguments, ``model(**inputs)`` (as Hugging Face
+    models take them), when ``forward`` accepts every key (or has ``**kwargs``); as the one
+    argument ``model(inputs)`` when it does not but takes one positional parameter (a model
+    whose ``forward(self, batch)`` reads ``batch["x"]``). Anything else is passed as the one
+    argument ``model(inputs)``. A ``call=`` hook ``(model, inputs) -> outputs`` replaces the
+    guess (dataclass batches, graph batches, several positional arguments). When the guessed
+    call fails with a ``TypeError``, the error names the call made and the other one.
 
 Compiled modules
     ``torch.compile`` returns an ``OptimizedModule`` whose backward graph (AOTAutograd) has no
@@ -29,6 +38,8 @@ Semantics
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -38,6 +49,8 @@ from torch import Tensor, nn
 from sharpest.errors import SharpestError
 
 __all__ = [
+    "Call",
+    "ModelCall",
     "REDUCTIONS",
     "SEMANTICS",
     "SummedLossError",
@@ -45,11 +58,15 @@ __all__ = [
     "call_model",
     "check_mean_reduction",
     "double_backward_kernels",
+    "resolve_call",
     "semantics_mode",
     "slice_batch",
     "to_device",
     "unwrap_compiled",
 ]
+
+#: ``call(model, inputs) -> outputs``: how a batch's inputs are given to the model.
+Call = Callable[[nn.Module, Any], Any]
 
 REDUCTIONS = ("mean", "sum")
 SEMANTICS = ("eval", "train")
@@ -70,6 +87,9 @@ def _leaves(inputs: Any, path: str = "inputs") -> Iterator[tuple[str, Tensor]]:
     elif isinstance(inputs, (list, tuple)):
         for i, value in enumerate(inputs):
             yield from _leaves(value, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(inputs) and not isinstance(inputs, type):
+        for field in dataclasses.fields(inputs):
+            yield from _leaves(getattr(inputs, field.name), f"{path}.{field.name}")
 
 
 def batch_size(inputs: Any) -> int:
@@ -82,7 +102,8 @@ def batch_size(inputs: Any) -> int:
     if not sizes:
         raise TypeError(
             f"cannot tell the batch size of inputs of type {type(inputs).__name__}: expected a "
-            "tensor or a tuple, list or Mapping holding tensors with a leading batch dimension"
+            "tensor or a tuple, list, Mapping or dataclass holding tensors with a leading batch "
+            "dimension"
         )
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{p}: {n}" for p, n in sizes.items())
@@ -104,6 +125,10 @@ def _rebuild(inputs: Any, fn: Callable[[Tensor], Tensor]) -> Any:
         return type(inputs)(*(_rebuild(v, fn) for v in inputs))
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(_rebuild(v, fn) for v in inputs)
+    if dataclasses.is_dataclass(inputs) and not isinstance(inputs, type):
+        changed = {f.name: _rebuild(getattr(inputs, f.name), fn)
+                   for f in dataclasses.fields(inputs) if f.init}
+        return dataclasses.replace(inputs, **changed)
     return inputs
 
 
@@ -118,10 +143,110 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a Mapping (Hugging Face style), else ``model(inputs)``."""
+    """``model(**inputs)`` for a Mapping (Hugging Face style), else ``model(inputs)``: the
+    convention without looking at the model; :func:`resolve_call` looks at its ``forward``."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
+
+
+_KEYWORDS = "model(**inputs) (the Mapping's keys as keyword arguments)"
+_ONE_ARGUMENT = "model(inputs) (the Mapping as one argument)"
+
+
+class ModelCall:
+    """A guessed way of calling the model, ``keywords`` or not; a ``TypeError`` from the call
+    is re-raised naming the call made, why it was chosen, and the other way (``call=``)."""
+
+    def __init__(self, keywords: bool, reason: str) -> None:
+        self.keywords, self.reason = keywords, reason
+
+    def __call__(self, model: nn.Module, inputs: Any) -> Any:
+        try:
+            return model(**inputs) if self.keywords else model(inputs)
+        except TypeError as err:
+            if not isinstance(inputs, Mapping):
+                raise TypeError(
+                    f"calling model(inputs) with inputs of type {type(inputs).__name__} "
+                    f"failed: {err}. If the model takes them another way, pass call= a "
+                    "function (model, inputs) -> outputs, e.g. "
+                    "call=lambda model, inputs: model(inputs.x, inputs.mask)"
+                ) from err
+            made, other = (_KEYWORDS, _ONE_ARGUMENT) if self.keywords else (_ONE_ARGUMENT,
+                                                                            _KEYWORDS)
+            hook = ("lambda model, inputs: model(inputs)" if self.keywords
+                    else "lambda model, inputs: model(**inputs)")
+            raise TypeError(
+                f"calling {made} failed: {err}. It was chosen because {self.reason}. If the "
+                f"model takes its inputs as {other}, or another way, pass call= a function "
+                f"(model, inputs) -> outputs, e.g. call={hook}"
+            ) from err
+
+    def __repr__(self) -> str:
+        return f"ModelCall({'model(**inputs)' if self.keywords else 'model(inputs)'})"
+
+
+def _forward_of(model: nn.Module) -> Callable[..., Any]:
+    return getattr(model, "forward", model)
+
+
+def resolve_call(model: nn.Module, inputs: Any, call: Call | None = None) -> Call:
+    """How ``model`` takes ``inputs``, decided once from its ``forward``'s signature.
+
+    ``call`` given: it is used as is. Inputs that are not a Mapping: ``model(inputs)``. A
+    Mapping: ``model(**inputs)`` when ``forward`` has ``**kwargs`` or a parameter named by
+    any key (or its signature cannot be read; a key it lacks then fails the call with an error
+    naming both ways); otherwise, no key naming a parameter, ``model(inputs)`` when
+    ``forward`` takes one positional parameter (any others having defaults). A Mapping that
+    fits neither is refused with a ``TypeError`` naming both ways and the ``call=`` hook.
+
+    >>> class Keywords(nn.Module):
+    ...     def forward(self, input_ids, attention_mask=None): return input_ids
+    >>> class OneArgument(nn.Module):
+    ...     def forward(self, data): return data["x"]
+    >>> batch = {"input_ids": torch.zeros(2), "attention_mask": torch.ones(2)}
+    >>> resolve_call(Keywords(), batch), resolve_call(OneArgument(), {"x": torch.zeros(2)})
+    (ModelCall(model(**inputs)), ModelCall(model(inputs)))
+    """
+    if call is not None:
+        if not callable(call):
+            raise TypeError(f"call must be a function (model, inputs) -> outputs, got {call!r}")
+        return call
+    if not isinstance(inputs, Mapping):
+        return ModelCall(False, "the inputs are not a Mapping")
+    forward = _forward_of(unwrap_compiled(model))
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or an odd callable: keep the convention
+        return ModelCall(True, "forward's signature cannot be read (keywords by convention)")
+    kinds = inspect.Parameter
+    if any(p.kind is kinds.VAR_KEYWORD for p in parameters):
+        return ModelCall(True, "forward takes **kwargs")
+    named = {p.name for p in parameters if p.kind in (kinds.POSITIONAL_OR_KEYWORD,
+                                                      kinds.KEYWORD_ONLY)}
+    missing = [key for key in inputs if key not in named]
+    if not missing:
+        return ModelCall(True, "forward has a parameter for every key")
+    if len(missing) < len(inputs):  # some keys name parameters: meant as keywords
+        return ModelCall(True, f"forward has parameters named by some keys (not {missing[0]!r})")
+    positional = [p for p in parameters if p.kind in (kinds.POSITIONAL_ONLY,
+                                                      kinds.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in parameters if p.default is inspect.Parameter.empty
+                and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)]
+    if positional and all(p is positional[0] for p in required):
+        return ModelCall(False, f"forward has no parameter named {missing[0]!r} and takes one "
+                                f"positional parameter ({positional[0].name!r})")
+    try:
+        shown = str(inspect.signature(forward))
+    except (TypeError, ValueError):  # pragma: no cover - read above
+        shown = "(...)"
+    raise TypeError(
+        f"cannot tell how {type(model).__name__}.forward{shown} takes the inputs (keys "
+        f"{list(inputs)}): neither {_KEYWORDS} (no parameter named {missing[0]!r}) nor "
+        f"{_ONE_ARGUMENT} (it needs {len(required)} arguments). Pass call= a function "
+        "(model, inputs) -> outputs, e.g. call=lambda model, inputs: model(inputs['x'], "
+        "inputs['mask'])"
+    )
 
 
 @contextlib.contextmanager
@@ -187,30 +312,49 @@ def check_mean_reduction(
     targets: Tensor,
     rtol: float = 1e-3,
     max_examples: int = 64,
+    *,
+    call: Call = call_model,
+    units: Callable[[Tensor], int] | None = None,
+    strict: bool = False,
 ) -> None:
-    """Raise :class:`SummedLossError` if ``loss_fn`` sums over the examples of this batch.
+    """Raise :class:`SummedLossError` if ``loss_fn`` sums over the units of this batch.
 
     Compares the loss ``L`` of the batch's first ``n ≤ max_examples`` examples with its halves'
-    losses ``L₁, L₂`` (sizes ``n₁, n₂``): a mean gives ``L = (n₁L₁ + n₂L₂)/n``, a sum
+    losses ``L₁, L₂`` holding ``u₁, u₂`` units (``units(targets)``: the examples by default, or
+    e.g. the tokens that count): a mean gives ``L = (u₁L₁ + u₂L₂)/(u₁ + u₂)``, a sum
     ``L = L₁ + L₂``. Refused when the sum fits better and the mean misses by more than
-    ``rtol``. Batches of one example cannot tell. Costs three forward passes of ``n`` examples.
+    ``rtol``. With ``strict`` (a loss known to be a mean, such as the model's own), refused
+    whenever the mean misses by more than ``rtol``: the units counted are then not those the
+    loss averages over. Batches of one example cannot tell. Costs three forward passes of
+    ``n`` examples, each made by ``call(model, inputs)``.
     """
     n = min(batch_size(inputs), max_examples)
     inputs, targets = slice_batch(inputs, 0, n), targets[:n]
     if n < 2:
         return
     half = n // 2
+    parts = ((0, n), (0, half), (half, n))
+    count = units if units is not None else (lambda t: t.shape[0])
+    counts = [float(count(targets[a:b])) for a, b in parts]
+    if min(counts) <= 0:
+        return  # a half with nothing to average over cannot tell
     with torch.no_grad(), semantics_mode(model, "eval"):
-        losses = [
-            loss_fn(call_model(model, slice_batch(inputs, a, b)), targets[a:b])
-            for a, b in ((0, n), (0, half), (half, n))
-        ]
+        losses = [loss_fn(call(model, slice_batch(inputs, a, b)), targets[a:b]) for a, b in parts]
     if any(loss.dim() != 0 for loss in losses):
         return  # not a scalar: the operator's own check says so
     whole, first, second = (float(loss) for loss in losses)
-    as_mean = (half * first + (n - half) * second) / n
+    as_mean = (counts[1] * first + counts[2] * second) / counts[0]
     as_sum = first + second
     mean_gap, sum_gap = abs(whole - as_mean), abs(whole - as_sum)
+    if strict and mean_gap > rtol * max(abs(whole), 1e-12):
+        raise SummedLossError(
+            f"the loss is not the mean over the units counted: on {n} examples "
+            f"({counts[0]:g} units) it gives {whole:.6g}, its halves {first:.6g} and "
+            f"{second:.6g} ({counts[1]:g} and {counts[2]:g} units), whose weighted mean is "
+            f"{as_mean:.6g}. The chunks of the data would be weighted wrongly. For the model's "
+            "own loss, check which tokens it averages over (causal= of "
+            "sharpest.curvature.model_loss), or pass a loss_fn."
+        )
     if sum_gap < mean_gap and mean_gap > rtol * max(abs(whole), 1e-12):
         raise SummedLossError(
             f"loss_fn looks like a sum over the batch, not a mean: on {n} examples it gives "

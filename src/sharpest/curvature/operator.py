@@ -4,8 +4,10 @@ The operator is the Hessian of the :class:`~sharpest.curvature.risk.EmpiricalRis
 
     L(θ) = (1/N) Σₙ ℓ(f(xₙ; θ), yₙ) + (λ/2)·‖θ‖²
 
-over all N examples of a fixed data set (a true mean over examples, whatever the batch sizes),
-with the model in evaluation semantics (dropout off, BatchNorm on running statistics; or
+over all N examples of a fixed data set (a true mean over examples, whatever the batch sizes;
+or over the units the loss averages over, such as the tokens that count for the model's own
+loss: chunk c weighted u_c/U, see :mod:`sharpest.curvature.risk`), with the model in
+evaluation semantics (dropout off, BatchNorm on running statistics; or
 ``semantics="train"``), with respect to the selected trainable parameters flattened in
 `model.parameters()` order. How the loss is evaluated (inputs, compiled models, summed losses,
 semantics) is the risk's; this module adds what only products need: kernels with a double
@@ -15,7 +17,8 @@ backward, and scipy's operator interface (:class:`~sharpest.curvature.adapt.Scip
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sharpest.curvature.adapt import ScipyStyle
-from sharpest.curvature.inputs import double_backward_kernels, semantics_mode
+from sharpest.curvature.inputs import Call, double_backward_kernels, semantics_mode
 from sharpest.curvature.risk import (
     Batch,
     EmpiricalRisk,
@@ -41,6 +44,18 @@ __all__ = ["EmpiricalRisk", "HessianOperator", "NonFiniteError", "evaluation_mod
 BACKENDS = ("double_backward", "linearize")
 
 
+class _Called(nn.Module):
+    """``forward(inputs) = call(model, inputs)``: the call hook as a module, for
+    ``torch.func.functional_call`` (parameters under ``model.``)."""
+
+    def __init__(self, model: nn.Module, call: Call) -> None:
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, inputs: Any) -> Any:
+        return self.call(self.model, inputs)
+
+
 class HessianOperator(EmpiricalRisk, ScipyStyle):
     """The Hessian of a model's mean loss over a fixed data set, as a linear operator.
 
@@ -50,15 +65,20 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     Parameters
     ----------
     model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data, \
-    reduction, semantics, decay_params:
+    reduction, semantics, decay_params, units, call:
         As for :class:`~sharpest.curvature.risk.EmpiricalRisk`: the function is the mean of
         ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖Mθ‖² (M: the 0/1 mask of
         ``decay_params``, default all; so the operator adds λ·M·v), in
         evaluation semantics (or ``semantics="train"``), chunked, and data-parallel over
         ``torch.distributed`` (every rank holds the same product of the mean over all N
-        examples). Inputs may be any nesting of tuples, lists and Mappings of tensors (a
-        Mapping is passed as ``model(**inputs)``); a ``torch.compile``d model is unwrapped; a
-        summing ``loss_fn`` is refused unless ``reduction="sum"``.
+        examples). ``loss_fn=None`` is the model's own loss from the labels
+        (``model(**inputs, labels=targets).loss``, :mod:`sharpest.curvature.own_loss`); the
+        products then weight chunk c by its tokens that count, u_c/U (``units``), so the
+        operator is the Hessian of the whole subset's loss as one batch. Inputs may be any
+        nesting of tuples, lists, Mappings and dataclasses of tensors (a Mapping goes in as
+        keyword arguments or as one argument, as ``forward``'s signature says, or as the
+        ``call=`` hook says); a ``torch.compile``d model is unwrapped; a summing ``loss_fn`` is
+        refused unless ``reduction="sum"``.
     cache_graphs:
         Keep the first-order graph of every chunk between products, so a product costs one
         double-backward pass instead of forward + backward + double backward. Measured by
@@ -95,7 +115,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: LossFn | None,
         data: Batch | Iterable[Batch],
         weight_decay: float = 0.0,
         *,
@@ -110,11 +130,13 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         semantics: str = "eval",
         decay_params: Sequence[Tensor] | Sequence[str] | None = None,
         backend: str = "double_backward",
+        units: Callable[[Tensor], int] | None = None,
+        call: Call | None = None,
     ) -> None:
         super().__init__(model, loss_fn, data, weight_decay, params=params,
                          chunk_size=chunk_size, device=device, distributed=distributed,
                          shard_data=shard_data, reduction=reduction, semantics=semantics,
-                         decay_params=decay_params)
+                         decay_params=decay_params, units=units, call=call)
         if cache_graphs not in (True, False, "auto"):
             raise ValueError(f"cache_graphs must be True, False or 'auto', got {cache_graphs!r}")
         self.cache_graphs = cache_graphs
@@ -210,17 +232,18 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         names = {id(p): n for n, p in self.model.named_parameters()}
         keys = [names[id(p)] for p in self.params]
         primals = {k: p.detach() for k, p in zip(keys, self.params)}
+        # functional_call through a module whose forward is the call hook, so the model is
+        # called exactly as in every other evaluation.
+        called = _Called(self.model, self.call)
         fns = []
         for index in range(len(self.chunks)):
 
             def loss(params: dict[str, Tensor], index: int = index) -> Tensor:
-                inputs, targets, n = self.chunks[index]
-                if isinstance(inputs, Mapping):
-                    out = torch.func.functional_call(self.model, params, (), dict(inputs))
-                else:
-                    out = torch.func.functional_call(self.model, params, (inputs,))
+                inputs, targets, _ = self.chunks[index]
+                moved = {f"model.{k}": v for k, v in params.items()}
+                out = torch.func.functional_call(called, moved, (inputs,))
                 value = self.loss_fn(out, targets)
-                return value / n if self.reduction == "sum" else value
+                return value / self.chunk_units[index] if self.reduction == "sum" else value
 
             jvp_fn = torch.func.linearize(torch.func.grad(loss), primals)[1]
             fns.append(lambda parts, f=jvp_fn: list(f(dict(zip(keys, parts))).values()))
@@ -230,7 +253,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     def _linearized_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         with semantics_mode(self.model, self.semantics), self._product_kernels():
             for index, fn in enumerate(self._linearizations()):
-                weight = self.chunks[index][2] / self.num_examples
+                weight = self.weight(index)
                 for j, parts in enumerate(v_parts):
                     self._accumulate(out[j], fn(parts), weight, index)
 
@@ -329,7 +352,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
             return
         with semantics_mode(self.model, self.semantics), self._product_kernels():
             for index, grads in self._graphs():
-                weight = self.chunks[index][2] / self.num_examples
+                weight = self.weight(index)
                 # A gradient that does not depend on θ (e.g. a linear model's bias under MSE
                 # with no hidden layer) contributes a zero Hessian block.
                 live = [i for i, g in enumerate(grads) if g.requires_grad]
@@ -347,7 +370,9 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         """Per-chunk quadratic forms ``q[c, j] = vⱼᵀ H_c vⱼ`` and the chunk sizes ``n_c``.
 
         ``H_c`` is the Hessian of the mean loss over chunk ``c`` alone, without the weight
-        decay term, so that ``Σ_c (n_c/N)·q[c, j] + λ‖vⱼ‖² = vⱼᵀ H vⱼ``. One Hessian-vector
+        decay term, so that ``Σ_c (n_c/N)·q[c, j] + λ‖vⱼ‖² = vⱼᵀ H vⱼ``; ``n_c`` are the
+        chunks' units u_c (their examples, or the tokens that count when ``units`` counts
+        them), the weights of the mean. One Hessian-vector
         product per row (one double-backward pass per chunk, on the cached graphs when the
         operator caches them); counted in ``n_matvecs``. Under ``torch.distributed`` every rank
         returns every rank's chunks (rank order), so the result is the same everywhere.
@@ -386,10 +411,11 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         return self._gather_chunk_rows(local)
 
     def _gather_chunk_rows(self, local: Tensor) -> tuple[Tensor, Tensor]:
-        """This rank's per-chunk rows ``local`` (C, m) and the chunk sizes, gathered over ranks
-        (every rank gets every rank's rows, in rank order)."""
+        """This rank's per-chunk rows ``local`` (C, m) and the chunk sizes (units u_c: the
+        weights of the mean), gathered over ranks (every rank gets every rank's rows, in rank
+        order)."""
         m = local.shape[1]
-        sizes = torch.tensor([n for _, _, n in self.chunks], dtype=torch.float64)
+        sizes = torch.tensor(self.chunk_units, dtype=torch.float64)
         if not self.distributed:
             return local, sizes
         # Every rank's rows at its offset in one zero table, then one sum over ranks.

@@ -2,15 +2,23 @@
 
     L(θ) = (1/N) Σₙ ℓ(f(xₙ; θ), yₙ) + (λ/2)·‖θ‖²
 
-over all N examples (a true mean over examples, whatever the batch sizes), with the model in
+over all N examples (a true mean over examples, whatever the batch sizes), or, for a loss that
+averages over other units (the tokens that count, for the model's own loss of a language
+model: :mod:`sharpest.curvature.own_loss`), the mean over all U units,
+
+    L(θ) = Σ_c (u_c/U)·ℓ_c(θ) + (λ/2)·‖θ‖²,      U = Σ_c u_c,
+
+ℓ_c the loss of chunk c (its mean over its u_c units): the loss of the whole data as one
+batch. With the model in
 evaluation semantics (dropout off, BatchNorm on running statistics; or ``semantics="train"``),
 with respect to the selected trainable parameters flattened in `model.parameters()` order;
 computed in chunks of bounded size and all-reduced over `torch.distributed` ranks when it is
 initialised.
 
 Inputs and models are taken as people have them (:mod:`sharpest.curvature.inputs`): any
-nesting of tuples, lists and Mappings of tensors with a leading batch dimension (a Mapping is
-passed as ``model(**inputs)``), ``torch.compile``d models (unwrapped), and a summing
+nesting of tuples, lists, Mappings and dataclasses of tensors with a leading batch dimension
+(a Mapping is passed as ``model(**inputs)`` or as one argument, as ``forward``'s signature
+says, or as a ``call=`` hook says), ``torch.compile``d models (unwrapped), and a summing
 ``loss_fn`` is refused unless declared with ``reduction="sum"``. All of it lives here, where the
 loss is evaluated, so the Hessian products, probes and metrics evaluate the same function.
 
@@ -33,14 +41,16 @@ from torch import Tensor, nn
 from sharpest.curvature.inputs import (
     REDUCTIONS,
     SEMANTICS,
-    call_model,
+    Call,
     check_mean_reduction,
+    resolve_call,
     semantics_mode,
     unwrap_compiled,
 )
 from sharpest.curvature.inputs import batch_size as _batch_size
 from sharpest.curvature.inputs import slice_batch as _slice
 from sharpest.curvature.inputs import to_device as _to
+from sharpest.curvature.own_loss import ModelLoss, model_loss
 from sharpest.errors import SharpestError
 
 __all__ = ["Batch", "EmpiricalRisk", "LossFn", "NonFiniteError", "evaluation_mode", "flatten",
@@ -48,6 +58,12 @@ __all__ = ["Batch", "EmpiricalRisk", "LossFn", "NonFiniteError", "evaluation_mod
 
 Batch = tuple[Any, Tensor]
 LossFn = Callable[[Any, Tensor], Tensor]
+
+
+_NO_UNITS = (
+    "data holds no units to average over (every label ignored?): the Hessian of an empty mean "
+    "is undefined"
+)
 
 
 class NonFiniteError(SharpestError, FloatingPointError):
@@ -123,11 +139,29 @@ class EmpiricalRisk:
         graphs have no double backward.
     loss_fn:
         `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
-        (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``).
+        (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``). ``None``: the
+        loss the model computes itself from the labels, ``model(**inputs, labels=targets)
+        .loss`` (:func:`sharpest.curvature.own_loss.model_loss`: causal LMs shifted, ``-100``
+        ignored, the mean over the tokens that count).
     data:
         One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
-        shuffling, no augmentation). Examples are weighted so that the loss is the mean over all
-        N examples, whatever the batch sizes.
+        shuffling, no augmentation). Chunks are weighted by their units (``units``) so that
+        the loss is the mean over all units (examples by default), whatever the batch sizes:
+        the loss of the whole data as one batch.
+    units:
+        ``units(targets)``: how many units ``loss_fn``'s mean is over in a batch with these
+        targets; chunk c is weighted u_c / Σ u. Default: ``loss_fn.units`` when the loss has
+        it (:class:`~sharpest.curvature.own_loss.ModelLoss` does: the tokens that count),
+        else the number of examples. A loss that averages over tokens needs it for the
+        operator's loss to equal the whole data's loss as one batch. Chunks with no units are
+        left out.
+    call:
+        ``call(model, inputs) -> outputs``: how a batch's inputs go into the model (dataclass
+        or graph batches, several positional arguments). Default: decided once from
+        ``forward``'s signature (:func:`sharpest.curvature.inputs.resolve_call`): a Mapping as
+        keyword arguments when ``forward`` names its keys (or has ``**kwargs``), else as one
+        argument when ``forward`` takes one; anything else as one argument. With the model's
+        own loss the inputs it gets hold the labels too (under ``"labels"``).
     weight_decay:
         λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
     decay_params:
@@ -154,20 +188,22 @@ class EmpiricalRisk:
         detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`,
         three forwards of at most 64 examples) and refused with
         :class:`~sharpest.curvature.inputs.SummedLossError`. ``"sum"``: `loss_fn` sums over
-        the batch's examples; it is divided by each chunk's example count.
+        the batch's units; it is divided by each chunk's unit count (examples by default). For
+        the model's own loss the same three forwards check that its mean is over the units
+        counted (the causal shift guessed right).
     semantics:
         ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
         statistics, running statistics untouched, dropout off); see
         :mod:`sharpest.curvature.inputs`.
 
-    Inputs may be a tensor or any nesting of tuples, lists and Mappings of tensors with a
-    leading batch dimension; a Mapping is passed as ``model(**inputs)``.
+    Inputs may be a tensor or any nesting of tuples, lists, Mappings and dataclasses of
+    tensors with a leading batch dimension (see ``call``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: LossFn | None,
         data: Batch | Iterable[Batch],
         weight_decay: float = 0.0,
         *,
@@ -179,8 +215,15 @@ class EmpiricalRisk:
         reduction: str = "mean",
         semantics: str = "eval",
         decay_params: Sequence[Tensor] | Sequence[str] | None = None,
+        units: Callable[[Tensor], int] | None = None,
+        call: Call | None = None,
     ) -> None:
         model = unwrap_compiled(model)  # compiled graphs have no double backward
+        if loss_fn is None:
+            loss_fn = model_loss(model)
+        if isinstance(loss_fn, ModelLoss) and reduction != "mean":
+            raise ValueError("the model's own loss is a mean over its tokens: reduction must be "
+                             f"'mean', got {reduction!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if semantics not in SEMANTICS:
@@ -205,14 +248,32 @@ class EmpiricalRisk:
         batches = _as_batches(data)
         if self.distributed and shard_data:
             batches = _shard(batches, dist.get_rank(), dist.get_world_size())
+        if units is None:
+            units = getattr(loss_fn, "units", None)
+        self._units = units
+        self._with_labels = getattr(loss_fn, "with_labels", None)
         self.chunks = self._make_chunks(batches, chunk_size, allow_empty=self.distributed)
-        if reduction == "mean" and self.chunks:
-            check_mean_reduction(loss_fn, model, self.chunks[0][0], self.chunks[0][1])
-        self.num_examples = int(
-            self._all_reduce(torch.tensor([sum(n for _, _, n in self.chunks)], dtype=torch.float64))
-        )
+        self.call = resolve_call(model, self.chunks[0][0] if self.chunks else None, call)
+        if self.chunks and reduction == "mean":
+            own = isinstance(loss_fn, ModelLoss)
+            # The model's own loss is a mean: check that it is over the units counted (the
+            # causal shift guessed right), within what three float32 forwards of different
+            # batch sizes (TF32 matmuls included) agree to.
+            check_mean_reduction(
+                loss_fn, model, self.chunks[0][0], self.chunks[0][1], call=self.call,
+                units=units, strict=own,
+                rtol=max(1e-4, 100 * torch.finfo(self.param_dtype).eps) if own else 1e-3,
+            )
+        totals = self._all_reduce(torch.tensor(
+            [float(self._examples), float(sum(self.chunk_units))], dtype=torch.float64))
+        self.num_examples = int(totals[0])
+        #: U: the units the loss is the mean over (``num_examples`` unless ``units`` counts
+        #: others, e.g. the tokens that count).
+        self.num_units = float(totals[1])
         if self.num_examples == 0:
             raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
+        if self.num_units <= 0:
+            raise ValueError(_NO_UNITS)
         # cuDNN RNN kernels have no double backward; they must be off for products through RNNs.
         self._no_cudnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
 
@@ -267,7 +328,12 @@ class EmpiricalRisk:
     def _make_chunks(
         self, batches: list[Batch], chunk_size: int | None, allow_empty: bool = False
     ) -> list[tuple]:
-        chunks = []
+        """``(inputs, targets, n)`` per chunk (labels added to the inputs for the model's own
+        loss); sets ``chunk_units`` (u_c, the chunk's weight) and the examples counted."""
+        chunks: list[tuple] = []
+        #: u_c per chunk: its weight is u_c / U (``num_units``).
+        self.chunk_units: list[float] = []
+        self._examples = 0
         for i, (inputs, targets) in enumerate(batches):
             n = _batch_size(inputs)
             if n == 0:
@@ -278,16 +344,23 @@ class EmpiricalRisk:
                     "(first dimensions differ)"
                 )
             step = chunk_size or n
+            self._examples += n
             for start in range(0, n, step):
                 stop = min(start + step, n)
+                part = targets[start:stop]
+                units = stop - start if self._units is None else float(self._units(part))
+                if units <= 0:
+                    continue  # nothing to average over: weight 0 (its mean may be NaN)
+                chunk_inputs = _slice(inputs, start, stop)
+                if self._with_labels is not None:
+                    chunk_inputs = self._with_labels(chunk_inputs, part)
                 chunks.append(
-                    (
-                        _to(_slice(inputs, start, stop), self.device),
-                        targets[start:stop].to(self.device),
-                        stop - start,
-                    )
+                    (_to(chunk_inputs, self.device), part.to(self.device), stop - start)
                 )
+                self.chunk_units.append(float(units))
         if not chunks and not allow_empty:
+            if self._examples:
+                raise ValueError(_NO_UNITS)
             raise ValueError("data holds no examples: the Hessian of an empty mean is undefined")
         return chunks
 
@@ -317,17 +390,25 @@ class EmpiricalRisk:
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
 
+    def _outputs(self, index: int) -> Any:
+        """The model's outputs on chunk ``index``, called as ``self.call`` says."""
+        return self.call(self.model, self.chunks[index][0])
+
     def _chunk_loss(self, index: int) -> Tensor:
-        inputs, targets, _ = self.chunks[index]
-        return self._loss_of(call_model(self.model, inputs), index)
+        return self._loss_of(self._outputs(index), index)
+
+    def weight(self, index: int) -> float:
+        """w_c = u_c / U: chunk ``index``'s share of the mean (its examples, or the units
+        ``units`` counts, over all ranks' total)."""
+        return self.chunk_units[index] / self.num_units
 
     def _loss_of(self, outputs: Any, index: int) -> Tensor:
         """The mean loss of chunk ``index`` given the model's ``outputs`` on it (checked to be a
-        finite scalar; a summed loss divided by the chunk size when ``reduction="sum"``)."""
-        targets, n = self.chunks[index][1], self.chunks[index][2]
+        finite scalar; a summed loss divided by the chunk's units when ``reduction="sum"``)."""
+        targets = self.chunks[index][1]
         loss = self.loss_fn(outputs, targets)
         if self.reduction == "sum":
-            loss = loss / n
+            loss = loss / self.chunk_units[index]
         if loss.dim() != 0:
             raise ValueError(
                 f"loss_fn must return a scalar (the mean over the batch), got shape "
@@ -341,11 +422,11 @@ class EmpiricalRisk:
         return sum(n for _, _, n in self.chunks[:index])
 
     def loss(self) -> float:
-        """L(θ): mean loss over all examples plus (λ/2)·‖θ‖², in ``semantics``."""
+        """L(θ): mean loss over all examples (units) plus (λ/2)·‖θ‖², in ``semantics``."""
         local = torch.zeros(1, dtype=torch.float64)
         with torch.no_grad(), semantics_mode(self.model, self.semantics):
-            for index, (_, _, n) in enumerate(self.chunks):
-                local += float(self._chunk_loss(index)) * n / self.num_examples
+            for index in range(len(self.chunks)):
+                local += float(self._chunk_loss(index)) * self.weight(index)
         total = float(self._all_reduce(local))
         if self.weight_decay:
             theta = flatten([p.detach() for p in self.params]).double().to(self.device)
@@ -356,10 +437,10 @@ class EmpiricalRisk:
         """∇L(θ) as a flat float64 vector (same data, semantics and L2 term as the products)."""
         out = torch.zeros(self.size, dtype=torch.float64, device=self.device)
         with semantics_mode(self.model, self.semantics), self._cudnn(), torch.enable_grad():
-            for index, (_, _, n) in enumerate(self.chunks):
+            for index in range(len(self.chunks)):
                 g = torch.autograd.grad(self._chunk_loss(index), self.params, allow_unused=True)
                 g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, self.params)]
-                out += (n / self.num_examples) * flatten(g).double()
+                out += self.weight(index) * flatten(g).double()
         out = self._all_reduce(out)
         if self.weight_decay:
             out += self.decay_term(flatten([p.detach() for p in self.params]))
@@ -368,5 +449,6 @@ class EmpiricalRisk:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(size={self.size}, examples={self.num_examples}, "
-            f"chunks={len(self.chunks)}, weight_decay={self.weight_decay}, device={self.device})"
+            + (f"units={self.num_units:g}, " if self.num_units != self.num_examples else "")
+            + f"chunks={len(self.chunks)}, weight_decay={self.weight_decay}, device={self.device})"
         )

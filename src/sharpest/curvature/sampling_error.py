@@ -20,6 +20,12 @@ so ``σ̂² = Σ_c n_c (q_c − q̄)² / (C − 1)`` is unbiased and the standar
 
 which for equal chunks is the familiar ``std(q_c, ddof=1)/√C``.
 
+For a loss that averages over other units than examples (the tokens that count, for the
+model's own loss of a language model), ``n_c`` and ``N`` are the chunks' units and their total
+(the operator's ``chunk_units``, the weights of its mean), and ``σ²`` is per unit: tokens of one
+sequence are not independent, so the estimate then treats them as if they were, which
+understates the error when whole sequences, not tokens, are the sample.
+
 What it does not include: ``vᵢ`` is itself fitted to the same subset (to first order in the
 perturbation the eigenvalue moves by ``vᵢᵀ ΔH vᵢ``, which is what is measured; the second-order
 term, of size ``‖ΔH‖²/gap``, biases the top eigenvalue of a sample upwards and is not counted),
@@ -47,7 +53,8 @@ def weighted_stderr(forms: Any, sizes: Any) -> np.ndarray:
 
     Args:
         forms: ``(C, m)`` per-chunk quadratic forms ``q[c, j]``.
-        sizes: ``(C,)`` chunk sizes ``n_c`` (positive).
+        sizes: ``(C,)`` chunk sizes ``n_c`` (positive): examples, or the units the loss
+            averages over.
 
     Returns:
         ``(m,)`` float64 standard errors; NaN when there are fewer than two chunks.

@@ -34,11 +34,16 @@ class TrackingCore:
 
     Args:
         data: the fixed Hessian data, one ``(inputs, targets)`` pair or a list of them
-            (inputs may be Mappings, passed as ``model(**inputs)``).
-        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+            (inputs may be Mappings, passed as keyword arguments or as one argument as the
+            model's ``forward`` takes them; see ``call``).
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch; ``None``: the
+            model's own loss from the labels, ``model(**inputs, labels=targets).loss``
+            (:mod:`sharpest.curvature.own_loss`: causal LMs shifted, ``-100`` ignored, the
+            mean over the tokens that count across the whole subset).
         k, every, refresh_every, tracker_options: the tracker's schedule and Lanczos settings
             (:class:`EigenTracker`); ``every=0``: only at epoch starts.
-        weight_decay, reduction, semantics: passed to the Hessian operator.
+        weight_decay, reduction, semantics, call: passed to the Hessian operator (``call``:
+            ``(model, inputs) -> outputs``, how inputs go into the model).
         sinks: names (``"tensorboard"``, ``"wandb"``, ``"csv"``) or :class:`Sink` objects.
         log_dir: where named sinks write (default: chosen by the callback).
         wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
@@ -48,7 +53,7 @@ class TrackingCore:
     def __init__(
         self,
         data: Any,
-        loss_fn: Callable[[Any, Any], Any],
+        loss_fn: Callable[[Any, Any], Any] | None,
         *,
         k: int = 5,
         every: int = 50,
@@ -56,6 +61,7 @@ class TrackingCore:
         weight_decay: float = 0.0,
         reduction: str = "mean",
         semantics: str = "eval",
+        call: Callable[[nn.Module, Any], Any] | None = None,
         sinks: Sequence[str | Sink] = (),
         log_dir: str | os.PathLike[str] | None = None,
         wandb: dict[str, Any] | None = None,
@@ -65,7 +71,7 @@ class TrackingCore:
         self.data = data
         self.loss_fn = loss_fn
         self.weight_decay = weight_decay
-        self.operator_options = {"reduction": reduction, "semantics": semantics}
+        self.operator_options = {"reduction": reduction, "semantics": semantics, "call": call}
         self.tracker = EigenTracker(
             k=k, every=every, refresh_every=refresh_every, **tracker_options
         )

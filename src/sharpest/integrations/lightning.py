@@ -7,9 +7,13 @@
 >>> callback.records[-1]["eigenvalues"]                               # doctest: +SKIP
 
 The Hessian is the one of ``loss_fn(module(inputs), targets)`` over the fixed ``data`` (the
-LightningModule's ``forward``; ``model=`` picks a submodule instead), in evaluation semantics
-unless ``semantics="train"``. Tracking points: iteration ``trainer.global_step`` (optimizer
-steps done) at ``every`` steps, at epoch starts when ``every=0``, once at the end. An optimizer
+LightningModule's ``forward``; ``model=`` picks a submodule instead, e.g. the Hugging Face model
+it wraps), in evaluation semantics unless ``semantics="train"``. Without a ``loss_fn`` it is
+the loss the model computes itself from the labels, ``model(**inputs, labels=targets).loss``
+(causal LMs shifted, ``-100`` ignored, the mean over the tokens that count across the whole
+subset: :mod:`sharpest.curvature.own_loss`). Tracking points: iteration
+``trainer.global_step`` (optimizer steps done) at ``every`` steps, at epoch starts when
+``every=0``, once at the end. An optimizer
 with ``set_basis`` returned by ``configure_optimizers`` (``NudgedSGD``) gets its basis at each
 epoch start (``refresh_every=0``) or every ``refresh_every`` steps. Records are kept in
 ``callback.records``, sent to Lightning's loggers (``to_loggers=True``, scalars named as in
@@ -43,7 +47,8 @@ class SharpestCallback(pl.Callback):
 
     Args:
         data: the fixed Hessian subset, an ``(inputs, targets)`` pair or a list of them.
-        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch; ``None`` (default):
+            the model's own loss from the labels (see the module docstring).
         k, every, refresh_every: top-k, steps between tracking points, steps between basis
             refreshes (0: at epoch starts).
         model: ``model(pl_module)`` returns the module whose Hessian is tracked (default the
@@ -51,14 +56,15 @@ class SharpestCallback(pl.Callback):
         sinks, log_dir, wandb: mirrors of the records (``"tensorboard"``, ``"wandb"``,
             ``"csv"`` or :class:`Sink` objects).
         to_loggers: also send the scalars to ``trainer.loggers``.
-        **options: ``weight_decay``, ``reduction``, ``semantics``, ``drive_optimizer`` and the
+        **options: ``weight_decay``, ``reduction``, ``semantics``, ``call`` (``(model,
+            inputs) -> outputs``), ``drive_optimizer`` and the
             :class:`~sharpest.train.tracker.EigenTracker` settings (``tol``, ``which``, …).
     """
 
     def __init__(
         self,
         data: Any,
-        loss_fn: Callable[[Any, Any], Any],
+        loss_fn: Callable[[Any, Any], Any] | None = None,
         *,
         k: int = 5,
         every: int = 50,

@@ -7,9 +7,13 @@
 
 ``data`` is the fixed Hessian subset: ``(inputs, labels)`` with ``inputs`` a dict of tensors
 (``input_ids``, ``attention_mask``, …), passed as ``model(**inputs)``, or a list of such pairs.
-The default loss is the mean cross-entropy of the output's ``logits`` against the labels
-(:func:`logits_cross_entropy`; logits ``(B, C)`` or ``(B, T, V)``); pass ``loss_fn`` for
-others. Attention runs through its math kernel during products (fused kernels have no double
+The default loss (``loss_fn=None``) is the one the model computes itself and the Trainer
+optimises, ``model(**inputs, labels=labels).loss``: a causal LM scores position t against
+token t + 1, labels ``-100`` are ignored, and the mean is over the tokens that count across
+the whole subset (chunks weighted by their counted tokens, not their sequences), so the
+tracked Hessian is that of the subset's loss as one batch
+(:mod:`sharpest.curvature.own_loss`). Pass ``loss_fn(outputs, labels)`` for another.
+Attention runs through its math kernel during products (fused kernels have no double
 backward). Tracking points: ``state.global_step`` every ``every`` steps (epoch starts when
 ``every=0``), once at the end. An optimizer with ``set_basis`` given to the Trainer
 (``optimizers=(NudgedSGD(...), None)``; accelerate's wrapper is looked through) gets its basis
@@ -37,7 +41,11 @@ __all__ = ["SharpestTrainerCallback", "logits_cross_entropy"]
 
 def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
     """Mean cross-entropy of ``outputs.logits`` (or ``outputs["logits"]``, or a tensor) against
-    ``labels``; ``(B, T, V)`` logits are averaged over tokens (labels ``-100`` ignored)."""
+    ``labels``; ``(B, T, V)`` logits are averaged over tokens (labels ``-100`` ignored).
+
+    Position t is scored against label t, unshifted: not a causal LM's loss (the callback's
+    default, the model's own loss, is). Chunks are weighted by their examples, so with
+    ``-100`` labels it is not the whole subset's token mean either."""
     logits = getattr(outputs, "logits", None)
     if logits is None:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs
@@ -47,15 +55,14 @@ def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
 class SharpestTrainerCallback(TrainerCallback):
     """Top-k Hessian eigenpairs in a ``transformers.Trainer`` run (see the module docstring).
 
-    Args: as :class:`sharpest.integrations.lightning.SharpestCallback`, with ``loss_fn``
-    defaulting to :func:`logits_cross_entropy` and ``to_log_history`` in place of
-    ``to_loggers``.
+    Args: as :class:`sharpest.integrations.lightning.SharpestCallback` (``loss_fn=None``: the
+    model's own loss from the labels), with ``to_log_history`` in place of ``to_loggers``.
     """
 
     def __init__(
         self,
         data: Any,
-        loss_fn: Callable[[Any, Any], Any] = logits_cross_entropy,
+        loss_fn: Callable[[Any, Any], Any] | None = None,
         *,
         k: int = 5,
         every: int = 50,

@@ -215,15 +215,16 @@ class EigenTracker(Callback):
     def attach(
         self,
         model: nn.Module,
-        loss_fn: Callable[[Any, Tensor], Tensor],
+        loss_fn: Callable[[Any, Tensor], Tensor] | None,
         data: Any,
         weight_decay: float = 0.0,
         optimizer: Any = None,
         log: Callable[..., Any] | None = None,
         **operator_options: Any,
     ) -> EigenTracker:
-        """Bind the model, the loss, the fixed Hessian data (one ``(inputs, targets)`` pair or a
-        list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term; ``decay_params=`` in
+        """Bind the model, the loss (``None``: the model's own loss from the labels, see
+        :mod:`sharpest.curvature.own_loss`), the fixed Hessian data (one ``(inputs, targets)``
+        pair or a list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term; ``decay_params=`` in
         ``operator_options`` restricts it to those parameters), optionally an optimizer with
         ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
         ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
