@@ -113,6 +113,20 @@ def test_config_resolves_the_adaptive_defaults_as_torch_has_them() -> None:
     assert not make_config({"optimizer": {"name": "adam"}}).optimizer.uses_basis
 
 
+def test_config_names_are_the_factory_names() -> None:
+    # config.py keeps its lists torch-free; they must stay the factory's.
+    from typing import get_args
+
+    from sharpest.config import ADAPTIVE_OPTIMIZERS, OptimizerConfig
+    from sharpest.optim import NUDGE_BASES, OPTIMIZER_NAMES
+    from sharpest.optim.factory import ADAPTIVE
+
+    fields = OptimizerConfig.model_fields
+    assert get_args(fields["name"].annotation) == OPTIMIZER_NAMES
+    assert get_args(fields["nudge_base"].annotation) == NUDGE_BASES
+    assert ADAPTIVE_OPTIMIZERS == ADAPTIVE
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

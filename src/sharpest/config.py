@@ -36,6 +36,7 @@ from sharpest.data.names import canonical_name as data_name
 from sharpest.models.names import canonical_name as model_name
 
 __all__ = [
+    "ADAPTIVE_OPTIMIZERS",
     "CheckpointConfig",
     "Config",
     "ConfigError",
@@ -69,7 +70,7 @@ class _Section(BaseModel):
 
 #: The optimizers with moment estimates (``optimizer.betas``, ``optimizer.eps``); the names
 #: match sharpest.optim.factory.ADAPTIVE (kept torch-free here, checked by the tests).
-_ADAPTIVE = ("adam", "adamw", "rmsprop")
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw", "rmsprop")
 
 
 class OptimizerConfig(_Section):
@@ -106,7 +107,7 @@ class OptimizerConfig(_Section):
     @property
     def base(self) -> str:
         """The update rule underneath: sgd | adam | adamw | rmsprop."""
-        if self.name in _ADAPTIVE:
+        if self.name in ADAPTIVE_OPTIMIZERS:
             return self.name
         return self.nudge_base if self.name == "nsgd" else "sgd"
 
@@ -133,11 +134,11 @@ class OptimizerConfig(_Section):
                 f"optimizer.nudge_base: only 'nsgd' nudges a base optimizer (got "
                 f"nudge_base={self.nudge_base!r} with optimizer.name={self.name!r})"
             )
-        if base not in _ADAPTIVE:
+        if base not in ADAPTIVE_OPTIMIZERS:
             for key in ("betas", "eps"):
                 if getattr(self, key) is not None:
                     raise ValueError(
-                        f"optimizer.{key}: only {', '.join(_ADAPTIVE)} use {key} (got "
+                        f"optimizer.{key}: only {', '.join(ADAPTIVE_OPTIMIZERS)} use {key} (got "
                         f"optimizer.name={self.name!r}"
                         + (f", nudge_base={self.nudge_base!r}" if self.name == "nsgd" else "")
                         + ")"

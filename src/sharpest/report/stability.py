@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sharpest.config import ADAPTIVE_OPTIMIZERS
 from sharpest.paper_metrics import number as _number
 from sharpest.report.reader import RunData
 
@@ -32,9 +33,6 @@ __all__ = [
     "stability_summary",
     "stability_threshold",
 ]
-
-#: Update rules whose stability line is not SGD's (config names).
-ADAPTIVE = ("adam", "adamw", "rmsprop")
 
 #: Relative half-width of "at the line".
 NEAR_LINE = 0.1
@@ -79,7 +77,8 @@ def _adaptive(run: RunData) -> bool:
     if not isinstance(opt, dict):
         return False
     name = opt.get("name")
-    return name in ADAPTIVE or (name == "nsgd" and opt.get("nudge_base") in ADAPTIVE)
+    return name in ADAPTIVE_OPTIMIZERS or (name == "nsgd"
+                                          and opt.get("nudge_base") in ADAPTIVE_OPTIMIZERS)
 
 
 def stability_frame(run: RunData) -> pd.DataFrame:
