@@ -290,3 +290,24 @@ def test_cli_train_sweep_run_and_report(ptb_root: Path, tmp_path: Path) -> None:
     findings = json.loads((tmp_path / "p" / "findings.json").read_text())
     assert [c["metric"] for c in findings["checks"]] == ["lambda1_peak"]
     assert (tmp_path / "p" / "report.html").is_file()
+
+
+def test_report_labels_name_the_nudged_optimizer(tmp_path: Path) -> None:
+    from sharpest.report.figures import run_labels
+    from sharpest.report.reader import read_run
+
+    def run(name: str, optimizer: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = make_config({"optimizer": optimizer}).to_dict()
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (folder / "metrics.jsonl").write_text(json.dumps(
+            {"event": "start", "epoch": 0, "iteration": 0, "time": 0.0, "num_params": 1}) + "\n")
+        return folder
+
+    folders = [run("a", {"name": "sgd"}), run("b", {"name": "adam"}),
+               run("c", {"name": "nsgd", "gamma": 0.5, "nudge_base": "adamw"})]
+    labels, keys = run_labels([read_run(f) for f in folders])
+    assert "optimizer.betas" in keys
+    assert labels[0].startswith("SGD") and "betas" not in labels[0]
+    assert labels[1].startswith("ADAM,") and labels[2].startswith("NSGD(ADAMW), γ=0.5")
