@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sharpest.config import ADAPTIVE_OPTIMIZERS
 from sharpest.paper_metrics import number as _number
 from sharpest.report.reader import RunData
 
@@ -73,6 +72,7 @@ def _optimizer(run: RunData) -> tuple[str, float, float]:
 
 def _adaptive(run: RunData) -> bool:
     """Whether the run's update rule is Adam, AdamW or RMSprop (nudged or not)."""
+    from sharpest.config import ADAPTIVE_OPTIMIZERS  # torch-free, as this module
     opt = (run.config or {}).get("optimizer") or {}
     if not isinstance(opt, dict):
         return False
