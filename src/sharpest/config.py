@@ -36,7 +36,6 @@ from sharpest.data.names import canonical_name as data_name
 from sharpest.models.names import canonical_name as model_name
 
 __all__ = [
-    "ADAPTIVE_OPTIMIZERS",
     "CheckpointConfig",
     "Config",
     "ConfigError",
