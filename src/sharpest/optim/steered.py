@@ -48,7 +48,7 @@ _STATE_KEY = "nudged"
 
 
 class NudgedOptimizer(BasisHolder, Optimizer):
-    r"""``base``'s update rescaled by ``γ`` along the top-``k`` basis (module docstring).
+    r"""Any torch optimizer's update nudged along the top-k eigenvectors: Δ' = Δ + (γ − 1)PΔ.
 
     Args:
         base: the optimizer whose steps are nudged, already built over the parameters (its
