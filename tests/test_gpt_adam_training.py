@@ -311,3 +311,25 @@ def test_report_labels_name_the_nudged_optimizer(tmp_path: Path) -> None:
     assert "optimizer.betas" in keys
     assert labels[0].startswith("SGD") and "betas" not in labels[0]
     assert labels[1].startswith("ADAM,") and labels[2].startswith("NSGD(ADAMW), γ=0.5")
+
+
+def test_decayed_parameters_and_schedules_reach_the_adaptive_optimizers(ptb_root: Path) -> None:
+    from sharpest.train.build import build
+
+    opt = {"name": "nsgd", "gamma": 0.5, "k": 2, "nudge_base": "adamw"}
+    parts = build(make_config(gpt_config(ptb_root, optimizer=opt, weight_decay_on="kernels")))
+    decayed = {id(g["params"][0]) for g in parts.optimizer.param_groups
+               if g["weight_decay"] == 0.01}
+    names = {n for n, p in parts.model.named_parameters() if id(p) in decayed}
+    assert names == {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
+                     "blocks.0.fc.weight", "blocks.0.proj.weight"}
+    assert parts.optimizer.base.param_groups is parts.optimizer.param_groups
+
+    cfg = make_config(gpt_config(ptb_root, optimizer=opt, epochs=2, log_every=9,
+                                 checkpoint={"every": 0}, eval={"splits": []},
+                                 schedule={"name": "step", "step_size": 1, "factor": 0.5}))
+    t = Trainer(cfg)
+    t.fit()
+    lrs = [r["lr"] for r in t.records if r["event"] == "train"]
+    assert lrs == pytest.approx([0.01, 0.005])
+    assert t.optimizer.base.param_groups[0]["lr"] == pytest.approx(0.0025)
