@@ -100,6 +100,20 @@ def test_nsgd_uses_the_nudged_line(tmp_path):
     assert stability_summary(run)["lambda1_near_line_fraction"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("optimizer", [{"name": "adam"}, {"name": "rmsprop"},
+                                       {"name": "nsgd", "gamma": 0.5, "nudge_base": "adamw"}])
+def test_adaptive_optimizers_get_no_sgd_line(tmp_path, optimizer):
+    # Their threshold bounds the preconditioned Hessian's λ₁ (Cohen et al. 2022), not this one.
+    run = read_run(write_run(tmp_path / "a", {"lr": 0.1, "momentum": 0.0,
+                                             "optimizer": optimizer},
+                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    assert stability_frame(run).empty and stability_summary(run) == {}
+    sgd = read_run(write_run(tmp_path / "s", {"lr": 0.1, "optimizer": {"name": "nsgd",
+                                                                       "nudge_base": "sgd"}},
+                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    assert not stability_frame(sgd).empty
+
+
 def test_curvature_figures_draw_and_say_when_data_is_missing(tmp_path):
     run = read_run(write_run(tmp_path / "f", {"lr": 0.1}, synthetic_records([5, 10, 20],
                                                                            [0.1] * 3)))

@@ -401,7 +401,14 @@ LABEL_ORDER = ("optimizer.name", "lr", "batch_size", "optimizer.gamma")
 def _label_part(key: str, name: str, flat: dict[str, Any]) -> str | None:
     value = flat.get(key)
     if key == "optimizer.name":
-        return str(value).upper() if value is not None else None
+        if value is None:
+            return None
+        base = flat.get("optimizer.nudge_base")
+        if value == "nsgd" and base not in (None, "sgd"):
+            return f"NSGD({str(base).upper()})"  # Nudged Adam, AdamW, RMSprop
+        return str(value).upper()
+    if key in ("optimizer.betas", "optimizer.eps") and value is None:
+        return None  # the SGD family has none
     if key == "optimizer.gamma" and flat.get("optimizer.name") != "nsgd":
         return None  # γ means something only for Nudged SGD
     text = _fmt(value)

@@ -70,12 +70,24 @@ def _optimizer(run: RunData) -> tuple[str, float, float]:
         1.0 if math.isnan(gamma) else gamma)
 
 
+def _adaptive(run: RunData) -> bool:
+    """Whether the run's update rule is Adam, AdamW or RMSprop (nudged or not)."""
+    from sharpest.config import ADAPTIVE_OPTIMIZERS  # torch-free, as this module
+    opt = (run.config or {}).get("optimizer") or {}
+    if not isinstance(opt, dict):
+        return False
+    name = opt.get("name")
+    return name in ADAPTIVE_OPTIMIZERS or (name == "nsgd"
+                                          and opt.get("nudge_base") in ADAPTIVE_OPTIMIZERS)
+
+
 def stability_frame(run: RunData) -> pd.DataFrame:
     """One row per tracking point: ``iteration``, ``lambda1``, ``lr``, ``line`` (2(1+μ)/η),
     ``nudged_line`` (2(1+μ)/(γη), for ``nsgd`` only, else NaN) and ``line_lambda1`` (the line of
-    λ₁'s direction). Empty when the run has no eigenvalues or no learning rate."""
+    λ₁'s direction). Empty when the run has no eigenvalues or no learning rate, and for Adam,
+    AdamW and RMSprop, whose threshold bounds the preconditioned Hessian's λ₁, not this one's."""
     eig = run.eigen
-    if eig.empty or "iteration" not in eig.columns:
+    if eig.empty or "iteration" not in eig.columns or _adaptive(run):
         return pd.DataFrame()
     lam = run.eigenvalue_matrix()[:, 0]
     it = pd.to_numeric(eig["iteration"], errors="coerce").to_numpy(dtype=float)

@@ -130,6 +130,12 @@ def build_optimizer_for(
     extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
     if opt.nesterov:
         extra["nesterov"] = True
+    if opt.base != "sgd":  # Adam, AdamW, RMSprop (weight_decay: AdamW's is decoupled)
+        extra.update(betas=opt.betas, eps=opt.eps)
+        if not opt.uses_basis:
+            del extra["nudge"]  # only a steering optimizer has a nudge mode
+    if opt.nudge_base != "sgd":
+        extra["nudge_base"] = opt.nudge_base
     params: Any = model.parameters()
     if decay_params is not None:
         decayed = {id(p) for p in decay_params}
