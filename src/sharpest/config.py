@@ -147,6 +147,17 @@ class TrackConfig(_Section):
     #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
     #: (k extra products per point; see sharpest.curvature.sampling_error).
     stderr: bool = False
+    #: "optimizer": also record ``preconditioned``, the top eigenvalues of P⁻¹H with P read from
+    #: the (adaptive) optimizer's state (Cohen et al. 2022; sharpest.PreconditionedOperator).
+    precondition: Literal["none", "optimizer"] = "none"
+    #: Eigenvalues of P⁻¹H per tracking point (largest algebraic).
+    precondition_k: int = Field(default=1, ge=1, le=30)
+    #: Minibatches (of batch_size, drawn from the training set) for batch sharpness
+    #: E_B[g_BᵀH_B g_B/‖g_B‖²] and update sharpness (Andreyev & Beneventano 2024); 0: off.
+    batch_sharpness: int = Field(default=0, ge=0)
+    #: Record the share of the gradient, the minibatch gradients and the last update in the
+    #: top-k subspace (Gur-Ari et al. 2018; no extra products).
+    overlap: bool = False
 
     @property
     def enabled(self) -> bool:
