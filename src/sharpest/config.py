@@ -51,6 +51,10 @@ __all__ = [
 MAX_SEED = 2**63 - 1
 
 
+#: ``optimizer.name`` values with a diagonal preconditioner (``track.precondition: optimizer``).
+PRECONDITIONING_OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad")
+
+
 class ConfigError(ValueError):
     """A bad config: unknown key, wrong type or bad value. The message names the key."""
 
@@ -348,6 +352,11 @@ class Config(_Section):
             raise ValueError(
                 f"track.k: optimizer {opt.name!r} needs the top {opt.k} eigenvectors, so "
                 f"track.k must be at least {opt.k} (got {track.k})"
+            )
+        if track.precondition == "optimizer" and opt.name not in PRECONDITIONING_OPTIMIZERS:
+            raise ValueError(
+                f"track.precondition: 'optimizer' reads P from an adaptive optimizer's state "
+                f"({', '.join(PRECONDITIONING_OPTIMIZERS)}); optimizer.name is {opt.name!r}"
             )
         if self.schedule.name == "plateau" and not self.val_size:
             raise ValueError(
