@@ -261,3 +261,25 @@ def test_threshold_formulas_refuse_bad_hyperparameters():
         adam_stability_threshold(0.1, 1.0)
     with pytest.raises(ValueError, match="Nesterov"):
         sgd_stability_threshold(0.1, 0.9, dampening=0.1, nesterov=True)
+
+
+class _Wrapper(torch.optim.Optimizer):
+    """Shaped like sharpest's NudgedOptimizer: holds ``base`` and shares its groups and state."""
+
+    def __init__(self, base):
+        self.base = base
+        self.param_groups, self.state, self.defaults = base.param_groups, base.state, base.defaults
+
+    def step(self, closure=None):
+        return self.base.step(closure)
+
+
+def test_wrapped_optimizers_are_read_as_the_one_that_steps():
+    model, (x, y) = tiny_model(), tiny_data()
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)
+    wrapped = _Wrapper(adam)
+    assert stability_threshold(wrapped) == pytest.approx(3800.0)
+    take_steps(adam, model, x, y, 2)  # the wrapper shares its state
+    params = list(model.parameters())
+    torch.testing.assert_close(diagonal_preconditioner(wrapped, params),
+                               diagonal_preconditioner(adam, params))  # fmt: skip

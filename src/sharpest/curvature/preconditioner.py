@@ -31,6 +31,7 @@ __all__ = [
     "diagonal_preconditioner",
     "optimizer_kind",
     "stability_threshold",
+    "unwrap",
 ]
 
 
@@ -42,9 +43,34 @@ class PreconditionerError(ValueError):
 ADAPTIVE_KINDS = ("adam", "rmsprop", "adagrad")
 
 
+#: Attributes under which wrappers hold the optimizer they wrap (sharpest's NudgedOptimizer:
+#: ``base``; Lightning's LightningOptimizer and accelerate's AcceleratedOptimizer: ``optimizer``).
+_WRAPPED = ("base", "optimizer", "_optimizer")
+
+
+def unwrap(optimizer: Any) -> Any:
+    """The optimizer that steps under wrappers (``base``, ``optimizer``, ``_optimizer``), so a
+    nudged Adam is read as Adam; ``optimizer`` itself when it is no wrapper."""
+    for _ in range(5):
+        if _own_kind(optimizer) != "unknown":
+            return optimizer
+        inner = next((getattr(optimizer, a) for a in _WRAPPED
+                      if isinstance(getattr(optimizer, a, None), torch.optim.Optimizer)),
+                     None)  # fmt: skip
+        if inner is None or inner is optimizer:
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
 def optimizer_kind(optimizer: Any) -> str:
     """``"adam"`` (Adam, AdamW), ``"rmsprop"``, ``"adagrad"``, ``"sgd"`` (``torch.optim.SGD`` and
-    sharpest's subspace SGD family, e.g. ``NudgedSGD``), or ``"unknown"``."""
+    sharpest's subspace SGD family, e.g. ``NudgedSGD``), or ``"unknown"``; a wrapper (e.g.
+    sharpest's ``NudgedOptimizer``) is read as the optimizer it wraps (:func:`unwrap`)."""
+    return _own_kind(unwrap(optimizer))
+
+
+def _own_kind(optimizer: Any) -> str:
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         return "adam"
     if isinstance(optimizer, torch.optim.RMSprop):
@@ -103,6 +129,7 @@ def stability_threshold(optimizer: Any) -> float:
     Raises:
         PreconditionerError: another optimizer, or groups that disagree.
     """
+    optimizer = unwrap(optimizer)
     kind = optimizer_kind(optimizer)
     lr = float(_shared(optimizer, "lr"))
     if kind == "sgd":
@@ -150,6 +177,7 @@ def diagonal_preconditioner(optimizer: Any, params: Sequence[Tensor]) -> Tensor:
             parameters; a parameter that is not among the optimizer's, or has no state yet
             (the optimizer has not stepped it: P is undefined before the first step).
     """
+    optimizer = unwrap(optimizer)
     kind = optimizer_kind(optimizer)
     if kind not in ADAPTIVE_KINDS:
         raise PreconditionerError(

@@ -61,6 +61,7 @@ from sharpest.curvature.preconditioner import (
     diagonal_preconditioner,
     optimizer_kind,
     stability_threshold,
+    unwrap,
 )
 
 __all__ = ["OVERLAP_BATCHES", "PRECONDITION", "OptimizerCurvature", "draw_minibatches"]
@@ -190,7 +191,8 @@ class OptimizerCurvature:
             p = diagonal_preconditioner(self.optimizer, self.operator.params)
         except PreconditionerError:
             # Before the first step there is no P yet (Adagrad fills its state with step 0).
-            if not any(float(st.get("step", 0)) > 0 for st in self.optimizer.state.values()):
+            state = unwrap(self.optimizer).state
+            if not any(float(st.get("step", 0)) > 0 for st in state.values()):
                 return {}
             raise
         op = PreconditionedOperator(self.operator, p)
