@@ -5,6 +5,7 @@ a hand-written loop, the Trainer (config keys) and the Lightning callback."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 
 from sharpest.config import ConfigError, make_config
 from sharpest.curvature import PreconditionerError, flatten
+from sharpest.runs import read_records
 from sharpest.train import EigenTracker, Trainer
 from sharpest.train.optimizer_curvature import draw_minibatches
 
@@ -198,3 +200,29 @@ def test_lightning_callback_passes_the_options_and_measures_adam(tmp_path):
     assert all(len(r["preconditioned"]) == 1 and r["preconditioned_matvecs"] > 0
                for r in recs[1:])  # fmt: skip
     assert all("update_sharpness" in r and "update_overlap" in r for r in recs[1:])
+
+
+def test_a_resumed_run_records_the_same_fields(tmp_path):
+    cfg = make_config(TINY, checkpoint={"every": 2, "keep": 0})
+    src = tmp_path / "whole"
+    Trainer(cfg, src).fit()
+    expected = read_records(src / "metrics.jsonl")
+    lines = (src / "metrics.jsonl").read_text().splitlines(keepends=True)
+    # As after a kill at the checkpoint of iteration 2: the lines up to it only.
+    cut = next(i for i, ln in enumerate(lines) if '"iteration": 3' in ln)
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copy(src / "config.yaml", out)
+    (out / "metrics.jsonl").write_text("".join(lines[:cut]))
+    shutil.copy(src / "checkpoints" / "init.pt", out / "checkpoints")
+    shutil.copy(src / "checkpoints" / "ckpt-000000002.pt", out / "checkpoints")
+    Trainer(cfg, out, resume=True).fit()
+    got = read_records(out / "metrics.jsonl")
+    fields = ("batch_sharpness", "batch_sharpness_stderr", "update_sharpness",
+              "gradient_overlap", "gradient_overlap_batch", "update_overlap")
+    want = {r["iteration"]: r for r in expected if r["event"] == "eigen"}
+    resumed = [r for r in got if r["event"] == "eigen" and r["iteration"] > 2]
+    assert [r["iteration"] for r in resumed] == [3]
+    for r in resumed:
+        for f in fields:
+            assert r[f] == pytest.approx(want[r["iteration"]][f], rel=1e-6), f

@@ -31,7 +31,8 @@ them, drawn by the same seed).
 **The last update** u is the parameter difference between the previous step and this one: the
 parameters are copied at every step while these fields are on (two flat float64 copies held:
 θ_t and θ_(t−1)), so the update fields are absent at a point whose previous step was not seen
-(the first point, the first point after a resume).
+(the first point; in a hand-written loop, the first point after a resume — the trainer
+remembers θ of the step it resumes at).
 """
 
 from __future__ import annotations

@@ -499,6 +499,7 @@ class EigenTracker(Callback):
             decay_params=getattr(trainer, "decay_params", None),
             train_data=self._training_set(trainer),
         )
+        self.extras.remember(trainer.iteration)  # θ at the start (or at the resumed step)
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
         self.verbose = bool(getattr(trainer, "is_main", True))
         if self.result is not None:
