@@ -226,3 +226,14 @@ def test_a_resumed_run_records_the_same_fields(tmp_path):
     for r in resumed:
         for f in fields:
             assert r[f] == pytest.approx(want[r["iteration"]][f], rel=1e-6), f
+
+
+def test_no_threshold_for_groups_with_different_rates():
+    model, (x, y) = tiny_model(), tiny_data()
+    params = list(model.parameters())
+    opt = torch.optim.SGD([{"params": params[:2], "lr": 0.1}, {"params": params[2:]}], lr=0.2)
+    records = []
+    tracker = EigenTracker(k=2, every=1).attach(model, nn.CrossEntropyLoss(), (x, y),
+                                                optimizer=opt, log=records.append)  # fmt: skip
+    tracker.step(0)
+    assert "stability_threshold" not in records[0] and records[0]["eigenvalues"]

@@ -4,8 +4,9 @@
 At each tracking point, after the top-k solve (``V`` its eigenvectors, rows):
 
 - ``stability_threshold`` (always, when the optimizer has one:
-  :func:`sharpest.curvature.stability_threshold` at its current learning rate): the line its
-  sharpness is compared with (λ(P⁻¹H) for adaptive optimizers, λ(H) for SGD).
+  :func:`sharpest.curvature.stability_threshold` at its current learning rate; absent for other
+  optimizers and for parameter groups with different rates): the line its sharpness is
+  compared with (λ(P⁻¹H) for adaptive optimizers, λ(H) for SGD).
 - ``precondition="optimizer"``: ``preconditioned``, the top ``precondition_k`` eigenvalues
   (largest algebraic, descending) of P⁻¹H with P read from the optimizer's state now
   (:class:`sharpest.curvature.PreconditionedOperator`, Cohen et al. 2022), warm-started from the
@@ -37,6 +38,7 @@ remembers θ of the step it resumes at).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -178,7 +180,9 @@ class OptimizerCurvature:
         out: dict[str, Any] = {}
         try:
             if optimizer_kind(self.optimizer) != "unknown":
-                out["stability_threshold"] = stability_threshold(self.optimizer)
+                # Omitted, not fatal, when the groups disagree (per-layer rates: no one line).
+                with contextlib.suppress(PreconditionerError):
+                    out["stability_threshold"] = stability_threshold(self.optimizer)
             if self.precondition == "optimizer":
                 out.update(self._preconditioned(tol, max_matvecs))
             if self.batches > 0 or self.overlap:
