@@ -126,6 +126,9 @@ def test_preconditioned_operator_matches_dense_eig_of_p_inverse_h():
     for lam, xv in zip(res.values, xs):
         np.testing.assert_allclose((h @ xv) / p, lam * xv, atol=1e-5 * abs(lam))
         assert np.linalg.norm(xv) == pytest.approx(1.0)
+    gram = xs @ (p[:, None] * xs.T)  # P-orthogonal, not Euclidean-orthogonal
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-6 * gram.max())
+    assert abs(xs[0] @ xs[1]) > 1e-3
 
 
 def test_preconditioned_operator_from_a_diagonal_tensor():
