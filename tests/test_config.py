@@ -69,7 +69,7 @@ def test_resolved_yaml_round_trips():
         ({"track": {"k": "abc"}}, "track.k"),
         ({"track": {"k": 31}}, "track.k"),
         ({"lr": -1}, "lr"),
-        ({"optimizer": {"name": "adam"}}, "optimizer.name"),
+        ({"optimizer": {"name": "adagrad"}}, "optimizer.name"),
         ({"model": "resnet9000"}, "model: unknown model"),
         ({"data": "imagenet"}, "data: unknown data set"),
         ({"optimizer": {"name": "nsgd", "k": 5}, "track": {"k": 3}}, "track.k"),

@@ -160,7 +160,8 @@ PARAM_COUNTS = [
 
 
 def test_model_names() -> None:
-    assert set(MODEL_NAMES) == {"simplecnn", "resnet32", "vgg11", "lstm", "mnist1d_cnn", "mlp"}
+    assert set(MODEL_NAMES) == {"simplecnn", "resnet32", "vgg11", "lstm", "mnist1d_cnn", "mlp",
+                                "gpt"}
 
 
 @pytest.mark.parametrize(("name", "classes", "options", "expected"), PARAM_COUNTS)
@@ -187,7 +188,7 @@ def test_medium_simplecnn_is_the_authors_code() -> None:
 
 
 def _input_for(name: str, classes: int, batch: int = 2) -> torch.Tensor:
-    if name == "lstm":
+    if name in ("lstm", "gpt"):
         return torch.randint(0, classes, (batch, 5))
     if name in ("mnist1d_cnn", "mlp"):
         return torch.randn(batch, 40)
@@ -196,14 +197,14 @@ def _input_for(name: str, classes: int, batch: int = 2) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_forward_shapes(name: str) -> None:
-    classes = 37 if name == "lstm" else 7
+    classes = 37 if name in ("lstm", "gpt") else 7
     torch.manual_seed(0)
     model = build_model(name, classes)
     x = _input_for(name, classes)
     for mode in (model.train, model.eval):
         mode()
         out = model(x)
-        expected = (2, 5, classes) if name == "lstm" else (2, classes)
+        expected = (2, 5, classes) if name in ("lstm", "gpt") else (2, classes)
         assert out.shape == expected
         assert torch.isfinite(out).all()
 

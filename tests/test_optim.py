@@ -23,6 +23,7 @@ from sharpest.optim import (
     OPTIMIZER_NAMES,
     FrozenTopSGD,
     NoTopSGD,
+    NudgedOptimizer,
     NudgedSGD,
     SubspaceSGD,
     TopOnlySGD,
@@ -603,12 +604,52 @@ def test_factory_builds_each_name() -> None:
         assert build_optimizer(name, params(), lr=0.1, k=3).k == 3
     assert build_optimizer("nsgd", params(), lr=0.1, k=2, nudge="gradient").nudge == "gradient"
     assert isinstance(build_optimizer("NSGD", params(), lr=0.1), SubspaceSGD)
-    assert set(OPTIMIZER_NAMES) == {"sgd", "nsgd", "top_only", "no_top", "frozen_top"}
+    assert set(OPTIMIZER_NAMES) == {"sgd", "nsgd", "top_only", "no_top", "frozen_top", "adam",
+                                    "adamw", "rmsprop"}
+
+
+def test_factory_builds_the_adaptive_optimizers_as_torch_does() -> None:
+    def params() -> list[nn.Parameter]:
+        return [nn.Parameter(torch.zeros(3))]
+
+    adam = build_optimizer("adam", params(), lr=0.1, weight_decay=1e-4)
+    assert type(adam) is torch.optim.Adam
+    assert adam.defaults["betas"] == (0.9, 0.999) and adam.defaults["eps"] == 1e-8
+    adamw = build_optimizer("adamw", params(), lr=0.1, weight_decay=0.0, betas=(0.8, 0.9),
+                            eps=1e-6)
+    assert type(adamw) is torch.optim.AdamW
+    # Our weight_decay is passed as is: AdamW's own default (0.01) is not used.
+    assert (adamw.defaults["betas"], adamw.defaults["eps"], adamw.defaults["weight_decay"]) == (
+        (0.8, 0.9), 1e-6, 0.0)
+    rms = build_optimizer("rmsprop", params(), lr=0.1, momentum=0.5, betas=(0.0, 0.9))
+    assert type(rms) is torch.optim.RMSprop
+    assert (rms.defaults["alpha"], rms.defaults["momentum"]) == (0.9, 0.5)
+    nudged = build_optimizer("nsgd", params(), lr=0.1, gamma=0.5, k=3, nudge_base="adamw")
+    assert isinstance(nudged, NudgedOptimizer) and type(nudged.base) is torch.optim.AdamW
+    assert (nudged.gamma, nudged.k) == (0.5, 3)
+    # nudge_base "sgd" (the default) keeps nsgd the paper's NudgedSGD.
+    assert type(build_optimizer("nsgd", params(), lr=0.1, nudge_base="sgd")) is NudgedSGD
 
 
 def test_factory_errors() -> None:
     params = [nn.Parameter(torch.zeros(3))]
-    with pytest.raises(ValueError, match="unknown optimizer 'adam'.*nsgd.*frozen_top"):
-        build_optimizer("adam", params, lr=0.1)
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'.*nsgd.*frozen_top.*adamw"):
+        build_optimizer("adagrad", params, lr=0.1)
+    with pytest.raises(ValueError, match="momentum=0.9 has no effect with 'adam'.*betas"):
+        build_optimizer("adam", params, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="betas has no effect with optimizer 'sgd'"):
+        build_optimizer("sgd", params, lr=0.1, betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match="eps has no effect with optimizer 'nsgd'"):
+        build_optimizer("nsgd", params, lr=0.1, eps=1e-8)
+    with pytest.raises(ValueError, match=r"rmsprop has no first-moment average"):
+        build_optimizer("rmsprop", params, lr=0.1, betas=(0.9, 0.99))
+    with pytest.raises(ValueError, match="nudge_base='adam' applies to 'nsgd' only"):
+        build_optimizer("sgd", params, lr=0.1, nudge_base="adam")
+    with pytest.raises(ValueError, match="nudge_base must be one of"):
+        build_optimizer("nsgd", params, lr=0.1, nudge_base="lion")
+    with pytest.raises(ValueError, match="'gradient' and 'both' exist for SGD only"):
+        build_optimizer("nsgd", params, lr=0.1, nudge_base="adam", nudge="gradient")
+    with pytest.raises(ValueError, match="nesterov do not apply to 'adam'"):
+        build_optimizer("nsgd", params, lr=0.1, nudge_base="adam", nesterov=True)
     with pytest.raises(ValueError, match="gamma"):
         build_optimizer("sgd", params, lr=0.1, gamma=0.1)

@@ -18,6 +18,7 @@ from sharpest.report.curvature_figures import (
 from sharpest.report.figures import NoData
 from sharpest.report.reader import read_run
 from sharpest.report.stability import (
+    draw_stability_lines,
     fraction_near_line,
     stability_frame,
     stability_summary,
@@ -98,6 +99,22 @@ def test_nsgd_uses_the_nudged_line(tmp_path):
     np.testing.assert_allclose(frame["line"], 20.0)
     np.testing.assert_allclose(frame["nudged_line"], 40.0)  # 2/(γη)
     assert stability_summary(run)["lambda1_near_line_fraction"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "adam"}, {"name": "rmsprop"},
+                                       {"name": "nsgd", "gamma": 0.5, "nudge_base": "adamw"}])
+def test_adaptive_optimizers_get_no_sgd_line(tmp_path, optimizer):
+    # Their threshold bounds the preconditioned Hessian's λ₁ (Cohen et al. 2022), not this one.
+    run = read_run(write_run(tmp_path / "a", {"lr": 0.1, "momentum": 0.0,
+                                             "optimizer": optimizer},
+                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    # The frame keeps λ₁ but gives it no line; the optimizer's line is for λ₁(P⁻¹H).
+    assert stability_frame(run)["line_lambda1"].isna().all() and stability_summary(run) == {}
+    assert not draw_stability_lines(None, run)
+    sgd = read_run(write_run(tmp_path / "s", {"lr": 0.1, "optimizer": {"name": "nsgd",
+                                                                       "nudge_base": "sgd"}},
+                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    assert not stability_frame(sgd).empty
 
 
 def test_curvature_figures_draw_and_say_when_data_is_missing(tmp_path):

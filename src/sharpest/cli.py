@@ -463,6 +463,7 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool,
                    f"lr {c.lr:g}, batch {c.batch_size}, {c.epochs} epochs"
                    + (f" (≤ {c.max_iterations} steps)" if c.max_iterations else "")
                    + f", {c.optimizer.name}"
+                   + (f"({c.optimizer.nudge_base})" if c.optimizer.nudge_base != "sgd" else "")
                    + (f" γ={c.optimizer.gamma:g}" if c.optimizer.name == "nsgd" else "")
                    + f", top-{c.track.k} on {c.track.subset:g}{src}")
         if estimate:

@@ -2,8 +2,8 @@
 
 The keys of ``../shared/DESIGN.md`` are fixed (``model``, ``data``, ``data_root``,
 ``train_subset``, ``seed``, ``epochs``, ``batch_size``, ``lr``, ``momentum``, ``weight_decay``,
-``optimizer.{name,gamma,k}``, ``track.{k,every,subset}``); the others extend them. Every key has
-a default, so ``{}`` is a valid config (the offline MNIST-1D default).
+``optimizer.{name,gamma,k,betas,eps}``, ``track.{k,every,subset}``); the others extend them.
+Every key has a default, so ``{}`` is a valid config (the offline MNIST-1D default).
 
 Unknown keys, wrong types and bad values raise :class:`ConfigError`, whose message names the key
 (``track.k: must be ≥ 0 (got -1)``) and fits in one paragraph, so the CLI prints it as is.
@@ -15,6 +15,7 @@ Unknown keys, wrong types and bad values raise :class:`ConfigError`, whose messa
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -22,12 +23,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sharpest.data.names import canonical_name as data_name
 from sharpest.models.names import canonical_name as model_name
 
 __all__ = [
+    "ADAPTIVE_OPTIMIZERS",
     "CheckpointConfig",
     "Config",
     "ConfigError",
@@ -51,10 +60,6 @@ __all__ = [
 MAX_SEED = 2**63 - 1
 
 
-#: ``optimizer.name`` values with a diagonal preconditioner (``track.precondition: optimizer``).
-PRECONDITIONING_OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad")
-
-
 class ConfigError(ValueError):
     """A bad config: unknown key, wrong type or bad value. The message names the key."""
 
@@ -63,16 +68,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: The optimizers with moment estimates (``optimizer.betas``, ``optimizer.eps``); the names
+#: match sharpest.optim.factory.ADAPTIVE (kept torch-free here, checked by the tests).
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw", "rmsprop")
+
+
 class OptimizerConfig(_Section):
     """``optimizer``: which update rule (see :func:`sharpest.optim.build_optimizer`)."""
 
-    name: Literal["sgd", "nsgd", "top_only", "no_top", "frozen_top"] = "sgd"
+    name: Literal["sgd", "nsgd", "top_only", "no_top", "frozen_top", "adam", "adamw",
+                  "rmsprop"] = "sgd"
     #: nsgd: the rate along the top-k eigenvectors is gamma·lr.
     gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    #: Eigenvectors the optimizer uses (None: 5 for sgd/nsgd, 1 for the Sec. 3.3 variants).
+    #: Eigenvectors the optimizer uses (None: 1 for the Sec. 3.3 variants, else 5).
     k: int | None = Field(default=None, ge=1)
     #: Where the nudge acts under momentum: step (authors' correct_v) | gradient | both.
     nudge: Literal["step", "gradient", "both"] = "step"
+    #: The update nsgd nudges: sgd (NudgedSGD, the paper's), or adam | adamw | rmsprop, whose
+    #: whole update Δ becomes Δ + (γ − 1)PΔ (sharpest.optim.NudgedOptimizer; nudge: step).
+    nudge_base: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    #: adam, adamw: (β₁, β₂), default [0.9, 0.999]; rmsprop: [0, α], default [0, 0.99] (its
+    #: momentum is the top-level momentum). Each in [0, 1). Not used by the SGD family.
+    betas: tuple[float, float] | None = None
+    #: The adaptive optimizers' ε (default 1e-8). Not used by the SGD family.
+    eps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Iterations between refreshes of the eigenbasis; 0: at each epoch start (the paper).
     refresh_every: int = Field(default=0, ge=0)
     #: Which tracked eigenvectors form the basis: the top k by |λ| (magnitude, the paper) or
@@ -82,7 +101,70 @@ class OptimizerConfig(_Section):
 
     @property
     def uses_basis(self) -> bool:
-        return self.name != "sgd"
+        """Whether the optimizer steps along an eigenbasis the tracker must give it."""
+        return self.name in ("nsgd", "top_only", "no_top", "frozen_top")
+
+    @property
+    def base(self) -> str:
+        """The update rule underneath: sgd | adam | adamw | rmsprop."""
+        if self.name in ADAPTIVE_OPTIMIZERS:
+            return self.name
+        return self.nudge_base if self.name == "nsgd" else "sgd"
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_are_a_pair(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, str | bytes | dict)
+                                  or not hasattr(value, "__len__") or len(value) != 2):
+            raise ValueError(f"betas must be a pair [β₁, β₂], got {value!r}")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, value: tuple[float, float] | None) -> Any:
+        if value is not None and not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"each of betas must be in [0, 1), got {list(value)}")
+        return value
+
+    def _resolve(self, momentum: float, nesterov: bool) -> None:
+        """Fill the adaptive defaults and refuse the settings the update rule has no use for."""
+        base = self.base
+        if self.nudge_base != "sgd" and self.name != "nsgd":
+            raise ValueError(
+                f"optimizer.nudge_base: only 'nsgd' nudges a base optimizer (got "
+                f"nudge_base={self.nudge_base!r} with optimizer.name={self.name!r})"
+            )
+        if base not in ADAPTIVE_OPTIMIZERS:
+            for key in ("betas", "eps"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"optimizer.{key}: only {', '.join(ADAPTIVE_OPTIMIZERS)} use {key} (got "
+                        f"optimizer.name={self.name!r}"
+                        + (f", nudge_base={self.nudge_base!r}" if self.name == "nsgd" else "")
+                        + ")"
+                    )
+            return
+        default_betas = (0.0, 0.99) if base == "rmsprop" else (0.9, 0.999)
+        object.__setattr__(self, "betas", self.betas or default_betas)
+        object.__setattr__(self, "eps", 1e-8 if self.eps is None else self.eps)
+        if base == "rmsprop" and self.betas[0] != 0.0:
+            raise ValueError(
+                f"optimizer.betas: rmsprop keeps no first-moment average, so betas[0] must be 0 "
+                f"(betas[1] is its α; its momentum is the top-level momentum); got "
+                f"{list(self.betas)}"
+            )
+        if base != "rmsprop" and momentum != 0.0:
+            raise ValueError(
+                f"momentum: {base} has no heavy-ball momentum (its first-moment decay is "
+                f"optimizer.betas[0]); set momentum to 0 (got {momentum})"
+            )
+        if nesterov:
+            raise ValueError(f"optimizer.nesterov: Nesterov momentum is SGD's, not {base}'s")
+        if self.name == "nsgd" and self.nudge != "step":
+            raise ValueError(
+                f"optimizer.nudge: a nudged {base} rescales its whole update (nudge 'step'); "
+                f"'gradient' and 'both' exist for SGD only (got {self.nudge!r})"
+            )
 
 
 class TraceTrackConfig(_Section):
@@ -340,7 +422,9 @@ class Config(_Section):
         object.__setattr__(self, "model", model)
         opt, track = self.optimizer, self.track
         if opt.k is None:
-            object.__setattr__(opt, "k", 5 if opt.name in ("sgd", "nsgd") else 1)
+            object.__setattr__(opt, "k", 1 if opt.name in ("top_only", "no_top", "frozen_top")
+                               else 5)
+        opt._resolve(self.momentum, opt.nesterov)
         if track.epoch_start is None:
             object.__setattr__(track, "epoch_start", track.every == 0)
         if opt.name != "nsgd" and opt.gamma != 1.0:
@@ -353,10 +437,11 @@ class Config(_Section):
                 f"track.k: optimizer {opt.name!r} needs the top {opt.k} eigenvectors, so "
                 f"track.k must be at least {opt.k} (got {track.k})"
             )
-        if track.precondition == "optimizer" and opt.name not in PRECONDITIONING_OPTIMIZERS:
+        if track.precondition == "optimizer" and opt.base not in ADAPTIVE_OPTIMIZERS:
             raise ValueError(
                 f"track.precondition: 'optimizer' reads P from an adaptive optimizer's state "
-                f"({', '.join(PRECONDITIONING_OPTIMIZERS)}); optimizer.name is {opt.name!r}"
+                f"({', '.join(ADAPTIVE_OPTIMIZERS)}, or nsgd over one); optimizer.name is "
+                f"{opt.name!r}"
             )
         if self.schedule.name == "plateau" and not self.val_size:
             raise ValueError(

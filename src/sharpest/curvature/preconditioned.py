@@ -12,8 +12,8 @@ so both have the same (real) eigenvalues, and :func:`~sharpest.curvature.lanczos
 them. Eigenvectors map back: if ``A w = λ w`` then ``x = P^(-1/2) w`` is a right eigenvector of
 P⁻¹H (``P⁻¹H x = λ x``, :meth:`PreconditionedOperator.right_eigenvectors`), and ``y = P^(1/2) w``
 a left one (``yᵀ P⁻¹H = λ yᵀ``, i.e. an eigenvector of H P⁻¹). The x's are orthogonal in the
-P-inner product (``xᵢᵀ P xⱼ = wᵢᵀ wⱼ = 0`` for i ≠ j), not in the Euclidean one. By Sylvester's law of inertia A
-has as many negative eigenvalues as H.
+P-inner product (``xᵢᵀ P xⱼ = wᵢᵀ wⱼ = 0`` for i ≠ j), not in the Euclidean one. By
+Sylvester's law of inertia A has as many negative eigenvalues as H.
 
 One product of A is one product of H plus two diagonal scalings.
 """

@@ -6,10 +6,11 @@ model = build_model("simplecnn", num_classes=10, padding="code")
 ```
 
 Image models (``simplecnn``, ``resnet32``, ``vgg11``) take ``(B, 3, 32, 32)`` floats and return
-logits ``(B, C)``; ``lstm`` takes token ids ``(B, T)`` and returns ``(B, T, V)`` (``num_classes``
-is the vocabulary size); ``mnist1d_cnn`` and ``mlp`` take ``(B, 40)`` floats. Initialisation
-is reproducible given ``torch.manual_seed``. Each builder's keyword arguments are its options;
-``model_options(name)`` lists them with their defaults.
+logits ``(B, C)``; ``lstm`` and ``gpt`` (a small decoder-only transformer) take token ids
+``(B, T)`` and return ``(B, T, V)`` (``num_classes`` is the vocabulary size); ``mnist1d_cnn``
+and ``mlp`` take ``(B, 40)`` floats. Initialisation is reproducible given ``torch.manual_seed``.
+Each builder's keyword arguments are its options; ``model_options(name)`` lists them with their
+defaults.
 """
 
 # Names resolve on first use (sharpest._lazy): `sharpest.models.names` (what the config
@@ -17,6 +18,7 @@ is reproducible given ``torch.manual_seed``. Each builder's keyword arguments ar
 from sharpest._lazy import lazy_getattr
 
 _EXPORTS = {
+    "GPT": "sharpest.models.gpt",
     "MLP": "sharpest.models.mnist1d",
     "MNIST1DCNN": "sharpest.models.mnist1d",
     "MODEL_NAMES": "sharpest.models.names",

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 __all__ = ["MODEL_NAMES", "canonical_name"]
 
-MODEL_NAMES: tuple[str, ...] = ("simplecnn", "resnet32", "vgg11", "lstm", "mnist1d_cnn", "mlp")
+MODEL_NAMES: tuple[str, ...] = ("simplecnn", "resnet32", "vgg11", "lstm", "mnist1d_cnn", "mlp",
+                                 "gpt")
 
 # Spellings seen in the paper, the authors' code and configs; matched after _normalise.
 _ALIASES = {"mnist1d": "mnist1d_cnn", "scnn": "simplecnn", "ptblstm": "lstm"}

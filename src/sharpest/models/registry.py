@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from .gpt import GPT, build_gpt
 from .lstm import LSTMLanguageModel, build_lstm
 from .mnist1d import MLP, MNIST1DCNN, build_mlp, build_mnist1d_cnn
 from .names import MODEL_NAMES, canonical_name
@@ -23,6 +24,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lstm": build_lstm,
     "mnist1d_cnn": build_mnist1d_cnn,
     "mlp": build_mlp,
+    "gpt": build_gpt,
 }
 if tuple(_BUILDERS) != MODEL_NAMES:  # the torch-free list the config checks names against
     raise ImportError("sharpest.models.names.MODEL_NAMES must list every builder, in order")
@@ -64,6 +66,7 @@ def num_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 __all__ = [
+    "GPT",
     "MLP",
     "MNIST1DCNN",
     "MODEL_NAMES",

@@ -1,4 +1,5 @@
-"""Optimizers that steer SGD along the top Hessian eigenvectors (paper Sec. 3.3 and 4).
+"""Optimizers that steer SGD along the top Hessian eigenvectors (paper Sec. 3.3 and 4), and
+:class:`NudgedOptimizer`, which nudges any ``torch.optim`` optimizer's update (Adam, AdamW, …).
 
 All subclass ``torch.optim.Optimizer``. The eigenbasis is a ``(k, n)`` tensor of orthonormal
 rows, flat over the optimizer's trainable parameters in param-group order (``model.parameters()``
@@ -9,7 +10,7 @@ order), given and refreshed by the caller with ``optimizer.set_basis(V)``.
 """
 
 from .basis import ORTHONORMAL_TOL, orthonormality_error, project
-from .factory import OPTIMIZER_NAMES, build_optimizer
+from .factory import NUDGE_BASES, OPTIMIZER_NAMES, build_optimizer
 from .nudged import (
     DEFAULT_NUDGE,
     NUDGE_MODES,
@@ -20,15 +21,18 @@ from .nudged import (
     SubspaceSGD,
     TopOnlySGD,
 )
+from .steered import NudgedOptimizer
 
 __all__ = [
     "DEFAULT_NUDGE",
+    "NUDGE_BASES",
     "NUDGE_MODES",
     "OPTIMIZER_NAMES",
     "ORTHONORMAL_TOL",
     "FrozenTopSGD",
     "NoTopSGD",
     "NudgeMode",
+    "NudgedOptimizer",
     "NudgedSGD",
     "SubspaceSGD",
     "TopOnlySGD",

@@ -53,7 +53,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._flat import flatten, trainable_params, unflatten
-from .basis import ORTHONORMAL_TOL, as_basis, compute_dtype, project
+from .basis import project
+from .holder import BasisHolder
 
 NudgeMode = Literal["step", "gradient", "both"]
 NUDGE_MODES: tuple[str, ...] = ("step", "gradient", "both")
@@ -62,7 +63,7 @@ DEFAULT_NUDGE: NudgeMode = "step"
 _STATE_KEY = "subspace"
 
 
-class SubspaceSGD(Optimizer):
+class SubspaceSGD(BasisHolder, Optimizer):
     r"""SGD whose step is multiplied by ``D = β(I − P) + γP`` (see the module docstring).
 
     Special cases (each also a named class): Nudged SGD ``β = 1`` (:class:`NudgedSGD`); SGD
@@ -110,8 +111,6 @@ class SubspaceSGD(Optimizer):
         for name, value in (("gamma", gamma), ("rest", rest)):
             if not torch.isfinite(torch.tensor(float(value))):
                 raise ValueError(f"{name} must be a finite number, got {value}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
         if nudge not in NUDGE_MODES:
             raise ValueError(f"nudge must be one of {', '.join(NUDGE_MODES)}; got {nudge!r}")
         defaults = {
@@ -124,84 +123,9 @@ class SubspaceSGD(Optimizer):
         super().__init__(params, defaults)
         self.gamma = float(gamma)
         self.rest = float(rest)
-        self.k = k
+        self._init_basis(k, freeze_basis)
         self.nudge: NudgeMode = nudge
-        self.freeze_basis = bool(freeze_basis)
-        self._basis: Tensor | None = None
-        self._basis_version = 0
         self._warned_no_basis = False
-
-    # ------------------------------------------------------------------ basis
-    @property
-    def has_basis(self) -> bool:
-        """Whether an eigenbasis is set; without one, :meth:`step` is plain SGD."""
-        return self._basis is not None
-
-    @property
-    def basis(self) -> Tensor | None:
-        """The ``(k, n)`` basis in use (float64 where the device has it), or ``None``.
-
-        The optimizer's own copy: read it, do not modify it in place.
-        """
-        return self._basis
-
-    @property
-    def basis_version(self) -> int:
-        """How many times the basis has been replaced (0: never set); restored by checkpoints."""
-        return self._basis_version
-
-    @property
-    def flat_size(self) -> int:
-        """``n``, the number of trainable scalars the basis rows must have."""
-        return sum(p.numel() for p in trainable_params(self.param_groups))
-
-    def set_basis(
-        self,
-        basis: Any,
-        *,
-        orthonormalize: bool = False,
-        tol: float = ORTHONORMAL_TOL,
-        allow_unconverged: bool = False,
-    ) -> bool:
-        """Set or refresh the eigenbasis; the caller (the eigen tracker) decides when.
-
-        Args:
-            basis: ``(m, n)`` rows ``e_1 … e_m`` (``m >= k``, leading first), a 1-D ``(n,)``
-                vector, or an ``EigenResult``; only the first ``k`` rows are used. It is copied
-                (in float64 where possible) to the parameters' device.
-            orthonormalize: orthonormalize the rows (QR) instead of rejecting them.
-            tol: largest accepted ``max |V Vᵀ − I|``.
-            allow_unconverged: use an ``EigenResult`` whose ``converged`` is false; by default
-                such a result is refused with a warning and the previous basis is kept.
-
-        Returns:
-            Whether the basis changed: ``False`` when ``freeze_basis`` is set and a basis has
-            already been given (the call is then ignored, without checks), or when an
-            unconverged ``EigenResult`` was refused.
-        """
-        if self.freeze_basis and self._basis is not None:
-            return False
-        if getattr(basis, "converged", True) is False and not allow_unconverged:
-            warnings.warn(
-                "set_basis() refused an EigenResult with converged=False and kept the previous "
-                "basis; pass allow_unconverged=True to use it anyway",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return False
-        params = trainable_params(self.param_groups)
-        device = params[0].device if params else torch.device("cpu")
-        self._basis = as_basis(
-            basis,
-            self.k,
-            sum(p.numel() for p in params),
-            device=device,
-            dtype=compute_dtype(device),
-            orthonormalize=orthonormalize,
-            tol=tol,
-        )
-        self._basis_version += 1
-        return True
 
     # ------------------------------------------------------------------ step
     def _is_identity(self) -> bool:
@@ -237,16 +161,9 @@ class SubspaceSGD(Optimizer):
                 loss = closure()
 
         layout = trainable_params(self.param_groups)
-        basis = self._basis
+        basis = self._checked_basis()
         nudging = basis is not None
-        if basis is not None:
-            n = sum(p.numel() for p in layout)
-            if basis.shape[1] != n:
-                raise RuntimeError(
-                    f"the eigenbasis has {basis.shape[1]} columns but the trainable "
-                    f"parameters now have {n} entries; call set_basis() after changing them"
-                )
-        elif not self._is_identity() and not self._warned_no_basis:
+        if basis is None and not self._is_identity() and not self._warned_no_basis:
             self._warned_no_basis = True
             warnings.warn(
                 f"{type(self).__name__}.step() called before set_basis(): stepping as plain "
@@ -338,17 +255,7 @@ class SubspaceSGD(Optimizer):
         extra = state_dict.pop(_STATE_KEY, None)
         basis = None
         if extra is not None:
-            basis = extra.get("basis")
-            if basis is not None:
-                params = trainable_params(self.param_groups)
-                device = params[0].device if params else torch.device("cpu")
-                n = sum(p.numel() for p in params)
-                if basis.ndim != 2 or basis.shape[1] != n:
-                    raise ValueError(
-                        f"saved eigenbasis has shape {tuple(basis.shape)}, expected (k, {n}) "
-                        "for this optimizer's parameters"
-                    )
-                basis = basis.to(device=device, dtype=compute_dtype(device), copy=True)
+            basis = self._saved_basis(extra.get("basis"))
             nudge = extra.get("nudge", self.nudge)
             if nudge not in NUDGE_MODES:
                 raise ValueError(f"saved nudge mode {nudge!r} is not one of {NUDGE_MODES}")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sharpest.config import ADAPTIVE_OPTIMIZERS
 from sharpest.paper_metrics import adam_stability_threshold, sgd_stability_threshold
 from sharpest.paper_metrics import number as _number
 from sharpest.report.reader import RunData
@@ -48,8 +49,8 @@ __all__ = [
 
 #: Relative half-width of "at the line".
 NEAR_LINE = 0.1
-#: Optimizer names whose line bounds λ(P⁻¹H) rather than λ(H).
-ADAPTIVE = ("adam", "adamw", "rmsprop", "adagrad")
+#: Optimizer names whose line bounds λ(P⁻¹H) rather than λ(H) (the config's, nudged or not).
+ADAPTIVE = ADAPTIVE_OPTIMIZERS
 
 
 def stability_threshold(lr: Any, momentum: float = 0.0, gamma: float = 1.0) -> Any:
@@ -62,10 +63,20 @@ def stability_threshold(lr: Any, momentum: float = 0.0, gamma: float = 1.0) -> A
     return float(out) if out.ndim == 0 else out
 
 
+def _base(run: RunData) -> str:
+    """The update rule underneath: the optimizer's name, or ``nudge_base`` for ``nsgd``."""
+    name = _optimizer(run)[0]
+    opt = (run.config or {}).get("optimizer") or {}
+    if name == "nsgd" and isinstance(opt, dict):
+        return str(opt.get("nudge_base") or "sgd")
+    return name
+
+
 def _config_line(run: RunData, lr: np.ndarray) -> tuple[np.ndarray, str]:
     """The optimizer's line from the config (for lines without ``stability_threshold``) and its
     label."""
     name, momentum, _ = _optimizer(run)
+    name = _base(run)
     if name in ("adam", "adamw"):
         opt = (run.config or {}).get("optimizer") or {}
         betas = opt.get("betas") if isinstance(opt, dict) else None
@@ -76,8 +87,9 @@ def _config_line(run: RunData, lr: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def is_adaptive(run: RunData) -> bool:
-    """Whether the run's optimizer preconditions (config name, or ``preconditioned`` lines)."""
-    return _optimizer(run)[0] in ADAPTIVE or "preconditioned" in run.eigen_points.columns
+    """Whether the run's update rule preconditions (Adam, AdamW, RMSprop, nudged or not; or
+    ``preconditioned`` lines)."""
+    return _base(run) in ADAPTIVE or "preconditioned" in run.eigen_points.columns
 
 
 def line_label(run: RunData) -> str:
@@ -150,11 +162,11 @@ def stability_frame(run: RunData) -> pd.DataFrame:
     from_config = _config_line(run, frame["lr"].to_numpy(dtype=float))[0]
     recorded = frame.pop("recorded_line").to_numpy(dtype=float)
     frame["line"] = np.where(np.isfinite(recorded), recorded, from_config)
-    frame["nudged_line"] = (
-        stability_threshold(frame["lr"].to_numpy(), momentum, gamma) if name == "nsgd"
-        else np.nan
-    )
     adaptive = is_adaptive(run)
+    frame["nudged_line"] = (
+        stability_threshold(frame["lr"].to_numpy(), momentum, gamma)
+        if name == "nsgd" and not adaptive else np.nan
+    )
     frame["line_lambda1"] = (np.nan if adaptive
                              else frame["nudged_line"] if name == "nsgd" else frame["line"])
     frame["line_preconditioned"] = frame["line"] if adaptive else np.nan

@@ -119,11 +119,17 @@ def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
 def build_optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """The config's optimizer over ``model``'s parameters (with ``weight_decay_on: kernels``,
     one parameter group per tensor, in model order: the nudged optimizers flatten the groups
-    in order, which must stay the eigenvectors' order)."""
+    in order, which must stay the eigenvectors' order). ``weight_decay`` reaches every
+    optimizer as torch defines it: coupled (added to the gradient) for SGD, Adam and RMSprop,
+    decoupled for AdamW."""
     opt = cfg.optimizer
-    extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
+    extra: dict[str, Any] = {"nudge": opt.nudge} if opt.uses_basis else {}
     if opt.nesterov:
         extra["nesterov"] = True
+    if opt.base != "sgd":
+        extra.update(betas=opt.betas, eps=opt.eps)
+    if opt.nudge_base != "sgd":
+        extra["nudge_base"] = opt.nudge_base
     params: Any = model.parameters()
     decay = decay_params_for(cfg, model)
     if decay is not None:
