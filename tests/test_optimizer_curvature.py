@@ -237,3 +237,19 @@ def test_no_threshold_for_groups_with_different_rates():
                                                 optimizer=opt, log=records.append)  # fmt: skip
     tracker.step(0)
     assert "stability_threshold" not in records[0] and records[0]["eigenvalues"]
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "adam"},
+                                       {"name": "nsgd", "nudge_base": "adam", "gamma": 0.5,
+                                        "k": 2}])
+def test_trainer_with_adam_records_the_preconditioned_sharpness(tmp_path, optimizer):
+    cfg = make_config(TINY, lr=0.01, momentum=0.0, optimizer=optimizer,
+                      track={**TINY["track"], "precondition": "optimizer"})
+    trainer = Trainer(cfg, tmp_path / "adam")
+    trainer.fit()
+    eigen = [r for r in trainer.records if r["event"] == "eigen"]
+    assert all(r["stability_threshold"] == pytest.approx(38 / 0.01) for r in eigen)
+    assert "preconditioned" not in eigen[0]  # no Adam state before the first step
+    for r in eigen[1:]:
+        assert len(r["preconditioned"]) == 1 and r["preconditioned_matvecs"] > 0
+        assert math.isfinite(r["batch_sharpness"]) and math.isfinite(r["update_sharpness"])
