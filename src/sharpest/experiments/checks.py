@@ -26,6 +26,12 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
 ``alpha_eN_A``              mean relative loss change of the α-step (α = A) along eN in the
                             last ``window`` (default: the second half), e.g. ``alpha_e1_2``;
                             ``alpha_random_A``, ``alpha_full_A`` for the baselines
+``preconditioned_end``      mean λ₁(P⁻¹H) (``preconditioned``) in the last ``window``;
+                            ``batch_sharpness_end``, ``gradient_overlap_end``,
+                            ``gradient_overlap_batch_end``, ``update_overlap_end`` likewise
+``<x>_over_line_end``       mean of x / ``stability_threshold`` point by point in the last
+                            ``window``, x = ``preconditioned``, ``lambda1``,
+                            ``batch_sharpness``
 ==========================  ============================================================
 
 Tracking points with ``"converged": false`` and probe lines with ``"eigen_converged": false``
@@ -71,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
-from sharpest.paper_metrics import best_val, frobenius
+from sharpest.paper_metrics import best_val, finite, frobenius
 from sharpest.report import read_run
 
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
@@ -94,7 +100,23 @@ METRICS = (
     "train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
     "val_perplexity", "test_perplexity", "kmin_<T>pct_e<N>", "kmin_<T>pct_e<N>_last<M>",
     "alpha_e<N>_<A>", "alpha_random_<A>", "alpha_full_<A>",
+    "preconditioned_end", "preconditioned_over_line_end", "lambda1_over_line_end",
+    "batch_sharpness_end", "batch_sharpness_over_line_end", "gradient_overlap_end",
+    "gradient_overlap_batch_end", "update_overlap_end",
 )
+
+#: Metrics that average one ``"eigen"`` field (its first entry, for a list) over the last
+#: ``window``, optionally divided point by point by the line's ``stability_threshold``.
+_EIGEN_FIELD_END = {
+    "preconditioned_end": ("preconditioned", False),
+    "preconditioned_over_line_end": ("preconditioned", True),
+    "lambda1_over_line_end": ("eigenvalues", True),
+    "batch_sharpness_end": ("batch_sharpness", False),
+    "batch_sharpness_over_line_end": ("batch_sharpness", True),
+    "gradient_overlap_end": ("gradient_overlap", False),
+    "gradient_overlap_batch_end": ("gradient_overlap_batch", False),
+    "update_overlap_end": ("update_overlap", False),
+}
 
 _SIMPLE = {m for m in METRICS if "<" not in m}
 _KMIN = re.compile(r"^kmin_(\d+(?:p\d+)?)pct_e(\d+)(?:_last(\d+))?$")
@@ -196,6 +218,8 @@ def metric_value(
     if kind == "kmin" or kind == "alpha":
         return _probe_metric(records, kind, args, 0.5 if window is None else window)
     start = _window_start(records, 0.25 if window is None else window)
+    if kind in _EIGEN_FIELD_END:
+        return _eigen_field_end(records, *_EIGEN_FIELD_END[kind], start)
     if kind.startswith(("lambda", "fro")):
         pts = _eigen_points(records)
         if not pts:
@@ -230,6 +254,24 @@ def metric_value(
     vals = [float(r[col]) for r in records if r.get("event") == "eval"
             and r.get("split") == split and r.get(col) is not None]
     return vals[-1] if vals else None
+
+
+def _eigen_field_end(records: Sequence[Mapping[str, Any]], name: str, over_line: bool,
+                     start: float) -> float | None:  # fmt: skip
+    """The mean of ``name`` (first entry of a list), or of its ratio to the line's
+    ``stability_threshold``, over the converged ``"eigen"`` lines of the last window."""
+    pts = []
+    for r in records:
+        if r.get("event") != "eigen" or r.get("converged") is False:
+            continue
+        v = r.get(name)
+        v = v[0] if isinstance(v, list) and v else v
+        line = r.get("stability_threshold")
+        if not finite(v) or (over_line and not (finite(line) and line > 0)):
+            continue
+        pts.append((int(r.get("iteration") or 0), float(v) / (float(line) if over_line else 1.0)))
+    pts.sort(key=lambda p: p[0])
+    return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
 
 
 def _probe_metric(records: Sequence[Mapping[str, Any]], kind: str, args: dict[str, Any],
