@@ -44,6 +44,7 @@ CLASSES = [
     ("sharpest.orchestrate.grid", "SweepError", ValueError),
     ("sharpest.orchestrate.many", "OrchestrateError", ValueError),
     ("sharpest.probes.landscape", "SurfaceMismatchError", ValueError),
+    ("sharpest.curvature.preconditioner", "PreconditionerError", ValueError),
 ]
 
 

@@ -18,6 +18,7 @@ from sharpest.report.curvature_figures import (
 from sharpest.report.figures import NoData
 from sharpest.report.reader import read_run
 from sharpest.report.stability import (
+    draw_stability_lines,
     fraction_near_line,
     stability_frame,
     stability_summary,
@@ -107,7 +108,9 @@ def test_adaptive_optimizers_get_no_sgd_line(tmp_path, optimizer):
     run = read_run(write_run(tmp_path / "a", {"lr": 0.1, "momentum": 0.0,
                                              "optimizer": optimizer},
                              synthetic_records([40.0, 25.0], [0.1, 0.1])))
-    assert stability_frame(run).empty and stability_summary(run) == {}
+    # The frame keeps λ₁ but gives it no line; the optimizer's line is for λ₁(P⁻¹H).
+    assert stability_frame(run)["line_lambda1"].isna().all() and stability_summary(run) == {}
+    assert not draw_stability_lines(None, run)
     sgd = read_run(write_run(tmp_path / "s", {"lr": 0.1, "optimizer": {"name": "nsgd",
                                                                        "nudge_base": "sgd"}},
                              synthetic_records([40.0, 25.0], [0.1, 0.1])))

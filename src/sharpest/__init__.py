@@ -21,6 +21,11 @@ _EXPORTS = {
     "TraceResult": "sharpest.curvature",
     "spectral_density": "sharpest.curvature",
     "DensityResult": "sharpest.curvature",
+    "PreconditionedOperator": "sharpest.curvature",
+    "stability_threshold": "sharpest.curvature",
+    "batch_sharpness": "sharpest.curvature",
+    "directional_sharpness": "sharpest.curvature",
+    "subspace_share": "sharpest.curvature",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -238,6 +238,17 @@ class TrackConfig(_Section):
     #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
     #: (k extra products per point; see sharpest.curvature.sampling_error).
     stderr: bool = False
+    #: "optimizer": also record ``preconditioned``, the top eigenvalues of P⁻¹H with P read from
+    #: the (adaptive) optimizer's state (Cohen et al. 2022; sharpest.PreconditionedOperator).
+    precondition: Literal["none", "optimizer"] = "none"
+    #: Eigenvalues of P⁻¹H per tracking point (largest algebraic).
+    precondition_k: int = Field(default=1, ge=1, le=30)
+    #: Minibatches (of batch_size, drawn from the training set) for batch sharpness
+    #: E_B[g_BᵀH_B g_B/‖g_B‖²] and update sharpness (Andreyev & Beneventano 2024); 0: off.
+    batch_sharpness: int = Field(default=0, ge=0)
+    #: Record the share of the gradient, the minibatch gradients and the last update in the
+    #: top-k subspace (Gur-Ari et al. 2018; no extra products).
+    overlap: bool = False
 
     @field_validator("chunk_size", mode="before")
     @classmethod
@@ -438,6 +449,12 @@ class Config(_Section):
             raise ValueError(
                 f"track.k: optimizer {opt.name!r} needs the top {opt.k} eigenvectors, so "
                 f"track.k must be at least {opt.k} (got {track.k})"
+            )
+        if track.precondition == "optimizer" and opt.base not in ADAPTIVE_OPTIMIZERS:
+            raise ValueError(
+                f"track.precondition: 'optimizer' reads P from an adaptive optimizer's state "
+                f"({', '.join(ADAPTIVE_OPTIMIZERS)}, or nsgd over one); optimizer.name is "
+                f"{opt.name!r}"
             )
         if self.schedule.name == "plateau" and not self.val_size:
             raise ValueError(

@@ -49,7 +49,9 @@ from sharpest.record_values import finite, frobenius, is_converged, number
 __all__ = [
     "DISTANCE_FIELDS",
     "WEIGHT_NORM_FIELDS",
+    "adam_stability_threshold",
     "best_val",
+    "sgd_stability_threshold",
     "table1",
 ]
 
@@ -63,6 +65,57 @@ WEIGHT_NORM_FIELDS = (
     "rho_W",
     "spectral_norm_mean",  # the "metrics" line of sharpest train
 )
+
+
+def sgd_stability_threshold(
+    lr: Any, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+    gamma: float = 1.0,
+) -> Any:
+    """The largest curvature λ that (heavy-ball) SGD with step ``γ·lr`` keeps stable.
+
+    On a quadratic with curvature λ along a direction, PyTorch's SGD (``v ← μv + (1−d)g``,
+    ``θ ← θ − ηv``) contracts iff ``ηλ(1−d) < 2(1+μ)``: the threshold is ``2(1+μ)/((1−d)γη)``
+    (``2/η`` for plain SGD; ``γ`` the rate multiple along Nudged SGD's top-k directions). With
+    Nesterov momentum (``θ ← θ − η(g + μv)``, d = 0) the iteration's roots leave the unit circle
+    at ``ηλ = 2(1+μ)/(1+2μ)``. The same line holds for RMSprop (with or without momentum) on the
+    preconditioned curvature λ(P⁻¹H) (Cohen et al., 2022, *Adaptive gradient methods at the
+    edge of stability*). ``lr`` may be a number or a numpy array (arithmetic only).
+
+    >>> sgd_stability_threshold(0.5), round(sgd_stability_threshold(0.1, momentum=0.9), 9)
+    (4.0, 38.0)
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if not 0.0 <= dampening < 1.0:
+        raise ValueError(f"dampening must be in [0, 1), got {dampening}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    if finite(lr) and lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if nesterov:
+        if dampening:
+            raise ValueError("Nesterov momentum needs dampening 0 (as torch.optim.SGD)")
+        return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * gamma * lr)
+    return 2.0 * (1.0 + momentum) / ((1.0 - dampening) * gamma * lr)
+
+
+def adam_stability_threshold(lr: Any, beta1: float) -> Any:
+    """``(2 + 2β₁)/((1 − β₁)η)``: the largest preconditioned curvature λ(P⁻¹H) that Adam (and
+    AdamW) with a frozen preconditioner P keeps stable (Cohen et al., 2022, *Adaptive gradient
+    methods at the edge of stability*, their Eq. 2: 38/η at β₁ = 0.9).
+
+    On a quadratic direction with preconditioned curvature a, ``m ← β₁m + (1−β₁)a·θ``,
+    ``θ ← θ − ηm`` is stable iff ``ηa < (2 + 2β₁)/(1 − β₁)``. ``lr`` may be a number or an
+    array.
+
+    >>> round(adam_stability_threshold(1.0, 0.9), 9)
+    38.0
+    """
+    if not 0.0 <= beta1 < 1.0:
+        raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
+    if finite(lr) and lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
 
 
 def _mean(xs: Iterable[float]) -> float:

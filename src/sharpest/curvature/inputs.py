@@ -59,6 +59,7 @@ __all__ = [
     "check_mean_reduction",
     "double_backward_kernels",
     "resolve_call",
+    "index_batch",
     "semantics_mode",
     "slice_batch",
     "to_device",
@@ -135,6 +136,11 @@ def _rebuild(inputs: Any, fn: Callable[[Tensor], Tensor]) -> Any:
 def slice_batch(inputs: Any, start: int, stop: int) -> Any:
     """Examples ``start:stop`` of every tensor leaf with a batch dimension."""
     return _rebuild(inputs, lambda t: t[start:stop] if t.dim() > 0 else t)
+
+
+def index_batch(inputs: Any, index: Tensor) -> Any:
+    """The examples ``index`` (a 1-D index tensor) of every tensor leaf with a batch dimension."""
+    return _rebuild(inputs, lambda t: t[index.to(t.device)] if t.dim() > 0 else t)
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:

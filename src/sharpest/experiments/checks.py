@@ -26,6 +26,12 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
 ``alpha_eN_A``              mean relative loss change of the α-step (α = A) along eN in the
                             last ``window`` (default: the second half), e.g. ``alpha_e1_2``;
                             ``alpha_random_A``, ``alpha_full_A`` for the baselines
+``preconditioned_end``      mean λ₁(P⁻¹H) (``preconditioned``) in the last ``window``;
+                            ``batch_sharpness_end``, ``gradient_overlap_end``,
+                            ``gradient_overlap_batch_end``, ``update_overlap_end`` likewise
+``<x>_over_line_end``       mean of x / ``stability_threshold`` point by point in the last
+                            ``window``, x = ``preconditioned``, ``lambda1``,
+                            ``batch_sharpness``
 ==========================  ============================================================
 
 Tracking points with ``"converged": false`` and probe lines with ``"eigen_converged": false``
@@ -72,7 +78,7 @@ import numpy as np
 
 from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
 from sharpest.paper_metrics import best_val
-from sharpest.record_values import frobenius, is_converged
+from sharpest.record_values import finite, frobenius, is_converged
 from sharpest.report import read_run
 
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
@@ -247,6 +253,28 @@ def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
     return float(np.mean(vals)) if vals else None
 
 
+def _eigen_field_end(name: str, over_line: bool):
+    """The mean of the ``"eigen"`` field ``name`` (first entry of a list), or of its ratio to
+    the line's ``stability_threshold``, over the converged lines of the last window."""
+    def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
+              window: float) -> float | None:
+        pts = []
+        for r in records:
+            if r.get("event") != "eigen" or not is_converged(r):
+                continue
+            v = r.get(name)
+            v = v[0] if isinstance(v, list) and v else v
+            line = r.get("stability_threshold")
+            if not finite(v) or (over_line and not (finite(line) and line > 0)):
+                continue
+            pts.append((int(r.get("iteration") or 0),
+                        float(v) / (float(line) if over_line else 1.0)))
+        pts.sort(key=lambda p: p[0])
+        start = _window_start(records, window)
+        return float(np.mean([v for _, v in _late(pts, start)])) if pts else None
+    return value
+
+
 def _plain(name: str, value: Callable[..., float | None], window: float = 0.25) -> Metric:
     return Metric(name, re.compile(re.escape(name)), value, window=window)
 
@@ -279,6 +307,15 @@ REGISTRY: tuple[Metric, ...] = (
            _alpha_args, window=0.5, kind="alpha"),
     Metric("alpha_full_<A>", re.compile(r"alpha_(full)_(\d+(?:\.\d+)?)"), _alpha,
            _alpha_args, window=0.5, kind="alpha"),
+    # The optimizer-era quantities of issue 25 (fields of "eigen" lines).
+    _plain("preconditioned_end", _eigen_field_end("preconditioned", False)),
+    _plain("preconditioned_over_line_end", _eigen_field_end("preconditioned", True)),
+    _plain("lambda1_over_line_end", _eigen_field_end("eigenvalues", True)),
+    _plain("batch_sharpness_end", _eigen_field_end("batch_sharpness", False)),
+    _plain("batch_sharpness_over_line_end", _eigen_field_end("batch_sharpness", True)),
+    _plain("gradient_overlap_end", _eigen_field_end("gradient_overlap", False)),
+    _plain("gradient_overlap_batch_end", _eigen_field_end("gradient_overlap_batch", False)),
+    _plain("update_overlap_end", _eigen_field_end("update_overlap", False)),
 )
 METRICS = tuple(m.name for m in REGISTRY)
 _BY_KIND = {m.kind or m.name: m for m in REGISTRY}

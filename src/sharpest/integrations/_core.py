@@ -48,6 +48,13 @@ class TrackingCore:
         log_dir: where named sinks write (default: chosen by the callback).
         wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
         drive_optimizer: refresh the basis of an optimizer with ``set_basis``.
+        batch_data: where batch sharpness (``batch_sharpness=N``, with ``batch_size=``) draws
+            its minibatches: an ``(inputs, targets)`` pair (N seeded draws of ``batch_size``)
+            or a list of training batches (N of them); default the Hessian ``data``.
+
+    The optimizer the framework passes (unwrapped) is measured whatever ``drive_optimizer``
+    says: its stability threshold, and with ``precondition="optimizer"`` its preconditioner
+    (:mod:`sharpest.train.optimizer_curvature`).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class TrackingCore:
         log_dir: str | os.PathLike[str] | None = None,
         wandb: dict[str, Any] | None = None,
         drive_optimizer: bool = True,
+        batch_data: Any = None,
         **tracker_options: Any,
     ) -> None:
         self.data = data
@@ -79,6 +87,7 @@ class TrackingCore:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.wandb = wandb
         self.drive_optimizer = drive_optimizer
+        self.batch_data = batch_data
         self.sinks: list[Sink] = []
         self.records: list[dict[str, Any]] = []
         self.extra_logs: list[Callable[[dict[str, Any]], None]] = []
@@ -92,10 +101,11 @@ class TrackingCore:
                 data = (to_device(data[0], device), data[1].to(device))
             else:
                 data = [(to_device(x, device), y.to(device)) for x, y in data]
-        optimizer = unwrap_optimizer(optimizer) if self.drive_optimizer else None
+        measured = unwrap_optimizer(optimizer)
         self.tracker.attach(
-            model, self.loss_fn, data, self.weight_decay, optimizer=optimizer, log=self.log,
-            **self.operator_options,
+            model, self.loss_fn, data, self.weight_decay,
+            optimizer=measured if self.drive_optimizer else None, log=self.log,
+            train_data=self.batch_data, measured_optimizer=measured, **self.operator_options,
         )  # fmt: skip
         if self.sink_specs and not self.sinks:
             folder = self.log_dir or Path(default_log_dir)

@@ -57,8 +57,11 @@ class SharpestCallback(pl.Callback):
             ``"csv"`` or :class:`Sink` objects).
         to_loggers: also send the scalars to ``trainer.loggers``.
         **options: ``weight_decay``, ``reduction``, ``semantics``, ``call`` (``(model,
-            inputs) -> outputs``), ``drive_optimizer`` and the
-            :class:`~sharpest.train.tracker.EigenTracker` settings (``tol``, ``which``, …).
+            inputs) -> outputs``), ``drive_optimizer``, ``batch_data`` (where batch sharpness
+            draws its minibatches; default ``data``) and the
+            :class:`~sharpest.train.tracker.EigenTracker` settings (``tol``, ``which``,
+            ``precondition="optimizer"``, ``batch_sharpness=N`` with ``batch_size=``,
+            ``overlap=True``, …).
     """
 
     def __init__(

@@ -47,6 +47,9 @@ def plot_stability(run: RunData, *, notes: list[str] | None = None) -> Figure:
     frame = stability_frame(run)
     if frame.empty:
         raise NoData('no "eigen" lines with eigenvalues and a learning rate')
+    if not np.isfinite(frame["line_lambda1"]).any():
+        raise NoData("the optimizer's threshold bounds λ₁(P⁻¹H), not λ₁(H): see the "
+                     "preconditioned sharpness figure")
     fig = Figure(figsize=(7.0, 3.8))
     ax = fig.subplots()
     it = frame["iteration"].to_numpy()

@@ -169,6 +169,10 @@ LABELS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "lambda1_near_line_fraction": ("points with |λ₁ − 2(1+μ)/η| ≤ 10 % of the line", _pct),
     "stability_line_final": ("stability line 2(1+μ)/η (nsgd: /γ), last point", _num),
     "lambda1_over_line_final": ("λ₁ / stability line, last point", _num),
+    "preconditioned_near_line_fraction": (
+        "points with |λ₁(P⁻¹H) − the optimizer's threshold| ≤ 10 % of it", _pct),
+    "preconditioned_line_final": ("the optimizer's threshold on λ(P⁻¹H), last point", _num),
+    "preconditioned_over_line_final": ("λ₁(P⁻¹H) / threshold, last point", _num),
     "wall_seconds": ("wall time", _seconds),
     "tracking_seconds": ("eigen tracking time", _seconds),
     "tracking_share": ("eigen tracking share of wall time", _pct),
@@ -334,6 +338,10 @@ def _run_figures(
 
     items += [_figure(out, fig_dir, f"{p}{stem}", title, caption, build)
               for stem, title, caption, build in surface_figure_specs(run)]
+    from sharpest.report.optimizer_figures import optimizer_figure_specs
+
+    items += [_figure(out, fig_dir, f"{p}{stem}", title, caption, build)
+              for stem, title, caption, build in optimizer_figure_specs(run)]
     items += _probe_entries(run, out, fig_dir, f"{p}probe")
     return items
 

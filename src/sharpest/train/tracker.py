@@ -44,6 +44,14 @@ over the Hessian subset (:mod:`sharpest.curvature.sampling_error`), from the per
 quadratic forms Lanczos keeps from its own products (no extra product; the subset is split
 into at least ``MIN_CHUNKS`` chunks).
 
+Optimizer-aware fields (:mod:`sharpest.train.optimizer_curvature`): ``stability_threshold``
+(the optimizer's line, :func:`sharpest.curvature.stability_threshold`) on every line when the
+optimizer has one; with ``precondition="optimizer"`` the top eigenvalues of P⁻¹H
+(``preconditioned``); with ``batch_sharpness=N`` batch sharpness over N minibatches of
+``batch_size`` and the sharpness along the last update; with ``overlap`` the gradient's, the
+minibatch gradients' and the update's share of the top-k subspace. Each with its cost in
+products on the line (``*_matvecs``).
+
 Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
 callable taking one argument (``records.append``) gets the whole record as a dict
 ``{"event": ..., "iteration": ..., "epoch": ..., ...}``; with no ``log`` they are kept in
@@ -99,6 +107,7 @@ from sharpest.curvature.spectra import frobenius_from_topk
 from sharpest.optim.order import BASIS_ORDERS, algebraic_top_is_exact, basis_order
 from sharpest.train.callbacks import Callback
 from sharpest.train.event_log import as_event_log
+from sharpest.train.optimizer_curvature import OptimizerCurvature
 
 if TYPE_CHECKING:
     from sharpest.config import Config
@@ -145,6 +154,11 @@ class EigenTracker(Callback):
         stderr: bool = False,
         operator: str = "hessian",
         layer_shares: bool = True,
+        precondition: str = "none",
+        batch_sharpness: int = 0,
+        overlap: bool = False,
+        batch_size: int | None = None,
+        precondition_k: int = 1,
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
@@ -185,6 +199,11 @@ class EigenTracker(Callback):
         self.last_iteration: int | None = None
         self.points = 0
         self.records: list[dict[str, Any]] = []
+        # Optimizer-aware fields (train.optimizer_curvature): preconditioned sharpness, batch and
+        # update sharpness, top-subspace shares, the stability threshold.
+        self.extras = OptimizerCurvature(
+            precondition, batch_sharpness, overlap, batch_size, precondition_k, seed
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> EigenTracker:
@@ -208,6 +227,11 @@ class EigenTracker(Callback):
             stderr=t.stderr,
             operator=t.operator,
             layer_shares=t.layer_shares,
+            precondition=t.precondition,
+            batch_sharpness=t.batch_sharpness,
+            overlap=t.overlap,
+            batch_size=config.batch_size,
+            precondition_k=t.precondition_k,
         )
 
     # -- setup ---------------------------------------------------------------------------------
@@ -220,6 +244,9 @@ class EigenTracker(Callback):
         weight_decay: float = 0.0,
         optimizer: Any = None,
         log: Callable[..., Any] | None = None,
+        *,
+        train_data: Any = None,
+        measured_optimizer: Any = None,
         **operator_options: Any,
     ) -> EigenTracker:
         """Bind the model, the loss (``None``: the model's own loss from the labels, see
@@ -228,7 +255,11 @@ class EigenTracker(Callback):
         ``operator_options`` restricts it to those parameters), optionally an optimizer with
         ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
         ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
-        ``reduction="sum"``, ``semantics="train"``)."""
+        ``reduction="sum"``, ``semantics="train"``). ``train_data`` (an ``(inputs, targets)``
+        pair or a list of batches; default ``data``) is where batch sharpness draws its
+        minibatches; ``measured_optimizer`` (default ``optimizer``) the optimizer whose
+        threshold, preconditioner and updates are measured, whether or not it has
+        ``set_basis`` (:mod:`sharpest.train.optimizer_curvature`)."""
         self.model = model
         self.operator = build_operator(
             self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
@@ -244,9 +275,20 @@ class EigenTracker(Callback):
                 **operator_options,
             )
         self.optimizer = optimizer if callable(getattr(optimizer, "set_basis", None)) else None
+        self._attach_extras(model, loss_fn, data, weight_decay, operator_options,
+                            optimizer if measured_optimizer is None else measured_optimizer,
+                            train_data)  # fmt: skip
         self._log = as_event_log(log)
         self._epoch_starts = False  # until start_epoch() or a trainer says epochs are signalled
         return self
+
+    def _attach_extras(self, model: nn.Module, loss_fn: Callable[[Any, Tensor], Tensor],
+                       data: Any, weight_decay: float, operator_options: dict[str, Any],
+                       optimizer: Any, train_data: Any) -> None:  # fmt: skip
+        """Bind :class:`~sharpest.train.optimizer_curvature.OptimizerCurvature` (the
+        optimizer-aware fields) to this tracker's operator, optimizer and training data."""
+        self.extras.attach(self.operator, model, loss_fn, weight_decay, operator_options,
+                           optimizer, data if train_data is None else train_data)  # fmt: skip
 
     @property
     def subset_size(self) -> int:
@@ -299,6 +341,7 @@ class EigenTracker(Callback):
 
     def step(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """After an optimizer step (or with ``0`` before the first): track if due."""
+        self.extras.remember(iteration)  # θ after this step: the last update (extras)
         self._check_refresh_policy()
         if self.last_iteration == iteration:
             return None
@@ -310,6 +353,7 @@ class EigenTracker(Callback):
 
     def start_epoch(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """At an epoch start: track if due, at every epoch start, or to refresh the basis."""
+        self.extras.remember(iteration)  # θ after this step: the last update (extras)
         self._epoch_starts = True
         refresh = self._refresh_due(iteration, at_epoch_start=True)
         if self.last_iteration == iteration:
@@ -323,6 +367,7 @@ class EigenTracker(Callback):
 
     def finish(self, iteration: int, epoch: int | None = None) -> EigenResult | None:
         """At the end of training: one last point if ``at_end`` and not tracked yet."""
+        self.extras.remember(iteration)  # θ after this step: the last update (extras)
         if self.at_end and self.last_iteration != iteration:
             return self.track(iteration, epoch)
         return None
@@ -388,6 +433,8 @@ class EigenTracker(Callback):
             fields["operator"] = self.operator_kind
         if self.layer_shares:
             fields["layer_shares"] = operator_layer_shares(self.operator, result.vectors)
+        # Optimizer-aware fields: preconditioned, batch/update sharpness, overlaps, threshold.
+        fields.update(self.extras.fields(iteration, result, self.tol, self.max_matvecs))
         if refresh:
             if result.converged or self.use_unconverged:
                 fields["refreshed"] = self._set_basis(result)
@@ -468,11 +515,19 @@ class EigenTracker(Callback):
             optimizer=trainer.optimizer,
             log=trainer.log,
             decay_params=getattr(trainer, "decay_params", None),
+            train_data=self._training_set(trainer),
         )
+        self.extras.remember(trainer.iteration)  # θ at the start (or at the resumed step)
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
         self.verbose = bool(getattr(trainer, "is_main", True))
         if self.result is not None:
             self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
+
+    def _training_set(self, trainer: TrainerView) -> Any:
+        """The training set batch sharpness draws from (when on): ``trainer.data.train``."""
+        if self.extras.batches == 0 and not self.extras.overlap:
+            return None
+        return getattr(getattr(trainer, "data", None), "train", None)
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
         self.start_epoch(trainer.iteration, trainer.epoch)
@@ -495,6 +550,7 @@ class EigenTracker(Callback):
             else eigen_state(self.result, self.last_iteration),
             "last_iteration": self.last_iteration,
             "points": self.points,
+            "extras": self.extras.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -503,6 +559,7 @@ class EigenTracker(Callback):
         self.result = None if res is None else eigen_from_state(res, device)
         self.last_iteration = state.get("last_iteration")
         self.points = int(state.get("points", 0))
+        self.extras.load_state_dict(state.get("extras") or {})
 
     def load_initial(self, state: dict[str, Any]) -> None:
         """Start from another run's eigenpairs (``--init-from``): they warm-start the first
