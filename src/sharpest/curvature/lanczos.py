@@ -153,7 +153,7 @@ def lanczos(
     seed: int = 0,
     *,
     max_basis: int | None = None,
-    max_basis_bytes: float = 2 * 2**30,
+    max_basis_bytes: float = 4 * 2**30,
     basis_dtype: torch.dtype = torch.float64,
     basis_device: torch.device | str | None = None,
     shard_basis: bool = False,
@@ -183,8 +183,8 @@ def lanczos(
             that replace an exhausted Krylov space.
         max_basis: most basis vectors kept before a thick restart; default at most
             ``max(100, 4k)``, and always what ``max_basis_bytes`` allows.
-        max_basis_bytes: a promise: the solve's basis and the guard's together never hold more
-            than this many bytes (rows of ``size`` entries in ``basis_dtype``, allocated 8 rows
+        max_basis_bytes: a promise (default 4 GiB): the solve's basis and the guard's
+            together never hold more than this many bytes (rows of ``size`` entries in ``basis_dtype``, allocated 8 rows
             at a time as they are needed; thick restarts happen in place). The guard gets up
             to half of it (at most k + 16 + 100 rows), the solve the rest. Too small for
             ``k`` (it needs 2k + 15 rows with the guard, k + 6 without) is a ValueError
