@@ -6,6 +6,7 @@ The suite's tensors are tiny: on a 2-core machine one intra-op thread is faster 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,26 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The ``MASTER_PORT`` for the ranks of a multi-process test (``mp.spawn``; ``env://``).
+
+    The rendezvous store is this process's, as torchrun's agent hosts it for its workers
+    (``TORCHELASTIC_USE_AGENT_STORE``, inherited by the spawned ranks): it binds its port
+    itself, so no other process can take a port found free before rank 0 binds it (on a busy
+    machine rank 0 takes many seconds to get there), and it outlives every rank, so no rank's
+    exit takes the store from one that still uses it.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    yield store.port
+    del store
 
 
 @pytest.fixture
