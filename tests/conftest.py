@@ -6,6 +6,7 @@ The suite's tensors are tiny: on a 2-core machine one intra-op thread is faster 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,41 @@ import torch
 #: ../shared/data relative to the project root (CI clones the project beside a copy of shared/).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+#: The optional modules the tests use, and how to install each: the extra of pyproject.toml that
+#: brings it. The README's install line installs ``.[dev]`` only, so a test that needs one of
+#: them carries ``@pytest.mark.extras("module", ...)`` and is skipped, saying what to install,
+#: where the module is absent; ``pytest -m extras`` selects these tests once the extras are in
+#: (the second step of .ci/run). ``required=False`` marks a test that runs either way and checks
+#: more where the modules are installed.
+EXTRAS = {
+    "pytorch_lightning": 'pip install -e ".[integrations]"',
+    "transformers": 'pip install -e ".[integrations]"',
+    "accelerate": 'pip install -e ".[integrations]"',
+    "tensorboard": 'pip install -e ".[integrations]"',
+    "wandb": 'pip install -e ".[integrations]"',
+    "ray": 'pip install -e ".[ray]"',
+    # --no-deps: the benchmark peers' own pins would replace the installed torch.
+    "pyhessian": "pip install --no-deps pyhessian==0.1 (the 'bench' extra)",
+    "hessian_eigenthings": "pip install --no-deps hessian-eigenthings==1.0.0a5 (the 'bench' extra)",
+    "curvlinops": 'pip install --no-deps "curvlinops-for-pytorch>=2.0" einops einconv '
+    "linear_operator (the 'bench' extra)",
+}
+
+
+def require(module: str) -> None:
+    """Skip the running test, saying what to install, when the optional ``module`` is absent."""
+    if module not in EXTRAS:
+        raise ValueError(f"{module!r} is not an optional module of the tests (conftest.EXTRAS)")
+    pytest.importorskip(module, reason=f"needs {module}: {EXTRAS[module]}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("extras"):
+        if mark.kwargs.get("required", True):
+            for module in mark.args:
+                require(module)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
@@ -21,6 +57,26 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The ``MASTER_PORT`` for the ranks of a multi-process test (``mp.spawn``; ``env://``).
+
+    The rendezvous store is this process's, as torchrun's agent hosts it for its workers
+    (``TORCHELASTIC_USE_AGENT_STORE``, inherited by the spawned ranks): it binds its port
+    itself, so no other process can take a port found free before rank 0 binds it (on a busy
+    machine rank 0 takes many seconds to get there), and it outlives every rank, so no rank's
+    exit takes the store from one that still uses it.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    yield store.port
+    del store
 
 
 @pytest.fixture

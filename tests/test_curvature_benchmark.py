@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from test_benchmarks import _installed, _load
+from test_benchmarks import _load
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,8 @@ def test_skips_cleanly_without_cifar(curvature_bench, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extras("pyhessian")
 def test_quick_mode_on_a_tiny_model(curvature_bench, tmp_path):
-    if not _installed("pyhessian"):
-        pytest.skip("pyhessian is not installed")
     out = tmp_path / "c.md"
     args = ["--quick", "--threads", "1", "--images", "16", "--steps", "2", "--filters",
             "2,2,4,4", "--dense", "8", "--samples", "20", "--ref-deflate", "10", "--ref-probes",

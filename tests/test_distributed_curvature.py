@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -13,12 +12,6 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from sharpest import GGNOperator, HessianOperator, lanczos
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _problem():
@@ -63,10 +56,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_products_and_eigenpairs_equal_single_process(tmp_path):
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_process_products_and_eigenpairs_equal_single_process(tmp_path, rendezvous_port):
+    mp.spawn(_worker, args=(2, rendezvous_port, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     model, loss_fn, x, y = _problem()

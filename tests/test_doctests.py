@@ -18,13 +18,25 @@ MODULES = sorted(
     m.name for m in pkgutil.walk_packages(sharpest.__path__, prefix="sharpest.")
     if m.name != "sharpest.__main__"
 )
+#: Modules that import an optional extra (tests/conftest.py: skipped without it).
+NEEDS = {
+    "sharpest.integrations.lightning": ("pytorch_lightning",),
+    "sharpest.integrations.transformers": ("transformers",),
+}
 
 
 def test_the_walk_finds_the_package():
     assert "sharpest.paper_metrics" in MODULES and "sharpest.orchestrate.grid" in MODULES
 
 
-@pytest.mark.parametrize("name", MODULES)
+def test_the_extras_modules_exist():
+    assert set(NEEDS) <= set(MODULES)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(m, marks=pytest.mark.extras(*NEEDS[m])) if m in NEEDS else m for m in MODULES],
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

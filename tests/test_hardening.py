@@ -102,7 +102,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
         lock = RunLock({str(folder)!r})
         lock.acquire()
         print("locked", flush=True)
-        time.sleep(60)
+        time.sleep(600)  # until the test kills it, however long the test takes
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

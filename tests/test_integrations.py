@@ -13,7 +13,11 @@ from torch import nn
 from sharpest.curvature import HessianOperator, lanczos
 from sharpest.optim import NudgedSGD
 
-pl = pytest.importorskip("pytorch_lightning")
+# Needed at import (the LightningModules below); tests/conftest.py marks and skips the rest.
+pl = pytest.importorskip(
+    "pytorch_lightning", reason='needs pytorch_lightning: pip install -e ".[integrations]"'
+)
+pytestmark = pytest.mark.extras("pytorch_lightning")
 
 
 def expected_points():
@@ -145,7 +149,8 @@ def test_lightning_with_plain_sgd_only_tracks(tmp_path):
 
 
 def tiny_bert(attn: str = "sdpa"):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     config = transformers.BertConfig(
         vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=16, max_position_embeddings=8, num_labels=3,
@@ -165,9 +170,10 @@ class DictDataset(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
+@pytest.mark.extras("transformers", "accelerate")  # transformers.Trainer needs accelerate
 def test_transformers_callback_tracks_and_drives_nudged_sgd(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")  # transformers.Trainer needs it
+    import transformers
+
     from sharpest.integrations.transformers import SharpestTrainerCallback
 
     torch.manual_seed(0)

@@ -130,14 +130,14 @@ def test_tracker_docstring_examples_run():
         "sharpest.runs.sinks",
         "sharpest.runs.many",
         "sharpest.config",
-        "sharpest.integrations.lightning",
-        "sharpest.integrations.transformers",
+        pytest.param("sharpest.integrations.lightning",
+                     marks=pytest.mark.extras("pytorch_lightning")),
+        pytest.param("sharpest.integrations.transformers",
+                     marks=pytest.mark.extras("transformers")),
     ],
 )
 def test_docstring_examples_of_touched_modules_run(name):
     import importlib
 
-    if name.startswith("sharpest.integrations."):
-        pytest.importorskip(name.rsplit(".", 1)[1].replace("lightning", "pytorch_lightning"))
     failures, _ = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert failures == 0

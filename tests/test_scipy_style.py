@@ -83,8 +83,9 @@ def test_lanczos_on_a_scipy_linear_operator():
     )
 
 
+@pytest.mark.extras("curvlinops")
 def test_lanczos_on_a_curvlinops_hessian_matches_ours():
-    curvlinops = pytest.importorskip("curvlinops")
+    import curvlinops
     model, loss_fn, x, y = problem(2)
     params = [p for p in model.parameters() if p.requires_grad]
     theirs = curvlinops.HessianLinearOperator(

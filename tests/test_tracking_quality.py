@@ -455,15 +455,10 @@ def _forms_problem():
 
 
 @pytest.mark.slow
-def test_chunk_quadratic_forms_under_two_processes(tmp_path):
-    import socket
-
+def test_chunk_quadratic_forms_under_two_processes(tmp_path, rendezvous_port):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_forms_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_forms_worker, args=(2, rendezvous_port, str(tmp_path)), nprocs=2, join=True)
     model, loss_fn, x, y, V = _forms_problem()
     single = HessianOperator(model, loss_fn, [(x[:12], y[:12]), (x[12:], y[12:])], chunk_size=5)
     forms, sizes = single.chunk_quadratic_forms(V)

@@ -144,10 +144,12 @@ class WandbSink(Sink):
     name = "wandb"
 
     def __init__(self, run: Any = None, **init: Any) -> None:
-        import wandb
-
         self._owned = run is None
-        self.run = run if run is not None else wandb.init(**init)
+        if run is None:
+            import wandb  # only to start a run: a run handed in already has its library
+
+            run = wandb.init(**init)
+        self.run = run
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")
 
