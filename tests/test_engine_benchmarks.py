@@ -90,8 +90,8 @@ def test_gpu_check_runs_on_the_cpu_in_dry_mode(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extras("transformers")
 def test_scale_benchmark_quick(tmp_path):
-    pytest.importorskip("transformers", reason="the integrations extra")
     out = tmp_path / "scale.md"
     assert _load("scale").main(["--quick", "--threads", "1", "--out", str(out)]) == 0
     rows = _rows(out.with_suffix(".csv"))

@@ -430,6 +430,7 @@ def test_dataclass_batches_with_a_call_hook():
         HessianOperator(model, loss_fn, (batch, y))  # model(batch): forward needs 2 arguments
 
 
+@pytest.mark.extras("curvlinops")
 def test_one_argument_model_agrees_with_curvlinops():
     """curvlinops' own dict-input cases: its models take the batch dict as one argument."""
     curvlinops = pytest.importorskip("curvlinops")

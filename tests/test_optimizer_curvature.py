@@ -163,6 +163,7 @@ def test_trainer_records_the_fields_from_the_config(tmp_path):
         make_config(TINY, track={**TINY["track"], "precondition": "optimizer"})
 
 
+@pytest.mark.extras("pytorch_lightning")
 def test_lightning_callback_passes_the_options_and_measures_adam(tmp_path):
     pl = pytest.importorskip("pytorch_lightning")
     from sharpest.integrations.lightning import SharpestCallback

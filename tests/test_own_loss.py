@@ -17,6 +17,7 @@ from sharpest.curvature import GGNOperator, HessianOperator, lanczos, model_loss
 from sharpest.curvature.inputs import SummedLossError
 from sharpest.curvature.own_loss import ModelLoss, is_causal_lm
 
+pytestmark = pytest.mark.extras("transformers")  # selected by CI's `pytest -m extras`
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
