@@ -16,6 +16,7 @@ Gauss-Newton or empirical Fisher is tracked instead of the Hessian (the line say
 When tracking points come (iteration ``t`` counts optimizer steps done):
 
 - every ``every`` iterations (``t % every == 0``, so ``t = 0`` too), if ``every > 0``;
+  with ``every="auto"`` where λ₁ moves (:class:`~sharpest.train.adaptive.AdaptiveCadence`);
 - every ``dense_every`` iterations while ``t < dense_until`` (dense, then sparse);
 - at each epoch start if ``epoch_start`` (the paper's schedule, ``every = 0``);
 - once at the end of training if ``at_end`` and the last iteration was not tracked;
@@ -43,6 +44,14 @@ With ``stderr=True`` the line also has ``eigenvalues_stderr``: the sampling erro
 over the Hessian subset (:mod:`sharpest.curvature.sampling_error`), from the per-chunk
 quadratic forms Lanczos keeps from its own products (no extra product; the subset is split
 into at least ``MIN_CHUNKS`` chunks).
+
+With ``subset_min`` set (``track.subset: auto``) the data given to :meth:`attach` is a pool
+and the Hessian subset is its prefix, grown in whole chunks until ``stderr(λ₁)/|λ₁| ≤
+rel_stderr`` (:class:`~sharpest.train.adaptive.AdaptiveSubset`); the line then also has
+``rel_stderr`` (λ₁'s, at the size used), ``subset_solves`` (``[[size, products], …]``, one per
+solve of that point), ``growth_matvecs`` (the products of all but the last solve; ``n_matvecs``
+counts every solve) and, when the pool ran out before the target was met, ``subset_note``.
+Both adaptive modes record ``eigenvalues_stderr`` (it is free).
 
 Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
 callable taking one argument (``records.append``) gets the whole record as a dict
@@ -97,6 +106,7 @@ from sharpest.curvature.sampling_error import (
 from sharpest.curvature.shares import operator_layer_shares
 from sharpest.curvature.spectra import frobenius_from_topk
 from sharpest.optim.order import BASIS_ORDERS, algebraic_top_is_exact, basis_order
+from sharpest.train.adaptive import AdaptiveCadence, AdaptiveSubset, relative_stderr
 from sharpest.train.callbacks import Callback
 from sharpest.train.event_log import as_event_log
 
@@ -127,7 +137,7 @@ class EigenTracker(Callback):
     def __init__(
         self,
         k: int = 10,
-        every: int = 100,
+        every: int | str = 100,
         *,
         epoch_start: bool | None = None,
         at_end: bool = True,
@@ -145,16 +155,29 @@ class EigenTracker(Callback):
         stderr: bool = False,
         operator: str = "hessian",
         layer_shares: bool = True,
+        subset_min: int | None = None,
+        rel_stderr: float = 0.05,
+        every_min: int = 1,
+        every_max: int = 100,
+        budget_per_epoch: int | None = None,
+        iterations_per_epoch: int | None = None,
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
+        # every="auto": the adaptive cadence (sharpest.train.adaptive); its own gaps, no modulus.
+        self.cadence = self._make_cadence(every, every_min, every_max, budget_per_epoch,
+                                          iterations_per_epoch)
+        if self.cadence is not None:
+            every = 0
         if every < 0 or dense_until < 0 or dense_every < 1 or refresh_every < 0:
             raise ValueError("every, dense_until, refresh_every must be ≥ 0 and dense_every ≥ 1")
         if order not in BASIS_ORDERS:
             raise ValueError(f"order must be one of {', '.join(BASIS_ORDERS)}; got {order!r}")
         self.k = k
         self.every = every
-        self.epoch_start = (every == 0) if epoch_start is None else bool(epoch_start)
+        self.epoch_start = (
+            (every == 0 and self.cadence is None) if epoch_start is None else bool(epoch_start)
+        )
         self.at_end = at_end
         self.dense_until = dense_until
         self.dense_every = dense_every
@@ -167,7 +190,15 @@ class EigenTracker(Callback):
         self.refresh_every = refresh_every
         self.order = order
         self.use_unconverged = bool(use_unconverged)
-        self.stderr = bool(stderr)
+        # Subset auto (``subset_min`` set): the attached data is a pool grown along.
+        self.subset_min = subset_min
+        self.rel_stderr = rel_stderr
+        self.pool: Any = None  # the pool when it differs from the attached data (build())
+        self.subset: AdaptiveSubset | None = None
+        self._subset_state: dict[str, Any] | None = None
+        self._operator_args: tuple[Any, ...] = ()
+        # Both adaptive modes decide from the stderr, which is free (chunk forms).
+        self.stderr = bool(stderr) or self.adaptive
         #: Print warning lines (the trainer turns it off on ranks other than 0).
         self.verbose = True
         self._warned_order = False
@@ -208,7 +239,26 @@ class EigenTracker(Callback):
             stderr=t.stderr,
             operator=t.operator,
             layer_shares=t.layer_shares,
+            subset_min=t.subset_min if t.subset == "auto" else None,
+            rel_stderr=t.rel_stderr,
+            every_min=t.every_min,
+            every_max=t.every_max,
+            budget_per_epoch=t.budget_per_epoch,
         )
+
+    @staticmethod
+    def _make_cadence(every: int | str, every_min: int, every_max: int,
+                      budget: int | None, ipe: int | None) -> AdaptiveCadence | None:
+        if isinstance(every, str):
+            if every != "auto":
+                raise ValueError(f"every must be an integer ≥ 0 or 'auto', got {every!r}")
+            return AdaptiveCadence(every_min, every_max, budget, ipe)
+        return None
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the cadence or the subset adapts (``auto``)."""
+        return self.cadence is not None or self.subset_min is not None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -229,13 +279,16 @@ class EigenTracker(Callback):
         ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
         ``reduction="sum"``, ``semantics="train"``)."""
         self.model = model
-        self.operator = build_operator(
-            self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
-            cache_graphs="auto",
-            **operator_options,
-        )
+        if self.subset_min is not None:
+            self._attach_subset(model, loss_fn, data, weight_decay, operator_options)
+        else:
+            self.operator = build_operator(
+                self.operator_kind, model, loss_fn, data, weight_decay,
+                chunk_size=self.chunk_size, cache_graphs="auto", **operator_options,
+            )
         n = self.operator.num_examples
-        if self.stderr and len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS:
+        few = len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS
+        if self.subset is None and self.stderr and few:
             # The standard error needs several chunks (its degrees of freedom).
             self.operator = build_operator(
                 self.operator_kind, model, loss_fn, data, weight_decay,
@@ -247,6 +300,28 @@ class EigenTracker(Callback):
         self._epoch_starts = False  # until start_epoch() or a trainer says epochs are signalled
         return self
 
+    def _attach_subset(self, model: nn.Module, loss_fn: Any, data: Any, weight_decay: float,
+                       options: dict[str, Any]) -> None:
+        """Subset auto: the pool (``self.pool``, else ``data`` in its order) and its prefix."""
+        pool = self.pool if self.pool is not None else data
+        if isinstance(pool, list):
+            raise ValueError("subset auto: give the pool as one (inputs, targets) pair")
+        self.subset = AdaptiveSubset(pool, int(self.subset_min or 0), self.chunk_size,
+                                     self.rel_stderr)
+        if self._subset_state is not None:  # a checkpoint loaded before attach (the Trainer)
+            self.subset.load_state_dict(self._subset_state)
+            self._subset_state = None
+        self._operator_args = (model, loss_fn, weight_decay, options)
+        self._build_subset_operator()
+
+    def _build_subset_operator(self) -> None:
+        assert self.subset is not None
+        model, loss_fn, weight_decay, options = self._operator_args
+        self.operator = build_operator(
+            self.operator_kind, model, loss_fn, self.subset.batches(), weight_decay,
+            chunk_size=self.chunk_size, cache_graphs="auto", **options,
+        )
+
     @property
     def subset_size(self) -> int:
         return 0 if self.operator is None else self.operator.num_examples
@@ -256,6 +331,8 @@ class EigenTracker(Callback):
     def is_due(self, iteration: int) -> bool:
         """Whether ``iteration`` is a tracking point of the periodic or dense schedule."""
         if self.every > 0 and iteration % self.every == 0:
+            return True
+        if self.cadence is not None and self.cadence.is_due(iteration):
             return True
         if iteration < self.dense_until and iteration % self.dense_every == 0:
             return True
@@ -287,7 +364,7 @@ class EigenTracker(Callback):
     def _check_refresh_policy(self) -> None:
         if self.optimizer is None or self.refresh_every > 0 or self._epoch_starts:
             return
-        if self.every == 0 and self.dense_until == 0:
+        if self.every == 0 and self.dense_until == 0 and self.cadence is None:
             raise RuntimeError(
                 f"EigenTracker: {type(self.optimizer).__name__} needs its eigenbasis refreshed, "
                 "but no refresh policy reaches step(): refresh_every=0 refreshes at epoch starts "
@@ -344,28 +421,15 @@ class EigenTracker(Callback):
             init = previous.vectors
             if previous.extra_vectors is not None:
                 init = torch.cat([init, previous.extra_vectors.to(init)])
-        try:
-            result = lanczos(
-                self.operator,
-                k=self.k,
-                which=self.which,
-                tol=self.tol,
-                max_matvecs=self.max_matvecs,
-                init=init,
-                seed=self.seed,
-                chunk_forms=self.stderr,
-            )
-            # The per-chunk forms come with the solve's own products: no product for them.
-            stderr = (weighted_stderr(result.chunk_forms, result.chunk_sizes)
-                      if self.stderr else None)
-        finally:
-            # Stale first-order graphs would hold the subset's activations during training.
-            self.operator.clear_cache()
+        result, stderr = self._solve(init)
+        solves = [(self.subset_size, result)]
+        if self.subset is not None:
+            result, stderr, solves = self._grow(result, stderr, solves)
         fields: dict[str, Any] = {
             "eigenvalues": [float(v) for v in result.values],
             "residuals": [float(r) for r in result.residuals],
-            "n_matvecs": int(result.n_matvecs),
-            "guard_matvecs": int(result.guard_matvecs),
+            "n_matvecs": sum(int(r.n_matvecs) for _, r in solves),
+            "guard_matvecs": sum(int(r.guard_matvecs) for _, r in solves),
             "subset_size": self.subset_size,
             "converged": bool(result.converged),
             "warm": init is not None,
@@ -379,6 +443,11 @@ class EigenTracker(Callback):
         if stderr is not None:
             fields["eigenvalues_stderr"] = [float(x) for x in stderr]
             fields["stderr_matvecs"] = 0  # kept from the solve's products
+        if self.subset is not None:
+            fields.update(self._subset_fields(result, stderr, solves))
+        if self.cadence is not None:
+            fields.update(self.cadence.update(iteration, float(result.values[0]),
+                                              float(stderr[0]), fields["n_matvecs"]))
         if previous is not None and previous.vectors.shape == result.vectors.shape:
             angles = principal_angles(previous.vectors, result.vectors)
             fields["angles"] = [float(a) for a in angles]
@@ -401,6 +470,62 @@ class EigenTracker(Callback):
         fields["seconds"] = time.perf_counter() - start
         self._emit(epoch, iteration, fields)
         return result
+
+    def _solve(self, init: Tensor | None) -> tuple[EigenResult, np.ndarray | None]:
+        """One Lanczos solve on the current operator, and its eigenvalues' stderr."""
+        assert self.operator is not None
+        try:
+            result = lanczos(
+                self.operator,
+                k=self.k,
+                which=self.which,
+                tol=self.tol,
+                max_matvecs=self.max_matvecs,
+                init=init,
+                seed=self.seed,
+                chunk_forms=self.stderr,
+            )
+            # The per-chunk forms come with the solve's own products: no product for them.
+            stderr = (weighted_stderr(result.chunk_forms, result.chunk_sizes)
+                      if self.stderr else None)
+        finally:
+            # Stale first-order graphs would hold the subset's activations during training.
+            self.operator.clear_cache()
+        return result, stderr
+
+    def _grow(
+        self, result: EigenResult, stderr: Any, solves: list[tuple[int, EigenResult]]
+    ) -> tuple[EigenResult, Any, list[tuple[int, EigenResult]]]:
+        """Subset auto: grow the prefix and solve again, warm, until λ₁'s relative stderr
+        meets the target or the pool is used up (sharpest.train.adaptive)."""
+        assert self.subset is not None
+        while not self.subset.meets(relative_stderr(float(result.values[0]), float(stderr[0]))):
+            if not self.subset.grow(relative_stderr(float(result.values[0]),
+                                                    float(stderr[0]))):
+                break
+            self._build_subset_operator()
+            init = result.vectors
+            if result.extra_vectors is not None:
+                init = torch.cat([init, result.extra_vectors.to(init)])
+            result, stderr = self._solve(init)
+            solves.append((self.subset_size, result))
+        return result, stderr, solves
+
+    def _subset_fields(self, result: EigenResult, stderr: Any,
+                       solves: list[tuple[int, EigenResult]]) -> dict[str, Any]:
+        assert self.subset is not None
+        rel = relative_stderr(float(result.values[0]), float(stderr[0]))
+        fields: dict[str, Any] = {
+            "rel_stderr": rel,
+            "subset_solves": [[n, int(r.n_matvecs)] for n, r in solves],
+            "growth_matvecs": sum(int(r.n_matvecs) for _, r in solves[:-1]),
+        }
+        if not self.subset.meets(rel):
+            fields["subset_note"] = (
+                f"stderr(λ₁)/|λ₁| = {rel:.3g} misses the target {self.subset.rel_stderr:g} "
+                f"at the pool's maximum of {self.subset.maximum} examples"
+            )
+        return fields
 
     def _set_basis(self, result: EigenResult) -> bool:
         """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k)."""
@@ -469,6 +594,8 @@ class EigenTracker(Callback):
             decay_params=getattr(trainer, "decay_params", None),
         )
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
+        if self.cadence is not None:
+            self.cadence.iterations_per_epoch = int(trainer.iterations_per_epoch)
         self.verbose = bool(getattr(trainer, "is_main", True))
         if self.result is not None:
             self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
@@ -494,7 +621,27 @@ class EigenTracker(Callback):
             else eigen_state(self.result, self.last_iteration),
             "last_iteration": self.last_iteration,
             "points": self.points,
+            **self._adaptive_state(),
         }
+
+    def _adaptive_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.cadence is not None:
+            state["cadence"] = self.cadence.state_dict()
+        if self.subset is not None:
+            state["subset"] = self.subset.state_dict()
+        elif self._subset_state is not None:
+            state["subset"] = dict(self._subset_state)
+        return state
+
+    def _load_adaptive_state(self, state: dict[str, Any]) -> None:
+        if self.cadence is not None and state.get("cadence") is not None:
+            self.cadence.load_state_dict(state["cadence"])
+        if self.subset_min is not None and state.get("subset") is not None:
+            self._subset_state = dict(state["subset"])
+            if self.subset is not None:  # attached already: rebuild at the saved size
+                self.subset.load_state_dict(self._subset_state)
+                self._build_subset_operator()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         res = state.get("result")
@@ -502,6 +649,7 @@ class EigenTracker(Callback):
         self.result = None if res is None else eigen_from_state(res, device)
         self.last_iteration = state.get("last_iteration")
         self.points = int(state.get("points", 0))
+        self._load_adaptive_state(state)
 
     def load_initial(self, state: dict[str, Any]) -> None:
         """Start from another run's eigenpairs (``--init-from``): they warm-start the first
