@@ -144,6 +144,7 @@ def test_subset_grows_in_whole_chunks_bounded_by_chunk_size():
     sub = AdaptiveSubset((x, y), start=64, chunk_size=32, rel_stderr=0.01)
     assert sub.bounds == list(range(0, 65, 8))  # 8 chunks of 8
     assert sub.grow(0.02) and sub.size == 256  # the 1/√N law: 64·(0.02/0.01)² = 256
+    assert sub.bounds[9:] == list(range(88, 257, 24))  # 8 new chunks of ⌈192/8⌉ = 24
     assert sub.grow(math.inf) and sub.size == 1000  # ×4 capped by the pool
     widths = np.diff(sub.bounds)
     assert widths.max() <= 32 and not sub.grow(1.0)
@@ -291,3 +292,35 @@ def test_estimate_counts_auto_under_its_assumption():
     budget = make_config(TINY, track={**TINY["track"], "budget_per_epoch": 40})
     # 4k + 24 = 32 products a point, 5 iterations an epoch, 40 an epoch: every 4th iteration
     assert schedule_counts(budget, 5, 15)["points"] == len({0, 4, 8, 12, 15})
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode(tmp_path):
+    """benchmarks/adaptive_tracking.py --quick (MNIST-1D: tmp_path has no CIFAR-10)."""
+    import csv
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptive_tracking.py"
+    spec = importlib.util.spec_from_file_location("_bench_adaptive_tracking", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    out = tmp_path / "adaptive.md"
+    with torch.random.fork_rng():
+        assert bench.main(["--quick", "--threads", "1", "--train-images", "128",
+                           "--data-root", str(tmp_path), "--out", str(out)]) == 0
+    with open(out.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    runs = {name: [r for r in rows if r["run"] == name] for name in ("fixed", "auto")}
+    assert runs["fixed"] and runs["auto"]
+    assert {int(r["subset_size"]) for r in runs["fixed"]} == {32}
+    sizes = [int(r["subset_size"]) for r in runs["auto"]]
+    assert sizes == sorted(sizes) and 16 <= sizes[0] and sizes[-1] <= 64
+    text = out.read_text()
+    assert "MNIST-1D" in text
+    for name, eig in runs.items():  # the table's products are the records' sums
+        total = sum(int(r["n_matvecs"]) for r in eig)
+        assert f"| {name} | {len(eig)} | {total} |" in text
+    assert "| 0 |" in text  # both tracked iteration 0

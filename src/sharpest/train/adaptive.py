@@ -8,9 +8,12 @@ training examples is drawn once, seeded, in the order of a seeded permutation of
 set (:meth:`~sharpest.data.DataBundle.hessian_pool`), so its first ``m`` examples are exactly
 the fixed subset ``track.subset = m`` of the same seed (the same examples, in another order).
 The subset is always a prefix of the pool, split into chunks: it starts at ``subset_min``
-examples in ``MIN_CHUNKS`` chunks or more, and grows by whole chunks of
-``w = min(chunk_size, max(w₀, N // MIN_CHUNKS))`` examples (``w₀`` the first chunks' size), so a
-chunk never exceeds ``chunk_size`` and their number stays moderate. At a tracking point the
+examples in ``MIN_CHUNKS`` chunks or more (of ``w₀`` examples), and a growth from N towards N'
+adds whole chunks of ``w = min(chunk_size, max(w₀, ⌈(N' − N)/MIN_CHUNKS⌉))`` examples (the last
+one cut at the pool's end): about ``MIN_CHUNKS`` new chunks a growth, none larger than
+``chunk_size``, so a product makes few passes and the estimate's degrees of freedom grow
+with it (the chunks need not be equal: :func:`~sharpest.curvature.sampling_error.weighted_stderr`
+weighs them by size). At a tracking point the
 top-k is solved on the current prefix of N examples; while ``s/|λ₁| > rel_stderr`` and the
 pool has room, the prefix grows to the size the ``1/√N`` law of a mean predicts,
 ``N·(s/(|λ₁|·rel_stderr))²``, rounded up to whole chunks, at least one chunk and at most
@@ -122,7 +125,9 @@ class AdaptiveSubset:
             return False
         n = self.size
         want = min(max(self.target_size(rel), n + 1), MAX_GROWTH * n, self.maximum)
-        w = min(self.chunk_size, max(self.first_chunk, n // MIN_CHUNKS))
+        # About MIN_CHUNKS new chunks a growth (fewer, larger passes than chunks of the first
+        # size), none larger than chunk_size nor smaller than the first ones.
+        w = min(self.chunk_size, max(self.first_chunk, math.ceil((want - n) / MIN_CHUNKS)))
         b = n
         while b < want:
             b = min(b + w, self.maximum)
