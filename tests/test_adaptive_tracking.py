@@ -90,7 +90,8 @@ def test_grown_subset_meets_target_is_a_prefix_and_matches_dense_reference():
     assert rec["growth_matvecs"] == sum(p for _, p in rec["subset_solves"][:-1])
     # the target is met, and the stderr is the one a separate product measures
     lam, s = rec["eigenvalues"][0], rec["eigenvalues_stderr"][0]
-    assert rec["rel_stderr"] == pytest.approx(s / abs(lam)) and rec["rel_stderr"] <= 0.05
+    rel = rec["lambda1_rel_stderr"]
+    assert rel == pytest.approx(s / abs(lam)) and rel <= 0.05
     assert "subset_note" not in rec
     # a prefix of the pool: the operator is the Hessian of the first n examples
     ref = HessianOperator(model, loss_fn, (x[:n], y[:n]))
@@ -112,7 +113,7 @@ def test_subset_never_shrinks_and_stays_while_the_target_is_met():
         tracker.track(t)
         rec = tracker.records[-1]
         sizes.append(rec["subset_size"])
-        if t > 0 and rec["rel_stderr"] <= 0.08 and len(rec["subset_solves"]) == 1:
+        if t > 0 and rec["lambda1_rel_stderr"] <= 0.08 and len(rec["subset_solves"]) == 1:
             assert rec["subset_size"] == sizes[-2], "met at the old size: no growth"
         opt.zero_grad()
         loss_fn(model(x[:64]), y[:64]).backward()
@@ -129,7 +130,7 @@ def test_unmeetable_target_stops_at_the_pool_with_a_note():
     tracker = _tracker(rel_stderr=1e-6).attach(model, loss_fn, (x, y))
     tracker.track(0)
     rec = tracker.records[-1]
-    assert rec["subset_size"] == 100 and rec["rel_stderr"] > 1e-6
+    assert rec["subset_size"] == 100 and rec["lambda1_rel_stderr"] > 1e-6
     assert "pool's maximum of 100" in rec["subset_note"]
     sizes = [n for n, _ in rec["subset_solves"]]
     assert sizes == sorted(set(sizes)) and sizes[-1] == 100
@@ -172,6 +173,21 @@ def test_subset_validation_errors():
     with pytest.raises(ConfigError, match="probes"):
         Trainer(make_config({**TINY, "track": {**TINY["track"], "every": "auto"},
                              "probes": {"directions": [0]}}))
+
+
+def test_build_gives_the_tracker_the_pool_and_the_rest_its_start():
+    from sharpest.train.build import build
+
+    cfg = make_config(TINY)
+    parts = build(cfg)
+    pool_x, pool_y = parts.tracker.pool
+    start_x, start_y = parts.data.hessian_subset(16, seed=cfg.seed)
+    torch.testing.assert_close(parts.hessian_data[0], start_x)  # the fixed subset of 16
+    torch.testing.assert_close(pool_x, parts.data.hessian_pool(160, seed=cfg.seed)[0])
+    rows = sorted(map(tuple, pool_x[:16].tolist()))
+    assert rows == sorted(map(tuple, start_x.tolist()))
+    with pytest.raises(ConfigError, match="track.subset: auto needs a pool of at least 8"):
+        build(make_config(TINY, track={**TINY["track"], "subset_max": 0.03}))
 
 
 def test_relative_stderr():
@@ -255,7 +271,7 @@ def test_trainer_auto_run_records(auto_run):
     assert all("eigenvalues_stderr" in r and r["stderr_matvecs"] == 0 for r in eig)
     sizes = [r["subset_size"] for r in eig]
     assert sizes == sorted(sizes) and 16 <= sizes[0] and sizes[-1] <= 160
-    assert all(r["rel_stderr"] <= 0.16 or "subset_note" in r for r in eig)
+    assert all(r["lambda1_rel_stderr"] <= 0.16 or "subset_note" in r for r in eig)
     # met at the start, missed later as λ₁ falls: it grows again at a later point
     assert any(len(r["subset_solves"]) > 1 for r in eig[1:])
     # the same config places the same points again (deterministic)

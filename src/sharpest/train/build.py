@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpest.config import Config, ConfigError
+from sharpest.curvature.sampling_error import MIN_CHUNKS
 from sharpest.data import DataBundle, load_data
 from sharpest.models import build_model, decayed_parameters
 from sharpest.optim import build_optimizer
@@ -220,6 +221,12 @@ def build(
             # is the fixed subset of that size (sharpest.train.adaptive).
             pool = data.hessian_pool(cfg.track.subset_max, seed=track_seed, device=device)
             start = min(cfg.track.subset_min, int(pool[1].shape[0]))
+            if start < MIN_CHUNKS:
+                raise ValueError(
+                    f"auto needs a pool of at least {MIN_CHUNKS} examples (one per chunk of "
+                    f"the stderr it grows by); track.subset_max = {cfg.track.subset_max} gives "
+                    f"{start}"
+                )
             subset = data.hessian_subset(start, seed=track_seed)
         else:
             subset = data.hessian_subset(cfg.track.subset, seed=track_seed)

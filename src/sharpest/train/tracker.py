@@ -48,9 +48,11 @@ into at least ``MIN_CHUNKS`` chunks).
 With ``subset_min`` set (``track.subset: auto``) the data given to :meth:`attach` is a pool
 and the Hessian subset is its prefix, grown in whole chunks until ``stderr(λ₁)/|λ₁| ≤
 rel_stderr`` (:class:`~sharpest.train.adaptive.AdaptiveSubset`); the line then also has
-``rel_stderr`` (λ₁'s, at the size used), ``subset_solves`` (``[[size, products], …]``, one per
-solve of that point), ``growth_matvecs`` (the products of all but the last solve; ``n_matvecs``
-counts every solve) and, when the pool ran out before the target was met, ``subset_note``.
+``lambda1_rel_stderr`` (stderr(λ₁)/|λ₁| at the size used), ``subset_solves``
+(``[[size, products], …]``, one per solve of that point), ``growth_matvecs`` (the products of
+all but the last solve; ``n_matvecs`` counts every solve) and, when the pool ran out before
+the target was met, ``subset_note``. With ``every="auto"`` it has ``cadence`` (``"denser"``,
+``"sparser"``, ``"keep"``) and ``next_point``.
 Both adaptive modes record ``eigenvalues_stderr`` (it is free).
 
 Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
@@ -516,7 +518,7 @@ class EigenTracker(Callback):
         assert self.subset is not None
         rel = relative_stderr(float(result.values[0]), float(stderr[0]))
         fields: dict[str, Any] = {
-            "rel_stderr": rel,
+            "lambda1_rel_stderr": rel,
             "subset_solves": [[n, int(r.n_matvecs)] for n, r in solves],
             "growth_matvecs": sum(int(r.n_matvecs) for _, r in solves[:-1]),
         }
