@@ -3,17 +3,21 @@
 One training run, twice, with the same seed and so the same SGD trajectory (tracking does not
 touch the weights or the data order), in memory:
 
-- ``fixed``: the Hessian on a fixed subset of ``--images`` (fig2 small: 128) every ``--every``
-  steps, with the (free) stderr recorded;
+- ``fixed``: the Hessian on a fixed subset (``--images``) on a fixed cadence (``--every``),
+  with the (free) stderr recorded;
 - ``auto``: ``track.subset: auto`` (from ``--subset-min`` up to ``--subset-max`` examples at
   ``--rel-stderr``) and ``track.every: auto`` (gaps ``--every-min`` … ``--every-max``, optional
   ``--budget`` products per epoch).
 
-SimpleCNN on CIFAR-10 (``--data-root``, default ../shared/data) like fig2 small, or, when the
-data is absent, the MNIST-1D MLP. The table counts products (Hessian-vector products, each
-over that point's subset: a product on 512 examples costs about 4× one on 128, so
-``example-products``, Σ products × subset size, is the comparable cost), points, and λ₁ ± its
-stderr at the iterations both runs tracked.
+Without ``--quick`` and with CIFAR-10 in ``--data-root`` (default ../shared/data) the run is
+fig2 small's SimpleCNN, its config taken from the preset (5,000 images, 12 epochs, seed 777):
+``fixed`` is the preset's own tracking (128 images, top 5, each epoch start and every 6 steps
+over the first 30) with the free stderr on, and ``auto`` replaces the subset and the cadence
+(no epoch starts, no dense start: the rule alone). With ``--quick``, or without the data, a
+small model on a few hundred examples (a tiny SimpleCNN on CIFAR-10, or the MNIST-1D MLP).
+The table counts products (Hessian-vector products, each over that point's subset: a product
+on 512 examples costs about 4× one on 128, so ``example-products``, Σ products × subset size,
+is the comparable cost), points, and λ₁ ± its stderr at the iterations both runs tracked.
 
     python benchmarks/adaptive_tracking.py --quick   # a tiny model, seconds (tests)
     python benchmarks/adaptive_tracking.py           # fig2 small's SimpleCNN: an idle machine
@@ -70,9 +74,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
+def preset_config(a: argparse.Namespace) -> dict[str, Any]:
+    """fig2 small's SimpleCNN run, as the preset resolves it, reading ``--data-root``."""
+    from sharpest.experiments.preset import load_preset, resolve_runs
+
+    spec = next(r for r in resolve_runs(load_preset("fig2"), "small") if r.name == "simplecnn")
+    run = spec.config.to_dict()
+    run.update(data_root=str(a.data_root), log_every=10**6)
+    run["track"] = {**run["track"], "layer_shares": False}
+    return run
+
+
 def base_config(a: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The run both variants share, and a line saying which data it found."""
     cifar = (a.data_root / "cifar-10-batches-py").is_dir()
+    if cifar and not a.quick:
+        run = preset_config(a)
+        return run, (f"fig2 small's SimpleCNN ({run['train_subset']} CIFAR-10 images, "
+                     f"{run['epochs']} epochs, seed {run['seed']}; {a.data_root})")
     run: dict[str, Any] = {
         "train_subset": a.train_images, "val_size": 0, "epochs": a.epochs,
         "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed, "log_every": 10**6,
@@ -89,21 +108,25 @@ def base_config(a: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return run, f"MNIST-1D MLP on {a.train_images} examples ({a.data_root} has no CIFAR-10)"
 
 
-def track_sections(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def track_sections(a: argparse.Namespace, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The two ``track`` sections: the preset's own (or ``--images``/``--every``), and auto."""
+    auto = {"every": "auto", "every_min": a.every_min, "every_max": a.every_max,
+            "budget_per_epoch": a.budget, "subset": "auto", "subset_min": a.subset_min,
+            "subset_max": a.subset_max, "rel_stderr": a.rel_stderr, "epoch_start": False,
+            "dense_until": 0}
+    if "track" in run:  # the preset's
+        return {"fixed": {**run["track"], "stderr": True}, "auto": {**run["track"], **auto}}
     common = {"k": a.k, "layer_shares": False, "at_end": True}
-    return {
-        "fixed": {**common, "every": a.every, "subset": a.images, "stderr": True},
-        "auto": {**common, "every": "auto", "every_min": a.every_min, "every_max": a.every_max,
-                 "budget_per_epoch": a.budget, "subset": "auto", "subset_min": a.subset_min,
-                 "subset_max": a.subset_max, "rel_stderr": a.rel_stderr},
-    }
+    return {"fixed": {**common, "every": a.every, "subset": a.images, "stderr": True},
+            "auto": {**common, **auto}}
 
 
 def run_one(run: dict[str, Any], track: dict[str, Any]) -> list[dict[str, Any]]:
     from sharpest.config import make_config
     from sharpest.train import Trainer
 
-    trainer = Trainer(make_config({**run, "track": track}))
+    trainer = Trainer(make_config({**{k: v for k, v in run.items() if k != "track"},
+                                   "track": track}))
     trainer.fit()
     return [r for r in trainer.records if r["event"] == "eigen"]
 
@@ -130,8 +153,10 @@ def write(a: argparse.Namespace, source: str, runs: dict[str, list[dict[str, Any
     lines = [
         "# Adaptive tracking vs the fixed subset and cadence",
         "",
+        f"{source}." if a.preset else
         f"{source}; {a.epochs} epochs, batch {a.batch_size}, lr {a.lr}, seed {a.seed}, top {a.k}.",
-        f"fixed: {a.images} examples every {a.every} steps. auto: subset {a.subset_min}…"
+        ("fixed: the preset's tracking." if a.preset else
+         f"fixed: {a.images} examples every {a.every} steps.") + f" auto: subset {a.subset_min}…"
         f"{a.subset_max} at rel_stderr {a.rel_stderr}, gaps {a.every_min}…{a.every_max}"
         + (f", {a.budget} products per epoch" if a.budget else "") + ".",
         "Products count Hessian-vector products; example-products weigh each by its subset "
@@ -170,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     run, source = base_config(a)
-    runs = {name: run_one(run, track) for name, track in track_sections(a).items()}
+    a.preset = "track" in run
+    runs = {name: run_one(run, track) for name, track in track_sections(a, run).items()}
     write(a, source, runs)
     print(a.out.read_text())
     return 0
