@@ -160,8 +160,11 @@ def test_subset_validation_errors():
         AdaptiveSubset((x, y), start=16, chunk_size=8, rel_stderr=0.0)
     with pytest.raises(ConfigError, match="track.rel_stderr"):
         make_config({"track": {"subset": "auto", "rel_stderr": 0}})
-    with pytest.raises(ConfigError, match="track.subset_min"):
-        make_config({"track": {"subset": "auto", "subset_min": 4}})
+    from sharpest.curvature.sampling_error import MIN_CHUNKS
+
+    with pytest.raises(ConfigError, match="track.subset_min: subset auto .* at least 8 chunks"):
+        make_config({"track": {"subset": "auto", "subset_min": MIN_CHUNKS - 1}})
+    make_config({"track": {"subset": "auto", "subset_min": MIN_CHUNKS}})  # the config agrees
     with pytest.raises(ConfigError, match="track.subset_max"):
         make_config({"track": {"subset": "auto", "subset_min": 64, "subset_max": 32}})
     with pytest.raises(ConfigError, match="track.every_min"):

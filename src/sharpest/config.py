@@ -142,7 +142,7 @@ class TrackConfig(_Section):
     #: grown in whole chunks until stderr(λ₁)/|λ₁| ≤ ``rel_stderr`` (sharpest.train.adaptive).
     subset: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] | Literal["auto"] = 0.05
     #: ``subset: auto``: the starting size (a count, split into ≥ 8 chunks for the stderr).
-    subset_min: int = Field(default=128, ge=8)
+    subset_min: int = Field(default=128, ge=1)
     #: ``subset: auto``: the pool, the largest subset it grows to (fraction ≤ 1 or count > 1).
     subset_max: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] = 0.05
     #: ``subset: auto``: the target relative standard error of λ₁ over the subset.
@@ -192,6 +192,12 @@ class TrackConfig(_Section):
             raise ValueError(
                 f"track.every_min: must be ≤ track.every_max (got {self.every_min} > "
                 f"{self.every_max})"
+            )
+        if self.subset == "auto" and self.subset_min < 8:  # sampling_error.MIN_CHUNKS
+            raise ValueError(
+                f"track.subset_min: subset auto decides from the stderr of λ₁, which needs its "
+                f"start split into at least 8 chunks of one example or more (got "
+                f"{self.subset_min})"
             )
         if self.subset == "auto" and self.subset_max > 1 and self.subset_max < self.subset_min:
             raise ValueError(
