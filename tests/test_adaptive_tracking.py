@@ -313,6 +313,13 @@ def test_estimate_counts_auto_under_its_assumption():
     assert schedule_counts(budget, 5, 15)["points"] == len({0, 4, 8, 12, 15})
 
 
+def test_estimate_run_takes_auto():
+    from sharpest.experiments.estimate import estimate_run
+
+    est = estimate_run("auto", make_config(TINY), steps=1)
+    assert est.points == 16  # every_min 1: every iteration (the stated upper bound)
+
+
 @pytest.mark.slow
 def test_benchmark_quick_mode(tmp_path):
     """benchmarks/adaptive_tracking.py --quick (MNIST-1D: tmp_path has no CIFAR-10)."""

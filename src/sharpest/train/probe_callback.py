@@ -505,7 +505,7 @@ def build_probe_callbacks(
         # The tracker's points then follow λ₁ and are not known ahead; probes need the
         # eigenvectors of their own iteration.
         raise ValueError(
-            "probes: track.every is 'auto', whose points cannot be scheduled ahead, and probes "
+            "track.every is 'auto', whose points cannot be scheduled ahead, and probes "
             "need the eigenvectors of their own iteration; give track.every a number to probe"
         )
     if options.get("every") is None:
