@@ -34,7 +34,7 @@ correlated, so σ overstates the noise of the difference and the rule errs towar
 always within ``[every_min, every_max]``. With ``budget_per_epoch = B`` products, the gap
 after a point that cost ``p`` products is at least ``⌈p · I / B⌉`` (``I`` iterations per
 epoch): the *rate* of spending stays within B per epoch on average (a bound on the average,
-not a cap that stops points within an epoch). The next due iteration and the gap are the
+not a cap that stops points within an epoch); the budget wins over ``every_max``. The next due iteration and the gap are the
 whole state (checkpointed), so a resumed run places the same points as one that never
 stopped.
 """
