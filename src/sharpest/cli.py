@@ -81,6 +81,11 @@ NoReportOption = Annotated[bool, typer.Option("--no-report", help="Skip the repo
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")]
 
 
+def _subset_text(subset: float | str) -> str:
+    """``track.subset`` for a line: a number, or ``auto`` (sharpest.train.adaptive)."""
+    return "an auto subset" if subset == "auto" else f"{subset:g}"
+
+
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"sharpest: error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
@@ -517,7 +522,7 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool,
                    + f", {c.optimizer.name}"
                    + (f"({c.optimizer.nudge_base})" if c.optimizer.nudge_base != "sgd" else "")
                    + (f" γ={c.optimizer.gamma:g}" if c.optimizer.name == "nsgd" else "")
-                   + f", top-{c.track.k} on {c.track.subset:g}{src}")
+                   + f", top-{c.track.k} on {_subset_text(c.track.subset)}{src}")
         if estimate:
             e = estimate_run(r.name, c)
             typer.echo(f"    {e.line()}")

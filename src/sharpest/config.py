@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -211,10 +211,28 @@ class TrackConfig(_Section):
 
     #: Eigenpairs computed at each tracking point (≤ 30); 0 turns tracking off.
     k: int = Field(default=10, ge=0, le=30)
-    #: Iterations between tracking points; 0: only at epoch starts.
-    every: int = Field(default=100, ge=0)
+    #: Iterations between tracking points; 0: only at epoch starts; ``auto``: placed where λ₁
+    #: moves (sharpest.train.adaptive: between ``every_min`` and ``every_max``, within
+    #: ``budget_per_epoch``; records the eigenvalues' stderr).
+    every: Annotated[int, Field(ge=0)] | Literal["auto"] = 100
     #: Hessian subset: a fraction of the training set (≤ 1) or a count (> 1). Not augmented.
-    subset: int | float = Field(default=0.05, gt=0)
+    #: ``auto``: a prefix of a seeded pool of ``subset_max`` examples, from ``subset_min``
+    #: grown in whole chunks until stderr(λ₁)/|λ₁| ≤ ``rel_stderr`` (sharpest.train.adaptive).
+    subset: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] | Literal["auto"] = 0.05
+    #: ``subset: auto``: the starting size (a count, split into ≥ 8 chunks for the stderr).
+    subset_min: int = Field(default=128, ge=1)
+    #: ``subset: auto``: the pool, the largest subset it grows to (fraction ≤ 1 or count > 1).
+    subset_max: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0)] = 0.05
+    #: ``subset: auto``: the target relative standard error of λ₁ over the subset.
+    rel_stderr: float = Field(default=0.05, gt=0)
+    #: ``every: auto``: the smallest and largest gap between tracking points (iterations);
+    #: the first gap is ``every_min``.
+    every_min: int = Field(default=1, ge=1)
+    every_max: int = Field(default=100, ge=1)
+    #: ``every: auto``: Hessian-vector products per epoch the points may spend on average
+    #: (None: no budget); the gap after a point is at least its products × iterations per
+    #: epoch / budget.
+    budget_per_epoch: int | None = Field(default=None, ge=1)
     #: Also track at each epoch start (None: true when every == 0, else false).
     epoch_start: bool | None = None
     #: Dense schedule first: every ``dense_every`` iterations while iteration < dense_until.
@@ -236,7 +254,8 @@ class TrackConfig(_Section):
     #: (false: keep the previous basis and record why).
     use_unconverged: bool = False
     #: Also record eigenvalues_stderr, the sampling error of each λᵢ over the Hessian subset
-    #: (k extra products per point; see sharpest.curvature.sampling_error).
+    #: (kept from the solve's own products; see sharpest.curvature.sampling_error). On
+    #: whenever ``every`` or ``subset`` is ``auto`` (they decide from it).
     stderr: bool = False
     #: "optimizer": also record ``preconditioned``, the top eigenvalues of P⁻¹H with P read from
     #: the (adaptive) optimizer's state (Cohen et al. 2022; sharpest.PreconditionedOperator).
@@ -255,6 +274,26 @@ class TrackConfig(_Section):
     def _chunk_default(cls, v: Any) -> Any:
         # Configs written before the default lived here said ``null`` for it.
         return DEFAULT_CHUNK_SIZE if v is None else v
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> TrackConfig:
+        if self.every_min > self.every_max:
+            raise ValueError(
+                f"track.every_min: must be ≤ track.every_max (got {self.every_min} > "
+                f"{self.every_max})"
+            )
+        if self.subset == "auto" and self.subset_min < 8:  # sampling_error.MIN_CHUNKS
+            raise ValueError(
+                f"track.subset_min: subset auto decides from the stderr of λ₁, which needs its "
+                f"start split into at least 8 chunks of one example or more (got "
+                f"{self.subset_min})"
+            )
+        if self.subset == "auto" and self.subset_max > 1 and self.subset_max < self.subset_min:
+            raise ValueError(
+                f"track.subset_max: subset auto grows from track.subset_min = {self.subset_min} "
+                f"examples, so the pool must hold at least that many (got {self.subset_max})"
+            )
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -439,7 +478,7 @@ class Config(_Section):
                                else 5)
         opt._resolve(self.momentum, opt.nesterov)
         if track.epoch_start is None:
-            object.__setattr__(track, "epoch_start", track.every == 0)
+            object.__setattr__(track, "epoch_start", track.every == 0)  # "auto": False
         if opt.name != "nsgd" and opt.gamma != 1.0:
             raise ValueError(
                 f"optimizer.gamma: only 'nsgd' uses gamma, got gamma={opt.gamma} with "

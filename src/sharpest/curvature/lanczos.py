@@ -184,12 +184,12 @@ def lanczos(
         max_basis: most basis vectors kept before a thick restart; default at most
             ``max(100, 4k)``, and always what ``max_basis_bytes`` allows.
         max_basis_bytes: a promise (default 4 GiB): the solve's basis and the guard's
-            together never hold more than this many bytes (rows of ``size`` entries in ``basis_dtype``, allocated 8 rows
-            at a time as they are needed; thick restarts happen in place). The guard gets up
-            to half of it (at most k + 16 + 100 rows), the solve the rest. Too small for
-            ``k`` (it needs 2k + 15 rows with the guard, k + 6 without) is a ValueError
-            naming the least that works. Not counted: the k returned vectors, one product
-            and float64 temporaries of at most 64 MiB.
+            together never hold more than this many bytes (rows of ``size`` entries in
+            ``basis_dtype``, allocated 8 rows at a time as they are needed; thick restarts
+            happen in place). The guard gets up to half of it (at most k + 16 + 100 rows),
+            the solve the rest. Too small for ``k`` (it needs 2k + 15 rows with the guard,
+            k + 6 without) is a ValueError naming the least that works. Not counted: the k
+            returned vectors, one product and float64 temporaries of at most 64 MiB.
         basis_dtype: ``torch.float64`` (default) or ``torch.float32``: how basis rows are
             stored. Inner products are accumulated in float64 either way; float32 rows
             halve the memory and round each row once (eigenvalues agree with a float64

@@ -161,6 +161,20 @@ class DataBundle:
         x, y = self.train
         return x[idx].to(device), y[idx].to(device)
 
+    def hessian_pool(
+        self, size: float, seed: int = 0, device: torch.device | str | None = None
+    ) -> Pair:
+        """The examples of :meth:`hessian_subset` ``(size, seed)`` in the order of its seeded
+        permutation instead of data order, so the first ``m`` of them are exactly the examples
+        of ``hessian_subset(m, seed)``: a pool whose prefixes are the fixed subsets (the
+        tracker's ``subset: auto`` grows along it)."""
+        n = self.num_train
+        k = resolve_count(size, n, "hessian pool size")
+        g = torch.Generator().manual_seed(_check_seed(seed))
+        idx = torch.randperm(n, generator=g)[:k]
+        x, y = self.train
+        return x[idx].to(device), y[idx].to(device)
+
     def evaluate_batches(
         self, split: str, batch_size: int = 1000, device: torch.device | str | None = None
     ) -> Batches:

@@ -16,6 +16,12 @@ one on a slowly moving spectrum less: the estimate is a guide, not a promise. Ti
 CPU times of this process (``time.process_time``), so a busy machine does not inflate them;
 run it with one torch thread (``--threads 1``) to get the cost of one core, the unit of the
 ``--workers`` arithmetic.
+
+Adaptive tracking (:mod:`sharpest.train.adaptive`) is estimated under stated assumptions:
+``track.every: auto`` as the densest cadence it may take, ``every_min``, widened to the gap a
+``budget_per_epoch`` imposes on points of the estimated products (an upper bound on points);
+``track.subset: auto`` with the product timed on the whole pool (``subset_max``, an upper
+bound on a product's cost; the growth solves at smaller sizes are not counted).
 """
 
 from __future__ import annotations
@@ -88,15 +94,28 @@ def _matvecs(k: int, max_matvecs: int | None) -> int:
     return min(n, max_matvecs) if max_matvecs else n
 
 
+def _every_for_estimate(config: Config, iterations_per_epoch: int) -> int:
+    """``track.every``, and for ``auto`` the densest gap it may take (module doc)."""
+    t = config.track
+    if t.every != "auto":
+        return int(t.every)
+    gap = t.every_min
+    if t.budget_per_epoch:
+        cost = _matvecs(t.k, t.max_matvecs)
+        gap = max(gap, math.ceil(cost * iterations_per_epoch / t.budget_per_epoch))
+    return gap
+
+
 def schedule_counts(config: Config, iterations_per_epoch: int, total: int) -> dict[str, int]:
     """How many tracking points, probe points (α-probe points) and evaluations a run has."""
     t = config.track
     uses_basis = config.optimizer.uses_basis
     refresh = config.optimizer.refresh_every
     points = set()
+    every = _every_for_estimate(config, iterations_per_epoch)
     if t.enabled:
         for it in range(total + 1):
-            if (t.every > 0 and it % t.every == 0) or (it < t.dense_until
+            if (every > 0 and it % every == 0) or (it < t.dense_until
                                                        and it % t.dense_every == 0):
                 points.add(it)
             elif it % iterations_per_epoch == 0 and (t.epoch_start or (uses_basis
@@ -110,7 +129,7 @@ def schedule_counts(config: Config, iterations_per_epoch: int, total: int) -> di
     if config.probes and config.probes.get("enabled", True) and t.enabled:
         p = config.probes
         every = p.get("every")
-        every = t.every if every is None else int(every)
+        every = _every_for_estimate(config, iterations_per_epoch) if every is None else int(every)
         ep_start = p.get("epoch_start")
         ep_start = t.epoch_start if ep_start is None else bool(ep_start)
         for it in sorted(points):
@@ -178,7 +197,12 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
             if i > 0:
                 times.append(time.process_time() - s)
     step = sum(times) / len(times) if times else 0.0
-    op = HessianOperator(trainer.model, trainer.loss_fn, trainer.hessian_data, cfg.weight_decay,
+    hessian = trainer.hessian_data
+    if cfg.track.subset == "auto":  # the pool: an upper bound on a product's cost (module doc)
+        seed = cfg.seed if cfg.track.seed is None else cfg.track.seed
+        x, y = trainer.data.hessian_subset(cfg.track.subset_max, seed=seed)
+        hessian = (x.to(trainer.device), y.to(trainer.device))
+    op = HessianOperator(trainer.model, trainer.loss_fn, hessian, cfg.weight_decay,
                          chunk_size=cfg.track.chunk_size,
                          decay_params=trainer.decay_params)
     v = torch.randn(op.size, device=trainer.device)
@@ -187,7 +211,7 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
     op.matvec(v)
     hvp = time.process_time() - s
     n_sub = op.num_examples
-    xs, _ = trainer.hessian_data
+    xs, _ = hessian
     trainer.model.eval()
     with torch.no_grad():
         s = time.process_time()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sharpest.config import Config, ConfigError
+from sharpest.curvature.sampling_error import MIN_CHUNKS
 from sharpest.data import DataBundle, load_data
 from sharpest.models import build_model, decayed_parameters
 from sharpest.optim import build_optimizer
@@ -219,8 +220,22 @@ def build(
     total = cfg.epochs * ipe
     total = total if cfg.max_iterations is None else min(total, cfg.max_iterations)
     track_seed = cfg.seed if cfg.track.seed is None else cfg.track.seed
+    pool = None
     try:
-        subset = data.hessian_subset(cfg.track.subset, seed=track_seed)
+        if cfg.track.subset == "auto":
+            # The tracker grows along the pool; everything else measures on its start, which
+            # is the fixed subset of that size (sharpest.train.adaptive).
+            pool = data.hessian_pool(cfg.track.subset_max, seed=track_seed, device=device)
+            start = min(cfg.track.subset_min, int(pool[1].shape[0]))
+            if start < MIN_CHUNKS:
+                raise ValueError(
+                    f"auto needs a pool of at least {MIN_CHUNKS} examples (one per chunk of "
+                    f"the stderr it grows by); track.subset_max = {cfg.track.subset_max} gives "
+                    f"{start}"
+                )
+            subset = data.hessian_subset(start, seed=track_seed)
+        else:
+            subset = data.hessian_subset(cfg.track.subset, seed=track_seed)
     except ValueError as err:
         raise ConfigError(f"track.subset: {err}") from None
     hessian_data = tuple(t.to(device) for t in subset)
@@ -239,6 +254,8 @@ def build(
         optimizer = build_optimizer_for(cfg, model, decay_params=decay)
     schedule = Schedule(cfg.schedule, optimizer, cfg.lr, ipe, total)
     tracker, callbacks = build_callbacks(cfg, init_eigen)
+    if tracker is not None and pool is not None:
+        tracker.pool = pool
     return RunParts(
         config=cfg,
         device=device,

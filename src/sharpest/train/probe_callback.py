@@ -501,6 +501,13 @@ def build_probe_callbacks(
         )
     track = _config_get(config, "track")
     track_every = _config_get(track, "every", 0) or 0
+    if track_every == "auto":
+        # The tracker's points then follow λ₁ and are not known ahead; probes need the
+        # eigenvectors of their own iteration.
+        raise ValueError(
+            "track.every is 'auto', whose points cannot be scheduled ahead, and probes "
+            "need the eigenvectors of their own iteration; give track.every a number to probe"
+        )
     if options.get("every") is None:
         options["every"] = int(track_every)
     if options.get("epoch_start") is None:

@@ -16,6 +16,7 @@ Gauss-Newton or empirical Fisher is tracked instead of the Hessian (the line say
 When tracking points come (iteration ``t`` counts optimizer steps done):
 
 - every ``every`` iterations (``t % every == 0``, so ``t = 0`` too), if ``every > 0``;
+  with ``every="auto"`` where λ₁ moves (:class:`~sharpest.train.adaptive.AdaptiveCadence`);
 - every ``dense_every`` iterations while ``t < dense_until`` (dense, then sparse);
 - at each epoch start if ``epoch_start`` (the paper's schedule, ``every = 0``);
 - once at the end of training if ``at_end`` and the last iteration was not tracked;
@@ -51,6 +52,16 @@ optimizer has one; with ``precondition="optimizer"`` the top eigenvalues of P⁻
 ``batch_size`` and the sharpness along the last update; with ``overlap`` the gradient's, the
 minibatch gradients' and the update's share of the top-k subspace. Each with its cost in
 products on the line (``*_matvecs``).
+
+With ``subset_min`` set (``track.subset: auto``) the data given to :meth:`attach` is a pool
+and the Hessian subset is its prefix, grown in whole chunks until ``stderr(λ₁)/|λ₁| ≤
+rel_stderr`` (:class:`~sharpest.train.adaptive.AdaptiveSubset`); the line then also has
+``lambda1_rel_stderr`` (stderr(λ₁)/|λ₁| at the size used), ``subset_solves``
+(``[[size, products], …]``, one per solve of that point), ``growth_matvecs`` (the products of
+all but the last solve; ``n_matvecs`` counts every solve) and, when the pool ran out before
+the target was met, ``subset_note``. With ``every="auto"`` it has ``cadence`` (``"denser"``,
+``"sparser"``, ``"keep"``) and ``next_point``.
+Both adaptive modes record ``eigenvalues_stderr`` (it is free).
 
 Records go to ``log(event, **fields)`` with ``iteration`` and ``epoch`` among the fields; a
 callable taking one argument (``records.append``) gets the whole record as a dict
@@ -105,6 +116,7 @@ from sharpest.curvature.sampling_error import (
 from sharpest.curvature.shares import operator_layer_shares
 from sharpest.curvature.spectra import frobenius_from_topk
 from sharpest.optim.order import BASIS_ORDERS, algebraic_top_is_exact, basis_order
+from sharpest.train.adaptive import AdaptiveCadence, AdaptiveSubset, relative_stderr
 from sharpest.train.callbacks import Callback
 from sharpest.train.event_log import as_event_log
 from sharpest.train.optimizer_curvature import OptimizerCurvature
@@ -136,7 +148,7 @@ class EigenTracker(Callback):
     def __init__(
         self,
         k: int = 10,
-        every: int = 100,
+        every: int | str = 100,
         *,
         epoch_start: bool | None = None,
         at_end: bool = True,
@@ -159,16 +171,29 @@ class EigenTracker(Callback):
         overlap: bool = False,
         batch_size: int | None = None,
         precondition_k: int = 1,
+        subset_min: int | None = None,
+        rel_stderr: float = 0.05,
+        every_min: int = 1,
+        every_max: int = 100,
+        budget_per_epoch: int | None = None,
+        iterations_per_epoch: int | None = None,
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
+        # every="auto": the adaptive cadence (sharpest.train.adaptive); its own gaps, no modulus.
+        self.cadence = self._make_cadence(every, every_min, every_max, budget_per_epoch,
+                                          iterations_per_epoch)
+        if self.cadence is not None:
+            every = 0
         if every < 0 or dense_until < 0 or dense_every < 1 or refresh_every < 0:
             raise ValueError("every, dense_until, refresh_every must be ≥ 0 and dense_every ≥ 1")
         if order not in BASIS_ORDERS:
             raise ValueError(f"order must be one of {', '.join(BASIS_ORDERS)}; got {order!r}")
         self.k = k
         self.every = every
-        self.epoch_start = (every == 0) if epoch_start is None else bool(epoch_start)
+        self.epoch_start = (
+            (every == 0 and self.cadence is None) if epoch_start is None else bool(epoch_start)
+        )
         self.at_end = at_end
         self.dense_until = dense_until
         self.dense_every = dense_every
@@ -181,7 +206,15 @@ class EigenTracker(Callback):
         self.refresh_every = refresh_every
         self.order = order
         self.use_unconverged = bool(use_unconverged)
-        self.stderr = bool(stderr)
+        # Subset auto (``subset_min`` set): the attached data is a pool grown along.
+        self.subset_min = subset_min
+        self.rel_stderr = rel_stderr
+        self.pool: Any = None  # the pool when it differs from the attached data (build())
+        self.subset: AdaptiveSubset | None = None
+        self._subset_state: dict[str, Any] | None = None
+        self._operator_args: tuple[Any, ...] = ()
+        # Both adaptive modes decide from the stderr, which is free (chunk forms).
+        self.stderr = bool(stderr) or self.adaptive
         #: Print warning lines (the trainer turns it off on ranks other than 0).
         self.verbose = True
         self._warned_order = False
@@ -232,7 +265,26 @@ class EigenTracker(Callback):
             overlap=t.overlap,
             batch_size=config.batch_size,
             precondition_k=t.precondition_k,
+            subset_min=t.subset_min if t.subset == "auto" else None,
+            rel_stderr=t.rel_stderr,
+            every_min=t.every_min,
+            every_max=t.every_max,
+            budget_per_epoch=t.budget_per_epoch,
         )
+
+    @staticmethod
+    def _make_cadence(every: int | str, every_min: int, every_max: int,
+                      budget: int | None, ipe: int | None) -> AdaptiveCadence | None:
+        if isinstance(every, str):
+            if every != "auto":
+                raise ValueError(f"every must be an integer ≥ 0 or 'auto', got {every!r}")
+            return AdaptiveCadence(every_min, every_max, budget, ipe)
+        return None
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the cadence or the subset adapts (``auto``)."""
+        return self.cadence is not None or self.subset_min is not None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -261,13 +313,16 @@ class EigenTracker(Callback):
         threshold, preconditioner and updates are measured, whether or not it has
         ``set_basis`` (:mod:`sharpest.train.optimizer_curvature`)."""
         self.model = model
-        self.operator = build_operator(
-            self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
-            cache_graphs="auto",
-            **operator_options,
-        )
+        if self.subset_min is not None:
+            self._attach_subset(model, loss_fn, data, weight_decay, operator_options)
+        else:
+            self.operator = build_operator(
+                self.operator_kind, model, loss_fn, data, weight_decay,
+                chunk_size=self.chunk_size, cache_graphs="auto", **operator_options,
+            )
         n = self.operator.num_examples
-        if self.stderr and len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS:
+        few = len(self.operator.chunks) < MIN_CHUNKS and n >= MIN_CHUNKS
+        if self.subset is None and self.stderr and few:
             # The standard error needs several chunks (its degrees of freedom).
             self.operator = build_operator(
                 self.operator_kind, model, loss_fn, data, weight_decay,
@@ -289,6 +344,29 @@ class EigenTracker(Callback):
         optimizer-aware fields) to this tracker's operator, optimizer and training data."""
         self.extras.attach(self.operator, model, loss_fn, weight_decay, operator_options,
                            optimizer, data if train_data is None else train_data)  # fmt: skip
+    def _attach_subset(self, model: nn.Module, loss_fn: Any, data: Any, weight_decay: float,
+                       options: dict[str, Any]) -> None:
+        """Subset auto: the pool (``self.pool``, else ``data`` in its order) and its prefix."""
+        pool = self.pool if self.pool is not None else data
+        if isinstance(pool, list):
+            raise ValueError("subset auto: give the pool as one (inputs, targets) pair")
+        self.subset = AdaptiveSubset(pool, int(self.subset_min or 0), self.chunk_size,
+                                     self.rel_stderr)
+        if self._subset_state is not None:  # a checkpoint loaded before attach (the Trainer)
+            self.subset.load_state_dict(self._subset_state)
+            self._subset_state = None
+        self._operator_args = (model, loss_fn, weight_decay, options)
+        self._build_subset_operator()
+
+    def _build_subset_operator(self) -> None:
+        assert self.subset is not None
+        model, loss_fn, weight_decay, options = self._operator_args
+        self.operator = build_operator(
+            self.operator_kind, model, loss_fn, self.subset.batches(), weight_decay,
+            chunk_size=self.chunk_size, cache_graphs="auto", **options,
+        )
+        if getattr(self.extras, "operator", None) is not None:
+            self.extras.operator = self.operator  # the optimizer-aware fields use the grown subset
 
     @property
     def subset_size(self) -> int:
@@ -299,6 +377,8 @@ class EigenTracker(Callback):
     def is_due(self, iteration: int) -> bool:
         """Whether ``iteration`` is a tracking point of the periodic or dense schedule."""
         if self.every > 0 and iteration % self.every == 0:
+            return True
+        if self.cadence is not None and self.cadence.is_due(iteration):
             return True
         if iteration < self.dense_until and iteration % self.dense_every == 0:
             return True
@@ -330,7 +410,7 @@ class EigenTracker(Callback):
     def _check_refresh_policy(self) -> None:
         if self.optimizer is None or self.refresh_every > 0 or self._epoch_starts:
             return
-        if self.every == 0 and self.dense_until == 0:
+        if self.every == 0 and self.dense_until == 0 and self.cadence is None:
             raise RuntimeError(
                 f"EigenTracker: {type(self.optimizer).__name__} needs its eigenbasis refreshed, "
                 "but no refresh policy reaches step(): refresh_every=0 refreshes at epoch starts "
@@ -390,28 +470,15 @@ class EigenTracker(Callback):
             init = previous.vectors
             if previous.extra_vectors is not None:
                 init = torch.cat([init, previous.extra_vectors.to(init)])
-        try:
-            result = lanczos(
-                self.operator,
-                k=self.k,
-                which=self.which,
-                tol=self.tol,
-                max_matvecs=self.max_matvecs,
-                init=init,
-                seed=self.seed,
-                chunk_forms=self.stderr,
-            )
-            # The per-chunk forms come with the solve's own products: no product for them.
-            stderr = (weighted_stderr(result.chunk_forms, result.chunk_sizes)
-                      if self.stderr else None)
-        finally:
-            # Stale first-order graphs would hold the subset's activations during training.
-            self.operator.clear_cache()
+        result, stderr = self._solve(init)
+        solves = [(self.subset_size, result)]
+        if self.subset is not None:
+            result, stderr, solves = self._grow(result, stderr, solves)
         fields: dict[str, Any] = {
             "eigenvalues": [float(v) for v in result.values],
             "residuals": [float(r) for r in result.residuals],
-            "n_matvecs": int(result.n_matvecs),
-            "guard_matvecs": int(result.guard_matvecs),
+            "n_matvecs": sum(int(r.n_matvecs) for _, r in solves),
+            "guard_matvecs": sum(int(r.guard_matvecs) for _, r in solves),
             "subset_size": self.subset_size,
             "converged": bool(result.converged),
             "warm": init is not None,
@@ -425,6 +492,11 @@ class EigenTracker(Callback):
         if stderr is not None:
             fields["eigenvalues_stderr"] = [float(x) for x in stderr]
             fields["stderr_matvecs"] = 0  # kept from the solve's products
+        if self.subset is not None:
+            fields.update(self._subset_fields(result, stderr, solves))
+        if self.cadence is not None:
+            fields.update(self.cadence.update(iteration, float(result.values[0]),
+                                              float(stderr[0]), fields["n_matvecs"]))
         if previous is not None and previous.vectors.shape == result.vectors.shape:
             angles = principal_angles(previous.vectors, result.vectors)
             fields["angles"] = [float(a) for a in angles]
@@ -449,6 +521,62 @@ class EigenTracker(Callback):
         fields["seconds"] = time.perf_counter() - start
         self._emit(epoch, iteration, fields)
         return result
+
+    def _solve(self, init: Tensor | None) -> tuple[EigenResult, np.ndarray | None]:
+        """One Lanczos solve on the current operator, and its eigenvalues' stderr."""
+        assert self.operator is not None
+        try:
+            result = lanczos(
+                self.operator,
+                k=self.k,
+                which=self.which,
+                tol=self.tol,
+                max_matvecs=self.max_matvecs,
+                init=init,
+                seed=self.seed,
+                chunk_forms=self.stderr,
+            )
+            # The per-chunk forms come with the solve's own products: no product for them.
+            stderr = (weighted_stderr(result.chunk_forms, result.chunk_sizes)
+                      if self.stderr else None)
+        finally:
+            # Stale first-order graphs would hold the subset's activations during training.
+            self.operator.clear_cache()
+        return result, stderr
+
+    def _grow(
+        self, result: EigenResult, stderr: Any, solves: list[tuple[int, EigenResult]]
+    ) -> tuple[EigenResult, Any, list[tuple[int, EigenResult]]]:
+        """Subset auto: grow the prefix and solve again, warm, until λ₁'s relative stderr
+        meets the target or the pool is used up (sharpest.train.adaptive)."""
+        assert self.subset is not None
+        while not self.subset.meets(relative_stderr(float(result.values[0]), float(stderr[0]))):
+            if not self.subset.grow(relative_stderr(float(result.values[0]),
+                                                    float(stderr[0]))):
+                break
+            self._build_subset_operator()
+            init = result.vectors
+            if result.extra_vectors is not None:
+                init = torch.cat([init, result.extra_vectors.to(init)])
+            result, stderr = self._solve(init)
+            solves.append((self.subset_size, result))
+        return result, stderr, solves
+
+    def _subset_fields(self, result: EigenResult, stderr: Any,
+                       solves: list[tuple[int, EigenResult]]) -> dict[str, Any]:
+        assert self.subset is not None
+        rel = relative_stderr(float(result.values[0]), float(stderr[0]))
+        fields: dict[str, Any] = {
+            "lambda1_rel_stderr": rel,
+            "subset_solves": [[n, int(r.n_matvecs)] for n, r in solves],
+            "growth_matvecs": sum(int(r.n_matvecs) for _, r in solves[:-1]),
+        }
+        if not self.subset.meets(rel):
+            fields["subset_note"] = (
+                f"stderr(λ₁)/|λ₁| = {rel:.3g} misses the target {self.subset.rel_stderr:g} "
+                f"at the pool's maximum of {self.subset.maximum} examples"
+            )
+        return fields
 
     def _set_basis(self, result: EigenResult) -> bool:
         """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k)."""
@@ -519,6 +647,8 @@ class EigenTracker(Callback):
         )
         self.extras.remember(trainer.iteration)  # θ at the start (or at the resumed step)
         self._epoch_starts = True  # the trainer calls on_epoch_start (not on a mid-epoch resume)
+        if self.cadence is not None:
+            self.cadence.iterations_per_epoch = int(trainer.iterations_per_epoch)
         self.verbose = bool(getattr(trainer, "is_main", True))
         if self.result is not None:
             self.result = replace(self.result, vectors=self.result.vectors.to(trainer.device))
@@ -551,7 +681,27 @@ class EigenTracker(Callback):
             "last_iteration": self.last_iteration,
             "points": self.points,
             "extras": self.extras.state_dict(),
+            **self._adaptive_state(),
         }
+
+    def _adaptive_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.cadence is not None:
+            state["cadence"] = self.cadence.state_dict()
+        if self.subset is not None:
+            state["subset"] = self.subset.state_dict()
+        elif self._subset_state is not None:
+            state["subset"] = dict(self._subset_state)
+        return state
+
+    def _load_adaptive_state(self, state: dict[str, Any]) -> None:
+        if self.cadence is not None and state.get("cadence") is not None:
+            self.cadence.load_state_dict(state["cadence"])
+        if self.subset_min is not None and state.get("subset") is not None:
+            self._subset_state = dict(state["subset"])
+            if self.subset is not None:  # attached already: rebuild at the saved size
+                self.subset.load_state_dict(self._subset_state)
+                self._build_subset_operator()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         res = state.get("result")
@@ -560,6 +710,7 @@ class EigenTracker(Callback):
         self.last_iteration = state.get("last_iteration")
         self.points = int(state.get("points", 0))
         self.extras.load_state_dict(state.get("extras") or {})
+        self._load_adaptive_state(state)
 
     def load_initial(self, state: dict[str, Any]) -> None:
         """Start from another run's eigenpairs (``--init-from``): they warm-start the first
