@@ -254,3 +254,18 @@ def test_trainer_with_adam_records_the_preconditioned_sharpness(tmp_path, optimi
     for r in eigen[1:]:
         assert len(r["preconditioned"]) == 1 and r["preconditioned_matvecs"] > 0
         assert math.isfinite(r["batch_sharpness"]) and math.isfinite(r["update_sharpness"])
+
+
+def test_no_stability_line_while_the_learning_rate_is_zero():
+    # A warm-up's first step or a schedule's end (transformers' default linear schedule ends
+    # at η = 0): nothing is unstable, so the line is left off instead of failing the run.
+    model, (x, y) = tiny_model(), tiny_data(32)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    tracker = EigenTracker(k=2, every=1).attach(model, nn.CrossEntropyLoss(), (x, y),
+                                                optimizer=opt)
+    tracker.step(0)
+    assert tracker.records[-1]["stability_threshold"] == pytest.approx(38 / 0.01)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    tracker.step(1)
+    assert "stability_threshold" not in tracker.records[-1]

@@ -240,14 +240,14 @@ class _Evaluator:
 
         total = np.zeros(P, dtype=np.float64)
         correct = np.zeros(P, dtype=np.float64)
-        N = op.num_examples
         with torch.no_grad(), semantics_mode(model, op.semantics), op._cudnn():
-            for inputs, targets, n in op.chunks:
+            for index, (inputs, targets, n) in enumerate(op.chunks):
                 losses, hits = torch.func.vmap(
-                    lambda pd, x=inputs, y=targets, m=n: run(pd, x, y, m),
+                    lambda pd, x=inputs, y=targets, m=op.chunk_units[index]: run(pd, x, y, m),
                     in_dims=(0,), randomness="error",
                 )(stacked)
-                total += losses.double().cpu().numpy() * n / N
+                # the risk's own weights (examples, or the units its loss averages over)
+                total += losses.double().cpu().numpy() * op.weight(index)
                 correct += hits.cpu().numpy()
                 self.forward_examples += P * n
         return self._finish(total, correct, params)
@@ -258,18 +258,16 @@ class _Evaluator:
         base = [p.detach().clone() for p in op.params]
         total = np.zeros(P, dtype=np.float64)
         correct = np.zeros(P, dtype=np.float64)
-        N = op.num_examples
         try:
             with torch.no_grad(), semantics_mode(op.model, op.semantics), op._cudnn():
                 for k in range(P):
                     for p, v in zip(op.params, unflatten(params[k], op.params)):
                         p.copy_(v)
-                    for inputs, targets, n in op.chunks:
-                        outputs = (
-                            op.model(**inputs) if isinstance(inputs, Mapping) else op.model(inputs)
-                        )
+                    for index, (_, targets, n) in enumerate(op.chunks):
+                        outputs = op._outputs(index)  # called as the risk calls the model
                         self._decide_accuracy(outputs, targets)
-                        total[k] += float(self._chunk_loss(outputs, targets, n)) * n / N
+                        loss = self._chunk_loss(outputs, targets, op.chunk_units[index])
+                        total[k] += float(loss) * op.weight(index)
                         correct[k] += float(self._correct(outputs, targets))
                         self.forward_examples += n
         finally:

@@ -174,12 +174,18 @@ class OptimizerCurvature:
 
     # -- the fields ---------------------------------------------------------------------------
 
+    def _steps_forward(self) -> bool:
+        """Whether every group's learning rate is positive: at η = 0 (a warm-up's first step, a
+        schedule's end) no curvature is unstable and the line is left off."""
+        groups = getattr(self.optimizer, "param_groups", None) or []
+        return bool(groups) and all(float(g.get("lr", 0.0)) > 0 for g in groups)
+
     def fields(self, iteration: int, result: EigenResult, tol: float,
                max_matvecs: int | None) -> dict[str, Any]:  # fmt: skip
         """This point's fields (module docstring); the operator's graph cache is cleared."""
         out: dict[str, Any] = {}
         try:
-            if optimizer_kind(self.optimizer) != "unknown":
+            if optimizer_kind(self.optimizer) != "unknown" and self._steps_forward():
                 # Omitted, not fatal, when the groups disagree (per-layer rates: no one line).
                 with contextlib.suppress(PreconditionerError):
                     out["stability_threshold"] = stability_threshold(self.optimizer)
