@@ -154,8 +154,13 @@ def test_surface_equals_direct_loss_evaluations():
     op = EmpiricalRisk(model, loss_fn, (x, y), 0.1, chunk_size=7)  # 5 chunks, last one short
     ref = direct(op, d1, d2, grid)
     reference = surface(model, loss_fn, (x, y), [d1, d2], grid, weight_decay=0.1, chunk_size=7,
-                        points_per_batch=1)
+                        points_per_batch=1, channels_last=False)
     np.testing.assert_array_equal(reference.loss, ref)  # the same function, bit for bit
+    # The CPU default: convolutions in channels-last layout, the same values to float rounding,
+    # and the model's layout and parameters as they were.
+    layout = surface(model, loss_fn, (x, y), [d1, d2], grid, weight_decay=0.1, chunk_size=7)
+    np.testing.assert_allclose(layout.loss, ref, rtol=1e-6)
+    assert all(p.is_contiguous() for p in model.parameters())
     fast = surface(model, loss_fn, (x, y), torch.stack([d1, d2]), grid, weight_decay=0.1,
                    chunk_size=7, points_per_batch=5)
     assert fast.vectorized and fast.loss.shape == (3, 4)

@@ -24,6 +24,11 @@ CPU a vmapped convolution with per-point weights runs as a grouped convolution a
 than one pass per point (benchmarks/surface.py), so the default (``None``) is P = 1 on a CPU
 and P = 8 on a GPU. Models that ``vmap`` cannot run fall back, with a warning, to P = 1.
 
+On a CPU, convolution weights are switched to channels-last layout for the passes
+(``channels_last``, default True on a CPU; 1.8× faster on SimpleCNN), which changes the losses
+at float rounding (≤ 1e-6 relative in float32); ``channels_last=False`` gives the risk's
+``loss()`` bit for bit.
+
 **Resumable.** With ``path``, the state (the grid, the values so far, which points are done,
 and a fingerprint of θ, the directions, the grid and the data) is written atomically to that
 ``.npz`` after every batch of points; a call with the same arguments continues where a killed
@@ -33,12 +38,13 @@ The finished file is the surface's plain record (what the report reads).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +161,12 @@ def load_surface_file(path: str | Path) -> dict[str, np.ndarray]:
 class _Evaluator:
     """Losses (and correct counts) of a batch of grid points: θ + aₖd₁ + bₖd₂, k = 1..P."""
 
-    def __init__(self, op: EmpiricalRisk, theta: Tensor, d: Tensor, vectorize: bool) -> None:
+    def __init__(self, op: EmpiricalRisk, theta: Tensor, d: Tensor, vectorize: bool,
+                 channels_last: bool = False) -> None:
         self.op = op
         self.theta, self.d = theta, d
         self.vectorize = vectorize
+        self.channels_last = channels_last
         by_id = {id(p): n for n, p in op.model.named_parameters()}
         self.names = [by_id[id(p)] for p in op.params]
         chosen = {id(p) for p in op.params}
@@ -259,7 +267,8 @@ class _Evaluator:
         total = np.zeros(P, dtype=np.float64)
         correct = np.zeros(P, dtype=np.float64)
         try:
-            with torch.no_grad(), semantics_mode(op.model, op.semantics), op._cudnn():
+            with torch.no_grad(), semantics_mode(op.model, op.semantics), op._cudnn(), \
+                    _conv_layout(op.model, self.channels_last):
                 for k in range(P):
                     for p, v in zip(op.params, unflatten(params[k], op.params)):
                         p.copy_(v)
@@ -275,6 +284,26 @@ class _Evaluator:
                 for p, b in zip(op.params, base):
                     p.copy_(b)
         return self._finish(total, correct, params)
+
+
+@contextlib.contextmanager
+def _conv_layout(model: nn.Module, channels_last: bool) -> Iterator[None]:
+    """Convolution weights in channels-last layout during the passes (1.8× faster forward
+    passes of SimpleCNN on this 2-core CPU: 0.51 against 0.93 s for 1,024 images), then back.
+    The parameter objects stay the same (the layout of their data changes), so optimizers and
+    operators holding them are unaffected; the losses agree with the contiguous layout's to
+    float rounding, not bit for bit."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not (channels_last and convs):
+        yield
+        return
+    for m in convs:
+        m.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for m in convs:
+            m.to(memory_format=torch.contiguous_format)
 
 
 def unflatten_rows(rows: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
@@ -301,6 +330,7 @@ def surface_of(
     grid: Sequence[Sequence[float]],
     *,
     points_per_batch: int | None = None,
+    channels_last: bool | None = None,
     accuracy: bool = True,
     path: str | Path | None = None,
     progress: bool = False,
@@ -318,6 +348,9 @@ def surface_of(
         points_per_batch: Grid points per forward pass: 1 sets the parameters in place (the
             reference), P > 1 vmaps P points (memory grows with P); None: 1 on a CPU, 8 on
             a GPU (see the module docstring).
+        channels_last: Convolution weights in channels-last layout during the passes (one
+            point per pass only); None: on a CPU. Faster, equal to the risk's ``loss()`` to
+            float rounding; False: bit for bit.
         accuracy: Also count the accuracy (when it applies).
         path: ``.npz`` file to save to after each batch of points and to resume from.
         progress: Show a tqdm progress bar with its ETA (on stderr).
@@ -350,7 +383,10 @@ def surface_of(
                 " remove it or choose another path"
             )
         loss, hits, done = saved["loss"].copy(), saved["correct"].copy(), saved["done"].copy()
-    evaluator = _Evaluator(op, theta, d, vectorize=points_per_batch > 1)
+    if channels_last is None:
+        channels_last = op.device.type == "cpu"
+    evaluator = _Evaluator(op, theta, d, vectorize=points_per_batch > 1,
+                           channels_last=channels_last)
     zero_a, zero_b = np.flatnonzero(a == 0.0), np.flatnonzero(b == 0.0)
     on_grid = (int(zero_a[0]), int(zero_b[0])) if zero_a.size and zero_b.size else None
     todo = [(i, j) for i in range(shape[0]) for j in range(shape[1]) if not done[i, j]]
