@@ -64,7 +64,7 @@ def test_a_sharded_basis_gives_the_single_process_eigenpairs(tmp_path):
         assert r["converged"] and r["guard"] >= 1
         np.testing.assert_allclose(r["values"], ref, rtol=1e-9)
         np.testing.assert_allclose(r["warm"], ref, rtol=1e-9)
-        # each rank stored rows of ⌈93/2⌉ = 47 or 46 entries, never the whole 93
+        # each rank stored rows of 46 or 47 of the 93 entries, never the whole row
         assert max(r["row_lengths"]) <= 47
         v = r["vectors"]
         resid = op.matmat(v) - torch.as_tensor(r["values"])[:, None] * v

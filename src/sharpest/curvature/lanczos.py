@@ -198,7 +198,7 @@ def lanczos(
             ``"cpu"`` for an operator on a GPU: rows then travel to it in 64-MiB slices
             (pinned host memory).
         shard_basis: under ``torch.distributed``, each rank stores only its slice of every
-            basis row (⌈size/world⌉ entries), so basis memory per rank (and
+            basis row (about size/world entries), so basis memory per rank (and
             ``max_basis_bytes``) falls as 1/world; inner products are all-reduced and a row
             is gathered whole only to be multiplied. Every rank must call ``lanczos`` with the
             same arguments on an operator that gives every rank the same product (a

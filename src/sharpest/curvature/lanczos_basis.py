@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from sharpest.distributed.ddp import all_reduce_sum, gather_rows, shard_range
+
 #: Bytes of float64 temporaries one blockwise step may hold (rows cast from a float32 or
 #: host-held basis, a slice of the rows during a restart).
 WORK_BYTES = 64 * 2**20
@@ -149,21 +151,20 @@ class RowStore:
 
 class Layout:
     """Which entries of each length-`n` basis row this process holds: all of them, or, with
-    ``sharded`` under ``torch.distributed``, the rank's contiguous slice [lo, hi) of ⌈n/W⌉
-    entries (W ranks), so that basis memory per rank falls as 1/W. Inner products of slices are
-    all-reduced; a row is gathered whole only to be multiplied (every rank then computes, or
-    receives, the same product, as a data-parallel :class:`HessianOperator` does)."""
+    ``sharded`` under ``torch.distributed``, the rank's contiguous slice [lo, hi) of about n/W
+    entries (W ranks, :func:`sharpest.distributed.ddp.shard_range`), so that basis memory per
+    rank falls as 1/W. Inner products of slices are all-reduced; a row is gathered whole only
+    to be multiplied (every rank then computes, or receives, the same product, as a
+    data-parallel :class:`HessianOperator` does)."""
 
     def __init__(self, n: int, sharded: bool = False) -> None:
         self.n, self.sharded = n, sharded
         if sharded:
             if not (dist.is_available() and dist.is_initialized()):
                 raise ValueError("a sharded basis needs torch.distributed to be initialised")
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-            self.width = -(-n // self.world)
-            self.lo, self.hi = min(n, self.rank * self.width), min(n, (self.rank + 1) * self.width)
+            self.lo, self.hi = shard_range(n)
         else:
-            self.world, self.rank, self.width, self.lo, self.hi = 1, 0, n, 0, n
+            self.lo, self.hi = 0, n
 
     @property
     def local_n(self) -> int:
@@ -175,24 +176,11 @@ class Layout:
 
     def full(self, local: Tensor) -> Tensor:
         """Whole rows from every rank's slices (a copy)."""
-        if not self.sharded:
-            return local
-        on_cpu = dist.get_backend() != "nccl"
-        padded = torch.zeros(*local.shape[:-1], self.width, dtype=local.dtype,
-                             device="cpu" if on_cpu else local.device)
-        padded[..., : self.local_n] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat(parts, dim=-1)[..., : self.n].to(local.device)
+        return gather_rows(local, dim=-1) if self.sharded else local
 
     def sum(self, t: Tensor) -> Tensor:
         """Sum over ranks of per-slice partial results (identity unsharded)."""
-        if not self.sharded:
-            return t
-        on = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        reduced = t.to(on)
-        dist.all_reduce(reduced)
-        return reduced.to(t.device)
+        return all_reduce_sum(t) if self.sharded else t
 
     def norm(self, v: Tensor) -> float:
         return float(self.sum(torch.dot(v, v).reshape(1))[0].sqrt())
