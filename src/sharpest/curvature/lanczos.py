@@ -442,9 +442,13 @@ class _Solve:
             available = min(room, GUARD_MAX_PRODUCTS, self.guard_budget - self.guard_matvecs,
                             self.limit - self.n_matvecs, self.n)
             if available <= 0:
-                self.reason = (f"the guard's budget ({self.guard_budget} products) is spent"
-                               if self.n_matvecs < self.limit else
-                               f"max_matvecs ({self.limit}) reached during the guard")
+                if room <= 0:
+                    self.reason = (f"max_basis_bytes leaves the guard no rows (after "
+                                   f"{len(self.ties)} tie members deflated)")
+                elif self.n_matvecs >= self.limit:
+                    self.reason = f"max_matvecs ({self.limit}) reached during the guard"
+                else:
+                    self.reason = f"the guard's budget ({self.guard_budget} products) is spent"
                 return False
             outcome = run_guard(self.product, deflation, theta_k, self.which, self.tol, self.risk,
                                 available, self.random_vector, 1e-12 * self.scale)
