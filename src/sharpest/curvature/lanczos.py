@@ -209,8 +209,9 @@ def lanczos(
         risk: the guard clears a result when the chance that its random start missed an
             eigenvalue beyond λ_k·(1 + tol) is at most ``risk``, a probability over that random
             start (not over the operator). Its products are bounded: one guard chain takes at
-            most 40, all guard chains of a solve at most half of ``max_matvecs``; a guard that
-            cannot decide ends the solve ``converged=False`` with the reason.
+            most 100 and the rows ``max_basis_bytes`` leaves it, all guard chains of a solve at
+            most half of ``max_matvecs``; a guard that cannot decide ends the solve
+            ``converged=False`` with the reason.
         chunk_forms: also return the per-chunk quadratic forms of the eigenvectors
             (``EigenResult.chunk_forms``), kept from the products the solve makes anyway
             (:mod:`sharpest.curvature.lanczos_basis`); needs an operator with

@@ -64,8 +64,8 @@ from sharpest.curvature.lanczos_basis import LanczosBasis
 from sharpest.curvature.ritz import beyond, order, residual_norms
 
 GUARD_RISK = 1e-3
-#: Products one guard chain may take before it is undecided (and at most the solve's
-#: ``max_basis``, or 40 where that is smaller: its basis is bounded as the solve's is).
+#: Products one guard chain may take before it is undecided (fewer where ``max_basis_bytes``
+#: leaves its basis fewer rows: see ``lanczos``'s memory plan).
 GUARD_MAX_PRODUCTS = 100
 #: The guard's products, all runs of one solve together, stay below this share of its budget.
 GUARD_SHARE = 0.5
