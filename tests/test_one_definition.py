@@ -5,11 +5,8 @@ colours keyed by folder)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-import yaml
+from test_checks_seeds import _run  # a finished run folder whose λ₁ rises to a peak
 
 from sharpest.config import make_config
 from sharpest.experiments.checks import evaluate_checks
@@ -22,21 +19,6 @@ from sharpest.runs.names import (
     seed_in_name,
     seeded_name,
 )
-
-
-def _run(folder: Path, peak: float, seed: int = 0, lr: float = 0.1) -> Path:
-    """A finished run folder whose λ₁ rises to ``peak``."""
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(
-        {"model": "mlp", "seed": seed, "lr": lr, "track": {"k": 2, "seed": None}}))
-    lines = [{"event": "start", "epoch": 0, "iteration": 0, "time": 0}]
-    for i, v in enumerate([1.0, peak, peak / 2]):
-        lines.append({"event": "eigen", "epoch": 0, "iteration": 10 * i, "time": i,
-                      "eigenvalues": [v, v / 2]})
-    lines.append({"event": "end", "epoch": 1, "iteration": 30, "time": 3, "status": "finished"})
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
-
 
 # -- names --------------------------------------------------------------------------------------
 

@@ -68,9 +68,6 @@ __all__ = [
     "x_values",
 ]
 
-#: The names these helpers had here (sharpest.report.axes holds them now).
-_log_y, _epoch_axis, _common_x = log_y, epoch_axis, common_x
-
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 #: Config keys never used to tell runs apart (paths, devices, bookkeeping).
 IGNORED_KEYS = ("data_root", "device", "out", "output", "expected", "preset.expected", "name")

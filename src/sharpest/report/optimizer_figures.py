@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sharpest.report.figures import NoData, _epoch_axis, _log_y
+from sharpest.report.axes import epoch_axis, log_y
+from sharpest.report.figures import NoData
 from sharpest.report.reader import RunData
 from sharpest.report.stability import (
     NEAR_LINE,
@@ -64,14 +65,14 @@ def plot_preconditioned(run: RunData, *, notes: list[str] | None = None) -> Figu
     ax.plot(it[pos], lam[pos], "-", color="tab:red", lw=0.8, alpha=0.6, label="λ₁(H)")
     if notes is not None and (np.isfinite(pre) & ~ok).any():
         notes.append(f"{int((np.isfinite(pre) & ~ok).sum())} non-positive λ₁(P⁻¹H) not drawn.")
-    _log_y(ax)
+    log_y(ax)
     frac = fraction_near_line(pre, line)
     ax.set_title(f"Preconditioned sharpness and the threshold — {run.name}: within 10 % at "
                  f"{100 * frac:.0f} % of {int(np.isfinite(pre).sum())} points", fontsize=10)
     ax.set_xlabel("iteration")
     ax.set_ylabel("eigenvalue")
     ax.legend(fontsize=8)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
@@ -104,7 +105,7 @@ def plot_batch_sharpness(run: RunData, *, notes: list[str] | None = None) -> Fig
     ax.set_ylabel("sharpness")
     ax.set_title(f"Batch sharpness, update sharpness and λ₁ — {run.name}", fontsize=10)
     ax.legend(fontsize=8)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
@@ -134,7 +135,7 @@ def plot_overlaps(run: RunData, *, notes: list[str] | None = None) -> Figure:
     ax.set_ylabel(f"share in the top-{k} subspace")
     ax.set_title(f"The gradient's share of the top-{k} subspace — {run.name}", fontsize=10)
     ax.legend(fontsize=8)
-    _epoch_axis(ax, run)
+    epoch_axis(ax, run)
     return fig
 
 
