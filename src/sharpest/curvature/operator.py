@@ -17,6 +17,7 @@ backward, and scipy's operator interface (:class:`~sharpest.curvature.adapt.Scip
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -41,7 +42,17 @@ __all__ = ["EmpiricalRisk", "HessianOperator", "NonFiniteError", "evaluation_mod
            "unflatten"]
 
 
-BACKENDS = ("double_backward", "linearize")
+BACKENDS = ("auto", "double_backward", "linearize")
+#: Bytes ``torch.func.linearize``'s per-chunk graphs hold, per byte autograd saves for the same
+#: chunk's first-order graph: 6.2 and 5.9 measured (SimpleCNN, 512 and 2,048 CIFAR-10 images:
+#: peak resident memory 2.85 GB and 11.0 GB above the model's, against 1.0 GB and 3.6 GB for the
+#: cached double backward, whose saved bytes were 463 MiB and 1,850 MiB).
+LINEARIZE_MEMORY_FACTOR = 6.5
+#: ``"auto"`` takes linearize only above this many saved bytes of first-order graph (all
+#: chunks): below it the replay's per-operation overhead outweighs its savings (a 2,426-
+#: parameter CNN on 32 images: 1.75 gradients a product against 1.06, and a build of 29).
+#: SimpleCNN's 128 CIFAR-10 images save about 116 MiB.
+LINEARIZE_MIN_BYTES = 64 * 2**20
 
 
 class _Called(nn.Module):
@@ -93,15 +104,24 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         rebuilt automatically when a parameter is modified in place (tensor version counters),
         so an operator stays correct while the model trains.
     backend:
-        ``"double_backward"`` (default) or ``"linearize"``: ``torch.func.linearize`` of each
-        chunk's gradient, traced once per parameter state (rebuilt when a parameter or buffer
-        changes in place) and replayed per product; holds every chunk's linearised graph (no
-        memory budget: opt in knowingly). Measured (``benchmarks/hvp_backends.py``, SimpleCNN,
-        2 threads, shared machine): 1.98× a gradient at 512 images and 1.54× at 2,560 (cached
-        double backward 2.28× and 2.36×), but the build cost 10.2 gradients at 2,560 images and
-        is paid again at every tracking point. For a ~25-product solve that is ≈49 gradients
-        against ≈59: a gain only on large subsets, measured on a loaded machine, so not yet the
-        default.
+        How a product is computed. ``"double_backward"``: the backward of ⟨∇L, v⟩ through the
+        first-order graph (cached as ``cache_graphs`` says). ``"linearize"``:
+        ``torch.func.linearize`` of each chunk's gradient, traced once per parameter state
+        (rebuilt when a parameter or buffer changes in place) and replayed per product; it
+        holds about 6× the memory of the cached graphs. ``"auto"`` (default) takes
+        linearize on the CPU when the products are large enough to gain
+        (:data:`LINEARIZE_MIN_BYTES` of first-order graph, the bytes autograd saves for the
+        first chunk scaled to all chunks), its estimated memory
+        (:data:`LINEARIZE_MEMORY_FACTOR` × those bytes) fits ``cache_budget_bytes``, and every
+        kernel has a forward-mode derivative (not so for the CPU's LSTM kernel); double
+        backward otherwise (on GPUs too: not measured there). Decided once, at the first
+        product (``chosen_backend``). Measured on an idle 2-core CPU along a
+        SimpleCNN trajectory (warm, guarded top-5 solves, build included;
+        ``benchmarks/backend_choice.py``): a product cost 2.2 gradients by double backward,
+        99 % of it inside ``torch.autograd.grad`` itself, and 1.18 (512 images) to 1.89
+        (128) by linearize after a build of 7–11 gradients; a solve 44 against 67
+        gradients at 512 images, 71 against 79 at 128. The two agree to ~1e-7 relative in
+        float32 (rounding order).
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
@@ -129,7 +149,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         reduction: str = "mean",
         semantics: str = "eval",
         decay_params: Sequence[Tensor] | Sequence[str] | None = None,
-        backend: str = "double_backward",
+        backend: str = "auto",
         units: Callable[[Tensor], int] | None = None,
         call: Call | None = None,
     ) -> None:
@@ -150,6 +170,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         self.backend = backend
         self._linearized: list[Callable] | None = None
         self._linearized_versions: list[int] | None = None
+        self._chosen: str | None = None if backend == "auto" else backend
 
     # -- products -----------------------------------------------------------------------------
 
@@ -245,10 +266,37 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
                 value = self.loss_fn(out, targets)
                 return value / self.chunk_units[index] if self.reduction == "sum" else value
 
-            jvp_fn = torch.func.linearize(torch.func.grad(loss), primals)[1]
+            with warnings.catch_warnings():
+                # torch.fx's constant folding inside linearize warns about its own graph
+                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr")
+                jvp_fn = torch.func.linearize(torch.func.grad(loss), primals)[1]
             fns.append(lambda parts, f=jvp_fn: list(f(dict(zip(keys, parts))).values()))
         self._linearized, self._linearized_versions = fns, versions
         return fns
+
+    @property
+    def chosen_backend(self) -> str:
+        """``"double_backward"`` or ``"linearize"``: the backend products use (for ``"auto"``,
+        decided at the first call, see ``backend``)."""
+        if self._chosen is None:
+            self._chosen = self._choose_backend()
+        return self._chosen
+
+    def _choose_backend(self) -> str:
+        if self.cache_graphs is False or self.device.type != "cpu":
+            return "double_backward"
+        with semantics_mode(self.model, self.semantics), self._product_kernels():
+            _, saved = self._measured_graph(0)
+        graph = saved * self.num_examples / self.chunks[0][2]
+        if not LINEARIZE_MIN_BYTES <= graph <= self.cache_budget_bytes / LINEARIZE_MEMORY_FACTOR:
+            return "double_backward"
+        try:
+            with semantics_mode(self.model, self.semantics), self._product_kernels():
+                self._linearizations()
+        except NotImplementedError:  # a kernel without forward-mode AD (the CPU's LSTM)
+            self._linearized = self._linearized_versions = None
+            return "double_backward"
+        return "linearize"
 
     def _linearized_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         with semantics_mode(self.model, self.semantics), self._product_kernels():
@@ -347,7 +395,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     def _local_products(self, v_parts: list[list[Tensor]], out: Tensor) -> None:
         """Add this process's chunks' weighted products to the rows of `out`."""
         m = len(v_parts)
-        if self.backend == "linearize":
+        if self.chosen_backend == "linearize":
             self._linearized_products(v_parts, out)
             return
         with semantics_mode(self.model, self.semantics), self._product_kernels():
