@@ -174,8 +174,8 @@ def test_links_are_relative_to_the_markdown_file(tmp_path):
     assert "runs/p/report.html" in claims_csv([row], base=tmp_path)
 
 
-TEXT = ("# Title\r\n\r\nbefore — ünïcode\r\n" + BEGIN + "\r\nold table\r\n| x |\r\n" + END
-        + "\r\nafter\r\n  trailing spaces   \r\n")
+TEXT = ("# Title\r\n\r\nbefore — ünïcode, a quoted `" + BEGIN + "` stays\r\n" + BEGIN
+        + "\r\nold table\r\n| x |\r\n" + END + "\r\nafter\r\n  trailing spaces   \r\n")
 
 
 def test_rewrite_keeps_the_rest_of_the_file_byte_for_byte(tmp_path):
@@ -184,7 +184,7 @@ def test_rewrite_keeps_the_rest_of_the_file_byte_for_byte(tmp_path):
     before = path.read_bytes()
     rewrite_marked(path, "| new |\n|---|\n")
     after = path.read_bytes()
-    head = before[: before.index(BEGIN.encode()) + len(BEGIN) + 2]
+    head = before[: before.rindex(BEGIN.encode()) + len(BEGIN) + 2]
     tail = before[before.index(END.encode()):]
     assert after == head + b"| new |\r\n|---|\r\n" + tail
     rewrite_marked(path, "| new |\n|---|\n")
@@ -197,7 +197,8 @@ def test_rewrite_keeps_the_rest_of_the_file_byte_for_byte(tmp_path):
     ("no markers\n", "found 0 and 0"),
     (f"{BEGIN}\n{END}\n{BEGIN}\n", "found 2 and 1"),
     (f"{END}\n{BEGIN}\n", "comes before"),
-    (f"{BEGIN} {END}\n", "lines of their own"),
+    (f"{BEGIN} {END}\n", "found 0 and 0"),
+    (f"quoted `{BEGIN}`\n{BEGIN}\n`{END}`\n", "found 1 and 0"),
 ])
 def test_bad_markers_are_a_clear_error_and_change_nothing(tmp_path, text, message):
     path = tmp_path / "doc.md"

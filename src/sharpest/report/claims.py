@@ -197,25 +197,29 @@ def claims_csv(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".") -> 
 
 
 def _marked(path: Path) -> tuple[bytes, int, int]:
-    """The bytes of ``path`` and the span of the lines between its markers (see
-    :func:`rewrite_marked` for the errors)."""
+    """The bytes of ``path`` and the span of the lines between its marker lines (lines that
+    hold a marker and nothing else but spaces; a marker quoted inside a line is text). See
+    :func:`rewrite_marked` for the errors."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ReportError(f"--into {path}: cannot read it ({err.strerror or err})") from None
-    begin, end = BEGIN.encode(), END.encode()
-    counts = (data.count(begin), data.count(end))
-    if counts != (1, 1):
+    begins, ends = [], []
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        text = line.strip()
+        if text == BEGIN.encode():
+            begins.append(offset + len(line))  # the block starts on the next line
+        elif text == END.encode():
+            ends.append(offset)  # ... and ends where the end marker's line starts
+        offset += len(line)
+    if (len(begins), len(ends)) != (1, 1):
         raise ReportError(
-            f"--into {path}: needs the marker lines {BEGIN} and {END} once each, where the "
-            f"table goes (found {counts[0]} and {counts[1]})")
-    i, j = data.index(begin), data.index(end)
-    if j < i:
+            f"--into {path}: needs the lines {BEGIN} and {END}, once each and on lines of their "
+            f"own, where the table goes (found {len(begins)} and {len(ends)})")
+    if ends[0] < begins[0]:
         raise ReportError(f"--into {path}: {END} comes before {BEGIN}")
-    if b"\n" not in data[i:j]:
-        raise ReportError(f"--into {path}: {BEGIN} and {END} must be on lines of their own")
-    # From the line after the begin marker to the start of the end marker's line.
-    return data, data.index(b"\n", i) + 1, data.rfind(b"\n", 0, j) + 1
+    return data, begins[0], ends[0]
 
 
 def check_markers(path: str | os.PathLike[str]) -> None:
@@ -229,7 +233,7 @@ def rewrite_marked(path: str | os.PathLike[str], block: str) -> None:
     and the block takes the file's line ending (``\\r\\n`` or ``\\n``).
 
     Raises :class:`ReportError` when the file cannot be read or does not hold each marker
-    exactly once, begin before end, on lines of their own.
+    exactly once, on lines of their own, begin before end.
     """
     path = Path(path)
     data, start, stop = _marked(path)
