@@ -87,6 +87,11 @@ def _message(result) -> str:
 # -- the packaged presets ---------------------------------------------------------------------
 
 
+#: Presets whose small scale may take longer than 20 minutes, and why: fig16 compares the
+#: momenta at the same η (the paper's Fig. 16) and at the same η/(1 − μ) (issue 26), five runs.
+SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30}
+
+
 def test_every_preset_validates_and_builds_at_every_scale():
     presets = list_presets()
     names = [p.name for p in presets]
@@ -104,7 +109,8 @@ def test_every_preset_validates_and_builds_at_every_scale():
         assert p.expected.strip() and p.summary.strip() and p.notes.strip(), p.name
         assert p.source and Path(p.source).is_file()
         assert p.scales.get("small") and p.scales["small"].note.strip(), p.name
-        assert p.scales["small"].minutes is not None and p.scales["small"].minutes <= 20
+        limit = SMALL_MINUTES.get(p.name, 20)
+        assert p.scales["small"].minutes is not None and p.scales["small"].minutes <= limit
         for scale in SCALES:
             runs = resolve_runs(p, scale)
             assert runs, (p.name, scale)
