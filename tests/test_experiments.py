@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from sharpest.cli import app
 from sharpest.experiments.checks import evaluate_checks, metric_value, parse_metric
+from sharpest.experiments.claims import preset_folder_rows
 from sharpest.experiments.estimate import build_run, schedule_counts
 from sharpest.experiments.preset import (
     SCALES,
@@ -330,6 +331,12 @@ def test_run_a_preset_end_to_end(tmp_path):
     assert all(c["verdict"] in verdicts for c in findings["checks"])
     assert any(f"[{v}]" in res.output for v in verdicts)
     assert "[did not hold]" not in res.output  # below paper scale a miss is not a refutation
+    # the reproduction table says what the findings say, with the report and its figure
+    rows = preset_folder_rows(out)
+    assert [(r.claim, r.verdict, dict(r.values)) for r in rows] == [
+        (c["claim"], c["verdict"], c["values"]) for c in findings["checks"]]
+    assert rows[0].report == out / "report.html" and rows[0].figure.is_file()
+    assert rows[0].wall_seconds > 0 and rows[0].run_seconds > 0
     pngs = _check_report(out)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Findings at scale tiny" in html and "The larger learning rate ends flatter" in html
