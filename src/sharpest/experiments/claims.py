@@ -140,11 +140,11 @@ def preset_folder_rows(folder: str | os.PathLike[str]) -> list[ClaimRow]:
     where = {"folder": folder, "report": report if report.is_file() else None,
              "figure": figure, "run_seconds": _run_seconds(p for g in groups.values() for p in g),
              "wall_seconds": float(wall) if isinstance(wall, (int, float)) else None}
-    by_claim = {r.claim: r for r in results}
+    judged = iter(results)  # in the checks' order, less those not made at this scale
     rows = []
     for c in preset.checks:
-        if c.claim in by_claim:
-            r = by_claim[c.claim]
+        if scale in c.scales:
+            r = next(judged)
             rows.append(_row(preset, r, scale, seeds=_seeds(r, groups), **where))
         else:  # evaluate_checks leaves out a check not made at this scale
             rows.append(ClaimRow(preset.name, preset.paper, c.claim, NOT_CLAIMED, scale=scale,
