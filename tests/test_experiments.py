@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from sharpest.cli import app
 from sharpest.experiments.checks import evaluate_checks, metric_value, parse_metric
+from sharpest.experiments.claims import preset_folder_rows
 from sharpest.experiments.estimate import build_run, schedule_counts
 from sharpest.experiments.preset import (
     SCALES,
@@ -87,6 +88,11 @@ def _message(result) -> str:
 # -- the packaged presets ---------------------------------------------------------------------
 
 
+#: Presets whose small scale may take longer than 20 minutes, and why: fig16 compares the
+#: momenta at the same η (the paper's Fig. 16) and at the same η/(1 − μ) (issue 26), five runs.
+SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30}
+
+
 def test_every_preset_validates_and_builds_at_every_scale():
     presets = list_presets()
     names = [p.name for p in presets]
@@ -104,7 +110,8 @@ def test_every_preset_validates_and_builds_at_every_scale():
         assert p.expected.strip() and p.summary.strip() and p.notes.strip(), p.name
         assert p.source and Path(p.source).is_file()
         assert p.scales.get("small") and p.scales["small"].note.strip(), p.name
-        assert p.scales["small"].minutes is not None and p.scales["small"].minutes <= 20
+        limit = SMALL_MINUTES.get(p.name, 20)
+        assert p.scales["small"].minutes is not None and p.scales["small"].minutes <= limit
         for scale in SCALES:
             runs = resolve_runs(p, scale)
             assert runs, (p.name, scale)
@@ -324,6 +331,12 @@ def test_run_a_preset_end_to_end(tmp_path):
     assert all(c["verdict"] in verdicts for c in findings["checks"])
     assert any(f"[{v}]" in res.output for v in verdicts)
     assert "[did not hold]" not in res.output  # below paper scale a miss is not a refutation
+    # the reproduction table says what the findings say, with the report and its figure
+    rows = preset_folder_rows(out)
+    assert [(r.claim, r.verdict, dict(r.values)) for r in rows] == [
+        (c["claim"], c["verdict"], c["values"]) for c in findings["checks"]]
+    assert rows[0].report == out / "report.html" and rows[0].figure.is_file()
+    assert rows[0].wall_seconds > 0 and rows[0].run_seconds > 0
     pngs = _check_report(out)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Findings at scale tiny" in html and "The larger learning rate ends flatter" in html

@@ -599,23 +599,52 @@ def sweep(
 @clean_errors
 def report(
     dirs: Annotated[
-        list[Path],
-        typer.Argument(help="Run folders, or folders of `sharpest run` / `sharpest sweep`."),
-    ],
+        list[Path] | None,
+        typer.Argument(help="Run folders, or folders of `sharpest run` / `sharpest sweep` "
+                       "(with --claims: the output folders of `sharpest run`, any number)."),
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Where report.html and figures/ go.")
+        Path | None, typer.Option("--out", "-o", help="Where report.html and figures/ go "
+                                  "(with --claims: where claims.md and claims.csv go).")
     ] = None,
     title: Annotated[str | None, typer.Option(help="The report's title.")] = None,
+    claims: Annotated[
+        bool, typer.Option("--claims", help="The reproduction table instead: every claim of "
+                           "every preset, its verdict and numbers, from preset output folders "
+                           "(presets without a folder: 'not run').")
+    ] = False,
+    into: Annotated[
+        list[Path] | None, typer.Option("--into", help="With --claims: a Markdown file whose "
+                                        "block between <!-- claims:begin --> and "
+                                        "<!-- claims:end --> the table replaces (repeatable).")
+    ] = None,
 ) -> None:
     """Figures and an HTML report from run folders; several folders → one comparative report.
 
     A folder written by `sharpest run` (preset.yaml) or `sharpest sweep` (sweep.yaml) stands
     for its runs; a single such folder gets its report rewritten in place, with the preset's
-    findings.
+    findings. With --claims: the reproduction table of the preset output folders, written to
+    OUT/claims.md and OUT/claims.csv (OUT default: runs) and into the --into files.
     """
+    if claims:
+        from sharpest.experiments.claims import claim_rows, write_claims
+
+        rows = claim_rows(dirs or [])
+        if out is None and not into:
+            out = Path("runs")
+        written = write_claims(rows, out=out, into=into or [])
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.verdict] = counts.get(r.verdict, 0) + 1
+        typer.echo(f"{len(rows)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        for path in written:
+            typer.echo(f"wrote {path}")
+        return
+    if into:
+        raise typer.BadParameter("--into goes with --claims", param_hint="--into")
     from sharpest.experiments.reporting import report_folders
 
-    path = report_folders(dirs, out=out, title=title)
+    path = report_folders(dirs or [], out=out, title=title)
     typer.echo(f"report: {path}")
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import yaml
 
 from sharpest.experiments.checks import evaluate_checks
-from sharpest.experiments.preset import PresetError, ScaledPreset, load_preset
+from sharpest.experiments.preset import Preset, PresetError, ScaledPreset, load_preset
 from sharpest.experiments.runner import expected_markdown, preset_report, write_findings
 from sharpest.report import build_report
 from sharpest.runs.names import configuration_name
 
-__all__ = ["expand_folders", "report_folders"]
+__all__ = ["expand_folders", "preset_of_state", "read_state", "report_folders"]
 
 
 def _read(path: Path) -> dict:
@@ -31,6 +31,24 @@ def _read(path: Path) -> dict:
     if not isinstance(data, dict):
         raise PresetError(f"{path} does not hold a mapping")
     return data
+
+
+def read_state(folder: Path) -> dict:
+    """The ``preset.yaml`` of a ``sharpest run`` output folder (:class:`PresetError` if it
+    cannot be read or is not a mapping)."""
+    return _read(folder / "preset.yaml")
+
+
+def preset_of_state(state: dict) -> Preset | None:
+    """The preset a ``preset.yaml`` names: its source file if it loads, else the packaged
+    preset of its name; None when neither does."""
+    for source in (state.get("source"), state.get("preset")):
+        if source:
+            try:
+                return load_preset(source)
+            except PresetError:
+                continue
+    return None
 
 
 def _runs_of(folder: Path, listing: str) -> list[Path]:
@@ -76,19 +94,12 @@ def report_folders(dirs: Sequence[str | os.PathLike[str]],
 
 
 def _preset_report(folder: Path, out: str | os.PathLike[str] | None, title: str | None) -> Path:
-    state = _read(folder / "preset.yaml")
+    state = read_state(folder)
     runs = _runs_of(folder, "preset.yaml")
     if not runs:
         raise PresetError(f"{folder} holds no run that has started (no metrics.jsonl)")
     scale = str(state.get("scale", "small"))
-    preset = None
-    for source in (state.get("source"), state.get("preset")):
-        if source:
-            try:
-                preset = load_preset(source)
-                break
-            except PresetError:
-                continue
+    preset = preset_of_state(state)
     dest = Path(out) if out is not None else folder
     if preset is None:
         return Path(build_report(runs, out=dest, title=title))

@@ -5,7 +5,8 @@
 
 Layout of ``OUT``::
 
-    OUT/preset.yaml          the preset's name, scale, command-line sets and each run's status
+    OUT/preset.yaml          the preset's name, scale, command-line sets, each run's status and
+                             ``wall_seconds`` (the wall time of the calls that trained runs)
     OUT/<run>/               one run folder per run (config.yaml, metrics.jsonl, checkpoints/)
     OUT/findings.md|json     each check of the preset: the numbers and held / did not hold
     OUT/report.html          the comparative report (figures in OUT/figures/)
@@ -160,8 +161,18 @@ def _restart_checkpoint(source: Path, epoch: int | None) -> Path:
     return path.resolve()
 
 
+def _previous_wall(out: Path) -> float:
+    """The ``wall_seconds`` an earlier call recorded in ``OUT/preset.yaml`` (0 if none)."""
+    try:
+        state = yaml.safe_load((out / PRESET_FILE).read_text(encoding="utf-8")) or {}
+        return float(state.get("wall_seconds") or 0.0)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return 0.0
+
+
 def _write_state(out: Path, at: ScaledPreset, executor: str, outcomes: Sequence[RunOutcome],
-                 by_name: Mapping[str, RunSpec], report: Path | None = None) -> None:
+                 by_name: Mapping[str, RunSpec], report: Path | None = None,
+                 wall: float | None = None) -> None:
     preset = at.preset
     doc = {
         "preset": preset.name,
@@ -179,6 +190,10 @@ def _write_state(out: Path, at: ScaledPreset, executor: str, outcomes: Sequence[
     }
     if report is not None:
         doc["report"] = os.path.relpath(report, out)
+    if wall is not None:
+        # The wall time of the calls that trained something (a call that only skips finished
+        # runs and rewrites the report adds nothing): what the reproduction table shows.
+        doc["wall_seconds"] = round(wall, 1)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PRESET_FILE, yaml.safe_dump(jsonable(doc), sort_keys=False,
                                                         allow_unicode=True))
@@ -280,8 +295,10 @@ def run_preset(
             return f"cannot restart from {src.name}: {err}"
         return replace(spec, config=config)
 
+    wall_before = _previous_wall(out_path)
+
     def write(outcomes: list[RunOutcome]) -> None:
-        _write_state(out_path, at, executor, outcomes, by_name)
+        _write_state(out_path, at, executor, outcomes, by_name, wall=wall_before or None)
 
     say(f"{preset.name}: {preset.paper} — {preset.title}; {total} run(s), scale {scale}, "
         f"into {out_path}")
@@ -302,7 +319,9 @@ def run_preset(
         report_path, note = preset_report(out_path, at, [o.folder for o in ordered if o.ended],
                                           findings)
         say(f"report: {report_path}" if report_path else str(note))
-    _write_state(out_path, at, executor, ordered, by_name, report_path)
+    trained = any(o.status != "skipped" for o in ordered)
+    wall = wall_before + (time.perf_counter() - t0 if trained else 0.0)
+    _write_state(out_path, at, executor, ordered, by_name, report_path, wall=wall or None)
     return PresetResult(preset, scale, out_path, ordered, checks, report_path, note,
                         time.perf_counter() - t0)
 
