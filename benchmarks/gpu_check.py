@@ -9,6 +9,12 @@
 3. ``matmat`` of a block of k vectors against k single ``matvec`` calls (k = 5, 10, 20).
 4. The LSTM's HVP with cuDNN handled: a product through the PTB LSTM on the device (the
    operator turns cuDNN off for RNNs, whose kernels have no double backward), compared to CPU.
+5. Today's model sizes (issue 24, item 5): GPT-2 small (124M parameters) and GPT-2 medium's
+   shape (355M) from ``benchmarks/scale.py``, on 4 sequences of 64 tokens with their own causal
+   loss: seconds per product and per gradient, products per second, and a guarded top-5
+   (``lanczos`` tol 1e-3) with the basis in float32 and in float64 within ``--basis-gib``
+   (default 40) on the device, each with its products, seconds and peak GPU memory
+   (``torch.cuda.max_memory_allocated``). Needs ``transformers``.
 
 Writes every figure to ``--out`` (default benchmarks/results/gpu_check.json) and a markdown
 summary beside it. ``--device cpu --dry`` runs the same code on tiny sizes in seconds (the
@@ -36,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eigensolvers as bench  # noqa: E402
 import hvp_backends  # noqa: E402
+import scale  # noqa: E402
 
 from sharpest.curvature import HessianOperator, lanczos  # noqa: E402
 from sharpest.models import build_model  # noqa: E402
@@ -51,6 +58,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-tests", action="store_true", help="do not run pytest")
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--data-root", type=Path, default=bench.DEFAULT_DATA)
+    p.add_argument("--basis-gib", type=float, default=40.0,
+                   help="max_basis_bytes of the GPT solves, GiB (float32 and float64 bases)")
+    p.add_argument("--gpt-shapes", default="gpt2-124m,gpt2-350m",
+                   help="shapes of benchmarks/scale.py for step 5 (dry: gpt2-1m)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
 
@@ -168,6 +179,59 @@ def lstm_hvp(a: argparse.Namespace, device: torch.device) -> dict:
             "cudnn_enabled_globally": bool(torch.backends.cudnn.enabled)}
 
 
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def gpt_scale(a: argparse.Namespace, device: torch.device) -> dict:
+    """Products, gradient and guarded top-5 solves of GPT-2-shaped models on the device."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return {"skipped": "transformers is not installed (pip install 'sharpest[integrations]')"}
+    shapes = dict(scale.SHAPES, **scale.QUICK)
+    names = ["gpt2-1m"] if a.dry else [n for n in a.gpt_shapes.split(",") if n]
+    budget = int((0.25 if a.dry else a.basis_gib) * 2**30)
+    out = {}
+    for name in names:
+        _peak_reset(device)
+        model = scale.make_model(shapes[name], 50257, 1024).to(device)
+        x, _ = scale.tokens(a.data_root, 4, 16 if a.dry else 64, 50257)
+        x = x.to(device)
+        op = HessianOperator(model, scale.causal_loss, (x, x))
+        v = torch.randn(op.size, dtype=torch.float64, device=device)
+        row: dict[str, Any] = {"parameters": op.size}
+        row["seconds_per_hvp"] = _timed(lambda op=op, v=v: op.matvec(v), device, 3)
+        row["seconds_per_gradient"] = _timed(op.gradient, device, 3)
+        row["hvp_per_gradient"] = row["seconds_per_hvp"] / row["seconds_per_gradient"]
+        row["hvps_per_second"] = 1.0 / row["seconds_per_hvp"]
+        row["operator_peak_gib"] = _peak_gib(device)
+        for dtype in (torch.float32, torch.float64):
+            key = str(dtype).replace("torch.", "")
+            _peak_reset(device)
+            t0 = time.perf_counter()
+            try:
+                res = lanczos(op, k=5, tol=1e-3, basis_dtype=dtype, max_basis_bytes=budget,
+                              max_matvecs=30 if a.dry else None)
+                _sync(device)
+                row[f"top5_{key}"] = {
+                    "products": res.n_matvecs, "guard_products": res.guard_matvecs,
+                    "converged": res.converged, "reason": res.reason,
+                    "values": [float(x) for x in res.values],
+                    "seconds": time.perf_counter() - t0, "peak_gib": _peak_gib(device)}
+            except (ValueError, RuntimeError) as err:  # a budget too small, out of memory
+                row[f"top5_{key}"] = {"error": f"{type(err).__name__}: {err}"}
+        out[name] = row
+        del op, model
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     device = torch.device(a.device)
@@ -184,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            ("correctness", lambda: correctness(a, device)),
                            ("hvp_over_gradient", lambda: hvp_ratio(a)),
                            ("matmat_vs_matvecs", lambda: block_products(a, device)),
-                           ("lstm_hvp", lambda: lstm_hvp(a, device))):
+                           ("lstm_hvp", lambda: lstm_hvp(a, device)),
+                           ("gpt_scale", lambda: gpt_scale(a, device))):
             t0 = time.perf_counter()
             try:
                 report[name] = step()

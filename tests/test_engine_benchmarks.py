@@ -87,6 +87,11 @@ def test_gpu_check_runs_on_the_cpu_in_dry_mode(tmp_path):
     assert report["lstm_hvp"]["rel_diff_vs_cpu"] < 1e-12
     assert [r["k"] for r in report["matmat_vs_matvecs"]["rows"]] == [2, 3]
     assert any(r["backend"] == "gradient" for r in report["hvp_over_gradient"]["rows"])
+    gpt = report["gpt_scale"]
+    if "skipped" not in gpt:  # transformers installed
+        for dtype in ("float32", "float64"):
+            top5 = gpt["gpt2-1m"][f"top5_{dtype}"]
+            assert top5["products"] > 0 and len(top5["values"]) == 5
 
 
 @pytest.mark.slow
