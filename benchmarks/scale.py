@@ -23,6 +23,8 @@ Needs ``transformers`` (the ``integrations`` extra). Writes a markdown table to 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import resource
 import subprocess
@@ -50,8 +52,9 @@ SHAPES = {
 QUICK = {"gpt2-1m": (1, 16, 2)}
 COLUMNS = ("shape", "parameters", "model_mib", "sequences", "tokens", "product_s",
            "gradient_s", "product_per_gradient", "top1_products", "top5_products",
-           "top5_guard_products", "top5_converged", "top5_lambda1", "top5_seconds",
-           "top5_peak_mib", "train_step_peak_mib", "basis_budget_mib", "memory_goal_met")
+           "top5_guard_products", "top5_converged", "top5_reason", "top5_basis_rows",
+           "top5_lambda1", "top5_seconds", "top5_peak_mib", "train_step_peak_mib",
+           "basis_budget_mib", "memory_goal_met")
 
 
 class CausalLM(nn.Module):
@@ -97,6 +100,36 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class BasisRows:
+    """The most rows the solve's basis and one guard chain held at once, over a solve: what a
+    ``max_basis_bytes`` of that many rows would have had to allow."""
+
+    def __init__(self) -> None:
+        from sharpest.curvature import lanczos_basis
+
+        self.module, self.stores = lanczos_basis, []
+        self.original = lanczos_basis.RowStore.__init__
+
+    def __enter__(self) -> BasisRows:
+        original, stores = self.original, self.stores
+
+        def record(store, *args, **kwargs):
+            original(store, *args, **kwargs)
+            stores.append(store)
+
+        self.module.RowStore.__init__ = record
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.module.RowStore.__init__ = self.original
+
+    @property
+    def rows(self) -> int:
+        # stores hold whole blocks of RowStore.BLOCK rows, allocated as they are needed
+        held = [sum(len(b) for b in s.blocks) for s in self.stores]
+        return held[0] + max(held[1:], default=0) if held else 0
+
+
 def measure_solve(a: argparse.Namespace, name: str) -> dict:
     """One shape's products, gradient and solves (run in its own process)."""
     from sharpest.curvature import HessianOperator, lanczos
@@ -119,13 +152,15 @@ def measure_solve(a: argparse.Namespace, name: str) -> dict:
     budget = int(a.basis_gib * 2**30)
     top1 = lanczos(op, k=1, tol=a.tol, basis_dtype=torch.float32, max_basis_bytes=budget)
     start = time.perf_counter()
-    top5 = lanczos(op, k=5, tol=a.tol, basis_dtype=torch.float32, max_basis_bytes=budget,
-                   max_matvecs=a.max_matvecs)
+    with BasisRows() as held:
+        top5 = lanczos(op, k=5, tol=a.tol, basis_dtype=torch.float32, max_basis_bytes=budget,
+                       max_matvecs=a.max_matvecs)
     return dict(shape=name, parameters=n, model_mib=n * 4 / 2**20, sequences=a.sequences,
                 tokens=a.sequences * a.length, product_s=product_s, gradient_s=gradient_s,
                 product_per_gradient=product_s / gradient_s, top1_products=top1.n_matvecs,
                 top5_products=top5.n_matvecs, top5_guard_products=top5.guard_matvecs,
-                top5_converged=top5.converged, top5_lambda1=float(top5.values[0]),
+                top5_converged=top5.converged, top5_reason=top5.reason or "",
+                top5_basis_rows=held.rows, top5_lambda1=float(top5.values[0]),
                 top5_seconds=time.perf_counter() - start, top5_peak_mib=peak_mib(),
                 basis_budget_mib=budget / 2**20, source=source)
 
@@ -213,21 +248,25 @@ def write(a: argparse.Namespace, rows: list[dict]) -> None:
         "(forward, backward, AdamW) + the basis budget.",
         "",
         "| shape | parameters | s / product | products / gradient | top-1 products | "
-        "top-5 products (guard) | λ₁ | top-5 s | top-5 peak MiB | training step MiB | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "top-5 products (guard) | basis rows held | λ₁ | top-5 s | top-5 peak MiB | "
+        "training step MiB | goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['parameters']:,} | {r['product_s']:.2f} | "
             f"{r['product_per_gradient']:.2f} | {r['top1_products']} | {r['top5_products']} "
             f"({r['top5_guard_products']}){'' if r['top5_converged'] else ', unconverged'} | "
-            f"{r['top5_lambda1']:.4g} | {r['top5_seconds']:.0f} | {r['top5_peak_mib']:.0f} | "
+            f"{r['top5_basis_rows']} | {r['top5_lambda1']:.4g} | {r['top5_seconds']:.0f} | "
+            f"{r['top5_peak_mib']:.0f} | "
             f"{r['train_step_peak_mib']:.0f} | {'met' if r['memory_goal_met'] else 'NOT met'} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(a.out, "\n".join(lines) + "\n")
-    csv = ",".join(COLUMNS) + "\n" + "".join(
-        ",".join(str(r[c]) for c in COLUMNS) + "\n" for r in rows)
-    atomic_write_text(a.out.with_suffix(".csv"), csv)
+    table = io.StringIO()  # quoted: a solve's reason holds commas
+    writer = csv.DictWriter(table, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(a.out.with_suffix(".csv"), table.getvalue())
 
 
 if __name__ == "__main__":
