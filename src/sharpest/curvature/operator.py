@@ -92,12 +92,7 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         refused unless ``reduction="sum"``.
     cache_graphs:
         Keep the first-order graph of every chunk between products, so a product costs one
-        double-backward pass instead of forward + backward + double backward. Measured by
-        ``benchmarks/hvp_backends.py`` (SimpleCNN, 512 CIFAR-10 images, 2 CPU threads, medians
-        of interleaved repeats on a shared machine): 2.28× a gradient instead of 3.48×;
-        forward-over-reverse ``torch.func.jvp(grad)`` 3.31×; ``torch.func.linearize`` 1.98×
-        after a build that costs about ten gradients and is repeated whenever θ changes, so
-        double backward stays the default backend (see ``backend``).
+        double-backward pass instead of forward + backward + double backward.
         Costs memory proportional to the activations of all N examples:
         ``"auto"`` (default) measures the bytes autograd saves for the first chunk and caches
         only if the extrapolation to all chunks fits ``cache_budget_bytes``. The cache is
@@ -115,13 +110,9 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         (:data:`LINEARIZE_MEMORY_FACTOR` × those bytes) fits ``cache_budget_bytes``, and every
         kernel has a forward-mode derivative (not so for the CPU's LSTM kernel); double
         backward otherwise (on GPUs too: not measured there). Decided once, at the first
-        product (``chosen_backend``). Measured on an idle 2-core CPU along a
-        SimpleCNN trajectory (warm, guarded top-5 solves, build included;
-        ``benchmarks/backend_choice.py``): a product cost 2.2 gradients by double backward,
-        99 % of it inside ``torch.autograd.grad`` itself, and 1.18 (512 images) to 1.89
-        (128) by linearize after a build of 7–11 gradients; a solve 44 against 67
-        gradients at 512 images, 71 against 79 at 128. The two agree to ~1e-7 relative in
-        float32 (rounding order).
+        product (``chosen_backend``). The two agree to ~1e-7 relative in float32 (rounding
+        order). The measurements behind these thresholds: README, "Benchmarks", and
+        ``benchmarks/results/backend_choice.md``.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
