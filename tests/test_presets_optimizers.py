@@ -1,5 +1,5 @@
-"""The presets of issue 25 (adam_eos, batch_sharpness, gradient_overlap) at the tiny scale, and
-the check metrics they use, on hand-built records."""
+"""The presets of issue 25 (adam_eos, batch_sharpness, gradient_overlap, table1_adam) at the tiny
+scale, and the check metrics they use, on hand-built records."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sharpest.cli import app
 from sharpest.experiments.checks import metric_value, parse_metric
-from sharpest.experiments.preset import load_preset
+from sharpest.experiments.preset import load_preset, resolve_runs
 from sharpest.runs import read_records
 
 runner = CliRunner()
@@ -51,18 +51,25 @@ def test_eigen_field_metrics_average_the_last_window_and_divide_by_the_line():
     ("adam_eos", ("preconditioned", "stability_threshold"), "preconditioned"),
     ("batch_sharpness", ("batch_sharpness", "update_sharpness"), "batch_sharpness"),
     ("gradient_overlap", ("gradient_overlap", "gradient_overlap_batch"), "overlaps"),
+    ("table1_adam", ("preconditioned", "stability_threshold"), "preconditioned"),
 ])
 def test_preset_runs_at_tiny_scale(tmp_path, name, fields, figure):
     out = tmp_path / name
     res = runner.invoke(app, ["run", name, "--scale", "tiny", "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     preset = load_preset(name)
+    configs = {r.name: r.config for r in resolve_runs(preset, "tiny")}
     for run in preset.run_names("tiny"):
         lines = [r for r in read_records(out / run / "metrics.jsonl") if r["event"] == "eigen"]
         assert lines and all(f in lines[-1] for f in fields), (run, lines[-1])
         # One run: its own report's figures; several: prefixed by the run's name.
         prefix = f"{run}_" if len(preset.run_names("tiny")) > 1 else ""
         assert (out / "figures" / f"{prefix}{figure}.png").is_file(), run
+        if configs[run].optimizer.uses_basis:
+            # A nudged run got its basis from the tracker (at each epoch start).
+            assert any(r.get("refreshed") for r in lines), run
+    for group in preset.report_groups:  # the Fig. 6-style comparison of the group's runs
+        assert (out / "groups" / group / "report.html").is_file(), group
     assert preset.checks and all(c.metric for c in preset.checks)
     tiny_checks = [c for c in preset.checks if "tiny" in c.scales]
     if tiny_checks:
