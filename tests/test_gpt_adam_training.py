@@ -149,6 +149,11 @@ def test_config_names_are_the_factory_names() -> None:
          "'gradient' and 'both' exist for SGD only"),
         ({"optimizer": {"name": "nsgd", "nudge_base": "lion"}}, "optimizer.nudge_base"),
         ({"optimizer": {"name": "adam", "gamma": 0.5}}, "only 'nsgd' uses gamma"),
+        ({"optimizer": {"name": "nsgd", "nudge_basis": "preconditioned"}},
+         "optimizer.nudge_basis: 'preconditioned' nudges an adaptive optimizer"),
+        ({"optimizer": {"name": "nsgd", "nudge_base": "adam", "nudge_basis": "preconditioned"},
+          "track": {"precondition": "optimizer", "precondition_k": 2}},
+         r"track.precondition_k ≥ 5"),
     ],
 )
 def test_bad_optimizer_settings_name_the_key(config: dict, message: str) -> None:
@@ -218,6 +223,21 @@ def test_resume_mid_epoch_gives_the_records_of_a_run_that_never_stopped(
         shutil.copy(out / "checkpoints" / f"ckpt-{ckpt:09d}.pt", out2 / "checkpoints")
         Trainer(cfg, out2, resume=True).fit()
         assert_same_records(read_records(out2 / "metrics.jsonl"), t.records)
+
+
+def test_adam_nudged_along_the_preconditioned_hessian_trains(ptb_root: Path) -> None:
+    opt = {"name": "nsgd", "gamma": 0.5, "k": 2, "nudge_base": "adam",
+           "nudge_basis": "preconditioned", "refresh_every": 4}
+    track = {"k": 2, "every": 4, "subset": 8, "precondition": "optimizer", "precondition_k": 2}
+    t = Trainer(make_config(gpt_config(ptb_root, optimizer=opt, track=track,
+                                       checkpoint={"every": 0}, eval={"splits": []})))
+    assert t.fit()["status"] == "finished"
+    eig = [r for r in t.records if r["event"] == "eigen"]
+    # no preconditioner before Adam's first step: H's basis at 0, then P⁻¹H's
+    assert [(r["iteration"], r.get("basis"), r.get("refreshed")) for r in eig] == [
+        (0, "hessian", True), (4, "preconditioned", True), (8, "preconditioned", True),
+        (9, None, None)]
+    assert t.optimizer.basis_version == 3
 
 
 def test_gamma_changes_the_adam_trajectory(ptb_root: Path) -> None:

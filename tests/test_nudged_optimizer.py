@@ -287,6 +287,45 @@ def test_tracker_refreshes_it_as_it_refreshes_nudged_sgd() -> None:
         True, True, True, False]
 
 
+def test_tracker_refreshes_the_basis_from_the_preconditioned_hessian() -> None:
+    """basis_from="preconditioned": the optimizer's span is that of P⁻¹H's top-k right
+    eigenvectors, P = diag(√v̂ + ε) of the Adam it nudges, checked against a dense solve."""
+    from sharpest.curvature import HessianOperator
+    from sharpest.curvature.preconditioner import diagonal_preconditioner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(64, 4, dtype=torch.float64), torch.randint(0, 3, (64,))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = build_optimizer("nsgd", model.parameters(), lr=0.01, gamma=0.5, k=2,
+                          nudge_base="adam")
+    records: list = []
+    data = (x[:32], y[:32])
+    tracker = EigenTracker(k=2, every=3, precondition="optimizer", precondition_k=2,
+                           basis_from="preconditioned", tol=1e-10).attach(
+        model, loss_fn, data, optimizer=opt, log=records.append)
+    for t in range(5):
+        tracker.step(t)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    tracker.track(5, refresh=True)  # at the current θ and P
+    # before Adam's first step there is no P: the Hessian's basis; then P⁻¹H's
+    assert [(r["iteration"], r.get("basis")) for r in records] == [
+        (0, "hessian"), (3, "preconditioned"), (5, "preconditioned")]
+    assert records[-1]["refreshed"]
+    h = HessianOperator(model, loss_fn, data).to_dense()
+    scale = diagonal_preconditioner(opt, list(model.parameters())).double().rsqrt()
+    _, u = torch.linalg.eigh(scale[:, None] * h * scale[None, :])
+    q, _ = torch.linalg.qr(scale[:, None] * u[:, -2:])  # P^(-1/2)·(A's top 2), orthonormal
+    basis = opt.basis.double()
+    torch.testing.assert_close(basis.T @ basis, q @ q.T, atol=1e-7, rtol=0)
+    # and not the Hessian's own top 2 (P is far from a multiple of I here)
+    _, v = torch.linalg.eigh(h)
+    hess = v[:, torch.argsort(torch.linalg.eigvalsh(h).abs())[-2:]]
+    assert float((basis.T @ basis - hess @ hess.T).abs().max()) > 1e-2
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -92,6 +92,11 @@ class OptimizerConfig(_Section):
     #: The update nsgd nudges: sgd (NudgedSGD, the paper's), or adam | adamw | rmsprop, whose
     #: whole update Δ becomes Δ + (γ − 1)PΔ (sharpest.optim.NudgedOptimizer; nudge: step).
     nudge_base: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    #: The directions nsgd nudges along: the top k of the Hessian (the paper) or, over an
+    #: adaptive base, the top k right eigenvectors of the preconditioned Hessian P⁻¹H (the
+    #: optimizer's own curvature, Cohen et al. 2022), orthonormalised; needs
+    #: track.precondition: optimizer and track.precondition_k ≥ k.
+    nudge_basis: Literal["hessian", "preconditioned"] = "hessian"
     #: adam, adamw: (β₁, β₂), default [0.9, 0.999]; rmsprop: [0, α], default [0, 0.99] (its
     #: momentum is the top-level momentum). Each in [0, 1). Not used by the SGD family.
     betas: tuple[float, float] | None = None
@@ -494,6 +499,18 @@ class Config(_Section):
                 f"track.precondition: 'optimizer' reads P from an adaptive optimizer's state "
                 f"({', '.join(ADAPTIVE_OPTIMIZERS)}, or nsgd over one); optimizer.name is "
                 f"{opt.name!r}"
+            )
+        if opt.nudge_basis == "preconditioned" and not (
+            opt.name == "nsgd" and opt.base in ADAPTIVE_OPTIMIZERS
+            and track.precondition == "optimizer" and track.precondition_k >= (opt.k or 5)
+        ):
+            raise ValueError(
+                "optimizer.nudge_basis: 'preconditioned' nudges an adaptive optimizer along "
+                "P⁻¹H's top k: it needs optimizer.name: nsgd with nudge_base adam | adamw | "
+                f"rmsprop, track.precondition: optimizer and track.precondition_k ≥ {opt.k} (got "
+                f"name={opt.name!r}, nudge_base={opt.nudge_base!r}, "
+                f"track.precondition={track.precondition!r}, "
+                f"track.precondition_k={track.precondition_k})"
             )
         if self.schedule.name == "plateau" and not self.val_size:
             raise ValueError(

@@ -123,6 +123,8 @@ class OptimizerCurvature:
         self.overlap = bool(overlap)
         self.batch_size = batch_size
         self.precondition_k = int(precondition_k)
+        #: The latest converged top-k right eigenvectors of P⁻¹H (rows), or None.
+        self.directions: Tensor | None = None
         self.seed = int(seed)
         self.optimizer: Any = None
         self.operator: Any = None
@@ -213,6 +215,9 @@ class OptimizerCurvature:
         res = lanczos(op, k=self.precondition_k, which="LA", tol=tol, max_matvecs=max_matvecs,
                       init=init, seed=self.seed)  # fmt: skip
         self._pre_vectors = res.vectors
+        # In parameter space: P⁻¹H's right eigenvectors P^(-1/2)wᵢ, largest λ first (which="LA"),
+        # for an optimizer nudged along them (optimizer.nudge_basis: preconditioned).
+        self.directions = op.right_eigenvectors(res.vectors) if res.converged else None
         return {
             "preconditioned": [float(v) for v in res.values],
             "preconditioned_residuals": [float(r) for r in res.residuals],

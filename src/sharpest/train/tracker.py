@@ -26,7 +26,12 @@ If the optimizer has ``set_basis`` (NudgedSGD and the Sec. 3.3 variants) the tra
 it at each epoch start (``refresh_every = 0``, the paper) or every ``refresh_every`` iterations,
 with the leading rows of the eigenvectors of that iteration, sorted by ``order`` (``"magnitude"``:
 descending |λ|, the paper; ``"algebraic"``: descending λ, the authors' code; see
-:mod:`sharpest.optim.order`); the line then has ``"refreshed": true``.
+:mod:`sharpest.optim.order`); the line then has ``"refreshed": true``. With
+``basis_from="preconditioned"`` (and ``precondition="optimizer"``, ``precondition_k ≥`` the
+optimizer's k) the basis is instead the top right eigenvectors xᵢ = P^(-1/2)wᵢ of P⁻¹H from that
+point's preconditioned solve (largest first, orthonormalised by the optimizer), P the nudged
+adaptive optimizer's own diagonal; H's until P exists and that solve converged (``"basis"`` on
+the line says which).
 
 A loop that never calls :meth:`EigenTracker.start_epoch` (only :meth:`~EigenTracker.step`) has
 no epoch starts: the basis is then refreshed at every tracking
@@ -177,6 +182,7 @@ class EigenTracker(Callback):
         every_max: int = 100,
         budget_per_epoch: int | None = None,
         iterations_per_epoch: int | None = None,
+        basis_from: str = "hessian",
     ) -> None:
         if not 1 <= k <= 30:
             raise ValueError(f"k must be in [1, 30], got {k}")
@@ -189,6 +195,12 @@ class EigenTracker(Callback):
             raise ValueError("every, dense_until, refresh_every must be ≥ 0 and dense_every ≥ 1")
         if order not in BASIS_ORDERS:
             raise ValueError(f"order must be one of {', '.join(BASIS_ORDERS)}; got {order!r}")
+        if basis_from not in ("hessian", "preconditioned") or (
+                basis_from == "preconditioned" and precondition != "optimizer"):
+            raise ValueError(f"basis_from must be 'hessian' or 'preconditioned' (with "
+                             f"precondition='optimizer'); got {basis_from!r}")
+        #: Where the optimizer's basis comes from: H's top k, or P⁻¹H's (right eigenvectors).
+        self.basis_from = basis_from
         self.k = k
         self.every = every
         self.epoch_start = (
@@ -270,6 +282,7 @@ class EigenTracker(Callback):
             every_min=t.every_min,
             every_max=t.every_max,
             budget_per_epoch=t.budget_per_epoch,
+            basis_from=config.optimizer.nudge_basis,
         )
 
     @staticmethod
@@ -509,7 +522,7 @@ class EigenTracker(Callback):
         fields.update(self.extras.fields(iteration, result, self.tol, self.max_matvecs))
         if refresh:
             if result.converged or self.use_unconverged:
-                fields["refreshed"] = self._set_basis(result)
+                fields["refreshed"] = self._set_basis(result, fields)
             else:
                 fields["refreshed"] = False
                 fields["refresh_skipped"] = "not converged"
@@ -578,8 +591,18 @@ class EigenTracker(Callback):
             )
         return fields
 
-    def _set_basis(self, result: EigenResult) -> bool:
-        """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k)."""
+    def _set_basis(self, result: EigenResult, fields: dict[str, Any] | None = None) -> bool:
+        """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k);
+        with ``basis_from="preconditioned"`` P⁻¹H's top right eigenvectors from this point
+        (largest first, orthonormalised by the optimizer), or H's until the optimizer has a
+        preconditioner (before its first step) and a converged P⁻¹H solve."""
+        if self.basis_from == "preconditioned":
+            directions = self.extras.directions
+            if fields is not None:
+                fields["basis"] = "hessian" if directions is None else "preconditioned"
+            if directions is not None:
+                changed = self.optimizer.set_basis(directions, orthonormalize=True)
+                return True if changed is None else bool(changed)
         rows = basis_order(result.values, self.order)
         k = getattr(self.optimizer, "k", None)
         if (
