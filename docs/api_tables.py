@@ -15,9 +15,8 @@ MODULES = (
     + ["sharpest." + m.name for m in pkgutil.iter_modules(sharpest.__path__) if m.ispkg]
     + ["sharpest.config", "sharpest.errors", "sharpest.paper_metrics", "sharpest.record_values"]
 )
-#: Exported today, but helpers of their package (the issue's list).
-INTERNAL = {("sharpest.data", "windows"), ("sharpest.data", "zaremba_num_batches"),
-            ("sharpest.data", "verify_md5"), ("sharpest.probes", "jsonable")}
+#: Exported, but helpers of their package, to make private (none left).
+INTERNAL: set[tuple[str, str]] = set()
 
 
 def _line(module: str, name: str) -> str:

@@ -35,10 +35,7 @@ _EXPORTS = {
     "load_data": "sharpest.data.load",
     "random_crop_flip": "sharpest.data.augment",
     "split_indices": "sharpest.data.load",
-    "verify_md5": "sharpest.data.download",
-    "windows": "sharpest.data.bundle",
     "zaremba_batches": "sharpest.data.bundle",
-    "zaremba_num_batches": "sharpest.data.bundle",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -44,7 +44,7 @@ from sharpest.probes.landscape import (
     surface,
     surface_of,
 )
-from sharpest.probes.records import ProbeSettings, jsonable, kmin_field, run_probes
+from sharpest.probes.records import ProbeSettings, kmin_field, run_probes
 from sharpest.probes.sharpness import (
     SHARPNESS_KINDS,
     SharpnessResult,
@@ -71,7 +71,6 @@ __all__ = [
     "alpha_probe",
     "cross_section",
     "filter_normalized_direction",
-    "jsonable",
     "k_min",
     "kmin_average",
     "kmin_field",
