@@ -1,7 +1,7 @@
 """The paper's figures and tables as presets (YAML files), at three scales, and the demo.
 
 >>> from sharpest.experiments import load_preset, run_preset, preset_names
->>> preset_names()[:3]                                               # doctest: +SKIP
+>>> preset_names()[:3]
 ['fig1', 'fig2', 'fig3_lstm']
 >>> res = run_preset("fig2", scale="small", sets=["data_root=~/data"])  # doctest: +SKIP
 >>> print(res.summary())                                              # doctest: +SKIP
