@@ -7,52 +7,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, hessian, jacrev
 
 from sharpest import GGNOperator, HessianOperator, lanczos
 from sharpest.curvature import build_operator
-from tests.dense import bn_dropout_net, convnet, dense_hessian, mlp
-
-
-def _params(model):
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    return names, tuple(p.detach() for n, p in model.named_parameters() if p.requires_grad)
-
-
-def dense_ggn(model, loss_fn, x, y, weight_decay=0.0) -> np.ndarray:
-    """Jᵀ (∇²_f L) J + wd·I with J the Jacobian of all outputs, in eval mode."""
-    names, params = _params(model)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-
-    def f(*ps):
-        return functional_call(model, dict(zip(names, ps)), (x,)).reshape(-1)
-
-    jac = jacrev(f, argnums=tuple(range(len(params))))(*params)
-    j = torch.cat([b.reshape(out.numel(), -1) for b in jac], dim=1)
-    h_out = hessian(lambda o: loss_fn(o.reshape(out.shape), y))(out.reshape(-1))
-    model.train(was)
-    g = (j.T @ h_out @ j).numpy()
-    return 0.5 * (g + g.T) + weight_decay * np.eye(g.shape[0])
-
-
-def dense_fisher(model, loss_fn, x, y) -> np.ndarray:
-    """(1/N) Σₙ gₙ gₙᵀ with gₙ the gradient of loss_fn on example n alone, in eval mode."""
-    names, params = _params(model)
-    was = model.training
-    model.eval()
-    rows = []
-    for i in range(len(x)):
-        def loss(*ps, i=i):
-            return loss_fn(functional_call(model, dict(zip(names, ps)), (x[i : i + 1],)),
-                           y[i : i + 1])
-        g = torch.func.grad(loss, argnums=tuple(range(len(params))))(*params)
-        rows.append(torch.cat([t.reshape(-1) for t in g]))
-    model.train(was)
-    g = torch.stack(rows)
-    return (g.T @ g).numpy() / len(x)
+from tests.dense import bn_dropout_net, convnet, dense_fisher, dense_ggn, dense_hessian, mlp
 
 
 def problem(kind: str, model_fn=mlp, n: int = 12, seed: int = 0):

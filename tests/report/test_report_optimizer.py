@@ -4,11 +4,8 @@ the preconditioned / batch-sharpness / overlap figures are built when the lines 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import yaml
 
 from sharpest.paper_metrics import adam_stability_threshold, sgd_stability_threshold
 from sharpest.report import build_report
@@ -22,13 +19,7 @@ from sharpest.report.optimizer_figures import (
 )
 from sharpest.report.reader import read_run
 from sharpest.report.stability import stability_frame, stability_summary
-
-
-def write_run(folder, config, records):
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return folder
+from tests.helpers import write_run
 
 
 def records(lrs, lam, extra):
@@ -53,8 +44,8 @@ def adam_extra(t, lr):
 
 def test_adam_run_compares_the_preconditioned_sharpness_with_its_recorded_line(tmp_path):
     lrs = [1e-3, 1e-3, 5e-4, 5e-4]
-    run = read_run(write_run(tmp_path / "adam", {"lr": 1e-3, "optimizer": {"name": "adam"}},
-                             records(lrs, [5.0, 6.0, 7.0, 8.0], adam_extra)))
+    run = read_run(write_run(tmp_path / "adam", records(lrs, [5.0, 6.0, 7.0, 8.0], adam_extra),
+                             {"lr": 1e-3, "optimizer": {"name": "adam"}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], [38e3, 38e3, 76e3, 76e3])
     assert frame["line_lambda1"].isna().all()  # λ₁(H) has no line under Adam
@@ -73,8 +64,9 @@ def test_adam_run_compares_the_preconditioned_sharpness_with_its_recorded_line(t
 
 def test_adam_line_from_the_config_when_not_recorded(tmp_path):
     run = read_run(write_run(
-        tmp_path / "old", {"lr": 1e-3, "optimizer": {"name": "adam", "betas": [0.8, 0.99]}},
-        records([1e-3, 1e-3], [5.0, 6.0], lambda t, lr: {"preconditioned": [100.0]})))
+        tmp_path / "old",
+        records([1e-3, 1e-3], [5.0, 6.0], lambda t, lr: {"preconditioned": [100.0]}),
+        {"lr": 1e-3, "optimizer": {"name": "adam", "betas": [0.8, 0.99]}}))
     np.testing.assert_allclose(stability_frame(run)["line"], (2 + 1.6) / (0.2 * 1e-3))
 
 
@@ -88,9 +80,9 @@ def test_sgd_run_draws_the_recorded_line_and_the_new_figures(tmp_path):
                 **({"update_sharpness": 12.0, "update_overlap": 0.4} if t else {}),
                 "gradient_overlap": 0.2 + 0.3 * t, "gradient_overlap_batch": 0.1}
 
-    run = read_run(write_run(tmp_path / "sgd", {"lr": 0.1, "momentum": 0.5,
-                                               "optimizer": {"name": "sgd"}},
-                             records(lrs, [29.0, 31.0, 50.0], extra)))
+    run = read_run(write_run(tmp_path / "sgd", records(lrs, [29.0, 31.0, 50.0], extra),
+                             {"lr": 0.1, "momentum": 0.5,
+                                               "optimizer": {"name": "sgd"}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], 30.0)
     np.testing.assert_allclose(frame["line_lambda1"], 30.0)
@@ -106,11 +98,11 @@ def test_sgd_run_draws_the_recorded_line_and_the_new_figures(tmp_path):
 
 def test_recorded_line_wins_over_the_config(tmp_path):
     # The config says SGD without momentum (line 20); the lines say what the optimizer had.
-    run = read_run(write_run(tmp_path / "r", {"lr": 0.1, "optimizer": {"name": "sgd"}},
-                             records([0.1, 0.1], [10.0, 10.0],
-                                     lambda t, lr: {"stability_threshold": 38.0})))
+    run = read_run(write_run(tmp_path / "r", records([0.1, 0.1], [10.0, 10.0],
+                                     lambda t, lr: {"stability_threshold": 38.0}),
+                             {"lr": 0.1, "optimizer": {"name": "sgd"}}))
     np.testing.assert_allclose(stability_frame(run)["line"], 38.0)
-    plain = read_run(write_run(tmp_path / "p", {"lr": 0.1, "optimizer": {"name": "sgd"}},
-                               records([0.1, 0.1], [10.0, 10.0], lambda t, lr: {})))
+    plain = read_run(write_run(tmp_path / "p", records([0.1, 0.1], [10.0, 10.0], lambda t, lr: {}),
+                               {"lr": 0.1, "optimizer": {"name": "sgd"}}))
     np.testing.assert_allclose(stability_frame(plain)["line"], 20.0)
     assert optimizer_figure_specs(plain) == []

@@ -3,11 +3,8 @@ the curvature figures from a synthetic run folder."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import yaml
 
 from sharpest.report.curvature_figures import (
     plot_density_evolution,
@@ -25,6 +22,7 @@ from sharpest.report.stability import (
     stability_threshold,
 )
 from sharpest.report.summary import summarize
+from tests.helpers import write_run
 
 
 def test_threshold_values():
@@ -43,15 +41,6 @@ def test_fraction_near_line_counts_the_band_edges():
     lam = [18.0, 22.0, 17.99, 22.01, 20.0, np.nan]  # ±10 % inclusive; NaN left out
     assert fraction_near_line(lam, line) == pytest.approx(3 / 5)
     assert np.isnan(fraction_near_line([np.nan], line))
-
-
-def write_run(folder, config, records):
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    with open(folder / "metrics.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return folder
 
 
 def synthetic_records(lambda1, lrs):
@@ -79,9 +68,9 @@ def test_summary_reports_fraction_with_momentum_and_lr_schedule(tmp_path):
     # lr halves after two points: lines 2·1.5/0.1 = 30, then 60.
     lrs = [0.1, 0.1, 0.05, 0.05]
     lam = [29.0, 40.0, 55.0, 66.0]  # near, far, near, near(+10 % exactly)
-    run = read_run(write_run(tmp_path / "r", {"lr": 0.1, "momentum": 0.5,
-                                             "optimizer": {"name": "sgd"}},
-                             synthetic_records(lam, lrs)))
+    run = read_run(write_run(tmp_path / "r", synthetic_records(lam, lrs),
+                             {"lr": 0.1, "momentum": 0.5,
+                                             "optimizer": {"name": "sgd"}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], [30, 30, 60, 60])
     s = summarize(run)
@@ -92,9 +81,9 @@ def test_summary_reports_fraction_with_momentum_and_lr_schedule(tmp_path):
 
 def test_nsgd_uses_the_nudged_line(tmp_path):
     lrs = [0.1, 0.1]
-    run = read_run(write_run(tmp_path / "n", {"lr": 0.1, "momentum": 0.0,
-                                             "optimizer": {"name": "nsgd", "gamma": 0.5}},
-                             synthetic_records([40.0, 25.0], lrs)))
+    run = read_run(write_run(tmp_path / "n", synthetic_records([40.0, 25.0], lrs),
+                             {"lr": 0.1, "momentum": 0.0,
+                                             "optimizer": {"name": "nsgd", "gamma": 0.5}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], 20.0)
     np.testing.assert_allclose(frame["nudged_line"], 40.0)  # 2/(γη)
@@ -105,25 +94,25 @@ def test_nsgd_uses_the_nudged_line(tmp_path):
                                        {"name": "nsgd", "gamma": 0.5, "nudge_base": "adamw"}])
 def test_adaptive_optimizers_get_no_sgd_line(tmp_path, optimizer):
     # Their threshold bounds the preconditioned Hessian's λ₁ (Cohen et al. 2022), not this one.
-    run = read_run(write_run(tmp_path / "a", {"lr": 0.1, "momentum": 0.0,
-                                             "optimizer": optimizer},
-                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    run = read_run(write_run(tmp_path / "a", synthetic_records([40.0, 25.0], [0.1, 0.1]),
+                             {"lr": 0.1, "momentum": 0.0,
+                                             "optimizer": optimizer}))
     # The frame keeps λ₁ but gives it no line; the optimizer's line is for λ₁(P⁻¹H).
     assert stability_frame(run)["line_lambda1"].isna().all() and stability_summary(run) == {}
     assert not draw_stability_lines(None, run)
-    sgd = read_run(write_run(tmp_path / "s", {"lr": 0.1, "optimizer": {"name": "nsgd",
-                                                                       "nudge_base": "sgd"}},
-                             synthetic_records([40.0, 25.0], [0.1, 0.1])))
+    sgd = read_run(write_run(tmp_path / "s", synthetic_records([40.0, 25.0], [0.1, 0.1]),
+                             {"lr": 0.1, "optimizer": {"name": "nsgd",
+                                                                       "nudge_base": "sgd"}}))
     assert not stability_frame(sgd).empty
 
 
 def test_curvature_figures_draw_and_say_when_data_is_missing(tmp_path):
-    run = read_run(write_run(tmp_path / "f", {"lr": 0.1}, synthetic_records([5, 10, 20],
-                                                                           [0.1] * 3)))
+    run = read_run(write_run(tmp_path / "f", synthetic_records([5, 10, 20], [0.1] * 3),
+                             {"lr": 0.1}))
     for plot in (plot_stability, plot_layer_shares, plot_density_evolution, plot_trace):
         fig = plot(run, notes=[])
         assert fig.axes
-    empty = read_run(write_run(tmp_path / "e", {"lr": 0.1}, synthetic_records([], [])))
+    empty = read_run(write_run(tmp_path / "e", synthetic_records([], []), {"lr": 0.1}))
     for plot in (plot_stability, plot_layer_shares, plot_density_evolution, plot_trace):
         with pytest.raises(NoData):
             plot(empty)

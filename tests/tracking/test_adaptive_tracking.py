@@ -20,6 +20,8 @@ from sharpest.experiments.estimate import schedule_counts
 from sharpest.runs import read_records
 from sharpest.train import EigenTracker, Trainer
 from sharpest.train.adaptive import AdaptiveCadence, AdaptiveSubset, relative_stderr
+from tests.dense import dense_hessian
+from tests.helpers import strip
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -38,19 +40,7 @@ def _pool(n=400, seed=1):
 
 def _dense_top(model, loss_fn, x, y):
     """λ₁ by magnitude of the dense Hessian of the mean loss on (x, y) (the reference)."""
-    params = list(model.parameters())
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
-    theta0 = torch.cat([p.detach().reshape(-1) for p in params])
-
-    def f(theta):
-        chunks = torch.split(theta, sizes)
-        ws = [c.reshape(s) for c, s in zip(chunks, shapes)]
-        h = torch.tanh(x @ ws[0].T + ws[1])
-        return loss_fn(h @ ws[2].T + ws[3], y)
-
-    hess = torch.autograd.functional.hessian(f, theta0)
-    ev = np.linalg.eigvalsh(hess.numpy())
+    ev = np.linalg.eigvalsh(dense_hessian(model, loss_fn, x, y))
     return ev[np.argmax(np.abs(ev))]
 
 
@@ -250,10 +240,6 @@ TINY = {
 }
 
 
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in records]
-
-
 @pytest.fixture(scope="module")
 def auto_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("adaptive") / "a"
@@ -285,7 +271,7 @@ def test_trainer_auto_run_records(auto_run):
 
 def test_resume_places_the_same_points(auto_run, tmp_path):
     src, trainer = auto_run
-    expected = [r for r in _strip(trainer.records) if r["event"] == "eigen"]
+    expected = [r for r in strip(trainer.records) if r["event"] == "eigen"]
     lines = (src / "metrics.jsonl").read_text().splitlines(keepends=True)
     unfinished = [ln for ln in lines if '"event": "end"' not in ln and '"summary"' not in ln]
     for ckpt in (4, 8):
@@ -296,7 +282,7 @@ def test_resume_places_the_same_points(auto_run, tmp_path):
         shutil.copy(src / "checkpoints" / "init.pt", out / "checkpoints")
         shutil.copy(src / "checkpoints" / f"ckpt-{ckpt:09d}.pt", out / "checkpoints")
         Trainer(make_config(TINY, checkpoint={"every": 2, "keep": 0}), out, resume=True).fit()
-        got = [r for r in _strip(read_records(out / "metrics.jsonl")) if r["event"] == "eigen"]
+        got = [r for r in strip(read_records(out / "metrics.jsonl")) if r["event"] == "eigen"]
         assert [r["iteration"] for r in got] == [r["iteration"] for r in expected]
         assert [r["subset_size"] for r in got] == [r["subset_size"] for r in expected]
         assert [r["next_point"] for r in got] == [r["next_point"] for r in expected]

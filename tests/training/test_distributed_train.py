@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from sharpest.config import make_config
 from sharpest.distributed import ddp
 from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Trainer
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
@@ -50,17 +50,12 @@ SKIP = {"time", "seconds", "world_size"}
 ABSOLUTE = {"residuals": 1e-4, "angles": 1e-3, "angle_max": 1e-3}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _torchrun(config: Path, out: Path, *extra: str, nproc: int = 2) -> str:
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()),
+        "--master-port", str(free_port()),
         "-m", "sharpest.cli", "train", str(config), "--out", str(out), "--quiet", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -25,6 +25,7 @@ from sharpest.models.gpt import gpt_num_parameters
 from sharpest.optim import NudgedOptimizer
 from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Trainer
+from tests.helpers import assert_same_records
 
 runner = CliRunner()
 
@@ -76,23 +77,6 @@ def gpt_config(root: Path, **over) -> dict:
     for key, value in over.items():
         cfg[key] = value
     return cfg
-
-
-def strip(records):
-    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in records]
-
-
-def assert_same_records(a, b):
-    a, b = strip(a), strip(b)
-    assert [r["event"] for r in a] == [r["event"] for r in b]
-    for ra, rb in zip(a, b, strict=True):
-        assert ra.keys() == rb.keys(), (ra, rb)
-        for key in ra:
-            va, vb = ra[key], rb[key]
-            if isinstance(va, float) or (isinstance(va, list) and va and isinstance(va[0], float)):
-                np.testing.assert_allclose(va, vb, rtol=1e-6, atol=1e-9, err_msg=key)
-            else:
-                assert va == vb, (key, ra, rb)
 
 
 # ---------------------------------------------------------------- config

@@ -29,43 +29,7 @@ from sharpest.train import (
     weight_spectral_norms,
 )
 from sharpest.train.build import build
-
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
-TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "val_size": 40,
-    "epochs": 2,
-    "batch_size": 32,
-    "lr": 0.1,
-    "log_every": 2,
-    "track": {"k": 2, "every": 3, "subset": 32},
-    "eval": {"train_size": 64, "batch_size": 500},
-}
-
-
-def tiny(**over):
-    return make_config(TINY, **over)
-
-
-def strip(records):
-    """Records without wall-clock fields, for comparisons."""
-    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in records]
-
-
-def assert_same_records(a, b):
-    a, b = strip(a), strip(b)
-    assert [r["event"] for r in a] == [r["event"] for r in b]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys(), (ra, rb)
-        for key in ra:
-            va, vb = ra[key], rb[key]
-            if isinstance(va, float) or (isinstance(va, list) and va and isinstance(va[0], float)):
-                np.testing.assert_allclose(va, vb, rtol=1e-6, atol=1e-9, err_msg=f"{ra} vs {rb}")
-            else:
-                assert va == vb, (key, ra, rb)
+from tests.helpers import TINY, assert_same_records, tiny
 
 
 @pytest.fixture(scope="module")
