@@ -7,12 +7,10 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from sharpest.cli import app
 from sharpest.experiments.preset import load_preset, resolve_runs
-
-runner = CliRunner()
+from tests.helpers import copy_run, runner
 
 
 def test_demo_preset_is_offline_and_covers_the_brief():
@@ -29,9 +27,8 @@ def test_demo_preset_is_offline_and_covers_the_brief():
 
 
 @pytest.mark.slow
-def test_demo_quick(tmp_path):
-    out = tmp_path / "demo"
-    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
+def test_demo_quick(quick_demo, tmp_path):
+    out, res = quick_demo
     assert res.exit_code == 0, res.output
     assert "Findings (demo, scale tiny)" in res.output
     assert f"report: {out / 'report.html'}" in res.output
@@ -44,9 +41,10 @@ def test_demo_quick(tmp_path):
     for png in (out / "figures").glob("*.png"):
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{png.name}" in html
     assert '<span class="badge badge-' in html  # the findings' verdicts, as badges
-    # a second call trains nothing
-    res = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
-    assert res.exit_code == 0 and json.loads((out / "findings.json").read_text()) == findings
+    # a second call trains nothing (on a copy: the fixture's folder stays as the first call left it)
+    again = copy_run(out, tmp_path / "demo")
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(again), "--quiet"])
+    assert res.exit_code == 0 and json.loads((again / "findings.json").read_text()) == findings
 
 
 @pytest.mark.slow
@@ -60,15 +58,17 @@ def test_full_demo_shows_the_papers_findings(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_verdicts_do_not_depend_on_seed_or_threads(tmp_path):
-    """The tiny scale with seed 0 on one thread and seed 1 on two threads: the same verdicts."""
+def test_demo_verdicts_do_not_depend_on_seed_or_threads(quick_demo, tmp_path):
+    """The tiny scale with seed 0 on one thread and seed 1 on two threads: the same verdicts.
+    Seed 0 on one thread is the quick demo the session already ran (this call trains nothing)."""
     import torch
 
     from sharpest.experiments.demo import run_demo
 
     before = torch.get_num_threads()
     try:
-        a = run_demo(tmp_path / "a", quick=True, threads=1, seed=0, progress=False, report=False)
+        a = run_demo(copy_run(quick_demo[0], tmp_path / "a"), quick=True, threads=1, seed=0,
+                     progress=False, report=False)
         b = run_demo(tmp_path / "b", quick=True, threads=2, seed=1, progress=False, report=False)
     finally:
         torch.set_num_threads(before)
