@@ -82,7 +82,7 @@ def test_sgd_run_draws_the_recorded_line_and_the_new_figures(tmp_path):
 
     run = read_run(write_run(tmp_path / "sgd", records(lrs, [29.0, 31.0, 50.0], extra),
                              {"lr": 0.1, "momentum": 0.5,
-                                               "optimizer": {"name": "sgd"}}))
+                              "optimizer": {"name": "sgd"}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], 30.0)
     np.testing.assert_allclose(frame["line_lambda1"], 30.0)

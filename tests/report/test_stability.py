@@ -70,7 +70,7 @@ def test_summary_reports_fraction_with_momentum_and_lr_schedule(tmp_path):
     lam = [29.0, 40.0, 55.0, 66.0]  # near, far, near, near(+10 % exactly)
     run = read_run(write_run(tmp_path / "r", synthetic_records(lam, lrs),
                              {"lr": 0.1, "momentum": 0.5,
-                                             "optimizer": {"name": "sgd"}}))
+                              "optimizer": {"name": "sgd"}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], [30, 30, 60, 60])
     s = summarize(run)
@@ -83,7 +83,7 @@ def test_nsgd_uses_the_nudged_line(tmp_path):
     lrs = [0.1, 0.1]
     run = read_run(write_run(tmp_path / "n", synthetic_records([40.0, 25.0], lrs),
                              {"lr": 0.1, "momentum": 0.0,
-                                             "optimizer": {"name": "nsgd", "gamma": 0.5}}))
+                              "optimizer": {"name": "nsgd", "gamma": 0.5}}))
     frame = stability_frame(run)
     np.testing.assert_allclose(frame["line"], 20.0)
     np.testing.assert_allclose(frame["nudged_line"], 40.0)  # 2/(γη)
@@ -96,13 +96,12 @@ def test_adaptive_optimizers_get_no_sgd_line(tmp_path, optimizer):
     # Their threshold bounds the preconditioned Hessian's λ₁ (Cohen et al. 2022), not this one.
     run = read_run(write_run(tmp_path / "a", synthetic_records([40.0, 25.0], [0.1, 0.1]),
                              {"lr": 0.1, "momentum": 0.0,
-                                             "optimizer": optimizer}))
+                              "optimizer": optimizer}))
     # The frame keeps λ₁ but gives it no line; the optimizer's line is for λ₁(P⁻¹H).
     assert stability_frame(run)["line_lambda1"].isna().all() and stability_summary(run) == {}
     assert not draw_stability_lines(None, run)
     sgd = read_run(write_run(tmp_path / "s", synthetic_records([40.0, 25.0], [0.1, 0.1]),
-                             {"lr": 0.1, "optimizer": {"name": "nsgd",
-                                                                       "nudge_base": "sgd"}}))
+                             {"lr": 0.1, "optimizer": {"name": "nsgd", "nudge_base": "sgd"}}))
     assert not stability_frame(sgd).empty
 
 
