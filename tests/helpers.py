@@ -244,3 +244,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    """``data`` as YAML at ``path`` (a preset or config file written by hand), in its order."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path

@@ -29,6 +29,7 @@ from sharpest.experiments.preset import (
 )
 from sharpest.experiments.runner import run_preset
 from sharpest.runs import RunFolder
+from tests.helpers import write_yaml as _write
 
 runner = CliRunner()
 
@@ -74,11 +75,6 @@ TINY_PRESET = {
     "report_groups": {"sgd": ["slow", "fast"]},
     "run_reports": ["fast"],
 }
-
-
-def _write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
 
 
 def _message(result) -> str:

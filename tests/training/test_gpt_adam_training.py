@@ -26,6 +26,7 @@ from sharpest.optim import NudgedOptimizer
 from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Trainer
 from tests.helpers import assert_same_records
+from tests.helpers import write_yaml as _write
 
 runner = CliRunner()
 
@@ -221,11 +222,6 @@ def test_gamma_changes_the_adam_trajectory(ptb_root: Path) -> None:
 
 
 # ---------------------------------------------------------------- the CLI
-
-
-def _write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    return path
 
 
 @pytest.mark.slow
