@@ -10,21 +10,7 @@ import torch
 from torch import nn
 
 from sharpest.curvature import HessianOperator, lanczos
-
-
-def _dense(model, loss_fn, x, y) -> np.ndarray:
-    names = [n for n, p in model.named_parameters()]
-    params = tuple(p.detach() for p in model.parameters())
-
-    def loss(*ps):
-        out = torch.func.functional_call(model, dict(zip(names, ps)), (x,))
-        return loss_fn(out, y)
-
-    blocks = torch.autograd.functional.hessian(loss, params)
-    sizes = [p.numel() for p in params]
-    rows = [torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
-            for i in range(len(sizes))]
-    return torch.cat(rows).numpy()
+from tests.dense import dense_hessian as _dense
 
 
 def _case(kind: str):
