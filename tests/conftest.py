@@ -85,3 +85,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+# -- tiny runs trained once per session; read-only for the tests (a test that changes one works
+# on a copy: tests.helpers.copy_run into its tmp_path) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def checkpointed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch `sharpest train` run with a checkpoint at every step (6 steps)."""
+    from tests.helpers import train
+
+    out = tmp_path_factory.mktemp("checkpointed") / "run"
+    result = train(out)
+    assert result.exit_code == 0, result.output
+    return out
