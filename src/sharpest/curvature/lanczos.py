@@ -193,7 +193,7 @@ def lanczos(
         basis_dtype: ``torch.float64`` (default) or ``torch.float32``: how basis rows are
             stored. Inner products are accumulated in float64 either way; float32 rows
             halve the memory and round each row once (eigenvalues agree with a float64
-            basis to ~1e-7 relative: ``tests/test_lanczos_memory.py``).
+            basis to ~1e-7 relative: ``tests/curvature/test_lanczos_memory.py``).
         basis_device: where basis rows are stored (default the operator's device), e.g.
             ``"cpu"`` for an operator on a GPU: rows then travel to it in 64-MiB slices
             (pinned host memory).
