@@ -193,7 +193,7 @@ def _write_state(out: Path, at: ScaledPreset, executor: str, outcomes: Sequence[
     if wall is not None:
         # The wall time of the calls that trained something (a call that only skips finished
         # runs and rewrites the report adds nothing): what the reproduction table shows.
-        doc["wall_seconds"] = round(wall, 1)
+        doc["wall_seconds"] = round(wall, 3)  # a fast call still counts (> 0)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PRESET_FILE, yaml.safe_dump(jsonable(doc), sort_keys=False,
                                                         allow_unicode=True))
