@@ -324,6 +324,11 @@ def test_tracker_refreshes_the_basis_from_the_preconditioned_hessian() -> None:
     _, v = torch.linalg.eigh(h)
     hess = v[:, torch.argsort(torch.linalg.eigvalsh(h).abs())[-2:]]
     assert float((basis.T @ basis - hess @ hess.T).abs().max()) > 1e-2
+    # a checkpoint keeps the directions, so a resumed tracker refreshes from the same ones
+    resumed = EigenTracker(k=2, every=3, precondition="optimizer", precondition_k=2,
+                           basis_from="preconditioned")
+    resumed.load_state_dict(tracker.state_dict())
+    torch.testing.assert_close(resumed.extras.directions, tracker.extras.directions.cpu())
 
 
 # ---------------------------------------------------------------- errors

@@ -256,9 +256,15 @@ class OptimizerCurvature:
     # -- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        # The directions too: a resumed run that refreshes from the point it stopped at must
+        # give the optimizer the same basis as the run that never stopped.
         return {"preconditioned_vectors": None if self._pre_vectors is None
-                else self._pre_vectors.detach().cpu()}  # fmt: skip
+                else self._pre_vectors.detach().cpu(),
+                "preconditioned_directions": None if self.directions is None
+                else self.directions.detach().cpu()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         vectors = state.get("preconditioned_vectors")
         self._pre_vectors = None if vectors is None else torch.as_tensor(vectors)
+        directions = state.get("preconditioned_directions")
+        self.directions = None if directions is None else torch.as_tensor(directions)
