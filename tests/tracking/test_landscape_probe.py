@@ -26,19 +26,13 @@ from sharpest.train.landscape_probe import (
     surface_meta,
 )
 from sharpest.train.probe_callback import DirectionProbe, build_probe_callbacks
+from tests.helpers import TINY as BASE_TINY
 
+# The shared tiny config (tests/helpers.py) with this module's changes.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "val_size": 40,
+    **BASE_TINY,
     "epochs": 3,
-    "batch_size": 32,
-    "lr": 0.1,
-    "log_every": 2,
     "track": {"k": 2, "every": 0, "subset": 32},
-    "eval": {"train_size": 64, "batch_size": 500},
     "checkpoint": {"keep": 0},
     "probes": {
         "surface": {"epoch_every": 2, "points": 5, "directions": "eigen"},

@@ -26,20 +26,12 @@ from sharpest.report import build_report, summarize
 from sharpest.report.figures import plot_eigenvalues
 from sharpest.report.reader import read_run
 from sharpest.train import EigenTracker, Trainer
+from tests.helpers import TINY as BASE_TINY
 
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
+# The shared tiny config (tests/helpers.py) with this module's changes.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "val_size": 40,
-    "epochs": 2,
-    "batch_size": 32,
-    "lr": 0.1,
-    "log_every": 2,
+    **BASE_TINY,
     "track": {"k": 3, "every": 3, "subset": 32},
-    "eval": {"train_size": 64, "batch_size": 500},
 }
 
 

@@ -18,20 +18,13 @@ from sharpest.config import make_config
 from sharpest.report import summarize
 from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Callback, LambdaCallback, Trainer, weight_spectral_norms
+from tests.helpers import TINY as BASE_TINY
 
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
+# The shared tiny config (tests/helpers.py) with this module's changes.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "val_size": 40,
+    **BASE_TINY,
     "epochs": 1,
-    "batch_size": 32,
-    "lr": 0.1,
-    "log_every": 2,
     "track": {"k": 2, "every": 0, "subset": 32},
-    "eval": {"train_size": 64, "batch_size": 500},
     "metrics": {"grad_norm": False},
 }
 IPE = 5
