@@ -26,17 +26,15 @@ from sharpest.orchestrate.sweep import (
     run_sweep,
 )
 from sharpest.runs import RunFolder, read_records
+from tests.helpers import TINY as BASE_TINY
 
-# 200 MNIST-1D examples, batches of 50: 4 iterations; an 826-parameter MLP; top-2 tracking on
-# 32 examples at the epoch start. One run trains in about a second once torch is imported.
+# The shared tiny config (tests/helpers.py) for one epoch (5 iterations) with this module's
+# changes: a low max_loss (a large lr diverges at once), top-2 tracking at the epoch start, no
+# extra metrics, the test split alone evaluated. One run trains in about a second once torch
+# is imported.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 200,
+    **BASE_TINY,
     "epochs": 1,
-    "batch_size": 50,
-    "lr": 0.1,
     "max_loss": 50.0,
     "track": {"k": 2, "every": 0, "subset": 32},
     "metrics": {"enabled": False},
@@ -309,7 +307,7 @@ def test_local_sweep_of_real_runs_finishes_skips_and_reports_divergence(tmp_path
     by = {r.name: r for r in res}
     assert set(by) == {"lr=0.1", "lr=10000.0"}
     assert by["lr=0.1"].status == "finished", by["lr=0.1"].message
-    assert by["lr=0.1"].result["iteration"] == 4
+    assert by["lr=0.1"].result["iteration"] == 5
     assert by["lr=10000.0"].status == "diverged"
     assert "max_loss" in by["lr=10000.0"].message and res.ok
     for r in res:

@@ -16,6 +16,7 @@ from sharpest.runs import many, sinks
 from sharpest.runs.sinks import CSVSink, Sink, TensorBoardSink, WandbSink, make_sinks, scalars
 from sharpest.train.build import build
 from sharpest.train.loop import Trainer
+from tests.helpers import TINY as BASE_TINY
 
 RECORDS = [
     {"event": "start", "epoch": 0, "iteration": 0, "time": 0.0, "num_params": 826},
@@ -31,17 +32,11 @@ RECORDS = [
      "loss_change": -0.125, "alphas": [0.5, 1.0], "note": "text is skipped"},
 ]  # fmt: skip
 
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
+# The shared tiny config (tests/helpers.py) with this module's changes: no validation split,
+# the train and test evaluations, no extra metrics.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "epochs": 2,
-    "batch_size": 32,
-    "lr": 0.1,
-    "log_every": 2,
-    "track": {"k": 2, "every": 3, "subset": 32},
+    **BASE_TINY,
+    "val_size": 0,
     "eval": {"train_size": 64, "batch_size": 500, "splits": ["train", "test"]},
     "metrics": {"enabled": False},
 }

@@ -21,6 +21,7 @@ from sharpest.runs import read_records
 from sharpest.train import EigenTracker, Trainer
 from sharpest.train.adaptive import AdaptiveCadence, AdaptiveSubset, relative_stderr
 from tests.dense import dense_hessian
+from tests.helpers import TINY as BASE_TINY
 from tests.helpers import strip
 
 # ---------------------------------------------------------------------------- helpers
@@ -222,21 +223,15 @@ def test_cadence_budget_sets_a_floor_on_the_gap():
         AdaptiveCadence(every_min=3, every_max=2)
 
 
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
+# The shared tiny config (tests/helpers.py) with this module's changes: 3 epochs (15
+# iterations), both the cadence and the subset adaptive.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "val_size": 40,
+    **BASE_TINY,
     "epochs": 3,
-    "batch_size": 32,
-    "lr": 0.1,
     "log_every": 5,
     "track": {"k": 2, "every": "auto", "every_min": 1, "every_max": 4, "subset": "auto",
               "subset_min": 16, "subset_max": 160, "rel_stderr": 0.16, "chunk_size": 16,
               "layer_shares": False},
-    "eval": {"train_size": 64, "batch_size": 500},
 }
 
 

@@ -34,6 +34,7 @@ from sharpest.probes import (
     run_probes,
 )
 from sharpest.train.probe_callback import AlphaProbe, CrossSectionProbe, DirectionProbe
+from tests.helpers import TINY as BASE_TINY
 
 N_PARAMS = 6
 
@@ -605,19 +606,13 @@ def test_figures_are_written_and_valid(tmp_path):
 
 # -- the real training loop ------------------------------------------------------------------------
 
-# 160 MNIST-1D examples, batches of 32: 5 iterations per epoch; an 826-parameter MLP.
+# The shared tiny config (tests/helpers.py) with this module's changes: weight decay (the
+# probes' loss includes it), top-3 tracked, no validation split.
 TINY = {
-    "model": "mlp",
-    "model_options": {"hidden_sizes": [16]},
-    "data": "mnist1d",
-    "train_subset": 160,
-    "epochs": 2,
-    "batch_size": 32,
-    "lr": 0.1,
+    **BASE_TINY,
+    "val_size": 0,
     "weight_decay": 1e-3,
-    "log_every": 2,
     "track": {"k": 3, "every": 3, "subset": 32},
-    "eval": {"train_size": 64, "batch_size": 500},
 }
 PROBES = {"num_gradients": 2, "directions": [0, 2], "alphas": [0.5, 1.0, 2.0], "alpha_every": 2}
 
