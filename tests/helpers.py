@@ -3,6 +3,7 @@
 - the ``sharpest`` CLI driven in-process (typer's runner) and the tiny run it trains;
 - run folders written by hand (config.yaml + metrics.jsonl, as in DESIGN.md) and the synthetic
   records of a full run that the report tests read;
+- a Hugging Face ``Trainer`` on the CPU and its token dataset (the callbacks' tests);
 - a benchmark script loaded as a module; a free TCP port.
 
 Dense references (exact Hessians of tiny models) live in ``tests/dense.py``; fixtures (the tiny
@@ -224,6 +225,39 @@ def assert_same_records(a, b):
                 assert va == vb, (key, ra, rb)
 
 
+# ------------------------------------------------------------------ Hugging Face Trainer ---
+
+
+class SequenceDataset:
+    """Token ids, attention masks and labels, one row a ``{"input_ids", "attention_mask",
+    "labels"}`` dict: a ``transformers.Trainer``'s (or a DataLoader's) map-style dataset."""
+
+    def __init__(self, ids, mask, labels):
+        self.ids, self.mask, self.labels = ids, mask, labels
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def hf_trainer(model, out, dataset, callbacks, optimizers=(None, None), **args):
+    """A ``transformers.Trainer`` of ``model`` on ``dataset`` as the tests run it: on the CPU, one
+    epoch, seed 0, in this process, saving, logging and reporting nothing, with ``callbacks``;
+    ``args`` are more ``TrainingArguments`` (or replace these)."""
+    import transformers
+
+    settings = dict(
+        output_dir=str(out), num_train_epochs=1, report_to=[], save_strategy="no",
+        logging_strategy="no", use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    return transformers.Trainer(
+        model=model, args=transformers.TrainingArguments(**{**settings, **args}),
+        train_dataset=dataset, callbacks=list(callbacks), optimizers=optimizers,
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------- others ---
 
 
@@ -250,3 +284,4 @@ def write_yaml(path: Path, data: dict) -> Path:
     """``data`` as YAML at ``path`` (a preset or config file written by hand), in its order."""
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
+

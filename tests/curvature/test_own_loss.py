@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sharpest.curvature import GGNOperator, HessianOperator, lanczos, model_loss
 from sharpest.curvature.inputs import SummedLossError
 from sharpest.curvature.own_loss import ModelLoss, is_causal_lm
+from tests.helpers import SequenceDataset, hf_trainer
 
 pytestmark = pytest.mark.extras("transformers")  # selected by CI's `pytest -m extras`
 transformers = pytest.importorskip("transformers")
@@ -228,30 +229,12 @@ def test_a_chunk_with_no_counted_token_is_left_out():
 # ---- the transformers callback tracks the Hessian of the Trainer's own loss ---------------------
 
 
-class _Sequences(torch.utils.data.Dataset):
-    def __init__(self, ids, mask, labels):
-        self.ids, self.mask, self.labels = ids, mask, labels
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
-
-
-def trainer_top_eigenvalues(trainer, inputs, labels, k):
-    """Top-k eigenvalues (largest |λ|, the tracker's order) of the Hessian of
-    ``trainer.compute_loss`` on the whole subset as one batch: Hessian-vector products by
-    double backward, scipy's ``eigsh``; no sharpest."""
-    model = trainer.model
-    model.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    batch = {**inputs, "labels": labels}
-    # The math kernel of attention: the fused CPU kernel has no double backward.
-    with sdpa_kernel([SDPBackend.MATH]):
-        loss = trainer.compute_loss(model, batch)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in grads])
+def top_eigenvalues(loss, params, k):
+    """Top-k eigenvalues (largest |λ|, the tracker's order) of the Hessian of the scalar
+    ``loss`` over ``params``: Hessian-vector products by double backward, scipy's ``eigsh``;
+    no sharpest."""
+    flat = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params,
+                                                                 create_graph=True)])
 
     def hvp(v):
         v = torch.as_tensor(v.reshape(-1), dtype=flat.dtype)
@@ -261,7 +244,19 @@ def trainer_top_eigenvalues(trainer, inputs, labels, k):
     n = flat.numel()
     values = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=k + 2, which="LM",
                    tol=1e-8, return_eigenvectors=False)
-    return float(loss.detach()), np.array(sorted(values, key=abs, reverse=True)[:k])
+    return np.array(sorted(values, key=abs, reverse=True)[:k])
+
+
+def trainer_top_eigenvalues(trainer, inputs, labels, k):
+    """The loss of ``trainer.compute_loss`` on the whole subset as one batch and the top-k
+    eigenvalues of its Hessian (:func:`top_eigenvalues`)."""
+    model = trainer.model
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The math kernel of attention: the fused CPU kernel has no double backward.
+    with sdpa_kernel([SDPBackend.MATH]):
+        loss = trainer.compute_loss(model, {**inputs, "labels": labels})
+        return float(loss.detach()), top_eigenvalues(loss, params, k)
 
 
 @pytest.mark.slow
@@ -278,14 +273,9 @@ def test_transformers_callback_tracks_the_hessian_of_the_trainers_loss(tmp_path)
         "old": SharpestTrainerCallback(subset, logits_cross_entropy, k=2, every=3, tol=1e-8,
                                        chunk_size=3),
     }
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4,
-        learning_rate=1e-2, report_to=[], save_strategy="no", logging_strategy="no",
-        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0,
-    )  # fmt: skip
-    trainer = transformers.Trainer(model=model, args=args,
-                                   train_dataset=_Sequences(ids, mask, labels),
-                                   callbacks=list(callbacks.values()))
+    trainer = hf_trainer(model, tmp_path, SequenceDataset(ids, mask, labels),
+                         list(callbacks.values()), per_device_train_batch_size=4,
+                         learning_rate=1e-2)
     trainer.train()
     loss, reference = trainer_top_eigenvalues(trainer, *subset, k=2)
     own = callbacks["own"].records[-1]["eigenvalues"]
@@ -327,7 +317,7 @@ def test_lightning_callback_tracks_the_hessian_of_the_wrapped_models_own_loss():
     subset = ({"input_ids": ids[:8], "attention_mask": mask[:8]}, labels[:8])
     callback = SharpestCallback(subset, k=2, every=2, tol=1e-8, chunk_size=3,
                                 model=lambda m: m.model)
-    loader = torch.utils.data.DataLoader(_Sequences(ids, mask, labels), batch_size=4)
+    loader = torch.utils.data.DataLoader(SequenceDataset(ids, mask, labels), batch_size=4)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[callback],
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
@@ -336,18 +326,7 @@ def test_lightning_callback_tracks_the_hessian_of_the_wrapped_models_own_loss():
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     loss = model(**subset[0], labels=subset[1]).loss  # the whole subset as one batch
-    flat = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params,
-                                                                 create_graph=True)])
-
-    def hvp(v):
-        hv = torch.autograd.grad(flat @ torch.as_tensor(v.reshape(-1), dtype=flat.dtype),
-                                 params, retain_graph=True)
-        return torch.cat([h.reshape(-1) for h in hv]).double().numpy()
-
-    n = flat.numel()
-    reference = eigsh(LinearOperator((n, n), matvec=hvp, dtype=np.float64), k=4, which="LM",
-                      tol=1e-8, return_eigenvectors=False)
-    top = sorted(reference, key=abs, reverse=True)[:2]
+    top = top_eigenvalues(loss, params, k=2)
     np.testing.assert_allclose(callback.records[-1]["eigenvalues"], top, rtol=1e-3)
 
 
@@ -368,14 +347,8 @@ def test_transformers_callback_tracks_the_trainers_loss_of_a_masked_lm(tmp_path)
     own = SharpestTrainerCallback(subset, k=2, every=2, tol=1e-8, chunk_size=2)
     old = SharpestTrainerCallback(subset, logits_cross_entropy, k=2, every=2, tol=1e-8,
                                   chunk_size=2)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4,
-        learning_rate=5e-2, report_to=[], save_strategy="no", logging_strategy="no",
-        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, seed=0,
-    )  # fmt: skip
-    trainer = transformers.Trainer(model=model, args=args,
-                                   train_dataset=_Sequences(ids, mask, labels),
-                                   callbacks=[own, old])
+    trainer = hf_trainer(model, tmp_path, SequenceDataset(ids, mask, labels), [own, old],
+                         per_device_train_batch_size=4, learning_rate=5e-2)
     trainer.train()
     loss, reference = trainer_top_eigenvalues(trainer, *subset, k=2)
     # Measured: λ₁ 21.488 for the Trainer's loss, 21.488 own loss, 22.444 old default.

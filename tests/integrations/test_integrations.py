@@ -12,6 +12,7 @@ from torch import nn
 
 from sharpest.curvature import HessianOperator, lanczos
 from sharpest.optim import NudgedSGD
+from tests.helpers import SequenceDataset, hf_trainer
 
 # Needed at import (the LightningModules below); tests/conftest.py marks and skips the rest.
 pl = pytest.importorskip(
@@ -159,21 +160,8 @@ def tiny_bert(attn: str = "sdpa"):
     return transformers.BertForSequenceClassification(config)
 
 
-class DictDataset(torch.utils.data.Dataset):
-    def __init__(self, ids, mask, labels):
-        self.ids, self.mask, self.labels = ids, mask, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
-
-
 @pytest.mark.extras("transformers", "accelerate")  # transformers.Trainer needs accelerate
 def test_transformers_callback_tracks_and_drives_nudged_sgd(tmp_path):
-    import transformers
-
     from sharpest.integrations.transformers import SharpestTrainerCallback
 
     torch.manual_seed(0)
@@ -185,15 +173,9 @@ def test_transformers_callback_tracks_and_drives_nudged_sgd(tmp_path):
     subset = ({"input_ids": ids[:16], "attention_mask": mask[:16]}, labels[:16])
     callback = SharpestTrainerCallback(subset, k=2, every=3, tol=1e-8, sinks=["csv"])
     optimizer = NudgedSGD(model.parameters(), lr=0.1, gamma=0.5, k=2)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8,
-        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type="constant", seed=0,
-    )  # fmt: skip
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=DictDataset(ids, mask, labels),
-        callbacks=[callback], optimizers=(optimizer, None),
-    )  # fmt: skip
+    trainer = hf_trainer(model, tmp_path, SequenceDataset(ids, mask, labels), [callback],
+                         optimizers=(optimizer, None), num_train_epochs=2,
+                         per_device_train_batch_size=8, lr_scheduler_type="constant")
     trainer.train()
     points, refreshed = expected_points()
     assert [r["iteration"] for r in callback.records] == points
