@@ -6,7 +6,7 @@ The suite's tensors are tiny: on a 2-core machine one intra-op thread is faster 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,24 +59,47 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The ``MASTER_PORT`` for the ranks of a multi-process test (``mp.spawn``; ``env://``).
+#: The jobs of the session's one two-rank launch (``two_rank_results``), in order: one
+#: ``mp.spawn`` of 2 ranks serves the tests of these modules instead of one each.
+TWO_RANK_JOBS = (
+    "tests.training.test_distributed_train:helpers_job",
+    "tests.curvature.test_distributed_curvature:products_job",
+    "tests.curvature.test_lanczos_sharded:sharded_basis_job",
+    "tests.tracking.test_tracking_quality:forms_job",
+)
 
-    The rendezvous store is this process's, as torchrun's agent hosts it for its workers
+
+@pytest.fixture(scope="session")
+def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list]:
+    """Every job of TWO_RANK_JOBS run on 2 ranks (gloo, loopback) by one ``mp.spawn``;
+    ``two_rank_results("products_job")`` gives that job's results, of rank 0 and of rank 1.
+
+    The ranks join by ``env://`` (``ddp.init_from_env``, as under torchrun). The rendezvous
+    store is this process's, as torchrun's agent hosts it for its workers
     (``TORCHELASTIC_USE_AGENT_STORE``, inherited by the spawned ranks): it binds its port
     itself, so no other process can take a port found free before rank 0 binds it (on a busy
     machine rank 0 takes many seconds to get there), and it outlives every rank, so no rank's
     exit takes the store from one that still uses it.
     """
     import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from tests.helpers import two_rank_worker
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
+    out = tmp_path_factory.mktemp("two_ranks")
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
-    yield store.port
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+        mp.spawn(two_rank_worker, args=(2, store.port, str(out), TWO_RANK_JOBS), nprocs=2,
+                 join=True)
     del store
+
+    def results(job: str) -> list:
+        return [torch.load(out / f"{job}-rank{r}.pt", weights_only=False) for r in range(2)]
+
+    return results
 
 
 @pytest.fixture

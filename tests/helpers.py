@@ -4,7 +4,7 @@
 - run folders written by hand (config.yaml + metrics.jsonl, as in DESIGN.md) and the synthetic
   records of a full run that the report tests read;
 - a Hugging Face ``Trainer`` on the CPU and its token dataset (the callbacks' tests);
-- a benchmark script loaded as a module; a free TCP port.
+- a benchmark script loaded as a module; a free TCP port; the ranks of the two-rank launch.
 
 Dense references (exact Hessians of tiny models) live in ``tests/dense.py``; fixtures (the tiny
 runs trained once per session) in ``tests/conftest.py``.
@@ -285,3 +285,34 @@ def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return path
 
+
+def two_rank_worker(rank: int, world: int, port: int, out_dir: str, jobs: tuple[str, ...]) -> None:
+    """One rank of the session's two-rank launch (``conftest.two_rank_results``): the process
+    group from the variables a launcher sets (``sharpest.distributed.ddp.init_from_env``; the
+    rendezvous store is the test process's), then each job ``"module:function"`` of ``jobs``
+    in turn, called with the rank; its result is saved as ``out_dir/<function>-rank<r>.pt``.
+
+    A job that raises ends the launch (``mp.spawn`` stops the other rank), naming the job.
+    """
+    import importlib
+
+    import torch
+
+    from sharpest.distributed import ddp
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    ddp.init_from_env(torch.device("cpu"))
+    for job in jobs:
+        module, name = job.split(":")
+        try:
+            result = getattr(importlib.import_module(module), name)(rank)
+        except Exception as err:
+            raise RuntimeError(f"two-rank job {job} failed on rank {rank}") from err
+        torch.save(result, os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+    # No destroy_process_group here: the group goes as in a run, by init_from_env's exit
+    # handler, after a barrier of every rank. Destroyed at once, a rank could leave while the
+    # other was still in the last collective.

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from sharpest import GGNOperator, HessianOperator, lanczos
@@ -23,42 +19,35 @@ def _problem():
     return model, nn.CrossEntropyLoss(), x, y
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, loss_fn, x, y = _problem()
-        batches = [(x[:10], y[:10]), (x[10:], y[10:])]
-        sharded = HessianOperator(model, loss_fn, batches, weight_decay=1e-2)
-        # Unequal shards supplied by the caller: rank 0 holds 4 examples, rank 1 holds 21.
-        own = (x[:4], y[:4]) if rank == 0 else (x[4:], y[4:])
-        given = HessianOperator(model, loss_fn, own, weight_decay=1e-2, shard_data=False)
-        v = torch.randn(sharded.size, generator=torch.Generator().manual_seed(2),
-                        dtype=torch.float64)
-        res = lanczos(sharded, k=3, tol=1e-10)
-        torch.save(
-            {
-                "examples": (sharded.num_examples, len(sharded.chunks)),
-                "hv": sharded.matvec(v),
-                "hv_given": given.matvec(v),
-                "ggn_v": GGNOperator(model, loss_fn, batches, weight_decay=1e-2).matvec(v),
-                "fisher_v": GGNOperator(model, loss_fn, batches, kind="fisher").matvec(v),
-                "loss": sharded.loss(),
-                "grad": sharded.gradient(),
-                "values": res.values,
-                "vectors": res.vectors,
-                "n_matvecs": res.n_matvecs,
-            },
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-    finally:
-        dist.destroy_process_group()
+def products_job(rank: int) -> dict:
+    """On each of 2 ranks (the session's two-rank launch, conftest.two_rank_results): the
+    data-parallel products, loss, gradient and eigenpairs."""
+    model, loss_fn, x, y = _problem()
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    sharded = HessianOperator(model, loss_fn, batches, weight_decay=1e-2)
+    # Unequal shards supplied by the caller: rank 0 holds 4 examples, rank 1 holds 21.
+    own = (x[:4], y[:4]) if rank == 0 else (x[4:], y[4:])
+    given = HessianOperator(model, loss_fn, own, weight_decay=1e-2, shard_data=False)
+    v = torch.randn(sharded.size, generator=torch.Generator().manual_seed(2),
+                    dtype=torch.float64)
+    res = lanczos(sharded, k=3, tol=1e-10)
+    return {
+        "examples": (sharded.num_examples, len(sharded.chunks)),
+        "hv": sharded.matvec(v),
+        "hv_given": given.matvec(v),
+        "ggn_v": GGNOperator(model, loss_fn, batches, weight_decay=1e-2).matvec(v),
+        "fisher_v": GGNOperator(model, loss_fn, batches, kind="fisher").matvec(v),
+        "loss": sharded.loss(),
+        "grad": sharded.gradient(),
+        "values": res.values,
+        "vectors": res.vectors,
+        "n_matvecs": res.n_matvecs,
+    }
 
 
 @pytest.mark.slow
-def test_two_process_products_and_eigenpairs_equal_single_process(tmp_path, rendezvous_port):
-    mp.spawn(_worker, args=(2, rendezvous_port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def test_two_process_products_and_eigenpairs_equal_single_process(two_rank_results):
+    ranks = two_rank_results("products_job")
 
     model, loss_fn, x, y = _problem()
     single = HessianOperator(model, loss_fn, (x, y), weight_decay=1e-2)

@@ -3,13 +3,9 @@ its slice of every basis row and the result equals the single-process one."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from sharpest import HessianOperator, lanczos
@@ -24,38 +20,33 @@ def _problem():
     return model, nn.CrossEntropyLoss(), (x, y)
 
 
-def _worker(rank: int, world: int, store: str, out_dir: str) -> None:
-    # A file store, not a TCP port: nothing to race for on a busy machine.
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+def sharded_basis_job(rank: int) -> dict:
+    """On each of 2 ranks (the session's two-rank launch, conftest.two_rank_results): a cold
+    and a warm-started Lanczos with the basis sharded, and the lengths of the rows stored."""
+    import sharpest.curvature.lanczos_basis as basis
+
+    sizes = []
+    original = basis.RowStore.__init__
+
+    def record(self, n, *args, **kwargs):
+        sizes.append(n)
+        original(self, n, *args, **kwargs)
+
+    basis.RowStore.__init__ = record
     try:
-        import sharpest.curvature.lanczos_basis as basis
-
-        sizes = []
-        original = basis.RowStore.__init__
-
-        def record(self, n, *args, **kwargs):
-            sizes.append(n)
-            original(self, n, *args, **kwargs)
-
-        basis.RowStore.__init__ = record
         model, loss_fn, data = _problem()
         op = HessianOperator(model, loss_fn, data, weight_decay=1e-2)  # data-parallel
         res = lanczos(op, k=3, tol=1e-10, shard_basis=True, init=None, seed=3)
         warm = lanczos(op, k=3, tol=1e-10, shard_basis=True, init=res.vectors, seed=4)
-        torch.save({"values": res.values, "vectors": res.vectors, "converged": res.converged,
-                    "warm": warm.values, "row_lengths": sorted(set(sizes)),
-                    "guard": res.guard_runs},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        basis.RowStore.__init__ = original  # the launch's later jobs run in this process
+    return {"values": res.values, "vectors": res.vectors, "converged": res.converged,
+            "warm": warm.values, "row_lengths": sorted(set(sizes)), "guard": res.guard_runs}
 
 
 @pytest.mark.slow
-def test_a_sharded_basis_gives_the_single_process_eigenpairs(tmp_path):
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def test_a_sharded_basis_gives_the_single_process_eigenpairs(two_rank_results):
+    ranks = two_rank_results("sharded_basis_job")
     model, loss_fn, data = _problem()
     op = HessianOperator(model, loss_fn, data, weight_decay=1e-2)
     ref = np.linalg.eigvalsh(op.to_dense().numpy())

@@ -419,20 +419,13 @@ def test_algebraic_order_warns_once_when_the_lm_set_cannot_hold_its_top(capsys):
     np.testing.assert_allclose(torch.linalg.svdvals(overlap).numpy(), [1.0, 1.0], atol=1e-6)
 
 
-def _forms_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, loss_fn, x, y, V = _forms_problem()
-        op = HessianOperator(model, loss_fn, (x, y), chunk_size=5)  # shards 12 / 13 examples
-        forms, sizes = op.chunk_quadratic_forms(V)
-        torch.save({"forms": forms, "sizes": sizes}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def forms_job(rank: int) -> dict:
+    """On each of 2 ranks (the session's two-rank launch, conftest.two_rank_results): the
+    chunks' quadratic forms of a data-parallel operator."""
+    model, loss_fn, x, y, V = _forms_problem()
+    op = HessianOperator(model, loss_fn, (x, y), chunk_size=5)  # shards 12 / 13 examples
+    forms, sizes = op.chunk_quadratic_forms(V)
+    return {"forms": forms, "sizes": sizes}
 
 
 def _forms_problem():
@@ -447,16 +440,13 @@ def _forms_problem():
 
 
 @pytest.mark.slow
-def test_chunk_quadratic_forms_under_two_processes(tmp_path, rendezvous_port):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_forms_worker, args=(2, rendezvous_port, str(tmp_path)), nprocs=2, join=True)
+def test_chunk_quadratic_forms_under_two_processes(two_rank_results):
+    ranks = two_rank_results("forms_job")
     model, loss_fn, x, y, V = _forms_problem()
     single = HessianOperator(model, loss_fn, [(x[:12], y[:12]), (x[12:], y[12:])], chunk_size=5)
     forms, sizes = single.chunk_quadratic_forms(V)
     assert sizes.tolist() == [5, 5, 2, 5, 5, 3]
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in ranks:
         assert got["sizes"].tolist() == sizes.tolist()  # every rank holds every chunk
         np.testing.assert_allclose(got["forms"].numpy(), forms.numpy(), rtol=1e-10)
 

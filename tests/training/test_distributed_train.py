@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from sharpest.config import make_config
@@ -182,17 +181,14 @@ def test_stateful_lstm_data_parallel_and_resume(tmp_path, shared_data):
     assert_close_records(_resume(config, out), parallel, rtol=1e-6)
 
 
-# -- the helpers on 2 ranks (in-process spawn) ---------------------------------------------------
+# -- the helpers on 2 ranks (the session's two-rank launch) -------------------------------------
 
 
-def _helpers_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    # The rendezvous store is the test process's (conftest.rendezvous_port).
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    device = ddp.init_from_env(torch.device("cpu"))
+def helpers_job(rank: int) -> dict:
+    """On each of 2 ranks (the session's two-rank launch, conftest.two_rank_results, whose
+    process group ``ddp.init_from_env`` set up from the launcher's variables): the helpers'
+    results."""
+    device = ddp.init_from_env(torch.device("cpu"))  # the group exists: used as it is
     out: dict = {"device": str(device), "world": ddp.world_size(), "main": ddp.is_main()}
     x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
     out["shard"] = ddp.shard_batch(x, y)
@@ -223,16 +219,12 @@ def _helpers_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         ddp.shard_hidden_state(holder)
         out["own_hidden"] = holder.hidden_state[0].clone()
     out["restored_hidden"] = holder.hidden_state[0].clone()
-    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    # No destroy_process_group here: the group goes as in a run, by init_from_env's exit
-    # handler, after a barrier of every rank. Destroyed at once, a rank could leave while the
-    # other was still in the last collective.
+    return out
 
 
 @pytest.mark.slow
-def test_ddp_helpers_on_two_ranks(tmp_path, rendezvous_port):
-    mp.spawn(_helpers_worker, args=(2, rendezvous_port, str(tmp_path)), nprocs=2, join=True)
-    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in range(2)]
+def test_ddp_helpers_on_two_ranks(two_rank_results):
+    r = two_rank_results("helpers_job")
     assert [o["world"] for o in r] == [2, 2] and [o["main"] for o in r] == [True, False]
     assert r[0]["device"] == "cpu"
     assert r[0]["shard"][1].tolist() == [0, 1] and r[1]["shard"][1].tolist() == [2, 3, 4]
