@@ -1,7 +1,8 @@
 """Suite-wide settings.
 
 The suite's tensors are tiny: on a 2-core machine one intra-op thread is faster than two
-(thread start-up dominates), and it keeps results independent of the core count.
+(thread start-up dominates), and it keeps results independent of the core count. (numpy's
+OpenBLAS gets one thread too, in tests/__init__.py: it must be set before numpy loads.)
 """
 
 from __future__ import annotations
