@@ -4,13 +4,16 @@ a few minutes, is marked slow and checks that the paper's findings hold on its d
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sharpest.cli import app
+from sharpest.experiments.demo import run_demo
 from sharpest.experiments.preset import load_preset, resolve_runs
-from tests.helpers import copy_run, runner
+from sharpest.experiments.runner import run_preset
+from tests.helpers import copy_run, runner, write_yaml
 
 
 def test_demo_preset_is_offline_and_covers_the_brief():
@@ -41,15 +44,29 @@ def test_demo_quick(quick_demo, tmp_path):
     for png in (out / "figures").glob("*.png"):
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{png.name}" in html
     assert '<span class="badge badge-' in html  # the findings' verdicts, as badges
-    # a second call trains nothing (on a copy: the fixture's folder stays as the first call left it)
+    # A second call trains nothing: every run skipped, its records untouched, the same findings
+    # (on a copy: the fixture's folder stays as the first call left it). Without the report:
+    # the first call wrote it, and rewriting a preset's report is test_run_a_preset_end_to_end's.
     again = copy_run(out, tmp_path / "demo")
-    res = runner.invoke(app, ["demo", "--quick", "--out", str(again), "--quiet"])
-    assert res.exit_code == 0 and json.loads((again / "findings.json").read_text()) == findings
+    records = {p: p.read_bytes() for p in again.glob("*/metrics.jsonl")}
+    second = run_demo(again, quick=True, progress=False, report=False)
+    assert [r.status for r in second.runs] == ["skipped"] * 6 and len(records) == 6
+    assert {p: p.read_bytes() for p in again.glob("*/metrics.jsonl")} == records
+    assert json.loads((again / "findings.json").read_text()) == findings
 
 
 @pytest.mark.slow
 def test_full_demo_shows_the_papers_findings(tmp_path):
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--quiet"])
+    """The runs of `sharpest demo` (the demo preset at its small scale) hold every claim.
+    They train side by side here, one worker process a core (one torch thread each on 2 to 6
+    cores, as `sharpest demo` trains them one after the other), without the report: the same
+    findings in about half the wall time on 2 cores (the quick demo checks the command and
+    its report)."""
+    from sharpest.orchestrate.executors import available_cpus
+
+    workers = min(available_cpus(), len(resolve_runs(load_preset("demo"), "small")))
+    res = runner.invoke(app, ["run", "demo", "--scale", "small", "--workers", str(workers),
+                              "--no-report", "--out", str(tmp_path / "demo"), "--quiet"])
     assert res.exit_code == 0, res.output
     checks = {c["claim"]: c for c in json.loads(
         (tmp_path / "demo" / "findings.json").read_text())["checks"]}
@@ -57,21 +74,38 @@ def test_full_demo_shows_the_papers_findings(tmp_path):
     assert all(c["held"] for c in checks.values()), [c for c in checks.values() if not c["held"]]
 
 
+def _tiny_verdicts_preset(folder: Path) -> Path:
+    """The demo preset as a file with only the runs its tiny-scale checks read (the η = 0.02
+    runs of the tiny scale, a third of its training, are a smoke test that no verdict there
+    reads) and the checks on those runs."""
+    demo = load_preset("demo")
+    needed = {r for c in demo.checks if "tiny" in c.scales for r in c.runs}
+    data = yaml.safe_load(Path(demo.source).read_text(encoding="utf-8"))
+    data["runs"] = [r for r in data["runs"] if r["name"] in needed]
+    for scale in data["scales"].values():
+        scale["runs"] = {k: v for k, v in scale.get("runs", {}).items() if k in needed}
+    data["checks"] = [c for c in data["checks"] if set(c["runs"]) <= needed]
+    data.pop("report_groups", None)
+    return write_yaml(folder / "demo.yaml", data)
+
+
 @pytest.mark.slow
 def test_demo_verdicts_do_not_depend_on_seed_or_threads(quick_demo, tmp_path):
     """The tiny scale with seed 0 on one thread and seed 1 on two threads: the same verdicts.
-    Seed 0 on one thread is the quick demo the session already ran (this call trains nothing)."""
+    Seed 0 on one thread is the quick demo the session already ran (this call trains nothing);
+    seed 1 trains only the runs behind the tiny scale's verdicts."""
     import torch
-
-    from sharpest.experiments.demo import run_demo
 
     before = torch.get_num_threads()
     try:
         a = run_demo(copy_run(quick_demo[0], tmp_path / "a"), quick=True, threads=1, seed=0,
                      progress=False, report=False)
-        b = run_demo(tmp_path / "b", quick=True, threads=2, seed=1, progress=False, report=False)
+        torch.set_num_threads(2)  # as run_demo(threads=2)
+        b = run_preset(_tiny_verdicts_preset(tmp_path), scale="tiny", sets=["seed=1"],
+                       out=tmp_path / "b", executor="inline", progress=False, report=False)
     finally:
         torch.set_num_threads(before)
+    assert [r.status for r in b.runs] == ["finished"] * 3
     assert [c.claim for c in a.checks] == [c.claim for c in b.checks]
     assert len(a.checks) == sum("tiny" in c.scales for c in load_preset("demo").checks) >= 5
     diff = [(c.claim, c.verdict, d.verdict, c.numbers(), d.numbers())
