@@ -53,7 +53,7 @@ from sharpest.orchestrate.many import (
 )
 from sharpest.report import build_report
 from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
-from sharpest.runs.names import seeded_name
+from sharpest.runs.names import configuration_name, seeded_name
 from sharpest.train.build import build_data
 
 __all__ = [
@@ -329,11 +329,15 @@ def run_preset(
 def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str]:
     """The preset's group reports and per-run reports; returns Markdown links to them."""
     preset = at.preset
-    by_name = {f.name: f for f in folders}
+    # A run trained at several seeds left one folder per seed: a group holds every seed of its
+    # members (the report draws their mean and spread), a run report is made for each seed.
+    by_name: dict[str, list[Path]] = {}
+    for f in folders:
+        by_name.setdefault(configuration_name(f.name), []).append(f)
     links = []
     for gname, members in preset.report_groups.items():
-        dirs = [by_name[m] for m in members if m in by_name]
-        if len(dirs) < 2:
+        dirs = [f for m in members for f in by_name.get(m, [])]
+        if sum(m in by_name for m in members) < 2:
             continue
         dest = out / "groups" / gname
         try:
@@ -346,14 +350,14 @@ def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str
             continue
         links.append(f"[{gname}](groups/{gname}/report.html) ({', '.join(members)})")
     for name in preset.run_reports:
-        if name not in by_name:
-            continue
-        try:
-            build_report([by_name[name]], expected=preset.expected)
-        except Exception as err:  # noqa: BLE001
-            links.append(f"{name}: failed ({type(err).__name__}: {err})")
-            continue
-        links.append(f"[{name}]({name}/report.html) (its own report, with the zoom)")
+        for folder in by_name.get(name, []):
+            try:
+                build_report([folder], expected=preset.expected)
+            except Exception as err:  # noqa: BLE001
+                links.append(f"{folder.name}: failed ({type(err).__name__}: {err})")
+                continue
+            links.append(f"[{folder.name}]({folder.name}/report.html) "
+                         "(its own report, with the zoom)")
     return links
 
 
