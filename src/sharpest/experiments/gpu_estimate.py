@@ -18,13 +18,14 @@ first-order graph a tracking point's products share, and a forward pass per exam
   with an RNN, so an LSTM is counted as the matrix products it is (oneDNN's fused LSTM kernel
   is invisible to the counter; its convolutions are counted either way, and faster with it).
 - A product is counted as the GPU computes it: the double backward through a chunk's
-  first-order graph (``backend="double_backward"``, what :class:`~sharpest.curvature.\
-HessianOperator` takes on CUDA), the graph's build counted apart. Whether the tracker's
-  operator keeps the graphs between products follows its own rule: the bytes autograd saves per
-  example, measured in the same pass, times N, against its cache budget (4 GiB). Kept: one
-  build per tracking point; not kept: a build inside every product.
+  first-order graph (``backend="double_backward"``, what ``HessianOperator`` takes on CUDA),
+  the graph's build counted apart. Whether the tracker's operator keeps the graphs between
+  products follows its own rule: the bytes autograd saves per example, measured in the same
+  pass, times N, against its cache budget (4 GiB). Kept: one build per tracking point; not
+  kept: a build inside every product.
 - ops: the ATen operations dispatched in the same passes, views left out (each is one kernel
-  launch or more on a GPU); a step includes the optimizer's update.
+  launch or more on a GPU); a step's include the optimizer's update (NSGD's as the plain SGD
+  step it takes before it has a basis: its projection, O(kP), is under 1 % of a step).
 - R and t_op: stated assumptions, per GPU (:data:`GPUS`), not measurements. Both are meant to
   err towards more hours: the two terms are added as if nothing overlapped.
 
@@ -55,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sharpest.config import Config, ConfigError
 from sharpest.curvature import HessianOperator
 from sharpest.data.bundle import cross_entropy, resolve_count, zaremba_num_batches
-from sharpest.data.load import _options as data_options
+from sharpest.data.load import _options as data_options  # the one place PTB's bptt default is
 from sharpest.data.load import split_indices
 from sharpest.experiments.estimate import (
     RunEstimate,
