@@ -1,6 +1,7 @@
 """Lazy package attributes (PEP 562): a name is imported from its module on first use, so that
 importing a package stays light (``import sharpest.models`` does not load the curvature code,
-a spawned worker importing ``sharpest.orchestrate.executors`` does not load the report)."""
+a spawned worker importing ``sharpest.orchestrate.executors`` does not load the report).
+"""
 
 from __future__ import annotations
 

@@ -192,7 +192,8 @@ class TraceTrackConfig(_Section):
 
 class DensityTrackConfig(_Section):
     """``track.density``: the eigenvalue density along training (:func:`sharpest.spectral_density`;
-    ``"density"`` lines)."""
+    ``"density"`` lines).
+    """
 
     #: Iterations between density points (t % every == 0, and once at the end); 0: off.
     every: int = Field(default=0, ge=0)
@@ -362,7 +363,8 @@ class MetricsConfig(_Section):
 
 class SummaryConfig(_Section):
     """``summary``: the paper's Table 1 numbers as one ``"summary"`` line before ``"end"`` of a
-    finished run (see :mod:`sharpest.train.summary`)."""
+    finished run (see :mod:`sharpest.train.summary`).
+    """
 
     enabled: bool = True
     #: Eigenvalues in the ‖H‖_F estimate √Σλᵢ² (Table 1: the top 5).
@@ -384,7 +386,8 @@ class CheckpointConfig(_Section):
 class LogConfig(_Section):
     """``log``: where records go besides ``metrics.jsonl`` (mirrors written as records happen;
     see :mod:`sharpest.runs.sinks`): ``tensorboard`` (``OUT/tensorboard/``), ``csv``
-    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``)."""
+    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``).
+    """
 
     sinks: list[Literal["tensorboard", "wandb", "csv"]] = Field(default_factory=list)
     #: wandb: project name (None: wandb's default).

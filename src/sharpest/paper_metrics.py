@@ -125,7 +125,8 @@ def _mean(xs: Iterable[float]) -> float:
 
 def val_metric(records: Sequence[dict[str, Any]]) -> tuple[str, bool] | None:
     """The field that ranks validation lines (accuracy, else perplexity, else loss) and whether
-    larger is better; None when no ``val`` line holds any of them."""
+    larger is better; None when no ``val`` line holds any of them.
+    """
     val = [r for r in records if r.get("event") == "eval" and r.get("split") == "val"]
     for key, larger in (("accuracy", True), ("perplexity", False), ("loss", False)):
         if any(finite(r.get(key)) for r in val):

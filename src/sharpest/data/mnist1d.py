@@ -77,7 +77,8 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def _cache_problem(arrays: dict[str, np.ndarray]) -> str:
     """What is wrong with cached arrays ('' if nothing): a tampered or damaged cache must not
-    reach training, where a label out of range fails deep inside the loss."""
+    reach training, where a label out of range fails deep inside the loss.
+    """
     for split in ("", "_test"):
         x, y = arrays["x" + split], arrays["y" + split]
         if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:

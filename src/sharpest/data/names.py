@@ -1,5 +1,6 @@
 """The data sets' names, without torch: the config checks them, and the CLI's config errors
-and ``sharpest presets`` answer without loading torch."""
+and ``sharpest presets`` answer without loading torch.
+"""
 
 from __future__ import annotations
 

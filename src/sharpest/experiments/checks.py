@@ -255,7 +255,8 @@ def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
 
 def _eigen_field_end(name: str, over_line: bool):
     """The mean of the ``"eigen"`` field ``name`` (first entry of a list), or of its ratio to
-    the line's ``stability_threshold``, over the converged lines of the last window."""
+    the line's ``stability_threshold``, over the converged lines of the last window.
+    """
     def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
               window: float) -> float | None:
         pts = []
@@ -335,7 +336,8 @@ def find_metric(name: str) -> tuple[Metric, dict[str, Any]]:
 
 def parse_metric(name: str) -> tuple[str, dict[str, Any]]:
     """``"kmin_10pct_e1"`` → ``("kmin", {"field": "kmin_10pct", "index": 0})``; ValueError if
-    unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``."""
+    unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``.
+    """
     for sep, kind in _COMBINED.items():
         if sep in name:
             terms = tuple(t.strip() for t in name.split(sep))
@@ -400,7 +402,8 @@ def metric_value(
     """The metric ``name`` of one run's records (None when the records do not allow it).
 
     ``window``: the fraction of the run at its end that end-of-run metrics average over
-    (default: the metric's own, see :data:`REGISTRY`)."""
+    (default: the metric's own, see :data:`REGISTRY`).
+    """
     kind, args = parse_metric(name)
     if kind in _COMBINED.values():
         a, b = (metric_value(records, t, window) for t in args["terms"])
@@ -422,7 +425,8 @@ class CheckResult:
     ``values``: the mean over seeds of each run (None: not computable); ``seeds``: each seed's
     value; ``held``: True / False / None (not computed); ``tie``: it failed only on ties;
     ``scale``: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
-    this scale")."""
+    this scale").
+    """
 
     claim: str
     metric: str
@@ -460,7 +464,8 @@ class CheckResult:
     def verdict_at(self, scale: str | None) -> str:
         """The verdict a reader sees: below the paper's scale a claim that failed (other than
         on ties) is "not reproduced at this scale" (a smaller run does not refute the paper).
-        ``scale`` None: the scale the result was computed at."""
+        ``scale`` None: the scale the result was computed at.
+        """
         return self.verdict if scale is None else replace(self, scale=scale).verdict
 
     def numbers(self) -> str:
@@ -526,7 +531,8 @@ def evaluate_checks(
     or found among the folders by :func:`~sharpest.experiments.seeds.seed_groups` (folders
     named after it whose config differs only in ``seed``). ``scale``: the scale of the runs
     (None or ``"paper"``: a failed claim "did not hold"; else "not reproduced at this
-    scale"); a check whose ``scales`` do not include ``scale`` is left out."""
+    scale"); a check whose ``scales`` do not include ``scale`` is left out.
+    """
     cache: dict[Path, list[dict[str, Any]]] = {}
     results = []
     for c in checks:
@@ -651,7 +657,8 @@ def findings_markdown(
     results: Sequence[CheckResult], title: str = "Findings", scale: str | None = None
 ) -> str:
     """A Markdown list (renders in the report): one item per claim with the numbers; the
-    report turns each bold verdict into a coloured badge."""
+    report turns each bold verdict into a coloured badge.
+    """
     if not results:
         return ""
     counts = sorted({len(v) for r in results for v in r.seeds.values() if v})

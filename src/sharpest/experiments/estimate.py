@@ -176,7 +176,8 @@ class RunEstimate:
 
 def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
     """Build the run (data included), time ``steps`` training steps (after one warm-up), one
-    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc)."""
+    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc).
+    """
     t0 = time.process_time()
     cfg = config.model_copy(update={"init_from": None})
     trainer = Trainer(cfg, None)

@@ -101,7 +101,8 @@ class InitFrom(_Strict):
 
 class PresetRun(_Strict):
     """One run of a preset as its YAML gives it: a folder name and config overrides
-    (:func:`resolve_runs` makes it a :class:`~sharpest.orchestrate.many.RunSpec`)."""
+    (:func:`resolve_runs` makes it a :class:`~sharpest.orchestrate.many.RunSpec`).
+    """
 
     name: str
     #: Config overrides (nested or dotted keys).
@@ -256,7 +257,8 @@ class ScaledPreset:
 def at_scale(preset: Preset, scale: str, sets: Iterable[str] = (), *,
              check_probes: bool = True) -> ScaledPreset:
     """``preset`` resolved at ``scale`` with the command line's ``sets``: every run validated
-    once (:func:`resolve_runs`; raises :class:`PresetError`)."""
+    once (:func:`resolve_runs`; raises :class:`PresetError`).
+    """
     sets = tuple(sets)
     return ScaledPreset(preset, scale, sets,
                         tuple(resolve_runs(preset, scale, sets, check_probes=check_probes)))
@@ -351,7 +353,8 @@ def _format_validation(err: ValidationError, where: str) -> str:
 
 def load_preset(name_or_path: str | os.PathLike[str] | Mapping[str, Any]) -> Preset:
     """Read and check a preset (structure, run names, checks); runs are validated per scale by
-    :func:`resolve_runs`."""
+    :func:`resolve_runs`.
+    """
     if isinstance(name_or_path, Mapping):
         data, where = dict(name_or_path), "(mapping)"
         path = None
@@ -462,7 +465,8 @@ def _apply(data: dict[str, Any], overrides: Mapping[str, Any], what: str) -> dic
 def base_config(preset: Preset, scale: str = "small") -> dict[str, Any]:
     """The preset's base config at ``scale``, without any run's overrides (validated).
 
-    What ``sharpest sweep PRESET`` sweeps over when the preset has several runs."""
+    What ``sharpest sweep PRESET`` sweeps over when the preset has several runs.
+    """
     data = _apply(dict(preset.base), preset.scale(scale).set,
                   f"preset {preset.name}, scale {scale}")
     try:

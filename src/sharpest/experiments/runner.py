@@ -360,7 +360,8 @@ def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str
 def preset_report(out: Path, at: ScaledPreset, folders: list[Path], findings: str
                   ) -> tuple[Path | None, str | None]:
     """The preset's comparative report in ``out`` (with its group and per-run reports), the
-    expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
+    expected outcome and ``findings`` on top; returns (path, None) or (None, why not).
+    """
     if not folders:
         return None, "report skipped: no run ended"
     links = _extra_reports(out, at, folders)

@@ -19,7 +19,8 @@ __all__ = ["TrackingCore", "unwrap_optimizer"]
 
 def unwrap_optimizer(optimizer: Any) -> Any:
     """The optimizer with ``set_basis`` under wrappers (accelerate's ``AcceleratedOptimizer``,
-    Lightning's ``LightningOptimizer``), or ``optimizer`` itself."""
+    Lightning's ``LightningOptimizer``), or ``optimizer`` itself.
+    """
     seen = 0
     while optimizer is not None and not hasattr(optimizer, "set_basis") and seen < 5:
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)

@@ -45,7 +45,8 @@ def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
 
     Position t is scored against label t, unshifted: not a causal LM's loss (the callback's
     default, the model's own loss, is). Chunks are weighted by their examples, so with
-    ``-100`` labels it is not the whole subset's token mean either."""
+    ``-100`` labels it is not the whole subset's token mean either.
+    """
     logits = getattr(outputs, "logits", None)
     if logits is None:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs

@@ -1,6 +1,7 @@
 """The models' names, without torch: the config checks them, and the CLI's config errors and
 ``sharpest presets`` answer without loading torch (``models.registry`` checks that the
-builders match)."""
+builders match).
+"""
 
 from __future__ import annotations
 

@@ -250,7 +250,8 @@ class SubspaceSGD(BasisHolder, Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; one without ``"subspace"`` (e.g. from ``torch.optim.SGD``)
-        loads the SGD state and leaves the basis and settings as they are."""
+        loads the SGD state and leaves the basis and settings as they are.
+        """
         state_dict = dict(state_dict)
         extra = state_dict.pop(_STATE_KEY, None)
         basis = None

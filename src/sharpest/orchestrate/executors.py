@@ -120,7 +120,8 @@ def run_task(
     task: Task, train_fn: TrainFn | None = None, reraise: tuple[type[BaseException], ...] = ()
 ) -> dict[str, Any]:
     """Train one run (in a worker); failures come back as ``status: failed``, except the
-    exception types of ``reraise`` (the inline executor's bad config or folder)."""
+    exception types of ``reraise`` (the inline executor's bad config or folder).
+    """
     t0 = time.perf_counter()
     _announce(task)
     _IN_TASK.set()
@@ -226,7 +227,8 @@ def _watch_parent() -> None:
     would train its run to the end unseen: burning cores that the next sweep measures its
     time on, and holding the run's lock so that sweep reports it locked. A daemon thread
     checks the parent every :data:`PARENT_POLL_SECONDS` and interrupts the run when it is
-    gone."""
+    gone.
+    """
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),),
                      name="sharpest-parent-watch", daemon=True).start()
 
@@ -235,7 +237,8 @@ def _init_worker(gpu_queue: Any, started: Any, plain_warnings: bool = False) -> 
     """Pool initializer: pin this worker process to one GPU before torch touches CUDA, keep
     the queue that start announcements go to, print warnings as the parent does (the CLI's
     one-line ``warning: …`` form is lost in a spawned process otherwise), and stop when the
-    parent dies (:func:`_watch_parent`)."""
+    parent dies (:func:`_watch_parent`).
+    """
     global _STARTED
     _STARTED = started
     _watch_parent()
@@ -252,7 +255,8 @@ def _announce(task: Task) -> None:
 
 def _drain(queue: Any, into: set[str]) -> None:
     """Read the start announcements so far (a SimpleQueue: written synchronously, so a worker
-    killed right after its announcement still counts as started)."""
+    killed right after its announcement still counts as started).
+    """
     try:
         while not queue.empty():
             into.add(queue.get())

@@ -24,7 +24,8 @@ MAX_NAME = 120
 
 class SweepError(ConfigError):
     """A bad sweep: grid syntax, an invalid grid point, a clash with existing folders, or an
-    executor that cannot start. The message fits in one paragraph (the CLI prints it)."""
+    executor that cannot start. The message fits in one paragraph (the CLI prints it).
+    """
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
+    """Raise :class:`SweepError` when a key of ``grid`` has no values or one value twice."""
     for key, values in grid.items():
         if not values:
             raise SweepError(f"grid {key}: no values")

@@ -101,7 +101,8 @@ def orthogonal_unit(direction: Tensor, against: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class PCADirections:
     """Li et al.'s trajectory directions: ``directions`` (2, n) float64 unit rows, the
-    fraction of the variance each explains (``explained``) and the number of points used."""
+    fraction of the variance each explains (``explained``) and the number of points used.
+    """
 
     directions: Tensor
     explained: np.ndarray

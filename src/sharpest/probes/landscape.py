@@ -292,7 +292,8 @@ def _conv_layout(model: nn.Module, channels_last: bool) -> Iterator[None]:
     passes of SimpleCNN on this 2-core CPU: 0.51 against 0.93 s for 1,024 images), then back.
     The parameter objects stay the same (the layout of their data changes), so optimizers and
     operators holding them are unaffected; the losses agree with the contiguous layout's to
-    float rounding, not bit for bit."""
+    float rounding, not bit for bit.
+    """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not (channels_last and convs):
         yield

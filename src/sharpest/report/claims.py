@@ -125,7 +125,8 @@ def claims_markdown(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = "."
                     command: str = "sharpest report --claims") -> str:
     """The rows as one Markdown table (a preset's name, time and links on its first row only),
     headed by the scales it covers; links are relative to the folder ``base`` (where the
-    Markdown goes). ``command``: how the table was made (said under it)."""
+    Markdown goes). ``command``: how the table was made (said under it).
+    """
     base = Path(base)
     scales = sorted({r.scale for r in rows if r.scale})
     run = {(r.preset, r.folder) for r in rows if r.verdict != NOT_RUN}
@@ -180,7 +181,8 @@ def _plain(values: Mapping[str, float | None]) -> str:
 
 def claims_csv(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".") -> str:
     """The rows as CSV (:data:`CSV_COLUMNS`; ``pandas.read_csv`` reads it), every row whole;
-    paths relative to the folder ``base``."""
+    paths relative to the folder ``base``.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -199,7 +201,8 @@ def claims_csv(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".") -> 
 def _marked(path: Path) -> tuple[bytes, int, int]:
     """The bytes of ``path`` and the span of the lines between its marker lines (lines that
     hold a marker and nothing else but spaces; a marker quoted inside a line is text). See
-    :func:`rewrite_marked` for the errors."""
+    :func:`rewrite_marked` for the errors.
+    """
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -228,9 +231,9 @@ def check_markers(path: str | os.PathLike[str]) -> None:
 
 
 def rewrite_marked(path: str | os.PathLike[str], block: str) -> None:
-    """Replace the lines between the lines :data:`BEGIN` and :data:`END` of the file ``path``
+    r"""Replace the lines between the lines :data:`BEGIN` and :data:`END` of the file ``path``
     with ``block``, atomically; every byte outside them (the marker lines included) is kept,
-    and the block takes the file's line ending (``\\r\\n`` or ``\\n``).
+    and the block takes the file's line ending (``\r\n`` or ``\n``).
 
     Raises :class:`ReportError` when the file cannot be read or does not hold each marker
     exactly once, on lines of their own, begin before end.

@@ -264,7 +264,8 @@ def _draw_quality(
 
 def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
     """Training loss (the ``"train"`` lines), evaluation loss and accuracy per split, and the
-    learning rate when it changes, against the iteration."""
+    learning rate when it changes, against the iteration.
+    """
     tr = run.frame("train")
     has_train = not tr.empty and "loss" in tr.columns
     splits = [s for s in ("train", "val", "test") if not eval_frame(run, s).empty]
@@ -457,7 +458,8 @@ def _sort_key(v: Any) -> tuple[int, float, str]:
 
 def run_colours(runs: Sequence[RunData], keys: Sequence[str] | None = None) -> list[Any]:
     """Colours ordered by the first differing key's value, as in the paper's Fig. 3: red, green,
-    blue for increasing η (decreasing batch size); more runs get a red → violet scale."""
+    blue for increasing η (decreasing batch size); more runs get a red → violet scale.
+    """
     if keys is None:
         keys = differing_keys(runs)
     n = len(runs)
@@ -484,7 +486,8 @@ def plot_sweep(
     notes: list[str] | None = None,
 ) -> Figure:
     """λ₁ (solid) and λ₂ (dashed) of every run on one log axis (Fig. 3, Fig. 5 right), and the
-    training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known."""
+    training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known.
+    """
     has_eig = [not r.eigen_points.empty for r in runs]
     has_loss = [not r.frame("train").empty and "loss" in r.frame("train").columns for r in runs]
     if not any(has_eig) and not any(has_loss):
@@ -552,7 +555,8 @@ def plot_accuracy_norms(
     notes: list[str] | None = None,
 ) -> Figure:
     """Fig. 6: training and validation accuracy of each run, and ‖H‖₂ = λ₁ (solid) with
-    ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch."""
+    ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch.
+    """
     metric = _eval_metric(runs, ("train", "val"))
     has_eig = [not r.eigen_points.empty for r in runs]
     if metric is None and not any(has_eig):

@@ -106,7 +106,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
     """``torch.load`` of a file's bytes (read first, so that a file-system error stays an
-    OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint."""
+    OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint.
+    """
     import torch
 
     if isinstance(source, Path):

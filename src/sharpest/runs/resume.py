@@ -40,7 +40,8 @@ RESUMABLE_CHANGES = ("epochs", "max_iterations", "device", "checkpoint", "log_ev
 
 def check_resume_config(folder: RunFolder, config: Config, saved: dict[str, Any]) -> None:
     """Raise :class:`RunFolderError` unless ``saved`` (the folder's config) matches ``config``
-    in every key but :data:`RESUMABLE_CHANGES`."""
+    in every key but :data:`RESUMABLE_CHANGES`.
+    """
     now = config.to_dict()
     try:
         saved_cfg = make_config(saved).to_dict()
@@ -57,7 +58,8 @@ def check_resume_config(folder: RunFolder, config: Config, saved: dict[str, Any]
 @dataclass
 class PreparedFolder:
     """What :func:`prepare_folder` found: the checkpoint to resume from (None: a fresh start),
-    its already verified state, and the folder's lock, held until :meth:`release`."""
+    its already verified state, and the folder's lock, held until :meth:`release`.
+    """
 
     checkpoint: Path | None = None
     state: dict[str, Any] | None = None
@@ -65,7 +67,8 @@ class PreparedFolder:
 
     def release(self, discard: bool = False) -> None:
         """Let the folder's lock go (``discard``: the run never started; see
-        :meth:`RunLock.release`)."""
+        :meth:`RunLock.release`).
+        """
         if self.lock is not None:
             self.lock.release(discard=discard)
 

@@ -120,7 +120,8 @@ class AdaptiveSubset:
 
     def grow(self, rel: float) -> bool:
         """Add whole chunks towards :meth:`target_size` (≥ one chunk, ≤ ×``MAX_GROWTH``,
-        ≤ the pool); returns False when the pool is exhausted (nothing added)."""
+        ≤ the pool); returns False when the pool is exhausted (nothing added).
+        """
         if self.full:
             return False
         n = self.size
@@ -186,7 +187,8 @@ class AdaptiveCadence:
 
     def update(self, iteration: int, value: float, stderr: float, products: int) -> dict[str, Any]:
         """Place the next point after a point at ``iteration`` (λ₁ = ``value`` ± ``stderr``,
-        ``products`` spent); returns the fields the record gets."""
+        ``products`` spent); returns the fields the record gets.
+        """
         fields: dict[str, Any] = {}
         if self.last is not None:
             moved = abs(value - self.last[0])

@@ -92,7 +92,8 @@ def build_model_for(
     cfg: Config, data: DataBundle, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """The config's model on ``device`` (weights of ``init_from`` when set) and the eigenpairs
-    stored with those weights (None without ``init_from``)."""
+    stored with those weights (None without ``init_from``).
+    """
     try:
         model = build_model(cfg.model, num_classes=data.num_classes, **cfg.model_options)
     except (ValueError, TypeError) as err:
@@ -111,7 +112,8 @@ def build_model_for(
 
 def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
     """The parameters weight decay covers (``weight_decay_on``; None: all of them), in the
-    optimizer and in every Hessian alike (:mod:`sharpest.models.decay`)."""
+    optimizer and in every Hessian alike (:mod:`sharpest.models.decay`).
+    """
     if cfg.weight_decay_on == "all":
         return None
     try:
@@ -126,7 +128,8 @@ def build_optimizer_for(
     """The config's optimizer over ``model``'s parameters (with ``weight_decay_on: kernels``,
     one parameter group per tensor, in model order: the nudged optimizers flatten the groups
     in order, which must stay the eigenvectors' order). ``decay_params``: what
-    :func:`decay_params_for` gives for ``cfg`` and ``model``."""
+    :func:`decay_params_for` gives for ``cfg`` and ``model``.
+    """
     opt = cfg.optimizer
     extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
     if opt.nesterov:
@@ -161,7 +164,8 @@ def build_callbacks(
     cfg: Config, init_eigen: dict[str, Any] | None = None
 ) -> tuple[EigenTracker | None, list[Callback]]:
     """The built-in callbacks of a config, in order: tracker (probes read ``trainer.eigen``),
-    epoch metrics, probes, the summary line (after the tracker's last point)."""
+    epoch metrics, probes, the summary line (after the tracker's last point).
+    """
     tracker = EigenTracker.from_config(cfg) if cfg.track.enabled else None
     if tracker is not None and init_eigen is not None:
         tracker.load_initial(init_eigen)

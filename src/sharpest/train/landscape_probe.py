@@ -91,7 +91,8 @@ _SEED_OFFSET = 0x5C4FE
 @dataclass
 class Plane:
     """Two directions d₁, d₂ ``(2, n)`` float64, their names, the eigenvalues along them (None
-    for a direction that is not an eigenvector) and how the eigenvectors were obtained."""
+    for a direction that is not an eigenvector) and how the eigenvectors were obtained.
+    """
 
     kind: str
     directions: Tensor

@@ -264,7 +264,8 @@ class DirectionProbe(Callback):
     def _eigen_age(self, trainer: TrainerView) -> int | None:
         """Iterations since ``trainer.eigen`` was computed: exact from the trainer's tracker
         (``trainer.tracker.last_iteration``) or ``trainer.eigen_iteration``; otherwise from
-        when this callback first saw the object (exact when it runs after the tracker)."""
+        when this callback first saw the object (exact when it runs after the tracker).
+        """
         eigen = getattr(trainer, "eigen", None)
         tracker = getattr(trainer, "tracker", None)
         if tracker is not None and getattr(tracker, "result", None) is eigen:
@@ -303,7 +304,8 @@ class DirectionProbe(Callback):
 
     def _batches(self, trainer: TrainerView, size: int, seed: int) -> Iterator[Any]:
         """The probe's own mini-batches: epoch = iteration of the run, the probe's seed; more
-        passes with derived seeds if one epoch has fewer than M batches."""
+        passes with derived seeds if one epoch has fewer than M batches.
+        """
         for r in itertools.count():
             batches = trainer.data.train_batches(
                 size,
@@ -427,7 +429,8 @@ class AlphaProbe(DirectionProbe):
 
 class ProbesSection(TypedDict, total=False):
     """The ``probes`` section of a run config: :class:`DirectionProbe`'s options, plus
-    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`."""
+    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`.
+    """
 
     enabled: bool
     every: int | None

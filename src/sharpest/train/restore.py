@@ -36,7 +36,8 @@ class RestoredPoint:
     """A run at one checkpoint: ``path`` (the file), ``state`` (what it holds: ``epoch``,
     ``iteration``, ``model``, ``config``, ...), ``config`` (the run's, not training: epochs
     0, no ``init_from``, no probes) and ``parts`` (:class:`~sharpest.train.build.RunParts`
-    of that config, the model holding the checkpoint's weights)."""
+    of that config, the model holding the checkpoint's weights).
+    """
 
     path: Path
     state: dict[str, Any]
@@ -55,7 +56,8 @@ class RestoredPoint:
         """The Hessian of the run's training loss on its fixed subset at these weights:
         L(θ) = mean over the subset of the per-example loss (+ (λ/2)·‖Mθ‖² over the
         parameters ``weight_decay_on`` covers), products in chunks of ``track.chunk_size``
-        examples, as the tracker built it."""
+        examples, as the tracker built it.
+        """
         cfg, parts = self.config, self.parts
         return HessianOperator(
             parts.model,
