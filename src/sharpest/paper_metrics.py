@@ -183,9 +183,19 @@ def table1(
 ) -> dict[str, Any]:
     """The Table 1 numbers of a run's ``records`` (definitions in the module doc).
 
-    ``iterations_per_epoch`` and ``final_iteration`` (the number of steps taken) place the
-    epoch windows; ``distances`` / ``rho_best`` are the trainer's own measurements at the
-    validation points (iteration → ‖θ − θ₀‖; (iteration, ρ(W)) of the best one).
+    Args:
+        records: the run's records (its ``metrics.jsonl`` lines).
+        iterations_per_epoch: ``ipe``; with ``final_iteration`` it places the epoch windows.
+        final_iteration: the number of steps taken.
+        fro_k: ``k``, the eigenvalues in ‖H‖_F (None: all tracked).
+        last_epochs: ``L``, the epochs of the end-of-run window.
+        val_epochs: ``N`` of ``val_accuracy_at_epoch_N``.
+        distances: the trainer's own measurements at the validation points (iteration →
+            ‖θ − θ₀‖).
+        rho_best: ``(iteration, ρ(W))`` measured at the best validation point.
+
+    Returns:
+        The numbers by name (a quantity whose records are absent is left out).
     """
     ipe = max(int(round(iterations_per_epoch)), 1)
     out: dict[str, Any] = {"fro_k": fro_k, "last_epochs": last_epochs, "val_epochs": val_epochs}

@@ -143,7 +143,16 @@ class DataBundle:
         augment: bool = True,
         device: torch.device | str | None = None,
     ) -> Batches:
-        """The training batches of one epoch, deterministic given ``(seed, epoch)``."""
+        """The training batches of one epoch, deterministic given ``(seed, epoch)``.
+
+        Args:
+            batch_size: examples per batch.
+            epoch: the epoch (with ``seed``, it fixes the order and the augmentation).
+            seed: the run's seed.
+            start: batches of the epoch to skip (a resumed run).
+            augment: whether to augment, where the data set has augmentation.
+            device: where the batches go.
+        """
         raise NotImplementedError
 
     def hessian_subset(

@@ -401,8 +401,11 @@ def metric_value(
 ) -> float | None:
     """The metric ``name`` of one run's records (None when the records do not allow it).
 
-    ``window``: the fraction of the run at its end that end-of-run metrics average over
-    (default: the metric's own, see :data:`REGISTRY`).
+    Args:
+        records: the run's records (its ``metrics.jsonl`` lines).
+        name: the metric (:data:`REGISTRY`; combined ones, e.g. ratios, too).
+        window: the fraction of the run at its end that end-of-run metrics average over
+            (default: the metric's own, see :data:`REGISTRY`).
     """
     kind, args = parse_metric(name)
     if kind in _COMBINED.values():

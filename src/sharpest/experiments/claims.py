@@ -173,7 +173,12 @@ def claim_rows(folders: Sequence[str | os.PathLike[str]],
     order): judged from its output folders among ``folders`` (each folder's rows, in the order
     given), or :data:`~sharpest.report.claims.NOT_RUN`; then the folders of other presets.
 
-    Raises :class:`PresetError` naming the folder when one is not a preset output folder.
+    Args:
+        folders: preset output folders (what ``sharpest run PRESET --out DIR`` writes).
+        presets: the presets whose claims are listed (default: the packaged ones).
+
+    Raises:
+        PresetError: naming the folder, when one is not a preset output folder.
     """
     by_preset: dict[str, list[ClaimRow]] = {}
     order: list[str] = []
@@ -200,7 +205,18 @@ def write_claims(
     """Write the table: ``OUT/claims.md`` and ``OUT/claims.csv`` (when ``out`` is given), and
     the block between the markers of each Markdown file of ``into``
     (:func:`~sharpest.report.claims.rewrite_marked`); links are relative to each file's folder.
-    Every file is written atomically; returns the paths written.
+
+    Every file is written atomically; a file of ``into`` without the markers fails before
+    anything is written.
+
+    Args:
+        rows: the table's rows (:func:`claim_rows`).
+        out: the folder of ``claims.md`` and ``claims.csv`` (None: not written).
+        into: Markdown files whose marked block is rewritten.
+        command: how the table was made (said under it).
+
+    Returns:
+        The paths written.
     """
     for target in into:  # a file without markers fails before anything is written
         check_markers(target)

@@ -57,9 +57,16 @@ def num_classes_for(data: str, data_options: dict[str, Any] | None = None) -> in
 def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Build the model, optimizer, schedule and probe callbacks of ``config`` (no data).
 
-    Returns them in a dict with ``num_params``. Raises :class:`ConfigError` naming the part
-    that failed. ``cache``: a dict reused across calls so that runs sharing a model (name,
-    options, classes) build it once.
+    Args:
+        config: the run's config.
+        cache: a dict reused across calls so that runs sharing a model (name, options,
+            classes) build it once.
+
+    Returns:
+        The built objects by name, with ``num_params``.
+
+    Raises:
+        ConfigError: naming the part that failed.
     """
     classes = num_classes_for(config.data, config.data_options)
     key = (config.model, json.dumps(config.model_options, sort_keys=True, default=str), classes)

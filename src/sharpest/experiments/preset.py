@@ -257,7 +257,16 @@ class ScaledPreset:
 def at_scale(preset: Preset, scale: str, sets: Iterable[str] = (), *,
              check_probes: bool = True) -> ScaledPreset:
     """``preset`` resolved at ``scale`` with the command line's ``sets``: every run validated
-    once (:func:`resolve_runs`; raises :class:`PresetError`).
+    once (:func:`resolve_runs`).
+
+    Args:
+        preset: the preset.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: ``key=value`` overrides for every run, applied last.
+        check_probes: also build each run's probe callbacks, to validate their options.
+
+    Raises:
+        PresetError: as :func:`resolve_runs`.
     """
     sets = tuple(sets)
     return ScaledPreset(preset, scale, sets,
@@ -515,9 +524,17 @@ def resolve_runs(
 ) -> list[RunSpec]:
     """Every run's validated config at ``scale``, with the command line's ``sets`` applied last.
 
-    Raises :class:`PresetError` naming the preset, the scale, the run and the key. ``init_from``
-    of restart runs stays symbolic (resolved when its source has trained); a ``--set
-    init_from=...`` is refused for them.
+    ``init_from`` of restart runs stays symbolic (resolved when its source has trained).
+
+    Args:
+        preset: the preset.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: overrides for every run: ``key=value`` strings or ``(key, value)`` pairs.
+        check_probes: also build each run's probe callbacks, to validate their options.
+
+    Raises:
+        PresetError: naming the preset, the scale, the run and the key; also for a ``--set
+            init_from=...`` on a restart run.
     """
     spec = preset.scale(scale)
     where = preset.source or preset.name

@@ -270,11 +270,20 @@ def run_local(
 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Run ``tasks`` in a spawn-context process pool of ``max_workers`` processes.
 
-    ``gpus``: device ids to spread the workers over (worker i gets ``gpus[i % len(gpus)]`` as its
-    only visible device); None or [] leaves ``CUDA_VISIBLE_DEVICES`` alone.
-    Yields ``(task, outcome)`` as runs end. When a worker process dies (killed, out of memory),
-    ``concurrent.futures`` breaks the whole pool: the runs that had started are reported failed
-    (rerunning the sweep resumes them) and the ones that had not go on in a fresh pool.
+    When a worker process dies (killed, out of memory), ``concurrent.futures`` breaks the whole
+    pool: the runs that had started are reported failed (rerunning the sweep resumes them) and
+    the ones that had not go on in a fresh pool.
+
+    Args:
+        tasks: the runs.
+        train_fn: the training function (default :func:`sharpest.train.loop.train`; it must be
+            importable by the worker processes).
+        max_workers: processes at once.
+        gpus: device ids to spread the workers over (worker i gets ``gpus[i % len(gpus)]`` as
+            its only visible device); None or [] leaves ``CUDA_VISIBLE_DEVICES`` alone.
+
+    Yields:
+        ``(task, outcome)`` as runs end.
     """
     ctx = mp.get_context("spawn")
     remaining = list(tasks)
@@ -340,13 +349,22 @@ def run_ray(
 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Run each task as one ``ray.remote`` task with its own ``num_cpus`` / ``num_gpus``.
 
-    ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ...). Without it, and
-    when Ray is not initialised yet, a local instance is started with ``num_cpus`` = the CPUs
-    the runs need at once (``max_workers`` × ``num_cpus`` per run, default all cores) and shut
-    down at the end; an instance the caller started is used and left running.
-    ``resources``: per run, ``num_cpus`` (default 1), ``num_gpus`` (default 1 when the cluster
-    has GPUs, else 0), ``memory``, or custom ``resources`` — anything ``.options()`` takes.
-    ``max_workers``: at most this many runs in flight (default: as many as Ray fits).
+    Args:
+        tasks: the runs.
+        train_fn: the training function (default :func:`sharpest.train.loop.train`).
+        max_workers: at most this many runs in flight (default: as many as Ray fits).
+        address: an existing cluster (``"auto"``, ``"ray://host:10001"``, ...). Without it, and
+            when Ray is not initialised yet, a local instance is started with ``num_cpus`` = the
+            CPUs the runs need at once (``max_workers`` × ``num_cpus`` per run, default all
+            cores) and shut down at the end; an instance the caller started is used and left
+            running.
+        resources: per run, ``num_cpus`` (default 1), ``num_gpus`` (default 1 when the cluster
+            has GPUs, else 0), ``memory``, or custom ``resources`` — anything ``.options()``
+            takes.
+        init_kwargs: extra ``ray.init`` arguments.
+
+    Yields:
+        ``(task, outcome)`` as runs end.
     """
     ray = _import_ray()
     if not tasks:

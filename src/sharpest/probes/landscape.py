@@ -497,17 +497,27 @@ def surface(
 ) -> SurfaceResult:
     """L(θ + a·d₁ + b·d₂) on ``grid`` around the model's current parameters θ.
 
-    ``loss_fn(outputs, targets)`` returns the mean over the batch; ``data`` is one
-    ``(inputs, targets)`` pair or an iterable of them (fixed); ``directions`` two flat vectors
-    over the trainable parameters (``model.parameters()`` order), e.g. the top eigenvectors
-    e₁, e₂, or two :func:`~sharpest.probes.filter_normalized_direction` draws; ``grid`` the
-    coordinates along each. ``weight_decay``, ``decay_params``, ``chunk_size`` (examples per
-    forward pass) and ``device`` are :class:`~sharpest.curvature.EmpiricalRisk`'s; the other
-    options are :func:`surface_of`'s (``points_per_batch``, ``path`` to resume, ``progress``,
-    ``accuracy``).
+    See the module docstring for the quantity and the method.
 
-    Returns a :class:`SurfaceResult`: ``.loss`` ``(len(grid[0]), len(grid[1]))`` and
-    ``.accuracy`` (or None). See the module docstring for the quantity and the method.
+    Args:
+        model: the network at θ.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+        data: one ``(inputs, targets)`` pair or an iterable of them (fixed).
+        directions: two flat vectors over the trainable parameters (``model.parameters()``
+            order), e.g. the top eigenvectors e₁, e₂, or two
+            :func:`~sharpest.probes.filter_normalized_direction` draws.
+        grid: the coordinates along each.
+        weight_decay: λ of the L2 term, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        decay_params: the parameters the L2 term covers, as for
+            :class:`~sharpest.curvature.EmpiricalRisk`.
+        chunk_size: examples per forward pass, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        device: where it is computed, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        **options: :func:`surface_of`'s (``points_per_batch``, ``path`` to resume,
+            ``progress``, ``accuracy``).
+
+    Returns:
+        A :class:`SurfaceResult`: ``.loss`` ``(len(grid[0]), len(grid[1]))`` and ``.accuracy``
+        (or None).
     """
     op = EmpiricalRisk(
         model, loss_fn, data, weight_decay, chunk_size=chunk_size, device=device,

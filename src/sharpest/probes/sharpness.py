@@ -132,8 +132,20 @@ def sharpness_of(
 ) -> SharpnessResult:
     """Worst-case sharpness of the probe loss ``op`` at the model's parameters (one batch).
 
-    ``adaptive``: T = diag(|θ| + η) (adaptive sharpness) instead of T = I (ε-sharpness).
     The parameters hold θ again afterwards, bit for bit. See the module docstring.
+
+    Args:
+        op: the probe loss.
+        rho: the radius ρ > 0 of the ball.
+        adaptive: T = diag(|θ| + η) (adaptive sharpness) instead of T = I (ε-sharpness).
+        steps: gradient ascent steps.
+        norm: p, 2 or ``"inf"``.
+        step_size: the length of each step after the first (default ρ).
+        eta: η of the adaptive ball.
+        seed: seeds the random start where the gradient vanishes.
+
+    Raises:
+        ValueError: ``rho``, ``steps``, ``step_size``, ``eta`` or ``norm`` out of range.
     """
     p = _check_norm(norm)
     if not (math.isfinite(rho) and rho > 0):
