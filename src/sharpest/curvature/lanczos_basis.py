@@ -211,7 +211,8 @@ class LanczosBasis:
         n: length of the rows.
         capacity: the most rows it may ever hold.
         device: where products are computed (float64 work vectors live there).
-        dtype, store_device: how and where rows are stored (default float64 on `device`).
+        dtype: how rows are stored (default float64).
+        store_device: where rows are stored (default `device`).
         layout: which entries of each row this process holds (default all); vectors given to
             :meth:`add` and returned by :meth:`vectors` are then this rank's slices, while
             :meth:`multiply` hands the product whole rows.
@@ -250,8 +251,9 @@ class LanczosBasis:
     def add(self, vector: Tensor, floor: float = 1e-10) -> int | None:
         """Append `vector`, orthogonalised against every row, as a pending row.
 
-        Returns its index, or None when less than `floor` of its norm is left (it lies in the
-        span already).
+        Returns:
+            Its index, or None when less than `floor` of its norm is left (it lies in the span
+            already).
         """
         vector = vector.to(device=self.device, dtype=torch.float64)
         norm0 = self.layout.norm(vector)

@@ -351,9 +351,10 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         the per-chunk quadratic forms of its Ritz vectors, and so the sampling error of the
         eigenvalues, without another product.
 
-        Returns ``(product, forms, sizes)``: the float64 product, ``forms`` ``(C, m)`` for the
-        m rows and the chunk sizes ``(C,)`` (every rank's chunks, as
-        :meth:`chunk_quadratic_forms` returns them), on the CPU.
+        Returns:
+            ``(product, forms, sizes)``: the float64 product, ``forms`` ``(C, m)`` for the m
+            rows and the chunk sizes ``(C,)`` (every rank's chunks, as
+            :meth:`chunk_quadratic_forms` returns them), on the CPU.
         """
         rows = rows.to(device=self.device, dtype=torch.float64)
         table = torch.zeros(len(self.chunks), rows.shape[0], dtype=torch.float64,
@@ -419,7 +420,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         operator caches them); counted in ``n_matvecs``. Under ``torch.distributed`` every rank
         returns every rank's chunks (rank order), so the result is the same everywhere.
 
-        Returns ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
+        Returns:
+            ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
         """
         v_parts = self._vector_parts(vectors)
         m = len(v_parts)

@@ -176,7 +176,9 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 def reduce_means(means: dict[str, float], weight: float) -> dict[str, float]:
     """Combine per-rank means of ``weight`` items into the means over all ranks' items
     (e.g. loss and accuracy of the shards of an evaluation). A rank may have ``weight == 0``.
-    Returns the combined means and ``"_weight"``, the total weight.
+
+    Returns:
+        The combined means and ``"_weight"``, the total weight.
     """
     keys = sorted(means)
     local = torch.tensor(

@@ -105,11 +105,16 @@ __all__ = [
 class Metric:
     """One metric of a check (a row of the module docstring's table).
 
-    ``name``: how the table writes it (``<N>`` for a number in the name); ``pattern``: the
-    names it answers to; ``args``: what a name's match says (the eigenvector, the threshold,
-    ...; ValueError when the name is out of range); ``value(records, args, window)``: the
-    number of one run's records, None when they do not allow it; ``window``: the default
-    fraction of the run ``value`` averages over at its end (None: the whole run).
+    Attributes:
+        name: how the table writes it (``<N>`` for a number in the name).
+        pattern: the names it answers to.
+        value: ``value(records, args, window)``: the number of one run's records, None when they
+            do not allow it.
+        args: what a name's match says (the eigenvector, the threshold, ...; ValueError when the
+            name is out of range).
+        window: the default fraction of the run ``value`` averages over at its end (None: the
+            whole run).
+        kind: the kind :func:`parse_metric` returns (default: the name itself).
     """
 
     name: str
@@ -425,10 +430,20 @@ def metric_value(
 class CheckResult:
     """One claim: its numbers per run (over seeds) and its verdict (see the module docstring).
 
-    ``values``: the mean over seeds of each run (None: not computable); ``seeds``: each seed's
-    value; ``held``: True / False / None (not computed); ``tie``: it failed only on ties;
-    ``scale``: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
-    this scale").
+    Attributes:
+        claim: the claim, in words.
+        metric: the metric it compares.
+        expect: the expected order or value.
+        values: the mean over seeds of each run (None: not computable).
+        held: True / False / None (not computed).
+        reason: why it does not hold, or was not computed, in words.
+        paper: where the paper says it.
+        margin: the relative change each neighbour of an ordering must exceed (below it, a
+            tie).
+        seeds: each seed's value, per run.
+        tie: it failed only on ties.
+        scale: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
+            this scale").
     """
 
     claim: str

@@ -228,9 +228,12 @@ class Preset(_Strict):
 class ScaledPreset:
     """A preset resolved once at a scale: what the runner, the checks and the report read.
 
-    ``sets``: the command line's ``key=value`` overrides (applied last, to every run);
-    ``runs``: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
-    the findings and the report are made again from a finished folder).
+    Attributes:
+        preset: the preset.
+        scale: the scale.
+        sets: the command line's ``key=value`` overrides (applied last, to every run).
+        runs: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
+            the findings and the report are made again from a finished folder).
     """
 
     preset: Preset

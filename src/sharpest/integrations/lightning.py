@@ -49,12 +49,15 @@ class SharpestCallback(pl.Callback):
         data: the fixed Hessian subset, an ``(inputs, targets)`` pair or a list of them.
         loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch; ``None`` (default):
             the model's own loss from the labels (see the module docstring).
-        k, every, refresh_every: top-k, steps between tracking points, steps between basis
-            refreshes (0: at epoch starts).
+        k: the number of eigenpairs tracked.
+        every: steps between tracking points (0: at epoch starts).
+        refresh_every: steps between basis refreshes (0: at epoch starts).
         model: ``model(pl_module)`` returns the module whose Hessian is tracked (default the
             LightningModule itself).
-        sinks, log_dir, wandb: mirrors of the records (``"tensorboard"``, ``"wandb"``,
-            ``"csv"`` or :class:`Sink` objects).
+        sinks: mirrors of the records (``"tensorboard"``, ``"wandb"``, ``"csv"`` or
+            :class:`Sink` objects).
+        log_dir: where named sinks write (default ``trainer.default_root_dir/sharpest``).
+        wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
         to_loggers: also send the scalars to ``trainer.loggers``.
         **options: ``weight_decay``, ``reduction``, ``semantics``, ``call`` (``(model,
             inputs) -> outputs``), ``drive_optimizer``, ``batch_data`` (where batch sharpness

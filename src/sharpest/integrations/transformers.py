@@ -56,8 +56,19 @@ def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
 class SharpestTrainerCallback(TrainerCallback):
     """Top-k Hessian eigenpairs in a ``transformers.Trainer`` run (see the module docstring).
 
-    Args: as :class:`sharpest.integrations.lightning.SharpestCallback` (``loss_fn=None``: the
-    model's own loss from the labels), with ``to_log_history`` in place of ``to_loggers``.
+    Args:
+        data: the fixed Hessian subset, an ``(inputs, labels)`` pair or a list of them.
+        loss_fn: ``loss_fn(outputs, labels)``; ``None`` (default): the model's own loss from
+            the labels.
+        k: the number of eigenpairs tracked.
+        every: steps between tracking points (0: at epoch starts).
+        refresh_every: steps between basis refreshes (0: at epoch starts).
+        sinks: mirrors of the records (``"tensorboard"``, ``"wandb"``, ``"csv"`` or
+            :class:`Sink` objects).
+        log_dir: where named sinks write (default ``args.output_dir/sharpest``).
+        wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
+        to_log_history: also write the scalars into ``state.log_history``.
+        **options: as for :class:`sharpest.integrations.lightning.SharpestCallback`.
     """
 
     def __init__(

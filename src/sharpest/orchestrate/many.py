@@ -65,14 +65,20 @@ class OrchestrateError(ConfigError):
 class RunSpec:
     """One named config to train into ``out/<name>``: a sweep's point, a preset's run.
 
-    ``overrides``: what distinguishes it (recorded in the state files); ``stage``: runs of a
-    later stage start after every run of an earlier one ended (a restart after its source);
-    ``ignore``: config keys an existing folder may differ in (e.g. ``init_from``, filled in
-    when the source run has ended); ``configuration``: the name of the configuration it is a
-    seed of (its name before :func:`with_seeds`; default ``name``) and ``seed`` the seed
-    :func:`with_seeds` gave it (None: run as given); ``init_from``: the run it restarts from
-    (a preset's ``{run, epoch}``: ``prepare`` fills the checkpoint into the config), and
-    ``description``: one line for the report.
+    Attributes:
+        name: its folder's name.
+        config: the config.
+        overrides: what distinguishes it (recorded in the state files).
+        stage: runs of a later stage start after every run of an earlier one ended (a restart
+            after its source).
+        ignore: config keys an existing folder may differ in (e.g. ``init_from``, filled in
+            when the source run has ended).
+        configuration: the name of the configuration it is a seed of (its name before
+            :func:`with_seeds`; default ``name``).
+        seed: the seed :func:`with_seeds` gave it (None: run as given).
+        init_from: the run it restarts from (a preset's ``{run, epoch}``: ``prepare`` fills the
+            checkpoint into the config).
+        description: one line for the report.
     """
 
     name: str

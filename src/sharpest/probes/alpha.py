@@ -38,8 +38,13 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 class AlphaResult:
     """One direction's α-probe.
 
-    ``changes``: ``(M, len(alphas))`` float64, L(θ − α·η·stepₘ) − L(θ) for each gradient m and α;
-    ``coefficients``: ``(M,)`` the ⟨gₘ, u⟩ (None for the full step); ``loss0``: L(θ).
+    Attributes:
+        alphas: the step multipliers α.
+        changes: ``(M, len(alphas))`` float64, L(θ − α·η·stepₘ) − L(θ) for each gradient m and
+            α.
+        loss0: L(θ).
+        coefficients: ``(M,)`` the ⟨gₘ, u⟩ (None for the full step).
+        n_evals: loss evaluations spent.
     """
 
     alphas: np.ndarray

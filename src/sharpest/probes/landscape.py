@@ -77,12 +77,19 @@ class SurfaceMismatchError(SharpestError, ValueError):
 class SurfaceResult:
     """A 2-D surface (see the module docstring).
 
-    ``loss`` and ``accuracy``: float64 arrays ``(len(grid[0]), len(grid[1]))``, row i along
-    d₁'s coordinate ``grid[0][i]``; ``accuracy`` is None when it does not apply. ``loss0``:
-    L(θ) at the centre. ``n_points``: grid points evaluated by this call (the others were read
-    back from ``path``); ``forward_examples``: examples through the model by this call (a
-    point costs one pass over the data). ``vectorized``: whether the vmapped path ran
-    (``points_per_batch`` > 1).
+    Attributes:
+        loss: float64 array ``(len(grid[0]), len(grid[1]))``, row i along d₁'s coordinate
+            ``grid[0][i]``.
+        accuracy: the same for the accuracy; None when it does not apply.
+        grid: the coordinates along d₁ and d₂.
+        loss0: L(θ) at the centre.
+        num_examples: the examples of the probe loss.
+        n_points: grid points evaluated by this call (the others were read back from ``path``).
+        forward_examples: examples through the model by this call (a point costs one pass over
+            the data).
+        seconds: wall time of this call.
+        vectorized: whether the vmapped path ran (``points_per_batch`` > 1).
+        path: the file the surface is saved in (None: not saved).
     """
 
     loss: np.ndarray

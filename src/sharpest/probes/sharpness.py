@@ -62,9 +62,17 @@ Batch = tuple[Any, Tensor]
 class SharpnessResult:
     """One worst-case sharpness measurement (see the module docstring).
 
-    ``value``: S_ρ (for m: the mean over batches); ``loss0``: L(θ) (for m: the batches' mean);
-    ``delta_norm``: ‖T⁻¹δ‖_p of the best iterate (for m: the mean); ``num_batches``: 1, or
-    the m batches; ``n_gradients`` / ``n_losses``: passes over the data (per batch, summed).
+    Attributes:
+        value: S_ρ (for m: the mean over batches).
+        loss0: L(θ) (for m: the batches' mean).
+        kind: ``"eps"``, ``"adaptive"`` or ``"m"``.
+        rho: the radius ρ.
+        norm: p (2 or ``inf``).
+        steps: the ascent steps.
+        delta_norm: ‖T⁻¹δ‖_p of the best iterate (for m: the mean).
+        num_batches: 1, or the m batches.
+        n_gradients: passes over the data for gradients (per batch, summed).
+        n_losses: passes over the data for losses (per batch, summed).
     """
 
     value: float

@@ -147,8 +147,15 @@ def plot_eigenvalues(
 ) -> Figure:
     """λᵢ against the iteration (log scale, coloured by rank) above the accuracy curves.
 
-    ``until``: only iterations ≤ ``until`` (a zoom on the beginning of training). Non-positive
-    eigenvalues cannot be drawn on the log scale; how many were hidden goes to ``notes``.
+    Args:
+        run: the run.
+        until: only iterations ≤ ``until`` (a zoom on the beginning of training).
+        title: the figure's title.
+        notes: where to say what the figure leaves out (non-positive eigenvalues cannot be
+            drawn on the log scale; how many were hidden goes here).
+
+    Raises:
+        NoData: the run has no ``"eigen"`` lines with eigenvalues.
     """
     eig = run.eigen_points
     if eig.empty:

@@ -747,14 +747,24 @@ def build_report(
 
     One run folder: into the run folder itself (or ``out``). Several: a comparative report in
     ``out`` (default ``<common parent>/report``), runs labelled by the config keys that differ.
-    ``expected``: the expected outcome (Markdown); by default the config key ``expected`` or an
-    ``expected.md`` file (in ``out``, the runs' common parent or the run folders).
-    ``fro_k``: eigenvalues in the ‖H‖_F estimate (None: all tracked). ``per_run``: in a
-    comparative report, also each run's own figures (eigenvalues, training curves, probes).
-    ``label_by_name``: label runs by their folder names (a preset's run names, as in its
-    findings) rather than by the config keys that differ.
 
-    Raises :class:`ReportError` when a folder is missing or is not a run folder.
+    Args:
+        run_dirs: one run folder or several.
+        out: where the report goes (defaults above).
+        title: the report's title.
+        expected: the expected outcome (Markdown); by default the config key ``expected`` or an
+            ``expected.md`` file (in ``out``, the runs' common parent or the run folders).
+        fro_k: eigenvalues in the ‖H‖_F estimate (None: all tracked).
+        per_run: in a comparative report, also each run's own figures (eigenvalues, training
+            curves, probes).
+        label_by_name: label runs by their folder names (a preset's run names, as in its
+            findings) rather than by the config keys that differ.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        ReportError: a folder is missing or is not a run folder.
     """
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]

@@ -75,9 +75,16 @@ def plot_cross_sections(
 ) -> Figure:
     """3-D cross-sections L(θ(t) + k·Δθ̄ᵢ(t)·eᵢ(t)) against k and time, coloured by ‖H‖₂.
 
-    The paper's Fig. 4 (left): x is k (|k| ≤ ``kmax``), y the epoch (``per_epoch``: the first
-    probe of each epoch) or the iteration, z the loss; each curve's colour is the spectral norm
-    at that time (blue → red as it grows). ``eigen_index`` is 0-based (0: the top eigenvector).
+    The paper's Fig. 4 (left): x is k, y the epoch or the iteration, z the loss; each curve's
+    colour is the spectral norm at that time (blue → red as it grows).
+
+    Args:
+        df: the run's records.
+        eigen_index: the eigenvector, 0-based (0: the top one).
+        per_epoch: y is the epoch (the first probe of each epoch) rather than the iteration.
+        kmax: the largest |k| drawn.
+        cmap: the colour map.
+        title: the figure's title.
     """
     rows = _eigen_rows(probe_records(df, "cross_section"), eigen_index)
     if per_epoch and "epoch" in rows.columns and len(rows):

@@ -218,9 +218,13 @@ class MetricsWriter:
 
 def truncate_lines(path: str | os.PathLike[str], keep: int | None) -> int:
     """Cut a JSON-lines file to its first ``keep`` complete lines (None: all complete lines,
-    i.e. drop a torn last line). Returns the number of lines kept.
+    i.e. drop a torn last line).
 
-    Raises ValueError when the file has fewer complete lines than ``keep``.
+    Returns:
+        The number of lines kept.
+
+    Raises:
+        ValueError: the file has fewer complete lines than ``keep``.
     """
     path = Path(path)
     if not path.exists():

@@ -75,7 +75,8 @@ def tidy_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def load_many(folder: str | os.PathLike[str]) -> pd.DataFrame:
     """One tidy DataFrame over every run at or below ``folder`` (see the module docstring).
 
-    Raises ``FileNotFoundError`` if ``folder`` holds no run.
+    Raises:
+        FileNotFoundError: ``folder`` holds no run.
     """
     root = Path(folder)
     paths = find_runs(root)

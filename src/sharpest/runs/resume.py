@@ -84,8 +84,18 @@ def prepare_folder(
     the newest one that loads, passes its checksum and fits ``metrics.jsonl``; falling back to
     an older one (or to none) is announced as a :class:`RunFolderWarning`.
 
-    Raises :class:`RunFolderError` saying why the folder cannot be used (the lock is then
-    released), :class:`~sharpest.runs.lock.RunLockedError` naming the process that holds it.
+    Args:
+        folder: the run folder (None: a run without one, which cannot resume).
+        config: the run's config.
+        resume: continue the run in ``folder`` from its last complete checkpoint.
+        map_location: where the checkpoint's tensors are loaded.
+
+    Returns:
+        The locked folder's state, with the verified checkpoint on a resume.
+
+    Raises:
+        RunFolderError: saying why the folder cannot be used (the lock is then released).
+        RunLockedError: naming the process that holds the lock.
     """
     if folder is None:
         if resume:
@@ -135,10 +145,16 @@ def existing_run(
 ) -> tuple[str | None, str | None]:
     """Check `path` before launching `config` into it.
 
-    Returns ``(clash, ended)``: a one-line reason why the run cannot go there (a file, a
-    non-empty folder without a run, an invalid config, or a config differing in keys other than
-    those a resume may change and `ignore`), else ``None``; and the status of the run's "end"
-    line ("finished" or "diverged") when it already ended, else ``None``.
+    Args:
+        path: the run's folder.
+        config: the run's config.
+        ignore: dotted config keys that may differ from the folder's.
+
+    Returns:
+        ``(clash, ended)``: a one-line reason why the run cannot go there (a file, a non-empty
+        folder without a run, an invalid config, or a config differing in keys other than those
+        a resume may change and ``ignore``), else ``None``; and the status of the run's "end"
+        line ("finished" or "diverged") when it already ended, else ``None``.
     """
     path = Path(path)
     folder = RunFolder(path)

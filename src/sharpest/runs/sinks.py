@@ -207,9 +207,18 @@ def make_sinks(
     *,
     wandb: dict[str, Any] | None = None,
 ) -> list[Sink]:
-    """Sinks by name, writing below ``folder``: ``tensorboard`` → ``folder/tensorboard/``,
-    ``csv`` → ``folder/metrics.csv``, ``wandb`` → a run with ``dir=folder`` (plus ``wandb``,
-    the keyword arguments of ``wandb.init``). :class:`Sink` objects are passed through.
+    """Sinks by name, writing below ``folder``.
+
+    Args:
+        names: ``"tensorboard"`` (→ ``folder/tensorboard/``), ``"csv"`` (→
+            ``folder/metrics.csv``), ``"wandb"`` (→ a run with ``dir=folder``), or :class:`Sink`
+            objects, passed through.
+        folder: the run folder.
+        wandb: the keyword arguments of ``wandb.init``.
+
+    Raises:
+        ValueError: an unknown name (the sinks opened so far are closed first, as on any
+            error).
     """
     folder = Path(folder)
     sinks: list[Sink] = []

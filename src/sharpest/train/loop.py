@@ -125,8 +125,11 @@ class Trainer:
         quiet: no progress bar.
         parts: the objects to train with (:func:`sharpest.train.build.build`); by default
             built from ``config``.
-        model, data, optimizer, loss_fn: your own objects instead of the config's (the
-            config still gives batch size, schedule, tracking, evaluation and the rest).
+        model: a model of your own instead of the config's (the config still gives batch
+            size, schedule, tracking, evaluation and the rest).
+        data: a :class:`~sharpest.data.DataBundle` of your own instead of the config's.
+        optimizer: an optimizer of your own instead of the config's.
+        loss_fn: ``loss_fn(outputs, targets)`` of your own instead of the config's.
         sinks: extra mirrors of the records (:mod:`sharpest.runs.sinks`: names or
             :class:`~sharpest.runs.sinks.Sink` objects), after the config's ``log.sinks``;
             opened below ``out`` with the run folder and closed at the end of :meth:`fit`.

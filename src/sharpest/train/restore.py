@@ -33,10 +33,14 @@ __all__ = ["RestoredPoint", "find_checkpoint", "restore_checkpoint"]
 
 @dataclass
 class RestoredPoint:
-    """A run at one checkpoint: ``path`` (the file), ``state`` (what it holds: ``epoch``,
-    ``iteration``, ``model``, ``config``, ...), ``config`` (the run's, not training: epochs
-    0, no ``init_from``, no probes) and ``parts`` (:class:`~sharpest.train.build.RunParts`
-    of that config, the model holding the checkpoint's weights).
+    """A run at one checkpoint, rebuilt as training built it.
+
+    Attributes:
+        path: the checkpoint file.
+        state: what it holds: ``epoch``, ``iteration``, ``model``, ``config``, ...
+        config: the run's config, not training: epochs 0, no ``init_from``, no probes.
+        parts: the :class:`~sharpest.train.build.RunParts` of that config, the model holding the
+            checkpoint's weights.
     """
 
     path: Path

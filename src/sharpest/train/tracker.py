@@ -314,17 +314,27 @@ class EigenTracker(Callback):
         measured_optimizer: Any = None,
         **operator_options: Any,
     ) -> EigenTracker:
-        """Bind the model, the loss (``None``: the model's own loss from the labels, see
-        :mod:`sharpest.curvature.own_loss`), the fixed Hessian data (one ``(inputs, targets)``
-        pair or a list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term; ``decay_params=`` in
-        ``operator_options`` restricts it to those parameters), optionally an optimizer with
-        ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
-        ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
-        ``reduction="sum"``, ``semantics="train"``). ``train_data`` (an ``(inputs, targets)``
-        pair or a list of batches; default ``data``) is where batch sharpness draws its
-        minibatches; ``measured_optimizer`` (default ``optimizer``) the optimizer whose
-        threshold, preconditioner and updates are measured, whether or not it has
-        ``set_basis`` (:mod:`sharpest.train.optimizer_curvature`).
+        """Bind the model, the loss, the fixed Hessian data and, optionally, the optimizer.
+
+        Args:
+            model: the network.
+            loss_fn: ``loss_fn(outputs, targets)``; ``None``: the model's own loss from the labels
+                (:mod:`sharpest.curvature.own_loss`).
+            data: the fixed Hessian data: one ``(inputs, targets)`` pair or a list of them.
+            weight_decay: λ of the ``(wd/2)‖θ‖²`` term (``decay_params=`` in
+                ``operator_options`` restricts it to those parameters).
+            optimizer: an optimizer with ``set_basis`` to refresh.
+            log: ``log(event, **fields)`` (default: append the record to ``self.records``).
+            train_data: where batch sharpness draws its minibatches: an ``(inputs, targets)`` pair
+                or a list of batches (default ``data``).
+            measured_optimizer: the optimizer whose threshold, preconditioner and updates are
+                measured, whether or not it has ``set_basis``
+                (:mod:`sharpest.train.optimizer_curvature`; default ``optimizer``).
+            **operator_options: passed to :class:`HessianOperator` (e.g. ``reduction="sum"``,
+                ``semantics="train"``).
+
+        Returns:
+            The tracker itself.
         """
         self.model = model
         if self.subset_min is not None:
