@@ -8,8 +8,14 @@ Every key has a default, so ``{}`` is a valid config (the offline MNIST-1D defau
 Unknown keys, wrong types and bad values raise :class:`ConfigError`, whose message names the key
 (``track.k: must be ≥ 0 (got -1)``) and fits in one paragraph, so the CLI prints it as is.
 
->>> cfg = load_config("run.yaml", sets=["lr=0.05", "track.every=50"])   # doctest: +SKIP
->>> cfg.track.k, cfg.to_dict()["optimizer"]["name"]                     # doctest: +SKIP
+>>> import pathlib, tempfile, yaml
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = pathlib.Path(tmp.name) / "run.yaml"
+>>> _ = path.write_text(yaml.safe_dump({"model": "mlp", "epochs": 2, "track": {"k": 5}}))
+>>> cfg = load_config(path, sets=["lr=0.05", "track.every=50"])
+>>> cfg.lr, cfg.track.k, cfg.track.every, cfg.to_dict()["optimizer"]["name"]
+(0.05, 5, 50, 'sgd')
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -1,7 +1,15 @@
-"""The reproduction table of the paper: every claim of every preset, from preset output folders.
+r"""The reproduction table of the paper: every claim of every preset, from preset output folders.
 
->>> rows = claim_rows(["runs/fig2-small", "runs/fig16-small"])      # doctest: +SKIP
->>> write_claims(rows, out="runs", into=["README.md"])               # doctest: +SKIP
+>>> import pathlib, tempfile
+>>> rows = claim_rows([])                # no preset output folder: every claim "not run"
+>>> rows[0].preset, rows[0].verdict
+('fig1', 'not run')
+>>> tmp = tempfile.TemporaryDirectory()
+>>> readme = pathlib.Path(tmp.name) / "README.md"
+>>> _ = readme.write_text("# Results\n<!-- claims:begin -->\n<!-- claims:end -->\n")
+>>> [p.name for p in write_claims(rows, out=tmp.name, into=[readme])]
+['README.md', 'claims.md', 'claims.csv']
+>>> tmp.cleanup()
 
 A preset output folder is what ``sharpest run PRESET --out DIR`` writes (``DIR/preset.yaml``
 with the scale and each run's status, one run folder per run and seed). Its claims are judged

@@ -1,9 +1,23 @@
 """A Hugging Face ``transformers`` ``TrainerCallback`` that tracks the top-k Hessian eigenpairs.
 
->>> from sharpest.integrations.transformers import SharpestTrainerCallback  # doctest: +SKIP
->>> callback = SharpestTrainerCallback((inputs, labels), k=5, every=50,
-...                                    sinks=["tensorboard"])              # doctest: +SKIP
->>> Trainer(model, args, train_dataset=ds, callbacks=[callback]).train()   # doctest: +SKIP
+>>> import tempfile, torch
+>>> from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+>>> from transformers.trainer_callback import PrinterCallback
+>>> from sharpest.integrations.transformers import SharpestTrainerCallback
+>>> model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1,
+...                                    n_head=2, bos_token_id=0, eos_token_id=0))
+>>> ids = torch.randint(0, 16, (8, 8), generator=torch.Generator().manual_seed(0))
+>>> dataset = [{"input_ids": row, "labels": row} for row in ids]
+>>> callback = SharpestTrainerCallback(({"input_ids": ids}, ids), k=2, every=2)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     args = TrainingArguments(output_dir=tmp, max_steps=4, per_device_train_batch_size=4,
+...                              use_cpu=True, report_to=[], save_strategy="no",
+...                              logging_strategy="no", disable_tqdm=True)
+...     trainer = Trainer(model, args, train_dataset=dataset, callbacks=[callback])
+...     trainer.remove_callback(PrinterCallback)  # no metrics printed
+...     _ = trainer.train()
+>>> [(r["iteration"], len(r["eigenvalues"])) for r in callback.records if r["event"] == "eigen"]
+[(0, 2), (2, 2), (4, 2)]
 
 ``data`` is the fixed Hessian subset: ``(inputs, labels)`` with ``inputs`` a dict of tensors
 (``input_ids``, ``attention_mask``, …), passed as ``model(**inputs)``, or a list of such pairs.

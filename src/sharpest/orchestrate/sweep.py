@@ -1,6 +1,8 @@
 """Sweeps: the Cartesian product of config overrides, one independent run folder per point.
 
->>> grid = parse_grid(["lr=0.1,0.01", "seed=0,1"])        # {"lr": [0.1, 0.01], "seed": [0, 1]}
+>>> grid = parse_grid(["lr=0.1,0.01", "seed=0,1"])
+>>> grid
+{'lr': [0.1, 0.01], 'seed': [0, 1]}
 >>> res = run_sweep("base.yaml", grid, out=Path("runs/lr"), workers=2)      # doctest: +SKIP
 >>> [(r.name, r.status) for r in res.runs]                                  # doctest: +SKIP
 [('lr=0.1__seed=0', 'finished'), ...]
