@@ -15,9 +15,10 @@ __all__ = ["lazy_getattr"]
 def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` resolving each name of ``exports`` (name → module) on demand.
 
-    >>> getattr_ = lazy_getattr("pkg", {"sqrt": "math"})
-    >>> getattr_("sqrt")(4.0)
-    2.0
+    Example:
+        >>> getattr_ = lazy_getattr("pkg", {"sqrt": "math"})
+        >>> getattr_("sqrt")(4.0)
+        2.0
     """
 
     def __getattr__(name: str) -> Any:

@@ -81,8 +81,9 @@ def sgd_stability_threshold(
     preconditioned curvature λ(P⁻¹H) (Cohen et al., 2022, *Adaptive gradient methods at the
     edge of stability*). ``lr`` may be a number or a numpy array (arithmetic only).
 
-    >>> sgd_stability_threshold(0.5), round(sgd_stability_threshold(0.1, momentum=0.9), 9)
-    (4.0, 38.0)
+    Example:
+        >>> sgd_stability_threshold(0.5), round(sgd_stability_threshold(0.1, momentum=0.9), 9)
+        (4.0, 38.0)
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -108,8 +109,9 @@ def adam_stability_threshold(lr: Any, beta1: float) -> Any:
     ``θ ← θ − ηm`` is stable iff ``ηa < (2 + 2β₁)/(1 − β₁)``. ``lr`` may be a number or an
     array.
 
-    >>> round(adam_stability_threshold(1.0, 0.9), 9)
-    38.0
+    Example:
+        >>> round(adam_stability_threshold(1.0, 0.9), 9)
+        38.0
     """
     if not 0.0 <= beta1 < 1.0:
         raise ValueError(f"beta1 must be in [0, 1), got {beta1}")

@@ -1,10 +1,10 @@
 """The docstrings of ``src/sharpest`` keep one style (issue 28), beyond what ruff checks.
 
 ruff's pydocstyle rules (pyproject.toml, Google convention) check the sections they know; these
-tests catch the two habits they let through: numpy-style underlined sections and reST fields
-(``Parameters`` / ``----------``, ``:param x:``), and examples skipped that could run. An example
-carries ``# doctest: +SKIP`` only when it cannot run offline in about a second; each such module
-is listed below with the reason.
+tests catch what they let through: numpy-style underlined sections and reST fields
+(``Parameters`` / ``----------``, ``:param x:``), a function's example outside its ``Example:``
+section, and ``# doctest: +SKIP`` outside the modules listed below. An example is skipped only
+when it cannot run offline in about a second; :data:`SKIPPED` says why for each module.
 """
 
 from __future__ import annotations
@@ -28,14 +28,20 @@ SKIPPED = {
 
 UNDERLINED = re.compile(r"^\s*[A-Z][A-Za-z ]+\n\s*-{3,}\s*$", re.MULTILINE)
 REST_FIELD = re.compile(r"^\s*:(param|type|returns?|rtype|raises)\b", re.MULTILINE)
+EXAMPLE_SECTION = re.compile(r"^\s*Examples?:\s*$", re.MULTILINE)
 
 
-def docstrings(path: Path) -> list[tuple[int, str]]:
-    """``(line, text)`` of every module, class and function docstring of ``path``."""
+def docstrings(path: Path, modules: bool = True) -> list[tuple[int, str]]:
+    """``(line, text)`` of every module (unless not ``modules``), class and function docstring
+    of ``path``.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    kinds: tuple[type, ...] = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    if modules:
+        kinds += (ast.Module,)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        if isinstance(node, kinds):
             doc = ast.get_docstring(node, clean=False)
             if doc:
                 found.append((getattr(node, "lineno", 1), doc))
@@ -52,6 +58,16 @@ def test_sections_are_google_style(path):
            if UNDERLINED.search(doc) or REST_FIELD.search(doc)]
     assert not bad, (f"{path.name}: numpy-style or reST sections at {', '.join(bad)}; write "
                      "Args:/Returns:/Raises:/Attributes: (Google style)")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_examples_of_classes_and_functions_are_sections(path):
+    """A class's or function's example sits in its ``Example:`` (or ``Examples:``) section,
+    last; a module's docstring may show its examples anywhere.
+    """
+    bad = [f"line {line}" for line, doc in docstrings(path, modules=False)
+           if ">>>" in doc and not EXAMPLE_SECTION.search(doc.split(">>>")[0])]
+    assert not bad, f"{path.name}: examples outside an Example: section at {', '.join(bad)}"
 
 
 def test_skipped_examples_are_the_listed_ones():

@@ -96,8 +96,9 @@ def _leaves(inputs: Any, path: str = "inputs") -> Iterator[tuple[str, Tensor]]:
 def batch_size(inputs: Any) -> int:
     """The leading dimension shared by every tensor in ``inputs``.
 
-    >>> batch_size({"input_ids": torch.zeros(4, 7), "mask": [torch.ones(4), None]})
-    4
+    Example:
+        >>> batch_size({"input_ids": torch.zeros(4, 7), "mask": [torch.ones(4), None]})
+        4
     """
     sizes = {path: int(t.shape[0]) for path, t in _leaves(inputs)}
     if not sizes:
@@ -205,16 +206,19 @@ def resolve_call(model: nn.Module, inputs: Any, call: Call | None = None) -> Cal
     Mapping: ``model(**inputs)`` when ``forward`` has ``**kwargs`` or a parameter named by
     any key (or its signature cannot be read; a key it lacks then fails the call with an error
     naming both ways); otherwise, no key naming a parameter, ``model(inputs)`` when
-    ``forward`` takes one positional parameter (any others having defaults). A Mapping that
-    fits neither is refused with a ``TypeError`` naming both ways and the ``call=`` hook.
+    ``forward`` takes one positional parameter (any others having defaults).
 
-    >>> class Keywords(nn.Module):
-    ...     def forward(self, input_ids, attention_mask=None): return input_ids
-    >>> class OneArgument(nn.Module):
-    ...     def forward(self, data): return data["x"]
-    >>> batch = {"input_ids": torch.zeros(2), "attention_mask": torch.ones(2)}
-    >>> resolve_call(Keywords(), batch), resolve_call(OneArgument(), {"x": torch.zeros(2)})
-    (ModelCall(model(**inputs)), ModelCall(model(inputs)))
+    Raises:
+        TypeError: a Mapping that fits neither, naming both ways and the ``call=`` hook.
+
+    Example:
+        >>> class Keywords(nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None): return input_ids
+        >>> class OneArgument(nn.Module):
+        ...     def forward(self, data): return data["x"]
+        >>> batch = {"input_ids": torch.zeros(2), "attention_mask": torch.ones(2)}
+        >>> resolve_call(Keywords(), batch), resolve_call(OneArgument(), {"x": torch.zeros(2)})
+        (ModelCall(model(**inputs)), ModelCall(model(inputs)))
     """
     if call is not None:
         if not callable(call):

@@ -56,12 +56,13 @@ def subspace_share(basis: Tensor, vector: Tensor) -> float:
     """``‖VᵀV g‖²/‖g‖² = ‖V g‖²/‖g‖²`` for orthonormal rows ``basis`` V ``(k, n)`` and a flat
     ``vector`` g ``(n,)``: the share of g's squared norm in span(V), in [0, 1].
 
-    >>> v = torch.eye(3)[:1]                       # span(e₁)
-    >>> subspace_share(v, torch.tensor([3.0, 4.0, 0.0]))
-    0.36
-
     Raises:
         ValueError: shapes that do not match, or a zero or non-finite vector.
+
+    Example:
+        >>> v = torch.eye(3)[:1]                       # span(e₁)
+        >>> subspace_share(v, torch.tensor([3.0, 4.0, 0.0]))
+        0.36
     """
     g = _ratio_direction(vector, "the vector")
     if basis.dim() != 2 or basis.shape[1] != g.numel():

@@ -21,11 +21,12 @@ def _normalise(name: str) -> str:
 def canonical_name(name: str) -> str:
     """The registry name for ``name`` (case, ``-`` and ``_`` ignored; a few aliases).
 
-    >>> canonical_name("SCNN")
-    'simplecnn'
-
     Raises:
         ValueError: listing the valid names, when ``name`` is unknown.
+
+    Example:
+        >>> canonical_name("SCNN")
+        'simplecnn'
     """
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, got {name!r}")

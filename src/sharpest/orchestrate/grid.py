@@ -58,7 +58,10 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
     Values are typed with YAML rules, as ``--set`` does (``1e-3`` is a float, ``null`` is None,
     ``[16,16]`` a list: commas inside brackets or quotes do not split). Dotted keys reach nested
-    sections. Raises :class:`SweepError` for bad syntax, an empty value or a repeated key/value.
+    sections.
+
+    Raises:
+        SweepError: bad syntax, an empty value or a repeated key/value.
     """
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -123,8 +126,9 @@ def point_name(overrides: Mapping[str, Any]) -> str:
 def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[tuple[str, dict[str, Any]]]:
     """``(folder name, overrides)`` of every point of ``grid`` (Cartesian product, grid order).
 
-    >>> grid_points({"lr": [0.1, 0.01], "seed": [0]})
-    [('lr=0.1__seed=0', {'lr': 0.1, 'seed': 0}), ('lr=0.01__seed=0', {'lr': 0.01, 'seed': 0})]
+    Example:
+        >>> grid_points({"lr": [0.1, 0.01], "seed": [0]})
+        [('lr=0.1__seed=0', {'lr': 0.1, 'seed': 0}), ('lr=0.01__seed=0', {'lr': 0.01, 'seed': 0})]
     """
     keys = list(grid)
     out: list[tuple[str, dict[str, Any]]] = []

@@ -98,8 +98,8 @@ def expand_grid(
 ) -> list[SweepPoint]:
     """The grid's points (Cartesian product, grid order), each config validated.
 
-    Raises :class:`SweepError` naming the first bad point (and how many are bad) before
-    anything runs.
+    Raises:
+        SweepError: naming the first bad point (and how many are bad), before anything runs.
     """
     base_map = _base_mapping(base)
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()}

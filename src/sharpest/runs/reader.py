@@ -41,8 +41,9 @@ class RunReadError(SharpestError, FileNotFoundError, ValueError):
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optimizer": {"gamma": 1}}`` → ``{"optimizer.gamma": 1}`` (lists stay values).
 
-    >>> flatten_config({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 3})
-    {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'epochs': 3}
+    Example:
+        >>> flatten_config({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 3})
+        {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'epochs': 3}
     """
     out: dict[str, Any] = {}
     for k, v in config.items():

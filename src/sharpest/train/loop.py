@@ -341,7 +341,11 @@ class Trainer:
     # ========================================================================= one step ===
 
     def train_step(self, inputs: Tensor, targets: Tensor) -> float:
-        """One SGD step on a batch; returns its loss. Raises :class:`Diverged`."""
+        """One SGD step on a batch; returns its loss.
+
+        Raises:
+            Diverged: the loss is not finite or above ``max_loss``.
+        """
         self.model.train()
         n_global = int(targets.shape[0])
         if self.parallel.active:  # data parallel: this rank's rows of the global batch
