@@ -125,7 +125,7 @@ class DirectionProbe(Callback):
             (exact when it runs after the tracker). Every record carries its ``eigen_age``.
         at_end: also probe at the end of a finished run (when the tracker's ``at_end`` point
             exists).
-        name: the callback's name, its key in checkpoints (default ``"DirectionProbe"``).
+        name: the callback's name, its key in checkpoints (default ``"probes"``).
         unconverged: what to do at a point whose eigenpairs did not converge: ``"skip"`` it
             (default) or probe it and ``"mark"`` its lines (``eigen_converged: false``).
     """
