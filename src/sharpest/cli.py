@@ -45,23 +45,31 @@ DEFAULT_THREADS = 1
 
 
 class Scale(str, Enum):
+    """The scales of a preset (``--scale``)."""
+
     tiny = "tiny"
     small = "small"
     paper = "paper"
 
 
 class Executor(str, Enum):
+    """Where the runs of a preset train (``--executor``)."""
+
     inline = "inline"
     local = "local"
     ray = "ray"
 
 
 class SweepExecutor(str, Enum):
+    """Where the runs of a sweep train (``--executor``)."""
+
     local = "local"
     ray = "ray"
 
 
 class Which(str, Enum):
+    """Which eigenvalues ``eig`` computes (``which`` of :func:`sharpest.curvature.lanczos`)."""
+
     LM = "LM"
     LA = "LA"
     SA = "SA"
@@ -117,7 +125,8 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors sharpest raises on purpose (:class:`~sharpest.errors.SharpestError`)
     and those of the file system into a one-paragraph message and exit status 2 (no
     traceback); an interrupt exits 130. Anything else is a bug: it propagates with its
-    traceback (exit status 1)."""
+    traceback (exit status 1).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -322,6 +331,8 @@ def eig(
 
 
 class Plane(str, Enum):
+    """The two directions of a loss surface (``surface --directions``)."""
+
     eigen = "eigen"
     eigen_random = "eigen_random"
     random = "random"
@@ -485,7 +496,8 @@ def run_cmd(
     quiet: QuietOption = False,
 ) -> None:
     """Run one figure or table of the paper: every run into OUT/<run>, then the findings
-    (held / did not hold) and one report in OUT. Running it again resumes."""
+    (held / did not hold) and one report in OUT. Running it again resumes.
+    """
     from sharpest.experiments.preset import load_preset, resolve_runs
     from sharpest.experiments.runner import run_preset
 

@@ -69,9 +69,16 @@ def num_classes_for(data: str, data_options: dict[str, Any] | None = None) -> in
 def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Build the model, optimizer, schedule and probe callbacks of ``config`` (no data).
 
-    Returns them in a dict with ``num_params``. Raises :class:`ConfigError` naming the part
-    that failed. ``cache``: a dict reused across calls so that runs sharing a model (name,
-    options, classes) build it once.
+    Args:
+        config: the run's config.
+        cache: a dict reused across calls so that runs sharing a model (name, options,
+            classes) build it once.
+
+    Returns:
+        The built objects by name, with ``num_params``.
+
+    Raises:
+        ConfigError: naming the part that failed.
     """
     classes = num_classes_for(config.data, config.data_options)
     key = (config.model, json.dumps(config.model_options, sort_keys=True, default=str), classes)
@@ -252,7 +259,8 @@ def extrapolate(name: str, config: Config, units: UnitCosts, iterations_per_epoc
 
 def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
     """Build the run (data included), time ``steps`` training steps (after one warm-up), one
-    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc)."""
+    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc).
+    """
     t0 = time.process_time()
     cfg = config.model_copy(update={"init_from": None})
     trainer = Trainer(cfg, None)

@@ -245,16 +245,33 @@ def run_preset(
     """Train every run of ``preset`` at ``scale`` into ``out`` (resuming), then write the
     findings and one comparative report into ``out``.
 
-    ``sets``: ``key=value`` overrides for every run (after the preset's own, e.g.
-    ``data_root=...``). ``executor``: ``inline`` | ``local`` | ``ray`` (default ``inline`` for
-    tiny, ``local`` otherwise); ``workers``: runs at once (local: processes, default the scale's
-    ``workers``, else 1 on CPU and one per GPU; Ray: runs in flight). ``train_fn``: a
-    replacement for the training function (tests), called as ``train_fn(config_dict,
-    out=folder, resume=bool)``. ``seeds``: N (or a list): every run N times, in
-    ``<run>__seed=<s>`` (a restart run restarts from its source of the same seed).
+    A run that fails or diverges does not stop the others (its outcome says why).
 
-    Raises :class:`PresetError` for a bad preset, config, data set or folder before anything
-    trains. A run that fails or diverges does not stop the others (its outcome says why).
+    Args:
+        preset: a packaged preset's name, a preset file, or a :class:`Preset`.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: ``key=value`` overrides for every run (after the preset's own, e.g.
+            ``data_root=...``).
+        out: the output folder (default :func:`preset_out_dir`).
+        executor: ``inline`` | ``local`` | ``ray`` (default ``inline`` for tiny, ``local``
+            otherwise).
+        workers: runs at once (local: processes, default the scale's ``workers``, else 1 on CPU
+            and one per GPU; Ray: runs in flight).
+        address: Ray only: the cluster address.
+        resources: Ray only: the resources of each run.
+        report: write the comparative report (the findings are written either way).
+        progress: one ``[tag]`` line per run start and end on stderr.
+        train_fn: a replacement for the training function (tests), called as
+            ``train_fn(config_dict, out=folder, resume=bool)``.
+        tag: the tag of the progress lines.
+        seeds: N (or a list): every run N times, in ``<run>__seed=<s>`` (a restart run restarts
+            from its source of the same seed).
+
+    Returns:
+        A :class:`PresetResult`: the runs' outcomes, the checked claims and the report's path.
+
+    Raises:
+        PresetError: a bad preset, config, data set or folder, before anything trains.
     """
     say = _sayer(progress, tag)
     t0 = time.perf_counter()
@@ -364,7 +381,8 @@ def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str
 def preset_report(out: Path, at: ScaledPreset, folders: list[Path], findings: str
                   ) -> tuple[Path | None, str | None]:
     """The preset's comparative report in ``out`` (with its group and per-run reports), the
-    expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
+    expected outcome and ``findings`` on top; returns (path, None) or (None, why not).
+    """
     if not folders:
         return None, "report skipped: no run ended"
     links = _extra_reports(out, at, folders)
