@@ -64,7 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def data_status(root: Path | None) -> tuple[Path, list[str]]:
     """The CIFAR-10 folder under ``root`` (the loader's default root when None) and the
-    official files missing from it (presence only: a user's own copy has no checksum)."""
+    official files missing from it (presence only: a user's own copy has no checksum).
+    """
     from sharpest.data.cifar import CIFAR10, find_folder
     from sharpest.data.download import resolve_root
 

@@ -172,7 +172,8 @@ def schedule_counts(config: Config, iterations_per_epoch: int, total: int) -> di
 @dataclass
 class RunEstimate:
     """Unit costs and the extrapolated seconds of one run (``products``: the tracking's
-    Hessian-vector products, all points together)."""
+    Hessian-vector products, all points together).
+    """
 
     name: str
     iterations: int
@@ -229,7 +230,8 @@ def extrapolate(name: str, config: Config, units: UnitCosts, iterations_per_epoc
                 total: int) -> RunEstimate:
     """A run's seconds from its unit costs and its schedule (:func:`schedule_counts`): every
     step, ``products_per_solve`` products and one ``build`` per tracking point, the probes'
-    gradients and losses at their points, and the evaluations (module doc)."""
+    gradients and losses at their points, and the evaluations (module doc).
+    """
     cfg = config
     counts = schedule_counts(cfg, iterations_per_epoch, total)
     solve = products_per_solve(cfg.track.k, cfg.track.max_matvecs)

@@ -187,7 +187,8 @@ class DataSizes:
 
 def data_sizes(config: Config) -> DataSizes:
     """The data sizes of ``config`` at full size (module doc); no files are read except
-    MNIST-1D's, which is generated."""
+    MNIST-1D's, which is generated.
+    """
     name, b = config.data, config.batch_size
     classes = num_classes_for(name, config.data_options)
     if name == "ptb":
@@ -255,7 +256,8 @@ class Work:
 
 def _count(call: Callable[[], Any], onednn: bool = True) -> Work:
     """The FLOPs and operations of ``call()`` (``onednn=False``: without oneDNN's fused
-    kernels, which the counter cannot see into: its LSTM)."""
+    kernels, which the counter cannot see into: its LSTM).
+    """
     flop_mode, op_mode = FlopCounterMode(display=False), _OpCount()
     with warnings.catch_warnings():  # oneDNN's TF32 note; NSGD stepping without a basis
         warnings.simplefilter("ignore")
@@ -409,7 +411,8 @@ def measure_units(config: Config, sizes: DataSizes | None = None,
     """Each unit's seconds measured on ``device`` (synthetic inputs of the run's shapes, the
     operator as the tracker builds it); returns them and whether the graphs were kept. Meant
     for a GPU; on the CPU it runs the same code (the tests), in wall seconds of a shared
-    machine."""
+    machine.
+    """
     device = torch.device(device)
     sizes = sizes or data_sizes(config)
     built = build_run(config)
@@ -476,7 +479,8 @@ class GpuEstimate:
     @property
     def tflop(self) -> float | None:
         """The counted FLOPs of its steps and tracking, in 10¹² (probes and evaluations left
-        out; None when measured)."""
+        out; None when measured).
+        """
         if self.work is None:
             return None
         r, w = self.run, self.work
@@ -534,7 +538,8 @@ def gpu_estimate(name: str, config: Config, gpu: str | GpuSpec = "h100",
 
 def work_key(config: Config) -> str:
     """What a run's counted work depends on: runs with the same key share one count (the
-    learning rate, γ, the optimizer's other numbers and the seed change no FLOP or op)."""
+    learning rate, γ, the optimizer's other numbers and the seed change no FLOP or op).
+    """
     keep = ("model", "model_options", "data", "data_options", "batch_size", "optimizer",
             "weight_decay_on", "track", "eval", "train_subset", "val_size", "epochs",
             "max_iterations")
