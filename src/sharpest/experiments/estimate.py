@@ -112,8 +112,9 @@ def products_per_solve(k: int, max_matvecs: int | None = None) -> int:
     """Products one tracking solve of ``k`` pairs is counted at: 2·(2k + 12), the solve and its
     guard (module doc), capped at ``max_matvecs``.
 
-    >>> products_per_solve(5), products_per_solve(10, max_matvecs=40)
-    (44, 40)
+    Example:
+        >>> products_per_solve(5), products_per_solve(10, max_matvecs=40)
+        (44, 40)
     """
     n = 2 * (2 * k + 12)
     return min(n, max_matvecs) if max_matvecs else n

@@ -502,8 +502,9 @@ class GpuEstimate:
 def duration(seconds: float) -> str:
     """``"12.3 h"``, or minutes under a tenth of an hour.
 
-    >>> duration(45_000), duration(90)
-    ('12.50 h', '1.5 min')
+    Example:
+        >>> duration(45_000), duration(90)
+        ('12.50 h', '1.5 min')
     """
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
