@@ -170,10 +170,8 @@ def sleepy_train(config, out, resume=False):
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "pid", str(os.getpid()))  # never read half-written
     try:
-        # Inside the try: the test kills the parent as soon as the pid is visible, and on a
-        # busy machine the interrupt can arrive while atomic_write_text still syncs the folder.
-        atomic_write_text(folder / "pid", str(os.getpid()))  # never read half-written
         time.sleep(600)
     except KeyboardInterrupt:
         (folder / "interrupted").write_text("yes")
