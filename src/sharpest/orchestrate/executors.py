@@ -241,6 +241,10 @@ def _init_worker(gpu_queue: Any, started: Any, plain_warnings: bool = False) -> 
     """
     global _STARTED
     _STARTED = started
+    # A sweep started in the background of a non-interactive shell (`nohup sharpest run … &`)
+    # inherits SIGINT ignored, and so would its workers: the parent watch's interrupt would then
+    # be lost and the run cut off after the grace period without closing its log or lock.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _watch_parent()
     if plain_warnings:
         install_warning_format()
