@@ -162,7 +162,8 @@ def wasserstein1(grid: np.ndarray, p: np.ndarray, q: np.ndarray) -> float:
 def log_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Mean |log₁₀ p − log₁₀ q| over the grid, both floored at 1e-10 × max q: W₁ weighs
     the bulk near 0 (almost all the mass) and barely sees the outliers (mass ~1/n each); on a
-    log scale, as densities are drawn, the outliers count."""
+    log scale, as densities are drawn, the outliers count.
+    """
     floor = 1e-10 * float(np.max(q))
     return float(np.mean(np.abs(np.log10(np.maximum(p, floor)) - np.log10(np.maximum(q, floor)))))
 

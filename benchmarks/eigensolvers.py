@@ -336,7 +336,8 @@ def log(message: str) -> None:
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Write ``rows`` as a CSV (columns: ``columns``, default the first row's keys; other keys
-    are left out) atomically, so a table pandas reads is never half written."""
+    are left out) atomically, so a table pandas reads is never half written.
+    """
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), extrasaction="ignore")
     writer.writeheader()

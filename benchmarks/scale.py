@@ -102,7 +102,8 @@ def peak_mib() -> float:
 
 class BasisRows:
     """The most rows the solve's basis and one guard chain held at once, over a solve: what a
-    ``max_basis_bytes`` of that many rows would have had to allow."""
+    ``max_basis_bytes`` of that many rows would have had to allow.
+    """
 
     def __init__(self) -> None:
         from sharpest.curvature import lanczos_basis

@@ -1,5 +1,6 @@
 """Print the tables of docs/api.md: every name of each public module's ``__all__`` with the
-first paragraph of its docstring (``python docs/api_tables.py``)."""
+first paragraph of its docstring (``python docs/api_tables.py``).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _line(module: str, name: str) -> str:
 
 
 def main() -> None:
+    """Print the tables, one per public module with an ``__all__``."""
     for module in MODULES:
         names = sorted(getattr(importlib.import_module(module), "__all__", []), key=str.lower)
         if not names:

@@ -45,23 +45,31 @@ DEFAULT_THREADS = 1
 
 
 class Scale(str, Enum):
+    """The scales of a preset (``--scale``)."""
+
     tiny = "tiny"
     small = "small"
     paper = "paper"
 
 
 class Executor(str, Enum):
+    """Where the runs of a preset train (``--executor``)."""
+
     inline = "inline"
     local = "local"
     ray = "ray"
 
 
 class SweepExecutor(str, Enum):
+    """Where the runs of a sweep train (``--executor``)."""
+
     local = "local"
     ray = "ray"
 
 
 class Which(str, Enum):
+    """Which eigenvalues ``eig`` computes (``which`` of :func:`sharpest.curvature.lanczos`)."""
+
     LM = "LM"
     LA = "LA"
     SA = "SA"
@@ -117,7 +125,8 @@ def clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors sharpest raises on purpose (:class:`~sharpest.errors.SharpestError`)
     and those of the file system into a one-paragraph message and exit status 2 (no
     traceback); an interrupt exits 130. Anything else is a bug: it propagates with its
-    traceback (exit status 1)."""
+    traceback (exit status 1).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -322,6 +331,8 @@ def eig(
 
 
 class Plane(str, Enum):
+    """The two directions of a loss surface (``surface --directions``)."""
+
     eigen = "eigen"
     eigen_random = "eigen_random"
     random = "random"
@@ -474,18 +485,36 @@ def run_cmd(
         bool,
         typer.Option("--estimate", help="Time a few steps of each run and extrapolate."),
     ] = False,
+    gpu: Annotated[
+        str | None,
+        typer.Option("--gpu", help="With --estimate: GPU hours on this reference GPU (h100, "
+                     "a100), from FLOPs counted on the CPU; measured instead where CUDA is "
+                     "available."),
+    ] = None,
     seeds: SeedsOption = None,
     no_report: NoReportOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Run one figure or table of the paper: every run into OUT/<run>, then the findings
-    (held / did not hold) and one report in OUT. Running it again resumes."""
+    (held / did not hold) and one report in OUT. Running it again resumes.
+    """
     from sharpest.experiments.preset import load_preset, resolve_runs
     from sharpest.experiments.runner import run_preset
 
     sets = list(set_ or [])
     scale_ = scale.value
+    if gpu is not None and not estimate:
+        raise typer.BadParameter("--gpu goes with --estimate", param_hint="--gpu")
     p = load_preset(preset)
+    if gpu is not None:
+        from sharpest.experiments.gpu_estimate import GPUS
+
+        if gpu.lower() not in GPUS:
+            raise typer.BadParameter(f"{gpu!r}: choose from {', '.join(GPUS)}",
+                                     param_hint="--gpu")
+        _set_threads(threads)
+        _describe_gpu(p, scale_, resolve_runs(p, scale_, sets), gpu.lower(), seeds=seeds)
+        return
     if dry_run or estimate:
         _set_threads(threads)
         runs = resolve_runs(p, scale_, sets)
@@ -537,6 +566,29 @@ def _describe(p: Any, scale: str, runs: list[Any], estimate: bool,
         for w in (1, 2, 4):
             typer.echo(f"  with --workers {w} (one core each): ≈ "
                        f"{_makespan(seconds, w) / 60:.1f} min of training")
+
+
+def _describe_gpu(p: Any, scale: str, runs: list[Any], gpu: str,
+                  seeds: int | None = None) -> None:
+    """``--estimate --gpu``: each run's GPU hours (sharpest.experiments.gpu_estimate)."""
+    from sharpest.experiments.gpu_estimate import duration, gpu_estimate, work_key
+
+    n_seeds = seeds or 1
+    typer.echo(f"{p.name}: {p.paper} — {p.title}")
+    typer.echo(f"scale {scale}: {len(runs)} run(s)"
+               + (f" × {n_seeds} seeds = {len(runs) * n_seeds} runs" if n_seeds > 1 else ""))
+    seconds, bases, counted = 0.0, set(), {}
+    for r in runs:
+        known = counted.get(work_key(r.config))  # runs differing only in lr share a count
+        e = gpu_estimate(r.name, r.config, gpu, work=known)
+        if e.work is not None:
+            counted[work_key(r.config)] = e.work
+        typer.echo(f"  {e.line()}")
+        seconds += e.run.total_seconds * n_seeds
+        bases.add(e.basis)
+    typer.echo(f"total ≈ {duration(seconds)} of one GPU"
+               + (f" over {n_seeds} seeds" if n_seeds > 1 else "")
+               + f", one run at a time; {'; '.join(sorted(bases))}")
 
 
 def _makespan(seconds: list[float], workers: int) -> float:

@@ -8,8 +8,14 @@ Every key has a default, so ``{}`` is a valid config (the offline MNIST-1D defau
 Unknown keys, wrong types and bad values raise :class:`ConfigError`, whose message names the key
 (``track.k: must be ≥ 0 (got -1)``) and fits in one paragraph, so the CLI prints it as is.
 
->>> cfg = load_config("run.yaml", sets=["lr=0.05", "track.every=50"])   # doctest: +SKIP
->>> cfg.track.k, cfg.to_dict()["optimizer"]["name"]                     # doctest: +SKIP
+>>> import pathlib, tempfile, yaml
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = pathlib.Path(tmp.name) / "run.yaml"
+>>> _ = path.write_text(yaml.safe_dump({"model": "mlp", "epochs": 2, "track": {"k": 5}}))
+>>> cfg = load_config(path, sets=["lr=0.05", "track.every=50"])
+>>> cfg.lr, cfg.track.k, cfg.track.every, cfg.to_dict()["optimizer"]["name"]
+(0.05, 5, 50, 'sgd')
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -192,7 +198,8 @@ class TraceTrackConfig(_Section):
 
 class DensityTrackConfig(_Section):
     """``track.density``: the eigenvalue density along training (:func:`sharpest.spectral_density`;
-    ``"density"`` lines)."""
+    ``"density"`` lines).
+    """
 
     #: Iterations between density points (t % every == 0, and once at the end); 0: off.
     every: int = Field(default=0, ge=0)
@@ -362,7 +369,8 @@ class MetricsConfig(_Section):
 
 class SummaryConfig(_Section):
     """``summary``: the paper's Table 1 numbers as one ``"summary"`` line before ``"end"`` of a
-    finished run (see :mod:`sharpest.train.summary`)."""
+    finished run (see :mod:`sharpest.train.summary`).
+    """
 
     enabled: bool = True
     #: Eigenvalues in the ‖H‖_F estimate √Σλᵢ² (Table 1: the top 5).
@@ -384,7 +392,8 @@ class CheckpointConfig(_Section):
 class LogConfig(_Section):
     """``log``: where records go besides ``metrics.jsonl`` (mirrors written as records happen;
     see :mod:`sharpest.runs.sinks`): ``tensorboard`` (``OUT/tensorboard/``), ``csv``
-    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``)."""
+    (``OUT/metrics.csv``), ``wandb`` (a Weights & Biases run, files in ``OUT/wandb/``).
+    """
 
     sinks: list[Literal["tensorboard", "wandb", "csv"]] = Field(default_factory=list)
     #: wandb: project name (None: wandb's default).

@@ -27,7 +27,8 @@ __all__ = [
 class SharpestError(Exception):
     """The root of every error sharpest raises on purpose: bad input (config, preset, data,
     run folder, checkpoint) or a state it refuses to continue from. Its message is one
-    paragraph that names what is wrong and where."""
+    paragraph that names what is wrong and where.
+    """
 
 
 class RunFolderError(SharpestError, RuntimeError):
@@ -53,7 +54,8 @@ def _show_warning(
 def install_warning_format() -> None:
     """Print warnings as one ``warning: …`` line (not Python's ``file:line: UserWarning``
     form), each time they happen. The CLI installs this (and the process pools it starts carry it
-    into their workers); the library never does."""
+    into their workers); the library never does.
+    """
     warnings.showwarning = _show_warning
     warnings.filterwarnings("always", category=UserWarning)
 

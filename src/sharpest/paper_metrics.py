@@ -81,8 +81,9 @@ def sgd_stability_threshold(
     preconditioned curvature λ(P⁻¹H) (Cohen et al., 2022, *Adaptive gradient methods at the
     edge of stability*). ``lr`` may be a number or a numpy array (arithmetic only).
 
-    >>> sgd_stability_threshold(0.5), round(sgd_stability_threshold(0.1, momentum=0.9), 9)
-    (4.0, 38.0)
+    Example:
+        >>> sgd_stability_threshold(0.5), round(sgd_stability_threshold(0.1, momentum=0.9), 9)
+        (4.0, 38.0)
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -108,8 +109,9 @@ def adam_stability_threshold(lr: Any, beta1: float) -> Any:
     ``θ ← θ − ηm`` is stable iff ``ηa < (2 + 2β₁)/(1 − β₁)``. ``lr`` may be a number or an
     array.
 
-    >>> round(adam_stability_threshold(1.0, 0.9), 9)
-    38.0
+    Example:
+        >>> round(adam_stability_threshold(1.0, 0.9), 9)
+        38.0
     """
     if not 0.0 <= beta1 < 1.0:
         raise ValueError(f"beta1 must be in [0, 1), got {beta1}")
@@ -125,7 +127,8 @@ def _mean(xs: Iterable[float]) -> float:
 
 def val_metric(records: Sequence[dict[str, Any]]) -> tuple[str, bool] | None:
     """The field that ranks validation lines (accuracy, else perplexity, else loss) and whether
-    larger is better; None when no ``val`` line holds any of them."""
+    larger is better; None when no ``val`` line holds any of them.
+    """
     val = [r for r in records if r.get("event") == "eval" and r.get("split") == "val"]
     for key, larger in (("accuracy", True), ("perplexity", False), ("loss", False)):
         if any(finite(r.get(key)) for r in val):
@@ -182,9 +185,19 @@ def table1(
 ) -> dict[str, Any]:
     """The Table 1 numbers of a run's ``records`` (definitions in the module doc).
 
-    ``iterations_per_epoch`` and ``final_iteration`` (the number of steps taken) place the
-    epoch windows; ``distances`` / ``rho_best`` are the trainer's own measurements at the
-    validation points (iteration → ‖θ − θ₀‖; (iteration, ρ(W)) of the best one).
+    Args:
+        records: the run's records (its ``metrics.jsonl`` lines).
+        iterations_per_epoch: ``ipe``; with ``final_iteration`` it places the epoch windows.
+        final_iteration: the number of steps taken.
+        fro_k: ``k``, the eigenvalues in ‖H‖_F (None: all tracked).
+        last_epochs: ``L``, the epochs of the end-of-run window.
+        val_epochs: ``N`` of ``val_accuracy_at_epoch_N``.
+        distances: the trainer's own measurements at the validation points (iteration →
+            ‖θ − θ₀‖).
+        rho_best: ``(iteration, ρ(W))`` measured at the best validation point.
+
+    Returns:
+        The numbers by name (a quantity whose records are absent is left out).
     """
     ipe = max(int(round(iterations_per_epoch)), 1)
     out: dict[str, Any] = {"fro_k": fro_k, "last_epochs": last_epochs, "val_epochs": val_epochs}

@@ -27,8 +27,9 @@ def finite(x: Any) -> bool:
 def number(v: Any) -> float:
     """A float from a JSON value (None, bools and non-numbers become NaN).
 
-    >>> number("2.5"), number(None)
-    (2.5, nan)
+    Example:
+        >>> number("2.5"), number(None)
+        (2.5, nan)
     """
     if v is None or isinstance(v, bool):
         return math.nan
@@ -43,10 +44,11 @@ def is_converged(record: Mapping[str, Any], key: str = "converged") -> bool:
     Lanczos did not converge; ``key="eigen_converged"``: a probe line measured along such
     eigenvectors). Lines without the field count as converged.
 
-    >>> is_converged({"converged": False}), is_converged({})
-    (False, True)
-    >>> is_converged({"eigen_converged": False}, key="eigen_converged")
-    False
+    Example:
+        >>> is_converged({"converged": False}), is_converged({})
+        (False, True)
+        >>> is_converged({"eigen_converged": False}, key="eigen_converged")
+        False
     """
     return record.get(key) is not False
 
@@ -55,8 +57,9 @@ def frobenius(values: Iterable[Any] | None, k: int | None = 5) -> float:
     """√(Σ λᵢ²) over the first ``k`` values (all when ``k`` is None), non-finite ones ignored;
     NaN when none is finite.
 
-    >>> frobenius([3.0, 4.0, 12.0], k=2)
-    5.0
+    Example:
+        >>> frobenius([3.0, 4.0, 12.0], k=2)
+        5.0
     """
     vals = [number(v) for v in (values if values is not None else [])]
     if k is not None:

@@ -1,7 +1,8 @@
 """The docstring examples of every ``sharpest`` module run (and must give what they show).
 
-Examples that need data, a run folder or minutes of training carry ``# doctest: +SKIP``;
-everything else is executed, so an example that goes stale fails here.
+Examples that need a download, worker processes or more than about a second carry
+``# doctest: +SKIP`` (tests/docs/test_docstring_style.py lists them and why); everything else is
+executed, run folders in temporary directories, so an example that goes stale fails here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ MODULES = sorted(
 #: Modules that import an optional extra (tests/conftest.py: skipped without it).
 NEEDS = {
     "sharpest.integrations.lightning": ("pytorch_lightning",),
-    "sharpest.integrations.transformers": ("transformers",),
+    "sharpest.integrations.transformers": ("transformers", "accelerate"),
 }
 
 

@@ -21,6 +21,7 @@ from sharpest.experiments.estimate import build_run, schedule_counts
 from sharpest.experiments.preset import (
     SCALES,
     PresetError,
+    at_scale,
     find_preset,
     list_presets,
     load_preset,
@@ -478,6 +479,28 @@ def test_seeds_run_every_preset_run_per_seed_and_restart_from_the_same_seed(tmp_
     state = yaml.safe_load((tmp_path / "o" / "preset.yaml").read_text())
     assert [r["name"] for r in state["runs"]] == names
     assert state["runs"][4]["init_from"] == {"run": "slow", "epoch": None}
+
+
+def test_group_and_run_reports_take_every_seed(tmp_path, monkeypatch):
+    """With --seeds, a report group holds every seed of its members and each seed of a
+    `run_reports` run gets its own report (the folders are `<run>__seed=<s>`)."""
+    import sharpest.experiments.runner as runner_module
+
+    calls = []
+    monkeypatch.setattr(runner_module, "build_report",
+                        lambda dirs, **kw: calls.append(([d.name for d in dirs], kw.get("out"))))
+    path = _write(tmp_path / "p.yaml", TINY_PRESET)
+    at = at_scale(load_preset(path), "tiny")
+    folders = [tmp_path / f"{n}__seed={s}" for n in ("slow", "fast", "restart") for s in (0, 1)]
+    links = runner_module._extra_reports(tmp_path, at, folders)
+    assert calls[0] == (["slow__seed=0", "slow__seed=1", "fast__seed=0", "fast__seed=1"],
+                        tmp_path / "groups" / "sgd")
+    assert [c[0] for c in calls[1:]] == [["fast__seed=0"], ["fast__seed=1"]]
+    assert len(links) == 3 and "[fast__seed=1](fast__seed=1/report.html)" in links[2]
+    # one member present: no group (a comparison needs two configurations)
+    calls.clear()
+    runner_module._extra_reports(tmp_path, at, folders[:2])
+    assert calls == []
 
 
 def test_estimate_counts_every_seed(tmp_path, monkeypatch):

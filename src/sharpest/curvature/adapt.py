@@ -67,7 +67,8 @@ class ScipyStyle:
 
     def to_scipy(self) -> Any:
         """A ``scipy.sparse.linalg.LinearOperator`` view (float64 numpy arrays, on the CPU);
-        ``matmat``/``rmatmat`` compute a block of columns with one pass over the data."""
+        ``matmat``/``rmatmat`` compute a block of columns with one pass over the data.
+        """
         from scipy.sparse.linalg import LinearOperator
 
         def mv(x: np.ndarray) -> np.ndarray:
@@ -126,7 +127,8 @@ class MatmulOperator:
 
 def as_operator(op: Any) -> Any:
     """``op`` as something with ``size`` and ``matvec`` (returned as is if it has them;
-    wrapped in :class:`MatmulOperator` if it has ``shape`` and ``@``)."""
+    wrapped in :class:`MatmulOperator` if it has ``shape`` and ``@``).
+    """
     if isinstance(getattr(op, "size", None), (int, np.integer)) and callable(
         getattr(op, "matvec", None)
     ):

@@ -35,14 +35,15 @@ __all__ = ["DensityResult", "broadened_density", "spectral_density"]
 class DensityResult:
     """A broadened eigenvalue density on a grid, and the quadrature it came from.
 
-    Attributes
-    ----------
-    grid: (g,) eigenvalue coordinates, ascending.
-    density: (g,) ρ_σ on the grid (integrates to 1 over a grid covering the nodes).
-    n_matvecs: products spent.
-    nodes, weights: (probes, steps) Gauss quadrature nodes θ and weights τ per probe (rows of a
-        probe whose Krylov space closed early are padded with weight 0).
-    sigma: the Gaussian broadening used.
+    Attributes:
+        grid: (g,) eigenvalue coordinates, ascending.
+        density: (g,) ρ_σ on the grid (integrates to 1 over a grid covering the nodes).
+        n_matvecs: products spent.
+        nodes: (probes, steps) Gauss quadrature nodes θ per probe.
+        weights: (probes, steps) their weights τ (rows of a probe whose Krylov space closed
+            early are padded with weight 0).
+        sigma: the Gaussian broadening used.
+        seconds: wall-clock time of the estimate.
     """
 
     grid: np.ndarray
@@ -55,7 +56,8 @@ class DensityResult:
 
     def moment(self, power: int = 1) -> float:
         """``(1/n) tr(Hᵖ)`` estimated by the quadrature (unbroadened): mean over probes of
-        Σ τ θᵖ (exact per probe for p ≤ 2·steps − 1)."""
+        Σ τ θᵖ (exact per probe for p ≤ 2·steps − 1).
+        """
         return float((self.weights * self.nodes**power).sum(axis=1).mean())
 
     @property
@@ -91,17 +93,26 @@ def spectral_density(
 ) -> DensityResult:
     """The eigenvalue density of ``op`` by stochastic Lanczos quadrature (see the module doc).
 
-    Parameters
-    ----------
-    op: anything with ``size`` and ``matvec`` (e.g. :class:`HessianOperator`).
-    n_probes: independent start vectors (the density's random error falls as 1/√n_probes).
-    steps: Lanczos steps per probe (``steps`` products each); capped at ``op.size``.
-    sigma: Gaussian broadening in eigenvalue units; default ``sigma_rel`` × the spread of the
-        nodes (largest minus smallest Ritz value).
-    grid: where to evaluate ρ; default ``grid_size`` points from the smallest node − 6σ to the
-        largest + 6σ (negative eigenvalues included).
-    probe: ``"rademacher"`` (±1) or ``"gaussian"``, normalised to ‖v‖² = n.
-    seed: seeds the probes.
+    Args:
+        op: anything with ``size`` and ``matvec`` (e.g. :class:`HessianOperator`).
+        n_probes: independent start vectors (the density's random error falls as
+            1/√n_probes).
+        steps: Lanczos steps per probe (``steps`` products each); capped at ``op.size``.
+        sigma: Gaussian broadening in eigenvalue units; default ``sigma_rel`` × the spread of
+            the nodes (largest minus smallest Ritz value).
+        sigma_rel: the broadening relative to that spread, when ``sigma`` is None.
+        grid: where to evaluate ρ; default ``grid_size`` points from the smallest node − 6σ to
+            the largest + 6σ (negative eigenvalues included).
+        grid_size: the number of points of the default grid.
+        probe: ``"rademacher"`` (±1) or ``"gaussian"``, normalised to ‖v‖² = n.
+        seed: seeds the probes.
+
+    Returns:
+        A :class:`DensityResult`: the density on the grid and the quadrature behind it.
+
+    Raises:
+        ValueError: ``n_probes`` or ``steps`` below 1, an unknown ``probe``, a broadening
+            that is not positive, or a grid that is not 1-D, ascending, of 2 points or more.
     """
     start_time = time.perf_counter()
     if n_probes < 1 or steps < 1:

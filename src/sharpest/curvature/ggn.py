@@ -51,8 +51,16 @@ class GGNOperator(HessianOperator):
 
     The GGN's chunks are weighted as the Hessian's, u_c/U (``units``: examples by default,
     or e.g. tokens); the empirical Fisher is a mean over examples, so it takes no ``units``.
-    Both need ``loss_fn(outputs, targets)`` of a model returning one tensor: the model's own
-    loss (``loss_fn=None``) gives no outputs to linearise around and is refused.
+
+    Args:
+        model: the network, as for :class:`HessianOperator`.
+        loss_fn: ``loss_fn(outputs, targets)`` of a model returning one tensor; the model's own
+            loss (``loss_fn=None``) gives no outputs to linearise around and is refused.
+        data: the fixed data, as for :class:`HessianOperator`.
+        weight_decay: λ, as for :class:`HessianOperator`.
+        kind: ``"ggn"`` or ``"fisher"``.
+        params: the parameters, as for :class:`HessianOperator`.
+        **kwargs: the other options of :class:`HessianOperator`.
     """
 
     def __init__(
@@ -93,7 +101,8 @@ class GGNOperator(HessianOperator):
 
     def _chunk_gradient_graph(self, index: int) -> tuple:  # type: ignore[override]
         """The pieces a product reuses: (y, h, u, Jᵀu) with y what J differentiates (the
-        outputs, or the per-example losses for the Fisher), h = ∂L/∂y with its graph (GGN)."""
+        outputs, or the per-example losses for the Fisher), h = ∂L/∂y with its graph (GGN).
+        """
         with torch.enable_grad():
             outputs, targets, loss = self._outputs_and_loss(index)
             if self.kind == "ggn":
@@ -149,7 +158,8 @@ class GGNOperator(HessianOperator):
         """Per-chunk ``q[c, j] = vⱼᵀ G_c vⱼ`` (G_c over chunk c alone, as a mean over its
         examples, without weight decay) and the chunk sizes: what the eigenvalue standard error
         needs (see :meth:`HessianOperator.chunk_quadratic_forms`). GGN: ``(Jv)ᵀ H_out (Jv)``;
-        Fisher: ``Σₙ (gₙᵀv)² / n_c``. One product per row, counted in ``n_matvecs``."""
+        Fisher: ``Σₙ (gₙᵀv)² / n_c``. One product per row, counted in ``n_matvecs``.
+        """
         v_parts = self._vector_parts(vectors)
         m = len(v_parts)
         local = torch.zeros(len(self.chunks), m, dtype=torch.float64)

@@ -96,8 +96,9 @@ def _leaves(inputs: Any, path: str = "inputs") -> Iterator[tuple[str, Tensor]]:
 def batch_size(inputs: Any) -> int:
     """The leading dimension shared by every tensor in ``inputs``.
 
-    >>> batch_size({"input_ids": torch.zeros(4, 7), "mask": [torch.ones(4), None]})
-    4
+    Example:
+        >>> batch_size({"input_ids": torch.zeros(4, 7), "mask": [torch.ones(4), None]})
+        4
     """
     sizes = {path: int(t.shape[0]) for path, t in _leaves(inputs)}
     if not sizes:
@@ -150,7 +151,8 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """``model(**inputs)`` for a Mapping (Hugging Face style), else ``model(inputs)``: the
-    convention without looking at the model; :func:`resolve_call` looks at its ``forward``."""
+    convention without looking at the model; :func:`resolve_call` looks at its ``forward``.
+    """
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(inputs)
@@ -162,7 +164,8 @@ _ONE_ARGUMENT = "model(inputs) (the Mapping as one argument)"
 
 class ModelCall:
     """A guessed way of calling the model, ``keywords`` or not; a ``TypeError`` from the call
-    is re-raised naming the call made, why it was chosen, and the other way (``call=``)."""
+    is re-raised naming the call made, why it was chosen, and the other way (``call=``).
+    """
 
     def __init__(self, keywords: bool, reason: str) -> None:
         self.keywords, self.reason = keywords, reason
@@ -203,16 +206,19 @@ def resolve_call(model: nn.Module, inputs: Any, call: Call | None = None) -> Cal
     Mapping: ``model(**inputs)`` when ``forward`` has ``**kwargs`` or a parameter named by
     any key (or its signature cannot be read; a key it lacks then fails the call with an error
     naming both ways); otherwise, no key naming a parameter, ``model(inputs)`` when
-    ``forward`` takes one positional parameter (any others having defaults). A Mapping that
-    fits neither is refused with a ``TypeError`` naming both ways and the ``call=`` hook.
+    ``forward`` takes one positional parameter (any others having defaults).
 
-    >>> class Keywords(nn.Module):
-    ...     def forward(self, input_ids, attention_mask=None): return input_ids
-    >>> class OneArgument(nn.Module):
-    ...     def forward(self, data): return data["x"]
-    >>> batch = {"input_ids": torch.zeros(2), "attention_mask": torch.ones(2)}
-    >>> resolve_call(Keywords(), batch), resolve_call(OneArgument(), {"x": torch.zeros(2)})
-    (ModelCall(model(**inputs)), ModelCall(model(inputs)))
+    Raises:
+        TypeError: a Mapping that fits neither, naming both ways and the ``call=`` hook.
+
+    Example:
+        >>> class Keywords(nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None): return input_ids
+        >>> class OneArgument(nn.Module):
+        ...     def forward(self, data): return data["x"]
+        >>> batch = {"input_ids": torch.zeros(2), "attention_mask": torch.ones(2)}
+        >>> resolve_call(Keywords(), batch), resolve_call(OneArgument(), {"x": torch.zeros(2)})
+        (ModelCall(model(**inputs)), ModelCall(model(inputs)))
     """
     if call is not None:
         if not callable(call):
@@ -260,7 +266,8 @@ def double_backward_kernels(no_cudnn: bool = False) -> Iterator[None]:
     """Kernels with a double backward for the products: the math implementation of
     ``scaled_dot_product_attention`` (its fused flash / memory-efficient kernels, which Hugging
     Face models use by default, have no double backward, on the CPU too), and cuDNN off when
-    ``no_cudnn`` (cuDNN RNNs have none)."""
+    ``no_cudnn`` (cuDNN RNNs have none).
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with contextlib.ExitStack() as stack:
@@ -326,13 +333,26 @@ def check_mean_reduction(
     """Raise :class:`SummedLossError` if ``loss_fn`` sums over the units of this batch.
 
     Compares the loss ``L`` of the batch's first ``n ≤ max_examples`` examples with its halves'
-    losses ``L₁, L₂`` holding ``u₁, u₂`` units (``units(targets)``: the examples by default, or
-    e.g. the tokens that count): a mean gives ``L = (u₁L₁ + u₂L₂)/(u₁ + u₂)``, a sum
-    ``L = L₁ + L₂``. Refused when the sum fits better and the mean misses by more than
-    ``rtol``. With ``strict`` (a loss known to be a mean, such as the model's own), refused
-    whenever the mean misses by more than ``rtol``: the units counted are then not those the
-    loss averages over. Batches of one example cannot tell. Costs three forward passes of
-    ``n`` examples, each made by ``call(model, inputs)``.
+    losses ``L₁, L₂`` holding ``u₁, u₂`` units: a mean gives ``L = (u₁L₁ + u₂L₂)/(u₁ + u₂)``, a
+    sum ``L = L₁ + L₂``. Batches of one example cannot tell. Costs three forward passes of ``n``
+    examples.
+
+    Args:
+        loss_fn: ``loss_fn(outputs, targets)``, the loss to check.
+        model: the network.
+        inputs: the batch's inputs.
+        targets: the batch's targets.
+        rtol: how far the mean may miss.
+        max_examples: the most examples used (``n``).
+        call: ``call(model, inputs) -> outputs``, how each forward pass is made.
+        units: ``units(targets)``: the examples by default, or e.g. the tokens that count.
+        strict: for a loss known to be a mean, such as the model's own: refused whenever the
+            mean misses by more than ``rtol`` (the units counted are then not those the loss
+            averages over).
+
+    Raises:
+        SummedLossError: the sum fits better and the mean misses by more than ``rtol`` (or,
+            with ``strict``, the mean misses by more than ``rtol``).
     """
     n = min(batch_size(inputs), max_examples)
     inputs, targets = slice_batch(inputs, 0, n), targets[:n]

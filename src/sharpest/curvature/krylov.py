@@ -61,9 +61,18 @@ def krylov_basis(
 ) -> KrylovBasis:
     """``steps`` Lanczos steps from ``start`` (one product each), full reorthogonalisation.
 
-    ``against``: orthonormal rows (k, n) the basis is kept orthogonal to — the recurrence then
-    runs on the deflated operator P⊥ H P⊥ (P⊥ = I − AᵀA), so the new basis extends span(A).
     Stops early, with fewer rows, when the Krylov space becomes invariant (β ≈ 0).
+
+    Args:
+        op: anything with ``size`` and ``matvec``.
+        start: the start vector ``(n,)``.
+        steps: the number of steps (products), at most the dimension left.
+        against: orthonormal rows (k, n) the basis is kept orthogonal to — the recurrence then
+            runs on the deflated operator P⊥ H P⊥ (P⊥ = I − AᵀA), so the new basis extends
+            span(A).
+
+    Raises:
+        ValueError: a start vector in the span of ``against``.
     """
     n = start.numel()
     device = start.device

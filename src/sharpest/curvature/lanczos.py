@@ -106,7 +106,8 @@ class EigenResult:
 
     def to_state(self, iteration: int | None = None) -> dict[str, Any]:
         """Checkpoint-safe plain data (tensors on the CPU, numbers, strings), loadable with
-        ``torch.load(..., weights_only=True)``; ``iteration``: where it was computed."""
+        ``torch.load(..., weights_only=True)``; ``iteration``: where it was computed.
+        """
         return {
             "values": torch.as_tensor(np.asarray(self.values, dtype=np.float64)),
             "vectors": self.vectors.detach().cpu(),
@@ -369,7 +370,8 @@ class _Solve:
 
     def main_product(self, v: Tensor) -> Tensor | tuple[Tensor, np.ndarray]:
         """A product of the main chain: with ``chunk_forms``, also its per-chunk projections on
-        the basis rows (:meth:`LanczosBasis.multiply` keeps them)."""
+        the basis rows (:meth:`LanczosBasis.multiply` keeps them).
+        """
         if not self.chunk_forms:
             return self.product(v)
         rows = self.space.dense_rows()
@@ -383,7 +385,8 @@ class _Solve:
 
     def step(self) -> bool:
         """One product and its Rayleigh–Ritz (and the guard when the wanted pairs converge);
-        False when the solve is over."""
+        False when the solve is over.
+        """
         space = self.space
         self.forced = [i for i in self.forced if i in space.pending]
         if self.forced:
@@ -432,7 +435,8 @@ class _Solve:
 
     def _guard(self, theta, y, c, wanted) -> bool:
         """Guard the converged top-k: False ends the solve (cleared, or undecided), True goes on
-        after a missed direction was fed back."""
+        after a missed direction was fed back.
+        """
         theta_k = float(theta[wanted[-1]])
         while True:
             deflation = choose_deflation(
@@ -527,7 +531,8 @@ class _Solve:
 
 def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
     """The pending row that carries most of the wanted Ritz pairs' residuals (relative to their
-    thresholds): with one pending row this is plain Lanczos."""
+    thresholds): with one pending row this is plain Lanczos.
+    """
     if len(space.pending) == 1 or not space.mult:
         return space.pending[0]
     theta, y, c = space.ritz()
@@ -539,7 +544,8 @@ def _choose(space: LanczosBasis, which: str, k: int, tol: float) -> int:
 
 def _thick_restart(space, theta, y, c, which, k, max_basis) -> dict[int, int]:
     """Keep the best Ritz vectors (about half the budget beyond k) and every pending row;
-    returns where each pending row went."""
+    returns where each pending row went.
+    """
     keep = min(len(theta) - 1, max(k + (max_basis - k) // 2, k + 1))
     best = order(theta, which)[:keep]
     return space.restart(theta[best], y[:, best], c)

@@ -135,7 +135,8 @@ class RowStore:
     def rewrite(self, indices: list[int], y: np.ndarray, moved: list[int]) -> None:
         """In place: rows[:m] = yᵀ · rows[indices] (m = y.shape[1]), then the rows `moved`
         after them in order, a column slice at a time (a thick restart without a second
-        basis)."""
+        basis).
+        """
         coeffs = torch.from_numpy(np.ascontiguousarray(y.T)).to(self.work)
         m = coeffs.shape[0]
         self.ensure(m + len(moved))
@@ -155,7 +156,8 @@ class Layout:
     entries (W ranks, :func:`sharpest.distributed.ddp.shard_range`), so that basis memory per
     rank falls as 1/W. Inner products of slices are all-reduced; a row is gathered whole only
     to be multiplied (every rank then computes, or receives, the same product, as a
-    data-parallel :class:`HessianOperator` does)."""
+    data-parallel :class:`HessianOperator` does).
+    """
 
     def __init__(self, n: int, sharded: bool = False) -> None:
         self.n, self.sharded = n, sharded
@@ -191,7 +193,8 @@ def orthogonalize(
 ) -> tuple[Tensor, Tensor]:
     """Project `w` (float64, work device; this rank's slice under a sharded `layout`) off the
     first `count` rows of `store` twice ("twice is enough", Giraud et al. 2005). Returns the
-    projected vector and the total coefficients."""
+    projected vector and the total coefficients.
+    """
     total = layout.sum if layout is not None else (lambda t: t)
     w = w.clone()
     coeffs = total(store.dot(count, w))
@@ -208,7 +211,8 @@ class LanczosBasis:
         n: length of the rows.
         capacity: the most rows it may ever hold.
         device: where products are computed (float64 work vectors live there).
-        dtype, store_device: how and where rows are stored (default float64 on `device`).
+        dtype: how rows are stored (default float64).
+        store_device: where rows are stored (default `device`).
         layout: which entries of each row this process holds (default all); vectors given to
             :meth:`add` and returned by :meth:`vectors` are then this rank's slices, while
             :meth:`multiply` hands the product whole rows.
@@ -247,8 +251,9 @@ class LanczosBasis:
     def add(self, vector: Tensor, floor: float = 1e-10) -> int | None:
         """Append `vector`, orthogonalised against every row, as a pending row.
 
-        Returns its index, or None when less than `floor` of its norm is left (it lies in the
-        span already).
+        Returns:
+            Its index, or None when less than `floor` of its norm is left (it lies in the span
+            already).
         """
         vector = vector.to(device=self.device, dtype=torch.float64)
         norm0 = self.layout.norm(vector)
@@ -278,7 +283,8 @@ class LanczosBasis:
         norm.
 
         ``product(b)`` returns H·b, or ``(H·b, forms)`` with ``forms`` (chunks, rows) the
-        projections b_aᵀ H_c b on the current rows (kept as F, see the module docstring)."""
+        projections b_aᵀ H_c b on the current rows (kept as F, see the module docstring).
+        """
         w = product(self.layout.full(self.store.row(index)))
         if isinstance(w, tuple):
             w, forms = w
@@ -308,7 +314,8 @@ class LanczosBasis:
 
     def chunk_forms(self, y: np.ndarray) -> np.ndarray | None:
         """Per-chunk quadratic forms (chunks, columns) of the Ritz vectors with coefficients
-        `y` on the multiplied rows: yᵀ F_c[mult, mult] y (None when no forms were recorded)."""
+        `y` on the multiplied rows: yᵀ F_c[mult, mult] y (None when no forms were recorded).
+        """
         if self.chunk_m is None:
             return None
         f = self.chunk_m[np.ix_(range(self.chunk_m.shape[0]), self.mult, self.mult)]
@@ -319,7 +326,8 @@ class LanczosBasis:
 
     def ritz(self, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ritz values θ (ascending), vectors Y (coefficients on `rows`, default every multiplied
-        row) and the matrix C = M[pending, rows] whose products C·y are the residuals."""
+        row) and the matrix C = M[pending, rows] whose products C·y are the residuals.
+        """
         rows = self.mult if rows is None else rows
         t = self.m[np.ix_(rows, rows)]
         theta, y = np.linalg.eigh(0.5 * (t + t.T))
@@ -328,7 +336,8 @@ class LanczosBasis:
 
     def vectors(self, y: np.ndarray, rows: list[int] | None = None) -> Tensor:
         """Ritz vectors Q·y (as float64 rows on the work device; this rank's slices under a
-        sharded layout) for coefficient columns `y` on `rows` (default the multiplied rows)."""
+        sharded layout) for coefficient columns `y` on `rows` (default the multiplied rows).
+        """
         return self.store.combine(self.mult if rows is None else rows, y)
 
     def dense_rows(self) -> Tensor:
@@ -340,7 +349,8 @@ class LanczosBasis:
     def restart(self, theta: np.ndarray, y: np.ndarray, c: np.ndarray) -> dict[int, int]:
         """Thick restart: keep the Ritz vectors Q·y (columns of `y`, values `theta`) as the
         multiplied rows and every pending row (in place); M becomes diag(θ) and C·y. Returns
-        where each pending row went (old index → new)."""
+        where each pending row went (old index → new).
+        """
         keep = y.shape[1]
         moved = list(self.pending)
         coupling = c @ y

@@ -79,7 +79,8 @@ MAX_EXTRAS = 16
 class Deflation:
     """What the guard deflates — the solve's Ritz vectors with coefficient columns `columns`
     (the k wanted ones, then the extras) and the tie members — and how far the bound's point
-    moves because of them."""
+    moves because of them.
+    """
 
     space: LanczosBasis  # the solve's basis, where the Ritz vectors live
     columns: np.ndarray  # (multiplied rows, k + extras) Ritz coefficients
@@ -95,6 +96,8 @@ class Deflation:
 
 @dataclass
 class GuardOutcome:
+    """The guard's verdict on a converged solve, and what it found."""
+
     verdict: str  # "clear", "miss", "tie", "undecided"
     vector: Tensor | None  # the guard's extreme Ritz vector (unit): a miss or a tie member
     value: float  # the guard's extreme Ritz value
@@ -107,7 +110,8 @@ def choose_deflation(
     which: str, ties: list[Tensor], max_extras: int | None = None,
 ) -> Deflation:
     """The wanted Ritz vectors, the extras allowed by the leakage rule (at most `max_extras`,
-    default :data:`MAX_EXTRAS`), and the tie members."""
+    default :data:`MAX_EXTRAS`), and the tie members.
+    """
     max_extras = MAX_EXTRAS if max_extras is None else max_extras
     theta_k = float(theta[wanted[-1]])
     others = np.setdiff1d(np.arange(len(theta)), wanted)
@@ -136,7 +140,8 @@ def choose_deflation(
 
 def guard_point(theta_k: float, tol: float, slack: float, which: str) -> list[tuple[float, int]]:
     """μ* and the direction beyond it (+1: larger, −1: smaller) where a missed eigenvalue must
-    lie; both ends for "LM"."""
+    lie; both ends for "LM".
+    """
     if which == "LM":
         edge = abs(theta_k) * (1 + tol) - slack
         return [(edge, 1), (-edge, -1)]
@@ -158,7 +163,8 @@ def run_guard(
 ) -> GuardOutcome:
     """One guard chain on B = (I − WWᵀ) H (I − WWᵀ) from a fresh random vector (see the module
     docstring for the verdicts and the bound), in a basis stored as the solve's is and holding
-    at most ``deflation.count + max_products + 1`` rows."""
+    at most ``deflation.count + max_products + 1`` rows.
+    """
     space = deflation.space
     n = space.n
     chain = LanczosBasis(n, deflation.count + max_products + 1, space.device,
@@ -209,8 +215,14 @@ def miss_probability(
     1.0 where a point does not lie beyond every Ritz value in `ritz` in its direction (the
     polynomials need not grow past it there).
 
-    ``alpha`` (j,) and ``beta`` (j,) are the guard's tridiagonal, ``beta[-1]`` the norm of its
-    pending remainder (so p_j is included)."""
+    Args:
+        alpha: the guard's tridiagonal, diagonal ``(j,)``.
+        beta: its off-diagonal ``(j,)``, ``beta[-1]`` the norm of its pending remainder (so p_j
+            is included).
+        points: the ``(μ*, direction)`` pairs, direction +1 above the spectrum, −1 below.
+        ritz: the solve's Ritz values.
+        dim: the operator's dimension.
+    """
     worst = 0.0
     for mu, direction in points:
         extreme = ritz.max() if direction > 0 else ritz.min()

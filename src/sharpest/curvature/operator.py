@@ -57,7 +57,8 @@ LINEARIZE_MIN_BYTES = 64 * 2**20
 
 class _Called(nn.Module):
     """``forward(inputs) = call(model, inputs)``: the call hook as a module, for
-    ``torch.func.functional_call`` (parameters under ``model.``)."""
+    ``torch.func.functional_call`` (parameters under ``model.``).
+    """
 
     def __init__(self, model: nn.Module, call: Call) -> None:
         super().__init__()
@@ -73,46 +74,45 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     The function is the :class:`~sharpest.curvature.risk.EmpiricalRisk` it extends (``loss()``
     and ``gradient()`` are that function's); this class adds only the products.
 
-    Parameters
-    ----------
-    model, loss_fn, data, weight_decay, params, chunk_size, device, distributed, shard_data, \
-    reduction, semantics, decay_params, units, call:
-        As for :class:`~sharpest.curvature.risk.EmpiricalRisk`: the function is the mean of
-        ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖Mθ‖² (M: the 0/1 mask of
-        ``decay_params``, default all; so the operator adds λ·M·v), in
-        evaluation semantics (or ``semantics="train"``), chunked, and data-parallel over
-        ``torch.distributed`` (every rank holds the same product of the mean over all N
-        examples). ``loss_fn=None`` is the model's own loss from the labels
-        (``model(**inputs, labels=targets).loss``, :mod:`sharpest.curvature.own_loss`); the
-        products then weight chunk c by its tokens that count, u_c/U (``units``), so the
-        operator is the Hessian of the whole subset's loss as one batch. Inputs may be any
-        nesting of tuples, lists, Mappings and dataclasses of tensors (a Mapping goes in as
-        keyword arguments or as one argument, as ``forward``'s signature says, or as the
-        ``call=`` hook says); a ``torch.compile``d model is unwrapped; a summing ``loss_fn`` is
-        refused unless ``reduction="sum"``.
-    cache_graphs:
-        Keep the first-order graph of every chunk between products, so a product costs one
-        double-backward pass instead of forward + backward + double backward.
-        Costs memory proportional to the activations of all N examples:
-        ``"auto"`` (default) measures the bytes autograd saves for the first chunk and caches
-        only if the extrapolation to all chunks fits ``cache_budget_bytes``. The cache is
-        rebuilt automatically when a parameter is modified in place (tensor version counters),
-        so an operator stays correct while the model trains.
-    backend:
-        How a product is computed. ``"double_backward"``: the backward of ⟨∇L, v⟩ through the
-        first-order graph (cached as ``cache_graphs`` says). ``"linearize"``:
-        ``torch.func.linearize`` of each chunk's gradient, traced once per parameter state
-        (rebuilt when a parameter or buffer changes in place) and replayed per product; it
-        holds about 6× the memory of the cached graphs. ``"auto"`` (default) takes
-        linearize on the CPU when the products are large enough to gain
-        (:data:`LINEARIZE_MIN_BYTES` of first-order graph, the bytes autograd saves for the
-        first chunk scaled to all chunks), its estimated memory
-        (:data:`LINEARIZE_MEMORY_FACTOR` × those bytes) fits ``cache_budget_bytes``, and every
-        kernel has a forward-mode derivative (not so for the CPU's LSTM kernel); double
-        backward otherwise (on GPUs too: not measured there). Decided once, at the first
-        product (``chosen_backend``). The two agree to ~1e-7 relative in float32 (rounding
-        order). The measurements behind these thresholds: README, "Benchmarks", and
-        ``benchmarks/results/backend_choice.md``.
+    The function's arguments (``model``, ``loss_fn``, ``data``, ``weight_decay``, ``params``,
+    ``chunk_size``, ``device``, ``distributed``, ``shard_data``, ``reduction``, ``semantics``,
+    ``decay_params``, ``units``, ``call``) are :class:`~sharpest.curvature.risk.EmpiricalRisk`'s:
+    the function is the mean of ``loss_fn`` over the fixed ``data`` plus (λ/2)·‖Mθ‖² (M: the
+    0/1 mask of ``decay_params``, default all; so the operator adds λ·M·v), in evaluation
+    semantics (or ``semantics="train"``), chunked, and data-parallel over ``torch.distributed``
+    (every rank holds the same product of the mean over all N examples). ``loss_fn=None`` is
+    the model's own loss from the labels (``model(**inputs, labels=targets).loss``,
+    :mod:`sharpest.curvature.own_loss`); the products then weight chunk c by its tokens that
+    count, u_c/U (``units``), so the operator is the Hessian of the whole subset's loss as one
+    batch. Inputs may be any nesting of tuples, lists, Mappings and dataclasses of tensors (a
+    Mapping goes in as keyword arguments or as one argument, as ``forward``'s signature says,
+    or as the ``call=`` hook says); a ``torch.compile``d model is unwrapped; a summing
+    ``loss_fn`` is refused unless ``reduction="sum"``.
+
+    Args:
+        cache_graphs: keep the first-order graph of every chunk between products, so a
+            product costs one double-backward pass instead of forward + backward + double
+            backward. Costs memory proportional to the activations of all N examples:
+            ``"auto"`` (default) measures the bytes autograd saves for the first chunk and
+            caches only if the extrapolation to all chunks fits ``cache_budget_bytes``. The
+            cache is rebuilt automatically when a parameter is modified in place (tensor
+            version counters), so an operator stays correct while the model trains.
+        cache_budget_bytes: the memory (default 4 GiB) that ``"auto"`` allows the cached
+            graphs, or the linearized products (``backend``).
+        backend: how a product is computed. ``"double_backward"``: the backward of ⟨∇L, v⟩
+            through the first-order graph (cached as ``cache_graphs`` says). ``"linearize"``:
+            ``torch.func.linearize`` of each chunk's gradient, traced once per parameter state
+            (rebuilt when a parameter or buffer changes in place) and replayed per product; it
+            holds about 6× the memory of the cached graphs. ``"auto"`` (default) takes
+            linearize on the CPU when the products are large enough to gain
+            (:data:`LINEARIZE_MIN_BYTES` of first-order graph, the bytes autograd saves for
+            the first chunk scaled to all chunks), its estimated memory
+            (:data:`LINEARIZE_MEMORY_FACTOR` × those bytes) fits ``cache_budget_bytes``, and
+            every kernel has a forward-mode derivative (not so for the CPU's LSTM kernel);
+            double backward otherwise (on GPUs too: not measured there). Decided once, at the
+            first product (``chosen_backend``). The two agree to ~1e-7 relative in float32
+            (rounding order). The measurements behind these thresholds: README,
+            "Benchmarks", and ``benchmarks/results/backend_choice.md``.
 
     Vectors are flat, in the parameters' order; products are accumulated in float64 and
     returned as float64 tensors on `device` (``dtype``; ``param_dtype`` is the parameters').
@@ -236,7 +236,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
 
     def _linearizations(self) -> list[Callable]:
         """Per chunk, the map v ↦ H_c·v from ``torch.func.linearize`` of the chunk's gradient:
-        built (traced) once per parameter state, rebuilt when a parameter or buffer changes."""
+        built (traced) once per parameter state, rebuilt when a parameter or buffer changes.
+        """
         versions = self._versions()
         if self._linearized is not None and self._linearized_versions == versions:
             return self._linearized
@@ -268,7 +269,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     @property
     def chosen_backend(self) -> str:
         """``"double_backward"`` or ``"linearize"``: the backend products use (for ``"auto"``,
-        decided at the first call, see ``backend``)."""
+        decided at the first call, see ``backend``).
+        """
         if self._chosen is None:
             self._chosen = self._choose_backend()
         return self._chosen
@@ -316,7 +318,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
 
         In place, parameter by parameter: no flat temporaries, so a product allocates little
         beyond what autograd itself needs. A ``None`` part (a parameter the chunk's graph does
-        not reach) adds nothing."""
+        not reach) adds nothing.
+        """
         for h, (start, stop) in zip(parts, self._slices):
             if h is not None:
                 row[start:stop].add_(h.reshape(-1), alpha=weight)
@@ -348,9 +351,10 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         the per-chunk quadratic forms of its Ritz vectors, and so the sampling error of the
         eigenvalues, without another product.
 
-        Returns ``(product, forms, sizes)``: the float64 product, ``forms`` ``(C, m)`` for the
-        m rows and the chunk sizes ``(C,)`` (every rank's chunks, as
-        :meth:`chunk_quadratic_forms` returns them), on the CPU.
+        Returns:
+            ``(product, forms, sizes)``: the float64 product, ``forms`` ``(C, m)`` for the m
+            rows and the chunk sizes ``(C,)`` (every rank's chunks, as
+            :meth:`chunk_quadratic_forms` returns them), on the CPU.
         """
         rows = rows.to(device=self.device, dtype=torch.float64)
         table = torch.zeros(len(self.chunks), rows.shape[0], dtype=torch.float64,
@@ -416,7 +420,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
         operator caches them); counted in ``n_matvecs``. Under ``torch.distributed`` every rank
         returns every rank's chunks (rank order), so the result is the same everywhere.
 
-        Returns ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
+        Returns:
+            ``(q, sizes)``: float64 tensors of shapes ``(C, m)`` and ``(C,)`` on the CPU.
         """
         v_parts = self._vector_parts(vectors)
         m = len(v_parts)
@@ -452,7 +457,8 @@ class HessianOperator(EmpiricalRisk, ScipyStyle):
     def _gather_chunk_rows(self, local: Tensor) -> tuple[Tensor, Tensor]:
         """This rank's per-chunk rows ``local`` (C, m) and the chunk sizes (units u_c: the
         weights of the mean), gathered over ranks (every rank gets every rank's rows, in rank
-        order)."""
+        order).
+        """
         m = local.shape[1]
         sizes = torch.tensor(self.chunk_units, dtype=torch.float64)
         if not self.distributed:

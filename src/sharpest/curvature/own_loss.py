@@ -79,10 +79,11 @@ class ModelLoss:
     def units(self, labels: Tensor) -> int:
         """The number of labels the model's mean is over (after the shift, ``≠ ignore_index``).
 
-        >>> import torch
-        >>> labels = torch.tensor([[5, 7, -100], [9, -100, -100]])
-        >>> ModelLoss(causal=True).units(labels), ModelLoss(causal=False).units(labels)
-        (1, 3)
+        Example:
+            >>> import torch
+            >>> labels = torch.tensor([[5, 7, -100], [9, -100, -100]])
+            >>> ModelLoss(causal=True).units(labels), ModelLoss(causal=False).units(labels)
+            (1, 3)
         """
         counted = labels[..., 1:] if self.causal else labels
         return int((counted != self.ignore_index).sum())

@@ -100,7 +100,8 @@ class PreconditionedOperator(ScipyStyle):
 
     def right_eigenvectors(self, vectors: Tensor) -> Tensor:
         """Eigenvectors ``w`` of A (rows) as unit-norm right eigenvectors ``x ∝ P^(-1/2) w`` of
-        P⁻¹H (``P⁻¹H x = λ x``), rows in the same order."""
+        P⁻¹H (``P⁻¹H x = λ x``), rows in the same order.
+        """
         x = vectors.to(device=self.device, dtype=torch.float64) * self._scale
         return x / x.norm(dim=-1, keepdim=True)
 

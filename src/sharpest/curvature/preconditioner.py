@@ -51,7 +51,8 @@ _WRAPPED = ("base", "optimizer", "_optimizer")
 
 def unwrap(optimizer: Any) -> Any:
     """The optimizer that steps under wrappers (``base``, ``optimizer``, ``_optimizer``), so a
-    nudged Adam is read as Adam; ``optimizer`` itself when it is no wrapper."""
+    nudged Adam is read as Adam; ``optimizer`` itself when it is no wrapper.
+    """
     for _ in range(5):
         if _own_kind(optimizer) != "unknown":
             return optimizer
@@ -67,7 +68,8 @@ def unwrap(optimizer: Any) -> Any:
 def optimizer_kind(optimizer: Any) -> str:
     """``"adam"`` (Adam, AdamW), ``"rmsprop"``, ``"adagrad"``, ``"sgd"`` (``torch.optim.SGD`` and
     sharpest's subspace SGD family, e.g. ``NudgedSGD``), or ``"unknown"``; a wrapper (e.g.
-    sharpest's ``NudgedOptimizer``) is read as the optimizer it wraps (:func:`unwrap`)."""
+    sharpest's ``NudgedOptimizer``) is read as the optimizer it wraps (:func:`unwrap`).
+    """
     return _own_kind(unwrap(optimizer))
 
 

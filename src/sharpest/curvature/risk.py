@@ -130,71 +130,58 @@ def _shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
 class EmpiricalRisk:
     """The mean loss of a model over a fixed data set, plus (λ/2)·‖θ‖²: value and gradient.
 
-    Parameters
-    ----------
-    model:
-        Any `nn.Module` (buffers allowed). It is used in `semantics` during each evaluation
-        and each submodule's `training` flag is restored afterwards. A ``torch.compile``d
-        model is unwrapped (``_orig_mod``: the same parameters, run eagerly), since compiled
-        graphs have no double backward.
-    loss_fn:
-        `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
-        (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``). ``None``: the
-        loss the model computes itself from the labels, ``model(**inputs, labels=targets)
-        .loss`` (:func:`sharpest.curvature.own_loss.model_loss`: causal LMs shifted, ``-100``
-        ignored, the mean over the tokens that count).
-    data:
-        One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
-        shuffling, no augmentation). Chunks are weighted by their units (``units``) so that
-        the loss is the mean over all units (examples by default), whatever the batch sizes:
-        the loss of the whole data as one batch.
-    units:
-        ``units(targets)``: how many units ``loss_fn``'s mean is over in a batch with these
-        targets; chunk c is weighted u_c / Σ u. Default: ``loss_fn.units`` when the loss has
-        it (:class:`~sharpest.curvature.own_loss.ModelLoss` does: the tokens that count),
-        else the number of examples. A loss that averages over tokens needs it for the
-        operator's loss to equal the whole data's loss as one batch. Chunks with no units are
-        left out.
-    call:
-        ``call(model, inputs) -> outputs``: how a batch's inputs go into the model (dataclass
-        or graph batches, several positional arguments). Default: decided once from
-        ``forward``'s signature (:func:`sharpest.curvature.inputs.resolve_call`): a Mapping as
-        keyword arguments when ``forward`` names its keys (or has ``**kwargs``), else as one
-        argument when ``forward`` takes one; anything else as one argument. With the model's
-        own loss the inputs it gets hold the labels too (under ``"labels"``).
-    weight_decay:
-        λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
-    decay_params:
-        The parameters the L2 term covers (tensors or names; default all of ``params``), e.g.
-        only conv and dense kernels as Keras regularises them: the term becomes (λ/2)·‖Mθ‖²
-        with M the 0/1 mask of their coordinates (``decay_mask``). Parameters outside
-        ``params`` are ignored.
-    params:
-        Restrict to these parameters (tensors of the model, or their names); default all
-        trainable ones (`requires_grad`), in `model.parameters()` order.
-    chunk_size:
-        At most this many examples per forward/backward pass (memory stays bounded for any
-        N); batches larger than this are split. Default: batches as given.
-    device:
-        Where it is computed; default the device of the first parameter.
-    distributed:
-        Data-parallel over `torch.distributed` (default: when it is initialised). Each rank
-        computes its examples' share and the results are all-reduced, so every rank holds the
-        value of the mean over all N examples (unequal shards weighted correctly). With
-        ``shard_data=True`` each rank passes the full data and keeps its contiguous share;
-        with ``False`` each rank passes its own shard.
-    reduction:
-        ``"mean"`` (default): `loss_fn` returns the mean over the batch; a loss that sums is
-        detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`,
-        three forwards of at most 64 examples) and refused with
-        :class:`~sharpest.curvature.inputs.SummedLossError`. ``"sum"``: `loss_fn` sums over
-        the batch's units; it is divided by each chunk's unit count (examples by default). For
-        the model's own loss the same three forwards check that its mean is over the units
-        counted (the causal shift guessed right).
-    semantics:
-        ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
-        statistics, running statistics untouched, dropout off); see
-        :mod:`sharpest.curvature.inputs`.
+    Args:
+        model: Any `nn.Module` (buffers allowed). It is used in `semantics` during each evaluation
+            and each submodule's `training` flag is restored afterwards. A ``torch.compile``d model
+            is unwrapped (``_orig_mod``: the same parameters, run eagerly), since compiled graphs
+            have no double backward.
+        loss_fn: `loss_fn(outputs, targets)` returning the *mean* over the examples of the batch
+            (like `nn.CrossEntropyLoss()`; or the sum, with ``reduction="sum"``). ``None``: the loss
+            the model computes itself from the labels, ``model(**inputs, labels=targets).loss``
+            (:func:`sharpest.curvature.own_loss.model_loss`: causal LMs shifted, ``-100`` ignored,
+            the mean over the tokens that count).
+        data: One `(inputs, targets)` pair or an iterable of them; read once and kept (fixed: no
+            shuffling, no augmentation). Chunks are weighted by their units (``units``) so that the
+            loss is the mean over all units (examples by default), whatever the batch sizes: the
+            loss of the whole data as one batch.
+        units: ``units(targets)``: how many units ``loss_fn``'s mean is over in a batch with these
+            targets; chunk c is weighted u_c / Σ u. Default: ``loss_fn.units`` when the loss has it
+            (:class:`~sharpest.curvature.own_loss.ModelLoss` does: the tokens that count), else the
+            number of examples. A loss that averages over tokens needs it for the operator's loss to
+            equal the whole data's loss as one batch. Chunks with no units are left out.
+        call: ``call(model, inputs) -> outputs``: how a batch's inputs go into the model (dataclass
+            or graph batches, several positional arguments). Default: decided once from
+            ``forward``'s signature (:func:`sharpest.curvature.inputs.resolve_call`): a Mapping as
+            keyword arguments when ``forward`` names its keys (or has ``**kwargs``), else as one
+            argument when ``forward`` takes one; anything else as one argument. With the model's own
+            loss the inputs it gets hold the labels too (under ``"labels"``).
+        weight_decay: λ of the (λ/2)·‖θ‖² term (PyTorch's convention: adds λθ to the gradient).
+        decay_params: The parameters the L2 term covers (tensors or names; default all of
+            ``params``), e.g. only conv and dense kernels as Keras regularises them: the term
+            becomes (λ/2)·‖Mθ‖² with M the 0/1 mask of their coordinates (``decay_mask``).
+            Parameters outside ``params`` are ignored.
+        params: Restrict to these parameters (tensors of the model, or their names); default all
+            trainable ones (`requires_grad`), in `model.parameters()` order.
+        chunk_size: At most this many examples per forward/backward pass (memory stays bounded for
+            any N); batches larger than this are split. Default: batches as given.
+        device: Where it is computed; default the device of the first parameter.
+        distributed: Data-parallel over `torch.distributed` (default: when it is initialised). Each
+            rank computes its examples' share and the results are all-reduced, so every rank holds
+            the value of the mean over all N examples (unequal shards weighted correctly). With
+            ``shard_data=True`` each rank passes the full data and keeps its contiguous share; with
+            ``False`` each rank passes its own shard.
+        shard_data: under ``distributed``: whether each rank passes the full data and keeps
+            its share (True) or passes its own shard (False).
+        reduction: ``"mean"`` (default): `loss_fn` returns the mean over the batch; a loss that sums
+            is detected on the first chunk (:func:`sharpest.curvature.inputs.check_mean_reduction`,
+            three forwards of at most 64 examples) and refused with
+            :class:`~sharpest.curvature.inputs.SummedLossError`. ``"sum"``: `loss_fn` sums over the
+            batch's units; it is divided by each chunk's unit count (examples by default). For the
+            model's own loss the same three forwards check that its mean is over the units counted
+            (the causal shift guessed right).
+        semantics: ``"eval"`` (default, the paper's) or ``"train"`` (BatchNorm on each chunk's batch
+            statistics, running statistics untouched, dropout off); see
+            :mod:`sharpest.curvature.inputs`.
 
     Inputs may be a tensor or any nesting of tuples, lists, Mappings and dataclasses of
     tensors with a leading batch dimension (see ``call``).
@@ -295,7 +282,8 @@ class EmpiricalRisk:
 
     def decay_term(self, vectors: Tensor) -> Tensor:
         """λ·M·v for flat vectors (rows) ``vectors``: the L2 term's share of a Hessian product
-        (and, for v = θ, of the gradient), in float64 on the operator's device."""
+        (and, for v = θ, of the gradient), in float64 on the operator's device.
+        """
         v = vectors.to(device=self.device, dtype=torch.float64)
         return self.weight_decay * (v if self.decay_mask is None else v * self.decay_mask)
 
@@ -329,7 +317,8 @@ class EmpiricalRisk:
         self, batches: list[Batch], chunk_size: int | None, allow_empty: bool = False
     ) -> list[tuple]:
         """``(inputs, targets, n)`` per chunk (labels added to the inputs for the model's own
-        loss); sets ``chunk_units`` (u_c, the chunk's weight) and the examples counted."""
+        loss); sets ``chunk_units`` (u_c, the chunk's weight) and the examples counted.
+        """
         chunks: list[tuple] = []
         #: u_c per chunk: its weight is u_c / U (``num_units``).
         self.chunk_units: list[float] = []
@@ -399,12 +388,14 @@ class EmpiricalRisk:
 
     def weight(self, index: int) -> float:
         """w_c = u_c / U: chunk ``index``'s share of the mean (its examples, or the units
-        ``units`` counts, over all ranks' total)."""
+        ``units`` counts, over all ranks' total).
+        """
         return self.chunk_units[index] / self.num_units
 
     def _loss_of(self, outputs: Any, index: int) -> Tensor:
         """The mean loss of chunk ``index`` given the model's ``outputs`` on it (checked to be a
-        finite scalar; a summed loss divided by the chunk's units when ``reduction="sum"``)."""
+        finite scalar; a summed loss divided by the chunk's units when ``reduction="sum"``).
+        """
         targets = self.chunks[index][1]
         loss = self.loss_fn(outputs, targets)
         if self.reduction == "sum":

@@ -24,7 +24,8 @@ def order(theta: np.ndarray, which: str) -> np.ndarray:
 
 def beyond(value: float, threshold: float, which: str) -> float:
     """How far `value` lies past `threshold` in the order of `which` (positive: it ranks before
-    it; for "LM" the difference of magnitudes)."""
+    it; for "LM" the difference of magnitudes).
+    """
     if which == "LM":
         return abs(value) - abs(threshold)
     if which == "LA":
@@ -40,5 +41,6 @@ def thresholds(theta: np.ndarray, tol: float, scale: float) -> np.ndarray:
 
 def residual_norms(c: np.ndarray, y: np.ndarray) -> np.ndarray:
     """‖Hx − θx‖ of the Ritz vectors with coefficients `y` (columns), from C = M[pending, mult]
-    (:mod:`sharpest.curvature.lanczos_basis`): exact up to rounding, no product needed."""
+    (:mod:`sharpest.curvature.lanczos_basis`): exact up to rounding, no product needed.
+    """
     return np.linalg.norm(c @ y, axis=0) if len(c) else np.zeros(y.shape[1])

@@ -76,8 +76,13 @@ def eigenvalue_stderr(op: Any, vectors: Tensor) -> np.ndarray:
     """The standard error of ``vᵢᵀ H vᵢ`` over the operator's data, per row ``vᵢ`` of
     ``vectors`` (one extra Hessian-vector product per row, split by the operator's chunks).
 
-    ``op`` must offer ``chunk_quadratic_forms`` (:class:`HessianOperator` does); NaN when the
-    data is a single chunk (give the operator a smaller ``chunk_size``).
+    Args:
+        op: an operator with ``chunk_quadratic_forms`` (:class:`HessianOperator` has it).
+        vectors: the rows ``vᵢ``, ``(m, n)``.
+
+    Returns:
+        The ``(m,)`` standard errors; NaN when the data is a single chunk (give the operator a
+        smaller ``chunk_size``).
     """
     forms, sizes = op.chunk_quadratic_forms(torch.as_tensor(vectors))
     return weighted_stderr(forms.numpy(), sizes.numpy())
@@ -85,5 +90,6 @@ def eigenvalue_stderr(op: Any, vectors: Tensor) -> np.ndarray:
 
 def stderr_chunk_size(num_examples: int, chunk_size: int, min_chunks: int = MIN_CHUNKS) -> int:
     """The largest chunk size ≤ ``chunk_size`` that splits ``num_examples`` into at least
-    ``min_chunks`` chunks (when there are that many examples)."""
+    ``min_chunks`` chunks (when there are that many examples).
+    """
     return max(1, min(int(chunk_size), num_examples // min_chunks))

@@ -32,8 +32,11 @@ def layer_shares(
 ) -> dict[str, list[float]]:
     """``{name: [‖eᵢ[name]‖² / ‖eᵢ‖² for each row eᵢ of vectors]}``.
 
-    ``sizes``: entries of each named tensor, in the order the flat vectors concatenate them.
-    ``digits``: significant digits kept (records stay small); None keeps full precision.
+    Args:
+        vectors: the rows eᵢ, flat over the named tensors.
+        names: the tensors' names.
+        sizes: entries of each named tensor, in the order the flat vectors concatenate them.
+        digits: significant digits kept (records stay small); None keeps full precision.
     """
     if vectors.dim() == 1:
         vectors = vectors.unsqueeze(0)

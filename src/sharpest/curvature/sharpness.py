@@ -56,12 +56,13 @@ def subspace_share(basis: Tensor, vector: Tensor) -> float:
     """``‖VᵀV g‖²/‖g‖² = ‖V g‖²/‖g‖²`` for orthonormal rows ``basis`` V ``(k, n)`` and a flat
     ``vector`` g ``(n,)``: the share of g's squared norm in span(V), in [0, 1].
 
-    >>> v = torch.eye(3)[:1]                       # span(e₁)
-    >>> subspace_share(v, torch.tensor([3.0, 4.0, 0.0]))
-    0.36
-
     Raises:
         ValueError: shapes that do not match, or a zero or non-finite vector.
+
+    Example:
+        >>> v = torch.eye(3)[:1]                       # span(e₁)
+        >>> subspace_share(v, torch.tensor([3.0, 4.0, 0.0]))
+        0.36
     """
     g = _ratio_direction(vector, "the vector")
     if basis.dim() != 2 or basis.shape[1] != g.numel():
@@ -117,7 +118,8 @@ def _batch_operators(
 ) -> list[HessianOperator]:  # fmt: skip
     """One operator per batch. A mean ``loss_fn`` is checked (three forwards) on the first
     batch only: the others get it as the equivalent ``reduction="sum"`` of n·loss (divided by
-    their n again), which skips the check."""
+    their n again), which skips the check.
+    """
     if len(batches) == 0:
         raise ValueError("no minibatches given")
     options = {"cache_graphs": False, **operator_options}
@@ -150,8 +152,11 @@ def batch_sharpness(
     """Batch sharpness ``E_B[g_Bᵀ H_B g_B / ‖g_B‖²]`` over ``batches`` (module docstring).
 
     Args:
-        model, loss_fn, weight_decay: as for :class:`HessianOperator`; each batch B gets its
-            own operator, so ``g_B`` and ``H_B`` are of the mean loss over B alone.
+        model: the network, as for :class:`HessianOperator`; each batch B gets its own
+            operator, so ``g_B`` and ``H_B`` are of the mean loss over B alone.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch, as for
+            :class:`HessianOperator`.
+        weight_decay: λ of the (λ/2)·‖θ‖² term, as for :class:`HessianOperator`.
         batches: the minibatches, each an ``(inputs, targets)`` pair (of the training batch
             size, for the quantity of Andreyev & Beneventano).
         basis: optional orthonormal rows ``(k, n)``; then each ``g_B``'s share in their span
@@ -189,7 +194,8 @@ def batch_gradient_overlap(
     **operator_options: Any,
 ) -> np.ndarray:
     """Per batch, the share ``‖P_k g_B‖²/‖g_B‖²`` of its gradient in span(``basis``) (one
-    gradient per batch, no product); their mean is the minibatch gradient overlap."""
+    gradient per batch, no product); their mean is the minibatch gradient overlap.
+    """
     ops = _batch_operators(model, loss_fn, batches, weight_decay, operator_options)
     return np.asarray(
         [subspace_share(basis, _ratio_direction(op.gradient(), f"the gradient of minibatch {i}"))

@@ -48,16 +48,16 @@ METHODS = ("hutch++", "hutchinson")
 class TraceResult:
     """An estimate of tr(H).
 
-    Attributes
-    ----------
-    value: the estimate, ``exact_part + mean(samples)``.
-    stderr: its standard error (0 when the deflation spans the whole space).
-    n_matvecs: products with the operator spent by this call (a free deflation counts 0).
-    method: ``"hutch++"`` or ``"hutchinson"``.
-    exact_part: ``tr(Q H Qᵀ)`` over the deflated subspace (0 for Hutchinson).
-    deflation_dim: rows of Q.
-    samples: the residual part's per-probe estimates ``zᵢᵀ P⊥HP⊥ zᵢ``.
-    converged: whether the requested relative standard error was reached.
+    Attributes:
+        value: the estimate, ``exact_part + mean(samples)``.
+        stderr: its standard error (0 when the deflation spans the whole space).
+        n_matvecs: products with the operator spent by this call (a free deflation counts 0).
+        method: ``"hutch++"`` or ``"hutchinson"``.
+        exact_part: ``tr(Q H Qᵀ)`` over the deflated subspace (0 for Hutchinson).
+        deflation_dim: rows of Q.
+        samples: the residual part's per-probe estimates ``zᵢᵀ P⊥HP⊥ zᵢ``.
+        converged: whether the requested relative standard error was reached.
+        seconds: wall-clock time of the estimate.
     """
 
     value: float
@@ -131,24 +131,31 @@ def trace(
 ) -> TraceResult:
     """Estimate tr(H) of the symmetric operator ``op`` (see the module doc for the math).
 
-    Parameters
-    ----------
-    op: anything with ``size`` and ``matvec`` (``matmat`` used when present), e.g.
-        :class:`HessianOperator` or :class:`GGNOperator`.
-    method: ``"hutch++"`` (deflate, then Hutchinson on the rest) or ``"hutchinson"``.
-    rtol: stop once ``stderr ≤ rtol·|value|`` (after at least ``min_probes`` residual probes);
-        ``None``: spend the whole budget.
-    max_matvecs: budget of products for everything (deflation included); the result may stop
-        short of ``rtol`` (``converged=False``).
-    deflate: a known top-k (an :class:`EigenResult` of this operator at these parameters —
-        free — or vectors (k, n), k products), hutch++ only.
-    deflate_dim: Krylov (or random-sketch) dimensions added to the deflation; default 16
-        without ``deflate``, 0 with it. At most a third of the budget.
-    sketch: ``"lanczos"`` (one product per dimension) or ``"random"`` (original Hutch++, two).
-    min_probes: residual probes before the stopping test is trusted (the standard error is
-        estimated from their spread).
-    block: probes per ``matmat`` call.
-    seed: seeds the probes and the sketch.
+    Args:
+        op: anything with ``size`` and ``matvec`` (``matmat`` used when present), e.g.
+            :class:`HessianOperator` or :class:`GGNOperator`.
+        method: ``"hutch++"`` (deflate, then Hutchinson on the rest) or ``"hutchinson"``.
+        rtol: stop once ``stderr ≤ rtol·|value|`` (after at least ``min_probes`` residual
+            probes); ``None``: spend the whole budget.
+        max_matvecs: budget of products for everything (deflation included); the result may
+            stop short of ``rtol`` (``converged=False``).
+        deflate: a known top-k (an :class:`EigenResult` of this operator at these parameters
+            — free — or vectors (k, n), k products), hutch++ only.
+        deflate_dim: Krylov (or random-sketch) dimensions added to the deflation; default 16
+            without ``deflate``, 0 with it. At most a third of the budget.
+        sketch: ``"lanczos"`` (one product per dimension) or ``"random"`` (original Hutch++,
+            two).
+        min_probes: residual probes before the stopping test is trusted (the standard error
+            is estimated from their spread).
+        block: probes per ``matmat`` call.
+        seed: seeds the probes and the sketch.
+
+    Returns:
+        A :class:`TraceResult`: the estimate, its standard error and the products spent.
+
+    Raises:
+        ValueError: an unknown ``method`` or ``sketch``, a budget, tolerance or block size out
+            of range, ``deflate`` with Hutchinson, or deflation vectors of the wrong shape.
     """
     start_time = time.perf_counter()
     if method not in METHODS:

@@ -18,8 +18,15 @@ def draw_crop_flip(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Random parameters for :func:`crop_flip` for ``n`` images.
 
-    Returns ``(dy, dx, flips)``: crop offsets in ``[0, 2 * pad]`` into the padded image (int64)
-    and horizontal-flip flags (bool), on the generator's device (CPU when ``generator`` is None).
+    Args:
+        n: the number of images.
+        generator: where the parameters are drawn from (None: torch's default generator).
+        pad: the padding; offsets fall in ``[0, 2 * pad]``.
+        flip: whether to draw flips, each with probability 1/2 (False: none is flipped).
+
+    Returns:
+        ``(dy, dx, flips)``: crop offsets in ``[0, 2 * pad]`` into the padded image (int64) and
+        horizontal-flip flags (bool), on the generator's device (CPU when ``generator`` is None).
     """
     device = generator.device if generator is not None else torch.device("cpu")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
@@ -41,12 +48,17 @@ def crop_flip(
 ) -> Tensor:
     """Pad each image of ``x`` by ``pad`` pixels, crop it back at ``(dy, dx)``, maybe flip it.
 
-    ``x`` is ``(B, C, H, W)``; ``dy``, ``dx`` (``(B,)``, in ``[0, 2 * pad]``) are the crop's
-    top-left corner in the padded image, ``dy = dx = pad`` being the identity; ``flips``
-    (``(B,)`` bool) flips the crop left-right. ``fill`` is the padding value, a scalar or one
-    value per channel (pass the normalised value of a black pixel to match padding before
-    normalisation).
     The padded image is never built: source indices are clamped and out-of-image pixels masked.
+
+    Args:
+        x: the images, ``(B, C, H, W)``.
+        dy: the crop's top row in the padded image, ``(B,)`` in ``[0, 2 * pad]``
+            (``dy = dx = pad`` is the identity).
+        dx: the crop's left column in the padded image, ``(B,)`` in ``[0, 2 * pad]``.
+        flips: ``(B,)`` bool: flip the crop left-right.
+        pad: the padding in pixels.
+        fill: the padding value, a scalar or one value per channel (pass the normalised value of
+            a black pixel to match padding before normalisation).
     """
     if x.dim() != 4:
         raise ValueError(f"crop_flip expects (B, C, H, W) images, got shape {tuple(x.shape)}")
@@ -79,8 +91,13 @@ def random_crop_flip(
 ) -> Tensor:
     """:func:`crop_flip` with random offsets and flips drawn from ``generator``.
 
-    The generator should live on ``x``'s device (or be None for the default generator); the
-    parameters are drawn there, so nothing leaves the device.
+    Args:
+        x: the images, ``(B, C, H, W)``.
+        generator: the generator, on ``x``'s device so that nothing leaves the device (None:
+            the default generator).
+        pad: the padding in pixels.
+        flip: whether to flip each image left-right with probability 1/2.
+        fill: the padding value, as for :func:`crop_flip`.
     """
     dy, dx, flips = draw_crop_flip(x.shape[0], generator, pad=pad, flip=flip)
     return crop_flip(x, dy, dx, flips, pad=pad, fill=fill)

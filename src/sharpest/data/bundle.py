@@ -143,7 +143,16 @@ class DataBundle:
         augment: bool = True,
         device: torch.device | str | None = None,
     ) -> Batches:
-        """The training batches of one epoch, deterministic given ``(seed, epoch)``."""
+        """The training batches of one epoch, deterministic given ``(seed, epoch)``.
+
+        Args:
+            batch_size: examples per batch.
+            epoch: the epoch (with ``seed``, it fixes the order and the augmentation).
+            seed: the run's seed.
+            start: batches of the epoch to skip (a resumed run).
+            augment: whether to augment, where the data set has augmentation.
+            device: where the batches go.
+        """
         raise NotImplementedError
 
     def hessian_subset(
@@ -167,7 +176,8 @@ class DataBundle:
         """The examples of :meth:`hessian_subset` ``(size, seed)`` in the order of its seeded
         permutation instead of data order, so the first ``m`` of them are exactly the examples
         of ``hessian_subset(m, seed)``: a pool whose prefixes are the fixed subsets (the
-        tracker's ``subset: auto`` grows along it)."""
+        tracker's ``subset: auto`` grows along it).
+        """
         n = self.num_train
         k = resolve_count(size, n, "hessian pool size")
         g = torch.Generator().manual_seed(_check_seed(seed))
@@ -283,7 +293,8 @@ def zaremba_num_batches(num_tokens: int, batch_size: int, bptt: int) -> int:
 def zaremba_batches(stream: Tensor, batch_size: int, bptt: int, start: int = 0) -> Iterator[Pair]:
     """Zaremba et al. (2014) order: the stream cut into ``batch_size`` rows, then consecutive
     ``bptt``-token windows of all rows at once, so row ``r`` of batch ``i + 1`` continues row
-    ``r`` of batch ``i`` (what a stateful LSTM relies on)."""
+    ``r`` of batch ``i`` (what a stateful LSTM relies on).
+    """
     length = stream.numel() // batch_size
     data = stream[: batch_size * length].reshape(batch_size, length)
     for i in range(start, zaremba_num_batches(stream.numel(), batch_size, bptt)):

@@ -180,8 +180,16 @@ def load_cifar(
 ) -> RawImages:
     """Read a CIFAR folder under ``root`` (downloading it first if asked and absent).
 
-    With ``allow_partial``, missing training batches are skipped with a warning naming them
-    (the shared CIFAR-10 copy has only ``data_batch_1``); otherwise a missing batch is an error.
+    Args:
+        spec: the CIFAR variant (:data:`CIFAR10` or :data:`CIFAR100`).
+        root: the folder that holds (or is to hold) the variant's folder.
+        download: download it when absent (needs the network).
+        allow_partial: skip missing training batches with a warning naming them (the shared
+            CIFAR-10 copy has only ``data_batch_1``); otherwise a missing batch is an error.
+        label_mode: ``"fine"`` or (CIFAR-100) ``"coarse"``.
+
+    Raises:
+        DataError: the folder or a batch is missing, or the label mode is unknown.
     """
     if label_mode not in spec.label_keys:
         raise DataError(

@@ -88,6 +88,18 @@ def download_url(
 
     The bytes go to a temporary file in ``dest``'s folder (same file system, so the final
     ``os.replace`` is atomic) and only a verified file is moved into place.
+
+    Args:
+        url: what to download.
+        dest: the file to write.
+        md5: the expected md5 digest (None: not checked).
+        timeout: seconds the connection may stall.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataError: the download failed (offline, say) or its checksum does not match.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +151,19 @@ def extract_archive(
     The archive is unpacked into a temporary folder inside ``dest_dir`` and ``folder`` is then
     renamed into place, so ``dest_dir/folder`` either does not exist or is complete. If it
     appeared meanwhile (another process won the race) the existing one is kept.
-    Returns ``dest_dir/folder``.
+
+    Args:
+        archive: the tar archive.
+        dest_dir: where the folder goes.
+        folder: the archive's top folder.
+        md5: the archive's expected md5 digest (None: not checked).
+
+    Returns:
+        ``dest_dir/folder``.
+
+    Raises:
+        DataError: a checksum mismatch, a corrupt archive, an unsafe member (a path outside the
+            folder, a link or a device), or no ``folder`` in the archive.
     """
     archive = Path(archive)
     dest_dir = Path(dest_dir)

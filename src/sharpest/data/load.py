@@ -78,6 +78,18 @@ def split_indices(
     (the paper's code holds out 5,000 of CIFAR's 50,000 this way); the training ones keep file
     order, and ``train_subset`` takes the first of them, so the held-out set never depends on
     ``train_subset``.
+
+    Args:
+        n: the number of examples.
+        val_size: examples held out for validation: a count, or a fraction in (0, 1); 0: none.
+        train_subset: keep only the first this many training examples (None: all).
+        seed: seeds the permutation that picks the validation examples.
+
+    Returns:
+        ``(train, val)``: sorted index arrays; ``val`` is None without validation examples.
+
+    Raises:
+        DataError: a ``val_size`` or ``train_subset`` out of range.
     """
     v = _val_count(val_size, n)
     if v:

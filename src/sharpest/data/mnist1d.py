@@ -77,7 +77,8 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 def _cache_problem(arrays: dict[str, np.ndarray]) -> str:
     """What is wrong with cached arrays ('' if nothing): a tampered or damaged cache must not
-    reach training, where a label out of range fails deep inside the loss."""
+    reach training, where a label out of range fails deep inside the loss.
+    """
     for split in ("", "_test"):
         x, y = arrays["x" + split], arrays["y" + split]
         if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -119,8 +120,18 @@ def make_mnist1d(
 ) -> dict[str, np.ndarray]:
     """MNIST-1D arrays ``x`` (N, 40) float32, ``y`` (N,) int64, ``x_test``, ``y_test``.
 
-    ``num_samples`` counts train and test together (``train_split`` of them train); it is rounded
-    down to a multiple of 10 by the generator (equal samples per class).
+    Args:
+        num_samples: train and test examples together, at least 20; rounded down to a multiple
+            of 10 by the generator (equal samples per class).
+        train_split: the fraction of them that is training data.
+        dataset_seed: the generator's seed (the default gives the canonical data set).
+        cache_dir: a folder for the ``.npz`` cache (None: kept in memory only).
+
+    Returns:
+        The arrays by name.
+
+    Raises:
+        DataError: ``num_samples`` or ``train_split`` out of range.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
         raise DataError(f"mnist1d num_samples must be an integer >= 20, got {num_samples!r}")

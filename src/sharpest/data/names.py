@@ -1,5 +1,6 @@
 """The data sets' names, without torch: the config checks them, and the CLI's config errors
-and ``sharpest presets`` answer without loading torch."""
+and ``sharpest presets`` answer without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ DATASET_NAMES = ("cifar10", "cifar100", "ptb", "mnist1d")
 def canonical_name(name: str) -> str:
     """``"CIFAR-10"`` -> ``"cifar10"``, ``"mnist_1d"`` -> ``"mnist1d"``; DataError if unknown.
 
-    >>> canonical_name("CIFAR-10")
-    'cifar10'
+    Example:
+        >>> canonical_name("CIFAR-10")
+        'cifar10'
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in DATASET_NAMES:

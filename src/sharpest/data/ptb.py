@@ -76,7 +76,8 @@ def encode(tokens: list[str], word_to_id: dict[str, int], path: Path) -> Tensor:
 
 def find_folder(root: Path) -> Path | None:
     """The folder holding ``ptb.train.txt``: ``root/ptb``, ``root``, or the official archive's
-    ``root/simple-examples/data``."""
+    ``root/simple-examples/data``.
+    """
     for candidate in (root / "ptb", root, root / "simple-examples" / "data"):
         if (candidate / PTB_FILES["train"][0]).exists():
             return candidate

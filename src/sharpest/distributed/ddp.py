@@ -80,18 +80,22 @@ def launched() -> bool:
 
 
 def is_initialized() -> bool:
+    """Whether a ``torch.distributed`` process group is up."""
     return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
+    """The number of processes in the group (1 without one)."""
     return dist.get_world_size() if is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank in the group (0 without one)."""
     return dist.get_rank() if is_initialized() else 0
 
 
 def local_rank() -> int:
+    """This process's rank on its node, as the launcher set ``LOCAL_RANK`` (default 0)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -172,7 +176,10 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
 def reduce_means(means: dict[str, float], weight: float) -> dict[str, float]:
     """Combine per-rank means of ``weight`` items into the means over all ranks' items
     (e.g. loss and accuracy of the shards of an evaluation). A rank may have ``weight == 0``.
-    Returns the combined means and ``"_weight"``, the total weight."""
+
+    Returns:
+        The combined means and ``"_weight"``, the total weight.
+    """
     keys = sorted(means)
     local = torch.tensor(
         [float(means[k]) * weight for k in keys] + [float(weight)], dtype=torch.float64
@@ -186,7 +193,8 @@ def reduce_means(means: dict[str, float], weight: float) -> dict[str, float]:
 
 def gather_rows(tensor: Tensor, dim: int = 0) -> Tensor:
     """Concatenate every rank's ``tensor`` along ``dim`` in rank order (sizes along ``dim``
-    may differ; the other dimensions must agree)."""
+    may differ; the other dimensions must agree).
+    """
     if world_size() == 1:
         return tensor
     on = _comm_device(tensor)
@@ -205,7 +213,8 @@ def gather_rows(tensor: Tensor, dim: int = 0) -> Tensor:
 
 def on_main(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and give its result to every rank; an exception it raises
-    is raised on every rank (so all of them stop, none waits in a collective)."""
+    is raised on every rank (so all of them stop, none waits in a collective).
+    """
     if world_size() == 1:
         return fn()
     box: list[Any] = [None]
@@ -226,7 +235,8 @@ def on_main(fn: Callable[[], T]) -> T:
 
 def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
     """This rank's contiguous share ``[⌊rn/W⌋, ⌊(r+1)n/W⌋)`` of ``n`` rows (the split
-    :class:`~sharpest.curvature.HessianOperator` uses for its data)."""
+    :class:`~sharpest.curvature.HessianOperator` uses for its data).
+    """
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return r * n // w, (r + 1) * n // w
@@ -254,7 +264,8 @@ def has_dropout(model: nn.Module) -> bool:
 def rank_rng(device: torch.device) -> Iterator[None]:
     """A block whose random numbers are this rank's own: seeded by one draw from the common
     (global) stream plus the rank. Every rank consumes the common stream identically, so the
-    global random state stays the same on all ranks (and rank 0's checkpoint restores all)."""
+    global random state stays the same on all ranks (and rank 0's checkpoint restores all).
+    """
     seed = int(torch.randint(0, 2**62, (1,)))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -272,7 +283,8 @@ def _floating_buffers(model: nn.Module) -> list[Tensor]:
 def average_buffers(model: nn.Module) -> None:
     """Replace every floating-point buffer (BatchNorm running statistics) by its mean over the
     ranks, in place. For running means with equal shards this is exactly the single-process
-    update with the global batch; running variances miss the spread between shard means."""
+    update with the global batch; running variances miss the spread between shard means.
+    """
     buffers = _floating_buffers(model)
     if world_size() == 1 or not buffers:
         return
@@ -290,7 +302,8 @@ def average_buffers(model: nn.Module) -> None:
 def full_hidden_state(model: nn.Module) -> Iterator[None]:
     """Inside the block, a stateful model's carried ``hidden_state`` (tensors ``(L, B_r, H)``)
     is that of the whole global batch, gathered from the ranks (a collective: every rank must
-    enter). Restored afterwards. For checkpoints written by rank 0."""
+    enter). Restored afterwards. For checkpoints written by rank 0.
+    """
     state = getattr(model, "hidden_state", None)
     if world_size() == 1 or not hasattr(model, "hidden_state"):
         yield
@@ -307,7 +320,8 @@ def full_hidden_state(model: nn.Module) -> Iterator[None]:
 
 def shard_hidden_state(model: nn.Module) -> None:
     """Keep this rank's rows of a carried ``hidden_state`` of the whole global batch (after
-    loading a checkpoint)."""
+    loading a checkpoint).
+    """
     state = getattr(model, "hidden_state", None)
     if world_size() == 1 or state is None:
         return
@@ -370,7 +384,8 @@ class DataParallel:
 
     def loss_scale(self, local: int, global_: int) -> float:
         """Factor on the local mean loss so that DDP's average over ranks of the local
-        gradients is the gradient of the global mean (1 when the shards are equal)."""
+        gradients is the gradient of the global mean (1 when the shards are equal).
+        """
         return local * self.world / global_
 
     def after_step(self) -> None:
@@ -381,7 +396,8 @@ class DataParallel:
 def _to_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Convert BatchNorm layers to SyncBatchNorm in place (the root module is kept: the
     parameters and buffers are the same tensors, so the optimizer and the operators still see
-    them)."""
+    them).
+    """
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if converted is not model:  # the root itself was a BatchNorm layer
         raise ValueError("a bare BatchNorm layer cannot be trained data-parallel")

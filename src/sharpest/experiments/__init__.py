@@ -10,6 +10,7 @@
 - :mod:`.runner` — running a preset (resumable; inline, local pool or Ray), findings, report;
 - :mod:`.checks` — the paper's claims as metrics of the records, held / did not hold;
 - :mod:`.estimate` — building runs without training, and timing estimates;
+- :mod:`.gpu_estimate` — GPU hours at paper scale, from FLOPs counted on the CPU or measured;
 - :mod:`.demo` — ``sharpest demo``.
 
 Scales: ``tiny`` (seconds; a smoke test of the whole path), ``small`` (≤ 20 minutes on a
@@ -34,6 +35,7 @@ _EXPORTS = {
     "evaluate_checks": "sharpest.experiments.checks",
     "build_run": "sharpest.experiments.estimate",
     "estimate_run": "sharpest.experiments.estimate",
+    "gpu_estimate": "sharpest.experiments.gpu_estimate",
     "run_demo": "sharpest.experiments.demo",
 }
 __all__ = sorted(_EXPORTS)

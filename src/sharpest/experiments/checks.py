@@ -105,11 +105,16 @@ __all__ = [
 class Metric:
     """One metric of a check (a row of the module docstring's table).
 
-    ``name``: how the table writes it (``<N>`` for a number in the name); ``pattern``: the
-    names it answers to; ``args``: what a name's match says (the eigenvector, the threshold,
-    ...; ValueError when the name is out of range); ``value(records, args, window)``: the
-    number of one run's records, None when they do not allow it; ``window``: the default
-    fraction of the run ``value`` averages over at its end (None: the whole run).
+    Attributes:
+        name: how the table writes it (``<N>`` for a number in the name).
+        pattern: the names it answers to.
+        value: ``value(records, args, window)``: the number of one run's records, None when they
+            do not allow it.
+        args: what a name's match says (the eigenvector, the threshold, ...; ValueError when the
+            name is out of range).
+        window: the default fraction of the run ``value`` averages over at its end (None: the
+            whole run).
+        kind: the kind :func:`parse_metric` returns (default: the name itself).
     """
 
     name: str
@@ -255,7 +260,8 @@ def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
 
 def _eigen_field_end(name: str, over_line: bool):
     """The mean of the ``"eigen"`` field ``name`` (first entry of a list), or of its ratio to
-    the line's ``stability_threshold``, over the converged lines of the last window."""
+    the line's ``stability_threshold``, over the converged lines of the last window.
+    """
     def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
               window: float) -> float | None:
         pts = []
@@ -335,7 +341,8 @@ def find_metric(name: str) -> tuple[Metric, dict[str, Any]]:
 
 def parse_metric(name: str) -> tuple[str, dict[str, Any]]:
     """``"kmin_10pct_e1"`` → ``("kmin", {"field": "kmin_10pct", "index": 0})``; ValueError if
-    unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``."""
+    unknown. ``"A - B"`` → ``("difference", {"terms": (A, B)})``, ``"A / B"`` → ``"ratio"``.
+    """
     for sep, kind in _COMBINED.items():
         if sep in name:
             terms = tuple(t.strip() for t in name.split(sep))
@@ -399,8 +406,12 @@ def metric_value(
 ) -> float | None:
     """The metric ``name`` of one run's records (None when the records do not allow it).
 
-    ``window``: the fraction of the run at its end that end-of-run metrics average over
-    (default: the metric's own, see :data:`REGISTRY`)."""
+    Args:
+        records: the run's records (its ``metrics.jsonl`` lines).
+        name: the metric (:data:`REGISTRY`; combined ones, e.g. ratios, too).
+        window: the fraction of the run at its end that end-of-run metrics average over
+            (default: the metric's own, see :data:`REGISTRY`).
+    """
     kind, args = parse_metric(name)
     if kind in _COMBINED.values():
         a, b = (metric_value(records, t, window) for t in args["terms"])
@@ -419,10 +430,21 @@ def metric_value(
 class CheckResult:
     """One claim: its numbers per run (over seeds) and its verdict (see the module docstring).
 
-    ``values``: the mean over seeds of each run (None: not computable); ``seeds``: each seed's
-    value; ``held``: True / False / None (not computed); ``tie``: it failed only on ties;
-    ``scale``: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
-    this scale")."""
+    Attributes:
+        claim: the claim, in words.
+        metric: the metric it compares.
+        expect: the expected order or value.
+        values: the mean over seeds of each run (None: not computable).
+        held: True / False / None (not computed).
+        reason: why it does not hold, or was not computed, in words.
+        paper: where the paper says it.
+        margin: the relative change each neighbour of an ordering must exceed (below it, a
+            tie).
+        seeds: each seed's value, per run.
+        tie: it failed only on ties.
+        scale: the scale the runs were made at (a failure below ``paper`` is "not reproduced at
+            this scale").
+    """
 
     claim: str
     metric: str
@@ -460,7 +482,8 @@ class CheckResult:
     def verdict_at(self, scale: str | None) -> str:
         """The verdict a reader sees: below the paper's scale a claim that failed (other than
         on ties) is "not reproduced at this scale" (a smaller run does not refute the paper).
-        ``scale`` None: the scale the result was computed at."""
+        ``scale`` None: the scale the result was computed at.
+        """
         return self.verdict if scale is None else replace(self, scale=scale).verdict
 
     def numbers(self) -> str:
@@ -526,7 +549,8 @@ def evaluate_checks(
     or found among the folders by :func:`~sharpest.experiments.seeds.seed_groups` (folders
     named after it whose config differs only in ``seed``). ``scale``: the scale of the runs
     (None or ``"paper"``: a failed claim "did not hold"; else "not reproduced at this
-    scale"); a check whose ``scales`` do not include ``scale`` is left out."""
+    scale"); a check whose ``scales`` do not include ``scale`` is left out.
+    """
     cache: dict[Path, list[dict[str, Any]]] = {}
     results = []
     for c in checks:
@@ -651,7 +675,8 @@ def findings_markdown(
     results: Sequence[CheckResult], title: str = "Findings", scale: str | None = None
 ) -> str:
     """A Markdown list (renders in the report): one item per claim with the numbers; the
-    report turns each bold verdict into a coloured badge."""
+    report turns each bold verdict into a coloured badge.
+    """
     if not results:
         return ""
     counts = sorted({len(v) for r in results for v in r.seeds.values() if v})

@@ -1,7 +1,15 @@
-"""The reproduction table of the paper: every claim of every preset, from preset output folders.
+r"""The reproduction table of the paper: every claim of every preset, from preset output folders.
 
->>> rows = claim_rows(["runs/fig2-small", "runs/fig16-small"])      # doctest: +SKIP
->>> write_claims(rows, out="runs", into=["README.md"])               # doctest: +SKIP
+>>> import pathlib, tempfile
+>>> rows = claim_rows([])                # no preset output folder: every claim "not run"
+>>> rows[0].preset, rows[0].verdict
+('fig1', 'not run')
+>>> tmp = tempfile.TemporaryDirectory()
+>>> readme = pathlib.Path(tmp.name) / "README.md"
+>>> _ = readme.write_text("# Results\n<!-- claims:begin -->\n<!-- claims:end -->\n")
+>>> [p.name for p in write_claims(rows, out=tmp.name, into=[readme])]
+['README.md', 'claims.md', 'claims.csv']
+>>> tmp.cleanup()
 
 A preset output folder is what ``sharpest run PRESET --out DIR`` writes (``DIR/preset.yaml``
 with the scale and each run's status, one run folder per run and seed). Its claims are judged
@@ -65,7 +73,8 @@ def _folder_state(folder: Path) -> dict[str, Any]:
 
 def _ended_groups(folder: Path, state: dict[str, Any]) -> dict[str, list[Path]]:
     """Each configuration's seed folders that ended, in the order ``preset.yaml`` lists them
-    (the groups ``run_preset`` hands its checks)."""
+    (the groups ``run_preset`` hands its checks).
+    """
     groups: dict[str, list[Path]] = {}
     for r in state["runs"]:
         if not isinstance(r, dict) or r.get("status") not in _ENDED:
@@ -78,7 +87,8 @@ def _ended_groups(folder: Path, state: dict[str, Any]) -> dict[str, list[Path]]:
 
 def _run_seconds(paths: Iterable[Path]) -> float | None:
     """The runs' own training time summed: each run's last record's ``time`` (the trainer's
-    elapsed seconds, which survive a resume and leave out pauses)."""
+    elapsed seconds, which survive a resume and leave out pauses).
+    """
     from sharpest.report import read_run
 
     total, seen = 0.0, False
@@ -123,7 +133,8 @@ def _row(preset: Preset, result: CheckResult, scale: str, **where: Any) -> Claim
 def preset_folder_rows(folder: str | os.PathLike[str]) -> list[ClaimRow]:
     """The rows of one preset output folder: each check of its preset at the folder's scale
     (see the module docstring). :class:`PresetError` when ``folder`` is not such a folder or
-    its preset cannot be found."""
+    its preset cannot be found.
+    """
     folder = Path(folder)
     state = _folder_state(folder)
     preset = preset_of_state(state)
@@ -170,7 +181,13 @@ def claim_rows(folders: Sequence[str | os.PathLike[str]],
     order): judged from its output folders among ``folders`` (each folder's rows, in the order
     given), or :data:`~sharpest.report.claims.NOT_RUN`; then the folders of other presets.
 
-    Raises :class:`PresetError` naming the folder when one is not a preset output folder."""
+    Args:
+        folders: preset output folders (what ``sharpest run PRESET --out DIR`` writes).
+        presets: the presets whose claims are listed (default: the packaged ones).
+
+    Raises:
+        PresetError: naming the folder, when one is not a preset output folder.
+    """
     by_preset: dict[str, list[ClaimRow]] = {}
     order: list[str] = []
     for f in folders:
@@ -196,7 +213,19 @@ def write_claims(
     """Write the table: ``OUT/claims.md`` and ``OUT/claims.csv`` (when ``out`` is given), and
     the block between the markers of each Markdown file of ``into``
     (:func:`~sharpest.report.claims.rewrite_marked`); links are relative to each file's folder.
-    Every file is written atomically; returns the paths written."""
+
+    Every file is written atomically; a file of ``into`` without the markers fails before
+    anything is written.
+
+    Args:
+        rows: the table's rows (:func:`claim_rows`).
+        out: the folder of ``claims.md`` and ``claims.csv`` (None: not written).
+        into: Markdown files whose marked block is rewritten.
+        command: how the table was made (said under it).
+
+    Returns:
+        The paths written.
+    """
     for target in into:  # a file without markers fails before anything is written
         check_markers(target)
     written: list[Path] = []

@@ -39,11 +39,22 @@ def run_demo(
 ) -> PresetResult:
     """Run the demo into ``out`` (default ``runs/demo``, ``runs/demo-quick`` when ``quick``).
 
-    ``threads``: torch CPU threads (default 1: on small models a second thread mostly waits).
-    ``seed``: another seed than the preset's (initialisation and data order); ``seeds``: N
-    runs of each configuration (seeds 0..N-1, folders ``<run>__seed=<s>``), so that each
-    finding is judged against the seed-to-seed spread; ``report``: write the HTML report (the
-    findings are written either way).
+    Args:
+        out: the output folder.
+        quick: run the preset's ``tiny`` scale (about half a minute) instead of ``small``.
+        threads: torch CPU threads (default 1: on small models a second thread mostly waits);
+            None leaves the setting alone.
+        progress: one line per run start and end on stderr.
+        seed: another seed than the preset's (initialisation and data order).
+        seeds: N runs of each configuration (seeds 0..N-1, folders ``<run>__seed=<s>``), so that
+            each finding is judged against the seed-to-seed spread.
+        report: write the HTML report (the findings are written either way).
+
+    Returns:
+        The :class:`~sharpest.experiments.runner.PresetResult` of the ``demo`` preset.
+
+    Raises:
+        ValueError: both ``seed`` and ``seeds``.
     """
     if threads is not None:
         torch.set_num_threads(threads)

@@ -7,6 +7,9 @@
   Hessian-vector product on the run's Hessian subset and an evaluation pass, and extrapolates
   to the whole run from its schedule (steps, tracking points, probe points, evaluations). It
   trains nothing into any folder. ``sharpest run PRESET --estimate`` prints it.
+- :func:`extrapolate` is that schedule arithmetic alone: a run's seconds from the seconds of
+  its units of work (:class:`UnitCosts`), however they were obtained — timed here, or FLOPs over
+  a GPU's throughput (:mod:`sharpest.experiments.gpu_estimate`).
 
 The estimate counts ≈ 4k + 24 products per Lanczos solve of k pairs: ≈ 2k + 12 for the
 solve and as many again for its guard, the check that nothing beyond λ_k was missed (see
@@ -43,7 +46,16 @@ from sharpest.train.build import build_optimizer_for, decay_params_for
 from sharpest.train.probe_callback import build_probe_callbacks
 from sharpest.train.schedules import Schedule
 
-__all__ = ["RunEstimate", "build_run", "estimate_run", "num_classes_for", "schedule_counts"]
+__all__ = [
+    "RunEstimate",
+    "UnitCosts",
+    "build_run",
+    "estimate_run",
+    "extrapolate",
+    "num_classes_for",
+    "products_per_solve",
+    "schedule_counts",
+]
 
 
 def num_classes_for(data: str, data_options: dict[str, Any] | None = None) -> int:
@@ -57,9 +69,16 @@ def num_classes_for(data: str, data_options: dict[str, Any] | None = None) -> in
 def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Build the model, optimizer, schedule and probe callbacks of ``config`` (no data).
 
-    Returns them in a dict with ``num_params``. Raises :class:`ConfigError` naming the part
-    that failed. ``cache``: a dict reused across calls so that runs sharing a model (name,
-    options, classes) build it once.
+    Args:
+        config: the run's config.
+        cache: a dict reused across calls so that runs sharing a model (name, options,
+            classes) build it once.
+
+    Returns:
+        The built objects by name, with ``num_params``.
+
+    Raises:
+        ConfigError: naming the part that failed.
     """
     classes = num_classes_for(config.data, config.data_options)
     key = (config.model, json.dumps(config.model_options, sort_keys=True, default=str), classes)
@@ -89,8 +108,15 @@ def build_run(config: Config, cache: dict[Any, Any] | None = None) -> dict[str, 
     }
 
 
-def _matvecs(k: int, max_matvecs: int | None) -> int:
-    n = 2 * (2 * k + 12)  # the solve, and its guard (module doc)
+def products_per_solve(k: int, max_matvecs: int | None = None) -> int:
+    """Products one tracking solve of ``k`` pairs is counted at: 2·(2k + 12), the solve and its
+    guard (module doc), capped at ``max_matvecs``.
+
+    Example:
+        >>> products_per_solve(5), products_per_solve(10, max_matvecs=40)
+        (44, 40)
+    """
+    n = 2 * (2 * k + 12)
     return min(n, max_matvecs) if max_matvecs else n
 
 
@@ -101,7 +127,7 @@ def _every_for_estimate(config: Config, iterations_per_epoch: int) -> int:
         return int(t.every)
     gap = t.every_min
     if t.budget_per_epoch:
-        cost = _matvecs(t.k, t.max_matvecs)
+        cost = products_per_solve(t.k, t.max_matvecs)
         gap = max(gap, math.ceil(cost * iterations_per_epoch / t.budget_per_epoch))
     return gap
 
@@ -146,7 +172,9 @@ def schedule_counts(config: Config, iterations_per_epoch: int, total: int) -> di
 
 @dataclass
 class RunEstimate:
-    """Measured unit costs and the extrapolated seconds of one run."""
+    """Unit costs and the extrapolated seconds of one run (``products``: the tracking's
+    Hessian-vector products, all points together).
+    """
 
     name: str
     iterations: int
@@ -160,6 +188,7 @@ class RunEstimate:
     probe_seconds: float
     eval_seconds: float
     setup_seconds: float
+    products: int = 0
 
     @property
     def total_seconds(self) -> float:
@@ -174,9 +203,67 @@ class RunEstimate:
                 f"eval {self.eval_seconds:.0f} s; total ≈ {self.total_seconds / 60:.1f} min")
 
 
+@dataclass(frozen=True)
+class UnitCosts:
+    """Seconds of the units of work a run repeats, and the sizes they stand for.
+
+    Attributes:
+        step: one training step at the run's batch size (forward, backward, optimizer).
+        hvp: one Hessian-vector product on the run's Hessian subset.
+        forward_per_example: a forward pass in evaluation mode, per example.
+        hessian_examples: the Hessian subset's size (a probe's losses use at most as many).
+        eval_examples: the examples of one evaluation, all splits together.
+        build: per tracking point, what the point's products share (their first-order
+            graph, when the operator keeps it); 0 where ``hvp`` already includes it.
+        setup: once per run (building it, loading its data).
+    """
+
+    step: float
+    hvp: float
+    forward_per_example: float
+    hessian_examples: int
+    eval_examples: int
+    build: float = 0.0
+    setup: float = 0.0
+
+
+def extrapolate(name: str, config: Config, units: UnitCosts, iterations_per_epoch: int,
+                total: int) -> RunEstimate:
+    """A run's seconds from its unit costs and its schedule (:func:`schedule_counts`): every
+    step, ``products_per_solve`` products and one ``build`` per tracking point, the probes'
+    gradients and losses at their points, and the evaluations (module doc).
+    """
+    cfg = config
+    counts = schedule_counts(cfg, iterations_per_epoch, total)
+    solve = products_per_solve(cfg.track.k, cfg.track.max_matvecs)
+    tracking = counts["points"] * (solve * units.hvp + units.build)
+    fwd, n_sub = units.forward_per_example, units.hessian_examples
+    probe = 0.0
+    if counts["probe_points"]:
+        p = cfg.probes
+        m = int(p.get("num_gradients", 10))
+        bs = int(p.get("batch_size") or cfg.batch_size)
+        sub = min(int(p.get("subset") or n_sub), n_sub)
+        dirs = len(p.get("directions", [0, 2, 4]))
+        ks = len(p.get("ks") or range(17))
+        alphas = len(p.get("alphas") or range(7))
+        adirs = len(p.get("alpha_directions") or p.get("directions", [0, 2, 4])) + 2
+        grad = m * units.step * bs / cfg.batch_size
+        cross = (1 + dirs * (ks - 1)) * sub * fwd
+        probe = counts["probe_points"] * (grad + cross) + counts["alpha_points"] * (
+            m * alphas * adirs * sub * fwd)
+    evals = counts["evals"] * units.eval_examples * fwd
+    if cfg.metrics.enabled:
+        evals += counts["epochs"] * (units.hvp / 2.5 if cfg.metrics.grad_norm else 0.0)
+    return RunEstimate(name, total, counts["points"], counts["probe_points"], units.step,
+                       units.hvp, fwd, total * units.step, tracking, probe, evals, units.setup,
+                       products=counts["points"] * solve)
+
+
 def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
     """Build the run (data included), time ``steps`` training steps (after one warm-up), one
-    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc)."""
+    Hessian-vector product and an evaluation pass, and extrapolate (see the module doc).
+    """
     t0 = time.process_time()
     cfg = config.model_copy(update={"init_from": None})
     trainer = Trainer(cfg, None)
@@ -218,25 +305,6 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
         trainer.model(xs)
         fwd = (time.process_time() - s) / max(1, n_sub)
     trainer.model.train()
-
-    ipe, total = trainer.iterations_per_epoch, trainer.total_iterations
-    counts = schedule_counts(cfg, ipe, total)
-    per_point = _matvecs(cfg.track.k, cfg.track.max_matvecs) * hvp
-    tracking = counts["points"] * per_point
-    probe = 0.0
-    if counts["probe_points"]:
-        p = cfg.probes
-        m = int(p.get("num_gradients", 10))
-        bs = int(p.get("batch_size") or cfg.batch_size)
-        sub = min(int(p.get("subset") or n_sub), n_sub)
-        dirs = len(p.get("directions", [0, 2, 4]))
-        ks = len(p.get("ks") or range(17))
-        alphas = len(p.get("alphas") or range(7))
-        adirs = len(p.get("alpha_directions") or p.get("directions", [0, 2, 4])) + 2
-        grad = m * step * bs / cfg.batch_size
-        cross = (1 + dirs * (ks - 1)) * sub * fwd
-        probe = counts["probe_points"] * (grad + cross) + counts["alpha_points"] * (
-            m * alphas * adirs * sub * fwd)
     d = trainer.data
     n_eval = 0
     for split in cfg.eval.splits:
@@ -246,8 +314,6 @@ def estimate_run(name: str, config: Config, steps: int = 2) -> RunEstimate:
             n_eval += int(d.val[1].shape[0])
         elif split == "test" and d.test is not None:
             n_eval += int(d.test[1].shape[0])
-    evals = counts["evals"] * n_eval * fwd
-    if cfg.metrics.enabled:
-        evals += counts["epochs"] * (hvp / 2.5 if cfg.metrics.grad_norm else 0.0)
-    return RunEstimate(name, total, counts["points"], counts["probe_points"], step, hvp, fwd,
-                       total * step, tracking, probe, evals, setup)
+    units = UnitCosts(step=step, hvp=hvp, forward_per_example=fwd, hessian_examples=n_sub,
+                      eval_examples=n_eval, setup=setup)
+    return extrapolate(name, cfg, units, trainer.iterations_per_epoch, trainer.total_iterations)

@@ -101,7 +101,8 @@ class InitFrom(_Strict):
 
 class PresetRun(_Strict):
     """One run of a preset as its YAML gives it: a folder name and config overrides
-    (:func:`resolve_runs` makes it a :class:`~sharpest.orchestrate.many.RunSpec`)."""
+    (:func:`resolve_runs` makes it a :class:`~sharpest.orchestrate.many.RunSpec`).
+    """
 
     name: str
     #: Config overrides (nested or dotted keys).
@@ -227,9 +228,12 @@ class Preset(_Strict):
 class ScaledPreset:
     """A preset resolved once at a scale: what the runner, the checks and the report read.
 
-    ``sets``: the command line's ``key=value`` overrides (applied last, to every run);
-    ``runs``: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
-    the findings and the report are made again from a finished folder).
+    Attributes:
+        preset: the preset.
+        scale: the scale.
+        sets: the command line's ``key=value`` overrides (applied last, to every run).
+        runs: every run's validated spec at this scale (:func:`resolve_runs`; empty when only
+            the findings and the report are made again from a finished folder).
     """
 
     preset: Preset
@@ -256,7 +260,17 @@ class ScaledPreset:
 def at_scale(preset: Preset, scale: str, sets: Iterable[str] = (), *,
              check_probes: bool = True) -> ScaledPreset:
     """``preset`` resolved at ``scale`` with the command line's ``sets``: every run validated
-    once (:func:`resolve_runs`; raises :class:`PresetError`)."""
+    once (:func:`resolve_runs`).
+
+    Args:
+        preset: the preset.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: ``key=value`` overrides for every run, applied last.
+        check_probes: also build each run's probe callbacks, to validate their options.
+
+    Raises:
+        PresetError: as :func:`resolve_runs`.
+    """
     sets = tuple(sets)
     return ScaledPreset(preset, scale, sets,
                         tuple(resolve_runs(preset, scale, sets, check_probes=check_probes)))
@@ -351,7 +365,8 @@ def _format_validation(err: ValidationError, where: str) -> str:
 
 def load_preset(name_or_path: str | os.PathLike[str] | Mapping[str, Any]) -> Preset:
     """Read and check a preset (structure, run names, checks); runs are validated per scale by
-    :func:`resolve_runs`."""
+    :func:`resolve_runs`.
+    """
     if isinstance(name_or_path, Mapping):
         data, where = dict(name_or_path), "(mapping)"
         path = None
@@ -462,7 +477,8 @@ def _apply(data: dict[str, Any], overrides: Mapping[str, Any], what: str) -> dic
 def base_config(preset: Preset, scale: str = "small") -> dict[str, Any]:
     """The preset's base config at ``scale``, without any run's overrides (validated).
 
-    What ``sharpest sweep PRESET`` sweeps over when the preset has several runs."""
+    What ``sharpest sweep PRESET`` sweeps over when the preset has several runs.
+    """
     data = _apply(dict(preset.base), preset.scale(scale).set,
                   f"preset {preset.name}, scale {scale}")
     try:
@@ -511,9 +527,17 @@ def resolve_runs(
 ) -> list[RunSpec]:
     """Every run's validated config at ``scale``, with the command line's ``sets`` applied last.
 
-    Raises :class:`PresetError` naming the preset, the scale, the run and the key. ``init_from``
-    of restart runs stays symbolic (resolved when its source has trained); a ``--set
-    init_from=...`` is refused for them.
+    ``init_from`` of restart runs stays symbolic (resolved when its source has trained).
+
+    Args:
+        preset: the preset.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: overrides for every run: ``key=value`` strings or ``(key, value)`` pairs.
+        check_probes: also build each run's probe callbacks, to validate their options.
+
+    Raises:
+        PresetError: naming the preset, the scale, the run and the key; also for a ``--set
+            init_from=...`` on a restart run.
     """
     spec = preset.scale(scale)
     where = preset.source or preset.name

@@ -35,13 +35,15 @@ def _read(path: Path) -> dict:
 
 def read_state(folder: Path) -> dict:
     """The ``preset.yaml`` of a ``sharpest run`` output folder (:class:`PresetError` if it
-    cannot be read or is not a mapping)."""
+    cannot be read or is not a mapping).
+    """
     return _read(folder / "preset.yaml")
 
 
 def preset_of_state(state: dict) -> Preset | None:
     """The preset a ``preset.yaml`` names: its source file if it loads, else the packaged
-    preset of its name; None when neither does."""
+    preset of its name; None when neither does.
+    """
     for source in (state.get("source"), state.get("preset")):
         if source:
             try:

@@ -53,7 +53,7 @@ from sharpest.orchestrate.many import (
 )
 from sharpest.report import build_report
 from sharpest.runs import RunFolder, atomic_write_text, jsonable, read_records
-from sharpest.runs.names import seeded_name
+from sharpest.runs.names import configuration_name, seeded_name
 from sharpest.train.build import build_data
 
 __all__ = [
@@ -245,16 +245,33 @@ def run_preset(
     """Train every run of ``preset`` at ``scale`` into ``out`` (resuming), then write the
     findings and one comparative report into ``out``.
 
-    ``sets``: ``key=value`` overrides for every run (after the preset's own, e.g.
-    ``data_root=...``). ``executor``: ``inline`` | ``local`` | ``ray`` (default ``inline`` for
-    tiny, ``local`` otherwise); ``workers``: runs at once (local: processes, default the scale's
-    ``workers``, else 1 on CPU and one per GPU; Ray: runs in flight). ``train_fn``: a
-    replacement for the training function (tests), called as ``train_fn(config_dict,
-    out=folder, resume=bool)``. ``seeds``: N (or a list): every run N times, in
-    ``<run>__seed=<s>`` (a restart run restarts from its source of the same seed).
+    A run that fails or diverges does not stop the others (its outcome says why).
 
-    Raises :class:`PresetError` for a bad preset, config, data set or folder before anything
-    trains. A run that fails or diverges does not stop the others (its outcome says why).
+    Args:
+        preset: a packaged preset's name, a preset file, or a :class:`Preset`.
+        scale: ``"tiny"``, ``"small"`` or ``"paper"``.
+        sets: ``key=value`` overrides for every run (after the preset's own, e.g.
+            ``data_root=...``).
+        out: the output folder (default :func:`preset_out_dir`).
+        executor: ``inline`` | ``local`` | ``ray`` (default ``inline`` for tiny, ``local``
+            otherwise).
+        workers: runs at once (local: processes, default the scale's ``workers``, else 1 on CPU
+            and one per GPU; Ray: runs in flight).
+        address: Ray only: the cluster address.
+        resources: Ray only: the resources of each run.
+        report: write the comparative report (the findings are written either way).
+        progress: one ``[tag]`` line per run start and end on stderr.
+        train_fn: a replacement for the training function (tests), called as
+            ``train_fn(config_dict, out=folder, resume=bool)``.
+        tag: the tag of the progress lines.
+        seeds: N (or a list): every run N times, in ``<run>__seed=<s>`` (a restart run restarts
+            from its source of the same seed).
+
+    Returns:
+        A :class:`PresetResult`: the runs' outcomes, the checked claims and the report's path.
+
+    Raises:
+        PresetError: a bad preset, config, data set or folder, before anything trains.
     """
     say = _sayer(progress, tag)
     t0 = time.perf_counter()
@@ -329,11 +346,15 @@ def run_preset(
 def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str]:
     """The preset's group reports and per-run reports; returns Markdown links to them."""
     preset = at.preset
-    by_name = {f.name: f for f in folders}
+    # A run trained at several seeds left one folder per seed: a group holds every seed of its
+    # members (the report draws their mean and spread), a run report is made for each seed.
+    by_name: dict[str, list[Path]] = {}
+    for f in folders:
+        by_name.setdefault(configuration_name(f.name), []).append(f)
     links = []
     for gname, members in preset.report_groups.items():
-        dirs = [by_name[m] for m in members if m in by_name]
-        if len(dirs) < 2:
+        dirs = [f for m in members for f in by_name.get(m, [])]
+        if sum(m in by_name for m in members) < 2:
             continue
         dest = out / "groups" / gname
         try:
@@ -346,21 +367,22 @@ def _extra_reports(out: Path, at: ScaledPreset, folders: list[Path]) -> list[str
             continue
         links.append(f"[{gname}](groups/{gname}/report.html) ({', '.join(members)})")
     for name in preset.run_reports:
-        if name not in by_name:
-            continue
-        try:
-            build_report([by_name[name]], expected=preset.expected)
-        except Exception as err:  # noqa: BLE001
-            links.append(f"{name}: failed ({type(err).__name__}: {err})")
-            continue
-        links.append(f"[{name}]({name}/report.html) (its own report, with the zoom)")
+        for folder in by_name.get(name, []):
+            try:
+                build_report([folder], expected=preset.expected)
+            except Exception as err:  # noqa: BLE001
+                links.append(f"{folder.name}: failed ({type(err).__name__}: {err})")
+                continue
+            links.append(f"[{folder.name}]({folder.name}/report.html) "
+                         "(its own report, with the zoom)")
     return links
 
 
 def preset_report(out: Path, at: ScaledPreset, folders: list[Path], findings: str
                   ) -> tuple[Path | None, str | None]:
     """The preset's comparative report in ``out`` (with its group and per-run reports), the
-    expected outcome and ``findings`` on top; returns (path, None) or (None, why not)."""
+    expected outcome and ``findings`` on top; returns (path, None) or (None, why not).
+    """
     if not folders:
         return None, "report skipped: no run ended"
     links = _extra_reports(out, at, folders)

@@ -77,7 +77,8 @@ def _finite(values: Sequence[float]) -> bool:
 
 def apart(low: Sequence[float], high: Sequence[float], alpha: float = ALPHA) -> bool:
     """Whether the values ``high`` lie above ``low`` beyond the seed-to-seed spread (see the
-    module docstring for the rule)."""
+    module docstring for the rule).
+    """
     if not low or not high:
         return False
     if min(len(low), len(high)) <= SMALL_N or not (_finite(low) and _finite(high)):

@@ -19,7 +19,8 @@ __all__ = ["TrackingCore", "unwrap_optimizer"]
 
 def unwrap_optimizer(optimizer: Any) -> Any:
     """The optimizer with ``set_basis`` under wrappers (accelerate's ``AcceleratedOptimizer``,
-    Lightning's ``LightningOptimizer``), or ``optimizer`` itself."""
+    Lightning's ``LightningOptimizer``), or ``optimizer`` itself.
+    """
     seen = 0
     while optimizer is not None and not hasattr(optimizer, "set_basis") and seen < 5:
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
@@ -40,10 +41,14 @@ class TrackingCore:
             model's own loss from the labels, ``model(**inputs, labels=targets).loss``
             (:mod:`sharpest.curvature.own_loss`: causal LMs shifted, ``-100`` ignored, the
             mean over the tokens that count across the whole subset).
-        k, every, refresh_every, tracker_options: the tracker's schedule and Lanczos settings
-            (:class:`EigenTracker`); ``every=0``: only at epoch starts.
-        weight_decay, reduction, semantics, call: passed to the Hessian operator (``call``:
-            ``(model, inputs) -> outputs``, how inputs go into the model).
+        k: the number of eigenpairs tracked (:class:`EigenTracker`).
+        every: steps between tracking points; ``every=0``: only at epoch starts.
+        refresh_every: steps between basis refreshes (0: at epoch starts).
+        weight_decay: λ, passed to the Hessian operator.
+        reduction: passed to the Hessian operator.
+        semantics: passed to the Hessian operator.
+        call: ``(model, inputs) -> outputs``, how inputs go into the model (passed to the
+            Hessian operator).
         sinks: names (``"tensorboard"``, ``"wandb"``, ``"csv"``) or :class:`Sink` objects.
         log_dir: where named sinks write (default: chosen by the callback).
         wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
@@ -51,6 +56,8 @@ class TrackingCore:
         batch_data: where batch sharpness (``batch_sharpness=N``, with ``batch_size=``) draws
             its minibatches: an ``(inputs, targets)`` pair (N seeded draws of ``batch_size``)
             or a list of training batches (N of them); default the Hessian ``data``.
+        **tracker_options: the other :class:`EigenTracker` settings (Lanczos and the
+            measurements).
 
     The optimizer the framework passes (unwrapped) is measured whatever ``drive_optimizer``
     says: its stability threshold, and with ``precondition="optimizer"`` its preconditioner

@@ -1,10 +1,30 @@
 """A PyTorch Lightning ``Callback`` that tracks the top-k Hessian eigenpairs along training.
 
->>> from sharpest.integrations.lightning import SharpestCallback      # doctest: +SKIP
->>> callback = SharpestCallback((x_subset, y_subset), nn.CrossEntropyLoss(), k=5, every=50,
-...                             sinks=["tensorboard", "csv"])         # doctest: +SKIP
->>> pl.Trainer(callbacks=[callback], max_epochs=3).fit(module, loader)  # doctest: +SKIP
->>> callback.records[-1]["eigenvalues"]                               # doctest: +SKIP
+>>> import tempfile, torch
+>>> from torch import nn
+>>> from sharpest.integrations.lightning import SharpestCallback
+>>> from sharpest.integrations.lightning import pl  # lightning.pytorch, else pytorch_lightning
+>>> class Classifier(pl.LightningModule):
+...     def __init__(self):
+...         super().__init__()
+...         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+...     def forward(self, x):
+...         return self.net(x)
+...     def training_step(self, batch, batch_idx):
+...         return nn.functional.cross_entropy(self(batch[0]), batch[1])
+...     def configure_optimizers(self):
+...         return torch.optim.SGD(self.parameters(), lr=0.1)
+>>> g = torch.Generator().manual_seed(0)
+>>> x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+>>> loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+>>> callback = SharpestCallback((x, y), nn.CrossEntropyLoss(), k=2, every=2)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     trainer = pl.Trainer(callbacks=[callback], max_epochs=1, default_root_dir=tmp,
+...                          logger=False, enable_checkpointing=False,
+...                          enable_progress_bar=False, enable_model_summary=False)
+...     trainer.fit(Classifier(), loader)
+>>> [(r["iteration"], len(r["eigenvalues"])) for r in callback.records if r["event"] == "eigen"]
+[(0, 2), (2, 2), (4, 2)]
 
 The Hessian is the one of ``loss_fn(module(inputs), targets)`` over the fixed ``data`` (the
 LightningModule's ``forward``; ``model=`` picks a submodule instead, e.g. the Hugging Face model
@@ -49,12 +69,15 @@ class SharpestCallback(pl.Callback):
         data: the fixed Hessian subset, an ``(inputs, targets)`` pair or a list of them.
         loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch; ``None`` (default):
             the model's own loss from the labels (see the module docstring).
-        k, every, refresh_every: top-k, steps between tracking points, steps between basis
-            refreshes (0: at epoch starts).
+        k: the number of eigenpairs tracked.
+        every: steps between tracking points (0: at epoch starts).
+        refresh_every: steps between basis refreshes (0: at epoch starts).
         model: ``model(pl_module)`` returns the module whose Hessian is tracked (default the
             LightningModule itself).
-        sinks, log_dir, wandb: mirrors of the records (``"tensorboard"``, ``"wandb"``,
-            ``"csv"`` or :class:`Sink` objects).
+        sinks: mirrors of the records (``"tensorboard"``, ``"wandb"``, ``"csv"`` or
+            :class:`Sink` objects).
+        log_dir: where named sinks write (default ``trainer.default_root_dir/sharpest``).
+        wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
         to_loggers: also send the scalars to ``trainer.loggers``.
         **options: ``weight_decay``, ``reduction``, ``semantics``, ``call`` (``(model,
             inputs) -> outputs``), ``drive_optimizer``, ``batch_data`` (where batch sharpness

@@ -1,9 +1,23 @@
 """A Hugging Face ``transformers`` ``TrainerCallback`` that tracks the top-k Hessian eigenpairs.
 
->>> from sharpest.integrations.transformers import SharpestTrainerCallback  # doctest: +SKIP
->>> callback = SharpestTrainerCallback((inputs, labels), k=5, every=50,
-...                                    sinks=["tensorboard"])              # doctest: +SKIP
->>> Trainer(model, args, train_dataset=ds, callbacks=[callback]).train()   # doctest: +SKIP
+>>> import tempfile, torch
+>>> from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+>>> from transformers.trainer_callback import PrinterCallback
+>>> from sharpest.integrations.transformers import SharpestTrainerCallback
+>>> model = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1,
+...                                    n_head=2, bos_token_id=0, eos_token_id=0))
+>>> ids = torch.randint(0, 16, (8, 8), generator=torch.Generator().manual_seed(0))
+>>> dataset = [{"input_ids": row, "labels": row} for row in ids]
+>>> callback = SharpestTrainerCallback(({"input_ids": ids}, ids), k=2, every=2)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     args = TrainingArguments(output_dir=tmp, max_steps=4, per_device_train_batch_size=4,
+...                              use_cpu=True, report_to=[], save_strategy="no",
+...                              logging_strategy="no", disable_tqdm=True)
+...     trainer = Trainer(model, args, train_dataset=dataset, callbacks=[callback])
+...     trainer.remove_callback(PrinterCallback)  # no metrics printed
+...     _ = trainer.train()
+>>> [(r["iteration"], len(r["eigenvalues"])) for r in callback.records if r["event"] == "eigen"]
+[(0, 2), (2, 2), (4, 2)]
 
 ``data`` is the fixed Hessian subset: ``(inputs, labels)`` with ``inputs`` a dict of tensors
 (``input_ids``, ``attention_mask``, …), passed as ``model(**inputs)``, or a list of such pairs.
@@ -45,7 +59,8 @@ def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
 
     Position t is scored against label t, unshifted: not a causal LM's loss (the callback's
     default, the model's own loss, is). Chunks are weighted by their examples, so with
-    ``-100`` labels it is not the whole subset's token mean either."""
+    ``-100`` labels it is not the whole subset's token mean either.
+    """
     logits = getattr(outputs, "logits", None)
     if logits is None:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs
@@ -55,8 +70,19 @@ def logits_cross_entropy(outputs: Any, labels: Tensor) -> Tensor:
 class SharpestTrainerCallback(TrainerCallback):
     """Top-k Hessian eigenpairs in a ``transformers.Trainer`` run (see the module docstring).
 
-    Args: as :class:`sharpest.integrations.lightning.SharpestCallback` (``loss_fn=None``: the
-    model's own loss from the labels), with ``to_log_history`` in place of ``to_loggers``.
+    Args:
+        data: the fixed Hessian subset, an ``(inputs, labels)`` pair or a list of them.
+        loss_fn: ``loss_fn(outputs, labels)``; ``None`` (default): the model's own loss from
+            the labels.
+        k: the number of eigenpairs tracked.
+        every: steps between tracking points (0: at epoch starts).
+        refresh_every: steps between basis refreshes (0: at epoch starts).
+        sinks: mirrors of the records (``"tensorboard"``, ``"wandb"``, ``"csv"`` or
+            :class:`Sink` objects).
+        log_dir: where named sinks write (default ``args.output_dir/sharpest``).
+        wandb: keyword arguments of ``wandb.init`` for a ``"wandb"`` sink.
+        to_log_history: also write the scalars into ``state.log_history``.
+        **options: as for :class:`sharpest.integrations.lightning.SharpestCallback`.
     """
 
     def __init__(

@@ -23,7 +23,8 @@ DECAY_TARGETS = ("all", "kernels")
 
 def kernel_parameters(model: nn.Module) -> list[Tensor]:
     """The trainable weights of the model's convolutions and dense layers, in
-    ``model.parameters()`` order."""
+    ``model.parameters()`` order.
+    """
     kernels = {id(m.weight) for m in model.modules()
                if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)
                and isinstance(getattr(m, "weight", None), Tensor)}

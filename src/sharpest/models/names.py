@@ -1,6 +1,7 @@
 """The models' names, without torch: the config checks them, and the CLI's config errors and
 ``sharpest presets`` answer without loading torch (``models.registry`` checks that the
-builders match)."""
+builders match).
+"""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ def _normalise(name: str) -> str:
 def canonical_name(name: str) -> str:
     """The registry name for ``name`` (case, ``-`` and ``_`` ignored; a few aliases).
 
-    Raises ``ValueError`` listing the valid names when ``name`` is unknown.
+    Raises:
+        ValueError: listing the valid names, when ``name`` is unknown.
 
-    >>> canonical_name("SCNN")
-    'simplecnn'
+    Example:
+        >>> canonical_name("SCNN")
+        'simplecnn'
     """
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, got {name!r}")

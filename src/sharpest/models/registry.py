@@ -39,8 +39,14 @@ def model_options(name: str) -> dict[str, Any]:
 def build_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     """Build the model called ``name`` (one of ``MODEL_NAMES``) with ``num_classes`` outputs.
 
-    ``options`` are the model's keyword options (see ``model_options``); an unknown name or
-    option raises ``ValueError`` listing the valid ones.
+    Args:
+        name: the model's name (:func:`canonical_name`: case, ``-`` and ``_`` ignored).
+        num_classes: the number of outputs, a positive integer.
+        **options: the model's keyword options (see ``model_options``).
+
+    Raises:
+        ValueError: an unknown name or option (listing the valid ones), or a bad
+            ``num_classes``.
     """
     canonical = canonical_name(name)
     valid = model_options(canonical)

@@ -120,9 +120,17 @@ def build_resnet32(
 ) -> ResNet:
     """ResNet-32 (``blocks_per_stage=5``); BatchNorm off and depth-scaled init by default.
 
-    ``depth_scale`` overrides c (default 1/15 without BatchNorm, 1 with it);
-    ``blocks_per_stage`` builds other depths (6n+2 layers) with the same rules; ``width``
-    multiplies the channel counts (the code's ``k``; fractions give narrower CPU-scale nets).
+    Args:
+        num_classes: the number of outputs.
+        batchnorm: BatchNorm in every block and the head.
+        dropout: dropout between the two convolutions of a block.
+        depth_scale: overrides c, the init's depth factor (default 1/15 without BatchNorm, 1
+            with it; see :class:`ResNet`).
+        truncation_correction: the later Keras' std correction of the truncated normal.
+        blocks_per_stage: n; builds other depths (6n+2 layers) with the same rules.
+        width: multiplies the channel counts (the code's ``k``; fractions give narrower
+            CPU-scale nets).
+        in_channels: the input's channels.
     """
     return ResNet(
         num_classes,

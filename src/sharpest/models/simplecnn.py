@@ -90,9 +90,17 @@ def build_simplecnn(
 ) -> SimpleCNN:
     """SimpleCNN; ``variant`` is ``"root"`` (Supplement F) or ``"medium"`` (Section 4).
 
-    Explicit ``filters`` (four ints), ``kernel_size`` or ``padding`` override the variant's
-    (``root``: 'same' everywhere, as Supplement F says; ``medium``: the authors' code,
-    ``"code"``).
+    Args:
+        num_classes: the number of outputs.
+        variant: ``"root"`` (32, 32, 64, 64 filters of 3×3, 'same' padding everywhere, as
+            Supplement F says) or ``"medium"`` (100, 100, 200, 200 filters of 5×5, the authors'
+            code's padding, ``"code"``).
+        filters: four ints, overriding the variant's.
+        kernel_size: overrides the variant's.
+        padding: ``"same"`` or ``"code"`` (see :class:`SimpleCNN`), overriding the variant's.
+        dense: the hidden dense layer's width.
+        in_channels: the input's channels.
+        image_size: the input's height and width.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")

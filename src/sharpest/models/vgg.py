@@ -97,8 +97,15 @@ def build_vgg11(
 ) -> VGG:
     """VGG-11 (config A) for CIFAR; BatchNorm on and classifier dropout 0.5 by default.
 
-    ``width`` multiplies the conv channel counts (fractions give narrower CPU-scale nets);
-    ``hidden`` is the classifier width (default 512 × ``width``).
+    Args:
+        num_classes: the number of outputs.
+        batchnorm: a BatchNorm after every conv and hidden dense layer.
+        dropout: the classifier's dropout probability.
+        width: multiplies the conv channel counts (fractions give narrower CPU-scale nets).
+        hidden: the classifier width (default 512 × ``width``).
+        input_batchnorm: a BatchNorm on the input image (default: as ``batchnorm``).
+        in_channels: the input's channels.
+        image_size: the input's height and width.
     """
     width = check_width(width)
     return VGG(

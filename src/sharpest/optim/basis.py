@@ -44,7 +44,8 @@ def as_basis(
             uses hand over everything it has.
         k: number of rows the optimizer projects on.
         n: flat size of the optimizer's trainable parameters.
-        device, dtype: where and how the copy is kept.
+        device: where the copy is kept.
+        dtype: the copy's dtype.
         orthonormalize: replace the rows by an orthonormal set spanning the same nested
             subspaces (QR with a positive diagonal: row i keeps the direction of the i-th
             Gram–Schmidt vector) instead of rejecting a non-orthonormal basis.

@@ -81,7 +81,8 @@ def build_optimizer(
             ``nudge_base`` optimizer wrapped in :class:`NudgedOptimizer`), a Sec. 3.3 variant
             ``"top_only"`` / ``"no_top"`` / ``"frozen_top"``, or ``"adam"``, ``"adamw"``,
             ``"rmsprop"`` (``torch.optim``'s).
-        params, lr: as for any ``torch.optim`` optimizer.
+        params: the parameters (or parameter groups), as for any ``torch.optim`` optimizer.
+        lr: the learning rate η, as for any ``torch.optim`` optimizer.
         momentum: SGD's and RMSprop's heavy-ball momentum; must be 0 for Adam/AdamW (their
             first-moment decay is ``betas[0]``).
         weight_decay: as torch passes it: added to the gradient (SGD, Adam, RMSprop: the L2

@@ -78,7 +78,10 @@ class SubspaceSGD(BasisHolder, Optimizer):
         gamma: factor ``γ`` on the rate along the eigenvectors (any finite real).
         rest: factor ``β`` on the rate in the orthogonal complement.
         k: number of leading basis rows used (``K``).
-        momentum, weight_decay, dampening, nesterov: as in ``torch.optim.SGD`` (per group).
+        momentum: as in ``torch.optim.SGD`` (per group).
+        weight_decay: as in ``torch.optim.SGD`` (per group).
+        dampening: as in ``torch.optim.SGD`` (per group).
+        nesterov: as in ``torch.optim.SGD`` (per group).
         nudge: where ``D`` acts under momentum: ``"step"`` (default), ``"gradient"``, ``"both"``.
         freeze_basis: keep the first basis given; later :meth:`set_basis` calls are ignored.
 
@@ -136,10 +139,12 @@ class SubspaceSGD(BasisHolder, Optimizer):
     ) -> tuple[dict[Tensor, Tensor], bool]:
         """``D x`` for ``x`` given per parameter (missing ones are zero).
 
-        Returns ``((D − I)x, True)`` when ``β = 1``, a correction to add to ``x``: it is computed
-        in float64 and is an exact zero for ``γ = 1``, so the plain-SGD arithmetic is untouched.
-        Otherwise returns ``(D x, False)``, computed whole in float64 so that, e.g., a top-only
-        step lies in the eigenvectors' span to float64 accuracy before the final cast.
+        Returns:
+            ``((D − I)x, True)`` when ``β = 1``, a correction to add to ``x``: it is computed in
+            float64 and is an exact zero for ``γ = 1``, so the plain-SGD arithmetic is
+            untouched. Otherwise ``(D x, False)``, computed whole in float64 so that, e.g., a
+            top-only step lies in the eigenvectors' span to float64 accuracy before the final
+            cast.
         """
         V = self._basis
         assert V is not None
@@ -250,7 +255,8 @@ class SubspaceSGD(BasisHolder, Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; one without ``"subspace"`` (e.g. from ``torch.optim.SGD``)
-        loads the SGD state and leaves the basis and settings as they are."""
+        loads the SGD state and leaves the basis and settings as they are.
+        """
         state_dict = dict(state_dict)
         extra = state_dict.pop(_STATE_KEY, None)
         basis = None
@@ -283,12 +289,21 @@ class NudgedSGD(SubspaceSGD):
     r"""Nudged SGD (paper Sec. 4): rate ``γη`` along the top-``k`` eigenvectors, ``η`` elsewhere.
 
     Without momentum ``Δθ = −η[(I − P)g + γPg]`` with ``P = Σ_{i≤k} eᵢeᵢᵀ`` over the current
-    basis and ``g = ∇L + λθ`` (PyTorch weight decay, added before the projection). Under
-    momentum ``nudge`` places the rescaling (module docstring): ``"step"`` (default, authors'
-    ``correct_v``) rescales the step leaving an un-nudged buffer, ``"gradient"``
-    (``correct_g``) rescales the gradient entering it, ``"both"`` does both.
-
+    basis and ``g = ∇L + λθ`` (PyTorch weight decay, added before the projection).
     ``γ = 1`` reproduces ``torch.optim.SGD`` exactly, with or without a basis.
+
+    Args:
+        params: parameters or param groups, as for :class:`SubspaceSGD`.
+        lr: learning rate ``η``.
+        gamma: factor ``γ`` on the rate along the eigenvectors.
+        k: number of leading basis rows used.
+        momentum: as in ``torch.optim.SGD``.
+        weight_decay: as in ``torch.optim.SGD``.
+        dampening: as in ``torch.optim.SGD``.
+        nesterov: as in ``torch.optim.SGD``.
+        nudge: where the rescaling acts under momentum (module docstring): ``"step"`` (default,
+            authors' ``correct_v``) rescales the step leaving an un-nudged buffer, ``"gradient"``
+            (``correct_g``) rescales the gradient entering it, ``"both"`` does both.
     """
 
     def __init__(

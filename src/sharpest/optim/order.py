@@ -25,7 +25,8 @@ BASIS_ORDERS: tuple[str, ...] = ("magnitude", "algebraic")
 
 def basis_order(values: Any, order: str = "magnitude") -> np.ndarray:
     """Row indices that sort eigenpairs for the basis: descending |λ| (``"magnitude"``) or
-    descending λ (``"algebraic"``); ties keep their given order (stable)."""
+    descending λ (``"algebraic"``); ties keep their given order (stable).
+    """
     if order not in BASIS_ORDERS:
         raise ValueError(f"order must be one of {', '.join(BASIS_ORDERS)}; got {order!r}")
     v = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -35,7 +36,8 @@ def basis_order(values: Any, order: str = "magnitude") -> np.ndarray:
 
 def algebraic_top_is_exact(values: Any, k: int, which: str) -> bool:
     """Whether the algebraic top-``k`` of tracked ``values`` (the top by |λ| when ``which`` is
-    ``"LM"``) is the Hessian's true algebraic top-``k`` (module doc)."""
+    ``"LM"``) is the Hessian's true algebraic top-``k`` (module doc).
+    """
     if which != "LM":
         return True
     return int((np.asarray(values, dtype=np.float64) >= 0).sum()) >= k

@@ -128,7 +128,8 @@ class NudgedOptimizer(BasisHolder, Optimizer):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's ``state_dict`` plus ``"nudged"``: basis, its version, γ, k and
-        the base's class name (checked on load)."""
+        the base's class name (checked on load).
+        """
         sd = self.base.state_dict()
         sd[_STATE_KEY] = {
             "basis": None if self._basis is None else self._basis.detach().clone(),
@@ -141,7 +142,8 @@ class NudgedOptimizer(BasisHolder, Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; one without ``"nudged"`` (the base's own) loads the base
-        state and leaves the basis and settings as they are."""
+        state and leaves the basis and settings as they are.
+        """
         state_dict = dict(state_dict)
         extra = state_dict.pop(_STATE_KEY, None)
         basis = None

@@ -1,6 +1,6 @@
 """Launching many runs: one orchestrator for presets and sweeps, and its executors.
 
->>> from sharpest.orchestrate import run_many, run_sweep, parse_grid   # doctest: +SKIP
+>>> from sharpest.orchestrate import run_many, run_sweep, parse_grid
 
 - :mod:`.many` — :func:`run_many` (named configs → one folder each; skip, resume, stages,
   seeds, bookkeeping), used by presets and sweeps alike;

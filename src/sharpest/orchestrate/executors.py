@@ -120,7 +120,8 @@ def run_task(
     task: Task, train_fn: TrainFn | None = None, reraise: tuple[type[BaseException], ...] = ()
 ) -> dict[str, Any]:
     """Train one run (in a worker); failures come back as ``status: failed``, except the
-    exception types of ``reraise`` (the inline executor's bad config or folder)."""
+    exception types of ``reraise`` (the inline executor's bad config or folder).
+    """
     t0 = time.perf_counter()
     _announce(task)
     _IN_TASK.set()
@@ -226,7 +227,8 @@ def _watch_parent() -> None:
     would train its run to the end unseen: burning cores that the next sweep measures its
     time on, and holding the run's lock so that sweep reports it locked. A daemon thread
     checks the parent every :data:`PARENT_POLL_SECONDS` and interrupts the run when it is
-    gone."""
+    gone.
+    """
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),),
                      name="sharpest-parent-watch", daemon=True).start()
 
@@ -235,9 +237,14 @@ def _init_worker(gpu_queue: Any, started: Any, plain_warnings: bool = False) -> 
     """Pool initializer: pin this worker process to one GPU before torch touches CUDA, keep
     the queue that start announcements go to, print warnings as the parent does (the CLI's
     one-line ``warning: …`` form is lost in a spawned process otherwise), and stop when the
-    parent dies (:func:`_watch_parent`)."""
+    parent dies (:func:`_watch_parent`).
+    """
     global _STARTED
     _STARTED = started
+    # A sweep started in the background of a non-interactive shell (`nohup sharpest run … &`)
+    # inherits SIGINT ignored, and so would its workers: the parent watch's interrupt would then
+    # be lost and the run cut off after the grace period without closing its log or lock.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _watch_parent()
     if plain_warnings:
         install_warning_format()
@@ -252,7 +259,8 @@ def _announce(task: Task) -> None:
 
 def _drain(queue: Any, into: set[str]) -> None:
     """Read the start announcements so far (a SimpleQueue: written synchronously, so a worker
-    killed right after its announcement still counts as started)."""
+    killed right after its announcement still counts as started).
+    """
     try:
         while not queue.empty():
             into.add(queue.get())
@@ -266,11 +274,20 @@ def run_local(
 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Run ``tasks`` in a spawn-context process pool of ``max_workers`` processes.
 
-    ``gpus``: device ids to spread the workers over (worker i gets ``gpus[i % len(gpus)]`` as its
-    only visible device); None or [] leaves ``CUDA_VISIBLE_DEVICES`` alone.
-    Yields ``(task, outcome)`` as runs end. When a worker process dies (killed, out of memory),
-    ``concurrent.futures`` breaks the whole pool: the runs that had started are reported failed
-    (rerunning the sweep resumes them) and the ones that had not go on in a fresh pool.
+    When a worker process dies (killed, out of memory), ``concurrent.futures`` breaks the whole
+    pool: the runs that had started are reported failed (rerunning the sweep resumes them) and
+    the ones that had not go on in a fresh pool.
+
+    Args:
+        tasks: the runs.
+        train_fn: the training function (default :func:`sharpest.train.loop.train`; it must be
+            importable by the worker processes).
+        max_workers: processes at once.
+        gpus: device ids to spread the workers over (worker i gets ``gpus[i % len(gpus)]`` as
+            its only visible device); None or [] leaves ``CUDA_VISIBLE_DEVICES`` alone.
+
+    Yields:
+        ``(task, outcome)`` as runs end.
     """
     ctx = mp.get_context("spawn")
     remaining = list(tasks)
@@ -336,13 +353,22 @@ def run_ray(
 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Run each task as one ``ray.remote`` task with its own ``num_cpus`` / ``num_gpus``.
 
-    ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ...). Without it, and
-    when Ray is not initialised yet, a local instance is started with ``num_cpus`` = the CPUs
-    the runs need at once (``max_workers`` × ``num_cpus`` per run, default all cores) and shut
-    down at the end; an instance the caller started is used and left running.
-    ``resources``: per run, ``num_cpus`` (default 1), ``num_gpus`` (default 1 when the cluster
-    has GPUs, else 0), ``memory``, or custom ``resources`` — anything ``.options()`` takes.
-    ``max_workers``: at most this many runs in flight (default: as many as Ray fits).
+    Args:
+        tasks: the runs.
+        train_fn: the training function (default :func:`sharpest.train.loop.train`).
+        max_workers: at most this many runs in flight (default: as many as Ray fits).
+        address: an existing cluster (``"auto"``, ``"ray://host:10001"``, ...). Without it, and
+            when Ray is not initialised yet, a local instance is started with ``num_cpus`` = the
+            CPUs the runs need at once (``max_workers`` × ``num_cpus`` per run, default all
+            cores) and shut down at the end; an instance the caller started is used and left
+            running.
+        resources: per run, ``num_cpus`` (default 1), ``num_gpus`` (default 1 when the cluster
+            has GPUs, else 0), ``memory``, or custom ``resources`` — anything ``.options()``
+            takes.
+        init_kwargs: extra ``ray.init`` arguments.
+
+    Yields:
+        ``(task, outcome)`` as runs end.
     """
     ray = _import_ray()
     if not tasks:

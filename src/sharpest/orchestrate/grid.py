@@ -24,7 +24,8 @@ MAX_NAME = 120
 
 class SweepError(ConfigError):
     """A bad sweep: grid syntax, an invalid grid point, a clash with existing folders, or an
-    executor that cannot start. The message fits in one paragraph (the CLI prints it)."""
+    executor that cannot start. The message fits in one paragraph (the CLI prints it).
+    """
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -57,7 +58,10 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
     Values are typed with YAML rules, as ``--set`` does (``1e-3`` is a float, ``null`` is None,
     ``[16,16]`` a list: commas inside brackets or quotes do not split). Dotted keys reach nested
-    sections. Raises :class:`SweepError` for bad syntax, an empty value or a repeated key/value.
+    sections.
+
+    Raises:
+        SweepError: bad syntax, an empty value or a repeated key/value.
     """
     grid: dict[str, list[Any]] = {}
     for item in items:
@@ -82,6 +86,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
+    """Raise :class:`SweepError` when a key of ``grid`` has no values or one value twice."""
     for key, values in grid.items():
         if not values:
             raise SweepError(f"grid {key}: no values")
@@ -121,8 +126,9 @@ def point_name(overrides: Mapping[str, Any]) -> str:
 def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[tuple[str, dict[str, Any]]]:
     """``(folder name, overrides)`` of every point of ``grid`` (Cartesian product, grid order).
 
-    >>> grid_points({"lr": [0.1, 0.01], "seed": [0]})
-    [('lr=0.1__seed=0', {'lr': 0.1, 'seed': 0}), ('lr=0.01__seed=0', {'lr': 0.01, 'seed': 0})]
+    Example:
+        >>> grid_points({"lr": [0.1, 0.01], "seed": [0]})
+        [('lr=0.1__seed=0', {'lr': 0.1, 'seed': 0}), ('lr=0.01__seed=0', {'lr': 0.01, 'seed': 0})]
     """
     keys = list(grid)
     out: list[tuple[str, dict[str, Any]]] = []

@@ -57,21 +57,28 @@ EXECUTORS = ("inline", "local", "ray")
 
 class OrchestrateError(ConfigError):
     """Runs cannot be launched as asked (bad executor or workers, a folder holding another
-    run, an executor that cannot start). Raised before anything trains, except the last."""
+    run, an executor that cannot start). Raised before anything trains, except the last.
+    """
 
 
 @dataclass
 class RunSpec:
     """One named config to train into ``out/<name>``: a sweep's point, a preset's run.
 
-    ``overrides``: what distinguishes it (recorded in the state files); ``stage``: runs of a
-    later stage start after every run of an earlier one ended (a restart after its source);
-    ``ignore``: config keys an existing folder may differ in (e.g. ``init_from``, filled in
-    when the source run has ended); ``configuration``: the name of the configuration it is a
-    seed of (its name before :func:`with_seeds`; default ``name``) and ``seed`` the seed
-    :func:`with_seeds` gave it (None: run as given); ``init_from``: the run it restarts from
-    (a preset's ``{run, epoch}``: ``prepare`` fills the checkpoint into the config), and
-    ``description``: one line for the report.
+    Attributes:
+        name: its folder's name.
+        config: the config.
+        overrides: what distinguishes it (recorded in the state files).
+        stage: runs of a later stage start after every run of an earlier one ended (a restart
+            after its source).
+        ignore: config keys an existing folder may differ in (e.g. ``init_from``, filled in
+            when the source run has ended).
+        configuration: the name of the configuration it is a seed of (its name before
+            :func:`with_seeds`; default ``name``).
+        seed: the seed :func:`with_seeds` gave it (None: run as given).
+        init_from: the run it restarts from (a preset's ``{run, epoch}``: ``prepare`` fills the
+            checkpoint into the config).
+        description: one line for the report.
     """
 
     name: str
@@ -197,7 +204,8 @@ def with_seeds(specs: Sequence[RunSpec], seeds: int | Sequence[int] | None) -> l
 
 def check_existing(specs: Sequence[RunSpec], out: Path) -> dict[str, str]:
     """Refuse folders holding another config (all clashes counted in one error); return the
-    end status (finished / diverged) of the runs that already ended, by name."""
+    end status (finished / diverged) of the runs that already ended, by name.
+    """
     done: dict[str, str] = {}
     clashes: list[str] = []
     for spec in specs:
@@ -236,7 +244,8 @@ def check_executor(executor: str, workers: int | None, address: str | None,
 def _inline(tasks: list[Task], train_fn: Callable[..., Any] | None
             ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """In this process: a bad config or folder stops everything (named), as it would before
-    any training under the other executors; anything else fails only its run."""
+    any training under the other executors; anything else fails only its run.
+    """
     for task in tasks:
         if train_fn is None:
             task.extra.setdefault("quiet", not task.progress)
@@ -292,20 +301,28 @@ def run_many(
             gets (cores / workers) torch threads. Ray default: as many as the cluster fits.
         seeds: N (or a list of seeds): each spec N times, ``<name>__seed=<s>``
             (:func:`with_seeds`); None: once each, as given.
-        address, resources, ray_init: Ray only (cluster address, per-run resources, extra
-            ``ray.init`` arguments).
+        address: Ray only: the cluster address.
+        resources: Ray only: the resources of each run.
         train_fn: called as ``train_fn(config_dict, out=folder, resume=bool)``; default
             :func:`sharpest.train.loop.train` (it must be importable by worker processes).
-        progress, tag: one ``[tag]`` line per run start and end on stderr.
+        ray_init: Ray only: extra ``ray.init`` arguments.
+        progress: one ``[tag]`` line per run start and end on stderr.
+        tag: the tag of those lines.
         prepare: called on each spec of a stage before it launches, with the outcomes so far;
             returns the spec to run (e.g. with a restart checkpoint filled in) or a message
             why it cannot run (the run is then ``failed``).
         on_update: called with all outcomes after each change (to rewrite a state file).
 
+    Returns:
+        One :class:`RunOutcome` per spec (per spec and seed), in order.
+
+    Raises:
+        OrchestrateError: before launching anything, when the executor, the names or an
+            existing folder is bad, and when the executor cannot start.
+
     Runs of stage 1 start after every run of stage 0 ended. Finished runs are skipped (diverged
     ones too: they ended), interrupted ones resume, and one run failing (or diverging) does not
-    stop the others. Raises :class:`OrchestrateError` before launching anything when the
-    executor, the names or an existing folder is bad, and when the executor cannot start.
+    stop the others.
     """
     out = Path(out)
     check_executor(executor, workers, address, resources)

@@ -1,6 +1,8 @@
 """Sweeps: the Cartesian product of config overrides, one independent run folder per point.
 
->>> grid = parse_grid(["lr=0.1,0.01", "seed=0,1"])        # {"lr": [0.1, 0.01], "seed": [0, 1]}
+>>> grid = parse_grid(["lr=0.1,0.01", "seed=0,1"])
+>>> grid
+{'lr': [0.1, 0.01], 'seed': [0, 1]}
 >>> res = run_sweep("base.yaml", grid, out=Path("runs/lr"), workers=2)      # doctest: +SKIP
 >>> [(r.name, r.status) for r in res.runs]                                  # doctest: +SKIP
 [('lr=0.1__seed=0', 'finished'), ...]
@@ -96,8 +98,8 @@ def expand_grid(
 ) -> list[SweepPoint]:
     """The grid's points (Cartesian product, grid order), each config validated.
 
-    Raises :class:`SweepError` naming the first bad point (and how many are bad) before
-    anything runs.
+    Raises:
+        SweepError: naming the first bad point (and how many are bad), before anything runs.
     """
     base_map = _base_mapping(base)
     grid = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()}
@@ -232,9 +234,8 @@ def run_sweep(
         grid: ``{key: [values]}`` (dotted keys allowed), e.g. from :func:`parse_grid`.
         out: the sweep folder; holds ``sweep.yaml``, one folder per run and the report.
         executor: ``"local"`` (a spawn process pool) or ``"ray"``.
-        workers: runs at once (``max_workers``, its former name, is still accepted). Local
-            default: 1 on CPU, one per visible GPU. Ray default: as many as the cluster fits.
-            Each local worker gets (cores / workers) torch threads.
+        workers: runs at once. Local default: 1 on CPU, one per visible GPU. Ray default: as
+            many as the cluster fits. Each local worker gets (cores / workers) torch threads.
         address: Ray cluster address (Ray only); None starts a local Ray instance.
         resources: per-run Ray resources (``num_cpus``, ``num_gpus``, ...; Ray only).
         report: build one comparative report over the runs that ended into ``out``.
@@ -245,11 +246,17 @@ def run_sweep(
         ray_init: extra ``ray.init`` keyword arguments.
         seeds: N (or a list of seeds): every point N times, ``<point>__seed=<s>``
             (:func:`sharpest.orchestrate.run_many`); None: once, with the config's seed.
+        max_workers: the former name of ``workers``, still accepted.
+
+    Returns:
+        A :class:`SweepResult`: each run's outcome and the report's path.
+
+    Raises:
+        SweepError: before launching anything, when the grid, a point's config or an
+            existing folder is bad, and when the executor cannot start.
 
     Finished runs are skipped (diverged ones too: they ended; delete a folder to rerun it),
     interrupted ones resume, and one run failing (or diverging) does not stop the others.
-    Raises :class:`SweepError` before launching anything when the grid, a point's config or
-    an existing folder is bad, and when the executor cannot start.
 
     The local executor spawns its workers, which re-import the caller's main module: a script
     calling this needs the usual ``if __name__ == "__main__":`` guard. Ray workers must be

@@ -38,8 +38,13 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 class AlphaResult:
     """One direction's α-probe.
 
-    ``changes``: ``(M, len(alphas))`` float64, L(θ − α·η·stepₘ) − L(θ) for each gradient m and α;
-    ``coefficients``: ``(M,)`` the ⟨gₘ, u⟩ (None for the full step); ``loss0``: L(θ).
+    Attributes:
+        alphas: the step multipliers α.
+        changes: ``(M, len(alphas))`` float64, L(θ − α·η·stepₘ) − L(θ) for each gradient m and
+            α.
+        loss0: L(θ).
+        coefficients: ``(M,)`` the ⟨gₘ, u⟩ (None for the full step).
+        n_evals: loss evaluations spent.
     """
 
     alphas: np.ndarray
@@ -76,8 +81,16 @@ def alpha_probe(
     """The α-step probe along ``direction`` (unit, flat), or the full SGD step if it is None.
 
     Steps are −α·η·⟨gₘ, u⟩·u (or −α·η·gₘ) for each of the M gradients of ``sample`` and each α;
-    the loss is ``shift``'s probe loss and θ is restored bit-exactly after every evaluation.
-    Costs M·len(alphas) loss evaluations (plus one if ``loss0`` is not given).
+    θ is restored bit-exactly after every evaluation. Costs M·len(alphas) loss evaluations (plus
+    one if ``loss0`` is not given).
+
+    Args:
+        shift: the probe loss at shifted parameters.
+        sample: the M mini-batch gradients.
+        lr: the learning rate η.
+        direction: the unit direction u, or None for the full step.
+        alphas: the step multipliers α.
+        loss0: L(θ), if already known.
     """
     alphas_arr = np.asarray(alphas, dtype=np.float64)
     before = shift.n_evals

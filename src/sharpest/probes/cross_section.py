@@ -37,8 +37,14 @@ def cross_section(
 ) -> np.ndarray:
     """L(θ + k·step·direction) for each k of ``ks`` (float64 array, same order).
 
-    ``loss0`` (L(θ), if already known) is reused for k = 0 instead of a new forward pass.
     θ is restored bit-exactly after every evaluation.
+
+    Args:
+        shift: the probe loss at shifted parameters.
+        direction: the flat direction.
+        step: the length of one unit of k along it (e.g. the typical step Δθ̄ᵢ).
+        ks: the grid of k.
+        loss0: L(θ), if already known: reused for k = 0 instead of a new forward pass.
     """
     direction = direction.to(torch.float64)
     out = np.empty(len(ks), dtype=np.float64)
@@ -69,18 +75,31 @@ def k_min(
 ) -> float | None:
     """The smallest grid |k| > 0 at which the loss has moved by ``threshold`` relative to L(θ).
 
-    Definition (the authors' plotting code, made explicit): with L₀ = ``loss0`` (default the
-    curve's own value at k = 0, i.e. L(θ(t)) on the same probe loss), k_min is the smallest
-    |k| > 0 of the grid such that the loss at +|k| **or** at −|k| (either side, whichever grid
-    points exist) satisfies
+    Definition (the authors' plotting code, made explicit): with L₀ = ``loss0``, k_min is the
+    smallest |k| > 0 of the grid such that the loss at +|k| **or** at −|k| (either side,
+    whichever grid points exist) satisfies
 
     - ``criterion="increase"`` (default, the authors'): L ≥ (1 + threshold)·L₀ (for L₀ ≥ 0), or
     - ``criterion="change"`` (the paper's wording "changes by"): |L − L₀| ≥ threshold·|L₀|.
 
-    A non-finite loss counts as crossed. If no grid point crosses, the result is ``None``
-    ("beyond the grid"), not the authors' 0, which would read as "sharpest" and drag averages
-    down; :func:`kmin_average` reports how many records never crossed. The value is a grid
-    point (no interpolation), as in the paper's averages.
+    A non-finite loss counts as crossed. The value is a grid point (no interpolation), as in
+    the paper's averages.
+
+    Args:
+        ks: the grid.
+        losses: the loss at each grid point.
+        threshold: the relative change.
+        loss0: L₀ (default the curve's own value at k = 0, i.e. L(θ(t)) on the same probe loss).
+        criterion: ``"increase"`` or ``"change"``.
+
+    Returns:
+        k_min, or ``None`` if no grid point crosses ("beyond the grid"), not the authors' 0,
+        which would read as "sharpest" and drag averages down; :func:`kmin_average` reports how
+        many records never crossed.
+
+    Raises:
+        ValueError: an unknown criterion, as many losses as grid points not given, or no
+            ``loss0`` for a grid without k = 0.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -103,8 +122,14 @@ def k_min(
 def kmin_average(values: Sequence[float | None], last: int | None = None) -> dict[str, float]:
     """Average of k_min over the last ``last`` records (all if None), skipping "never crossed".
 
-    Returns ``{"mean", "median", "n", "n_crossed", "fraction_crossed"}`` (NaN where empty). The
-    paper averages over the last 100 iterations (25 probe points at 4 iterations each).
+    The paper averages over the last 100 iterations (25 probe points at 4 iterations each).
+
+    Args:
+        values: k_min of each record, None where it never crossed.
+        last: how many of the last records to average (None: all).
+
+    Returns:
+        ``{"mean", "median", "n", "n_crossed", "fraction_crossed"}`` (NaN where empty).
     """
     vals = list(values)[-last:] if last else list(values)
     crossed = np.array(

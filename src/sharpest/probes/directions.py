@@ -49,16 +49,23 @@ def filter_normalized_direction(
         Dᵢ ← Dᵢ · ‖Wᵢ‖ / (‖Dᵢ‖ + 1e-10)
 
     (Frobenius norms of the slices; the 1e-10 is Li et al.'s, it only matters for a zero draw).
-    A filter of zero weights gets a zero direction. Parameters with at most one dimension
-    (biases, BatchNorm / LayerNorm scales and shifts) follow ``ignore``:
+    A filter of zero weights gets a zero direction.
 
-    - ``"biasbn"`` (default, Li et al.'s ``--xignore biasbn`` used for their figures): their
-      direction is zero, the surface does not move them;
-    - ``"none"``: their direction is a copy of the parameter itself (d = W, what Li et al.'s
-      code does without ``biasbn``).
+    Args:
+        model: the network; its weights scale the direction.
+        seed: seeds the draw.
+        ignore: what parameters with at most one dimension (biases, BatchNorm / LayerNorm
+            scales and shifts) get. ``"biasbn"`` (default, Li et al.'s ``--xignore biasbn`` used
+            for their figures): a zero direction, the surface does not move them; ``"none"``: a
+            copy of the parameter itself (d = W, what Li et al.'s code does without
+            ``biasbn``).
 
-    Returns a flat float64 vector (on the CPU) over the trainable parameters. The same
-    ``(model shapes, weights, seed)`` always give the same vector.
+    Returns:
+        A flat float64 vector (on the CPU) over the trainable parameters. The same
+        ``(model shapes, weights, seed)`` always give the same vector.
+
+    Raises:
+        ValueError: an unknown ``ignore``.
     """
     if ignore not in IGNORE_MODES:
         raise ValueError(f"ignore must be one of {IGNORE_MODES}, got {ignore!r}")
@@ -101,7 +108,8 @@ def orthogonal_unit(direction: Tensor, against: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class PCADirections:
     """Li et al.'s trajectory directions: ``directions`` (2, n) float64 unit rows, the
-    fraction of the variance each explains (``explained``) and the number of points used."""
+    fraction of the variance each explains (``explained``) and the number of points used.
+    """
 
     directions: Tensor
     explained: np.ndarray
@@ -111,13 +119,19 @@ class PCADirections:
 def pca_directions(points: Tensor | Sequence[Tensor], final: Tensor | None = None) -> PCADirections:
     """The top-2 principal components of a trajectory (Li et al. 2018, Sec. 7).
 
-    With θ_f = ``final`` (default the last of ``points``) and the rows Mₜ = θₜ − θ_f of every
-    other point, the directions are the top-2 right singular vectors of M centred by its column
-    mean (Li et al. fit ``sklearn.decomposition.PCA`` to M, which centres it); ``explained`` is
-    σᵢ² / Σⱼ σⱼ², the share of the centred variance. Each direction is unit-norm and its sign
-    is fixed so that its largest-magnitude coordinate is positive (reproducible pictures).
+    With θ_f = ``final`` and the rows Mₜ = θₜ − θ_f of every other point, the directions are the
+    top-2 right singular vectors of M centred by its column mean (Li et al. fit
+    ``sklearn.decomposition.PCA`` to M, which centres it); ``explained`` is σᵢ² / Σⱼ σⱼ², the
+    share of the centred variance. Each direction is unit-norm and its sign is fixed so that its
+    largest-magnitude coordinate is positive (reproducible pictures).
 
-    Needs at least 2 points besides θ_f whose differences span two directions.
+    Args:
+        points: the trajectory's flat parameter vectors, ``(T, n)`` or a sequence of them.
+        final: θ_f (default the last of ``points``).
+
+    Raises:
+        ValueError: fewer than 2 points besides θ_f, or differences that do not span two
+            directions.
     """
     rows = points if isinstance(points, Tensor) else torch.stack([p.reshape(-1) for p in points])
     rows = rows.to(torch.float64)

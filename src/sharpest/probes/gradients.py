@@ -42,9 +42,13 @@ MODES = ("train", "eval", "as_is")
 class GradientSample:
     """M flat mini-batch gradients at one θ.
 
-    ``gradients``: ``(M, n)`` in the parameters' dtype and device (row m is g⁽ˢ⁾ of batch m,
-    weight decay included); ``batch_size`` S; ``examples``: examples passed forward and backward
-    in all (M·S for full batches); ``seconds``: wall time spent.
+    Attributes:
+        gradients: ``(M, n)`` in the parameters' dtype and device (row m is g⁽ˢ⁾ of batch m,
+            weight decay included).
+        batch_size: S.
+        examples: examples passed forward and backward in all (M·S for full batches).
+        seconds: wall time spent.
+        mode: the semantics the gradients were taken in (:func:`minibatch_gradients`).
     """
 
     gradients: Tensor
@@ -131,12 +135,22 @@ def minibatch_gradients(
 ) -> GradientSample:
     """The flat gradients of ``loss_fn`` on the first ``num`` batches of ``batches``.
 
-    Each row is ∇ℓ_S(θ) + weight_decay·M·θ over ``params`` (default: the trainable parameters
-    in ``model.parameters()`` order, the order of the eigenvectors); ``decay_mask`` is M, the
-    0/1 mask of the decayed coordinates (``HessianOperator.decay_mask``; None: all).
-    ``mode``: ``"train"`` (SGD's semantics, default), ``"eval"``, or ``"as_is"`` (leave the
-    flags as they are). The model, its buffers and the global RNG are left as they were
-    (:func:`preserved_model_state`).
+    Each row is ∇ℓ_S(θ) + weight_decay·M·θ. The model, its buffers and the global RNG are left
+    as they were (:func:`preserved_model_state`).
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+        batches: ``(inputs, targets)`` pairs.
+        num: the number of gradients M.
+        params: the parameters (default: the trainable parameters in ``model.parameters()``
+            order, the order of the eigenvectors).
+        weight_decay: λ of the L2 term.
+        decay_mask: M, the 0/1 mask of the decayed coordinates (``HessianOperator.decay_mask``;
+            None: all).
+        mode: ``"train"`` (SGD's semantics, default), ``"eval"``, or ``"as_is"`` (leave the flags
+            as they are).
+        seed: seeds the RNGs inside (dropout), so the gradients are a function of ``seed``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

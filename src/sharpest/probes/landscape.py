@@ -77,12 +77,19 @@ class SurfaceMismatchError(SharpestError, ValueError):
 class SurfaceResult:
     """A 2-D surface (see the module docstring).
 
-    ``loss`` and ``accuracy``: float64 arrays ``(len(grid[0]), len(grid[1]))``, row i along
-    d₁'s coordinate ``grid[0][i]``; ``accuracy`` is None when it does not apply. ``loss0``:
-    L(θ) at the centre. ``n_points``: grid points evaluated by this call (the others were read
-    back from ``path``); ``forward_examples``: examples through the model by this call (a
-    point costs one pass over the data). ``vectorized``: whether the vmapped path ran
-    (``points_per_batch`` > 1).
+    Attributes:
+        loss: float64 array ``(len(grid[0]), len(grid[1]))``, row i along d₁'s coordinate
+            ``grid[0][i]``.
+        accuracy: the same for the accuracy; None when it does not apply.
+        grid: the coordinates along d₁ and d₂.
+        loss0: L(θ) at the centre.
+        num_examples: the examples of the probe loss.
+        n_points: grid points evaluated by this call (the others were read back from ``path``).
+        forward_examples: examples through the model by this call (a point costs one pass over
+            the data).
+        seconds: wall time of this call.
+        vectorized: whether the vmapped path ran (``points_per_batch`` > 1).
+        path: the file the surface is saved in (None: not saved).
     """
 
     loss: np.ndarray
@@ -292,7 +299,8 @@ def _conv_layout(model: nn.Module, channels_last: bool) -> Iterator[None]:
     passes of SimpleCNN on this 2-core CPU: 0.51 against 0.93 s for 1,024 images), then back.
     The parameter objects stay the same (the layout of their data changes), so optimizers and
     operators holding them are unaffected; the losses agree with the contiguous layout's to
-    float rounding, not bit for bit."""
+    float rounding, not bit for bit.
+    """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not (channels_last and convs):
         yield
@@ -496,17 +504,27 @@ def surface(
 ) -> SurfaceResult:
     """L(θ + a·d₁ + b·d₂) on ``grid`` around the model's current parameters θ.
 
-    ``loss_fn(outputs, targets)`` returns the mean over the batch; ``data`` is one
-    ``(inputs, targets)`` pair or an iterable of them (fixed); ``directions`` two flat vectors
-    over the trainable parameters (``model.parameters()`` order), e.g. the top eigenvectors
-    e₁, e₂, or two :func:`~sharpest.probes.filter_normalized_direction` draws; ``grid`` the
-    coordinates along each. ``weight_decay``, ``decay_params``, ``chunk_size`` (examples per
-    forward pass) and ``device`` are :class:`~sharpest.curvature.EmpiricalRisk`'s; the other
-    options are :func:`surface_of`'s (``points_per_batch``, ``path`` to resume, ``progress``,
-    ``accuracy``).
+    See the module docstring for the quantity and the method.
 
-    Returns a :class:`SurfaceResult`: ``.loss`` ``(len(grid[0]), len(grid[1]))`` and
-    ``.accuracy`` (or None). See the module docstring for the quantity and the method.
+    Args:
+        model: the network at θ.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean over the batch.
+        data: one ``(inputs, targets)`` pair or an iterable of them (fixed).
+        directions: two flat vectors over the trainable parameters (``model.parameters()``
+            order), e.g. the top eigenvectors e₁, e₂, or two
+            :func:`~sharpest.probes.filter_normalized_direction` draws.
+        grid: the coordinates along each.
+        weight_decay: λ of the L2 term, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        decay_params: the parameters the L2 term covers, as for
+            :class:`~sharpest.curvature.EmpiricalRisk`.
+        chunk_size: examples per forward pass, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        device: where it is computed, as for :class:`~sharpest.curvature.EmpiricalRisk`.
+        **options: :func:`surface_of`'s (``points_per_batch``, ``path`` to resume,
+            ``progress``, ``accuracy``).
+
+    Returns:
+        A :class:`SurfaceResult`: ``.loss`` ``(len(grid[0]), len(grid[1]))`` and ``.accuracy``
+        (or None).
     """
     op = EmpiricalRisk(
         model, loss_fn, data, weight_decay, chunk_size=chunk_size, device=device,

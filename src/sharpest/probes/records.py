@@ -53,10 +53,17 @@ __all__ = ["ProbeSettings", "jsonable", "kmin_field", "run_probes"]
 class ProbeSettings:
     """What to probe at a probe point.
 
-    ``directions``: 0-based eigenvector indices for the cross-sections (paper: 1st, 3rd, 5th →
-    ``(0, 2, 4)``; indices beyond the tracked k are skipped). ``alpha_directions``: the same for
-    the α-probe (None: as ``directions``). ``random_baseline`` / ``full_step_baseline`` add the
-    α-probe along a random unit direction and for the full SGD step.
+    Attributes:
+        directions: 0-based eigenvector indices for the cross-sections (paper: 1st, 3rd, 5th →
+            ``(0, 2, 4)``; indices beyond the tracked k are skipped).
+        ks: the cross-sections' grid of k (multiples of the typical step).
+        alphas: the α-probe's step multipliers.
+        alpha_directions: the same as ``directions`` for the α-probe (None: as ``directions``).
+        random_baseline: add the α-probe along a random unit direction.
+        full_step_baseline: add the α-probe for the full SGD step.
+        kmin_thresholds: the relative loss changes k_min is recorded for (:func:`k_min`).
+        kmin_criterion: ``"increase"`` or ``"change"`` (:func:`k_min`).
+        extra: fields added to every record of the point.
     """
 
     directions: tuple[int, ...] = (0, 2, 4)
@@ -112,12 +119,20 @@ def run_probes(
 ) -> list[dict[str, Any]]:
     """Run the probes of one point and return their records (see the module docstring).
 
-    ``op`` defines the probe loss (fixed subset, evaluation semantics, L2 term) and the
-    parameters; ``eigenvectors`` are ``(k, n)`` rows matching ``eigenvalues`` (an
-    ``EigenResult``'s ``values``/``vectors``); ``generator`` draws the random baseline direction
-    (default: a generator seeded with 0). The parameters are bit-identical afterwards.
-    ``converged`` (the eigensolver's flag, when known) is stamped on every record as
-    ``eigen_converged``, so directions from an unconverged solve are marked.
+    The parameters are bit-identical afterwards.
+
+    Args:
+        op: the probe loss (fixed subset, evaluation semantics, L2 term) and the parameters.
+        sample: the M mini-batch gradients at θ.
+        lr: the learning rate η.
+        eigenvalues: the eigenvalues (an ``EigenResult``'s ``values``).
+        eigenvectors: ``(k, n)`` rows matching ``eigenvalues`` (its ``vectors``).
+        settings: what to probe (default :class:`ProbeSettings`'s defaults).
+        cross_sections: run the cross-sections.
+        alpha: run the α-probe.
+        generator: draws the random baseline direction (default: a generator seeded with 0).
+        converged: the eigensolver's flag, when known: stamped on every record as
+            ``eigen_converged``, so directions from an unconverged solve are marked.
     """
     settings = settings or ProbeSettings()
     values = np.asarray(eigenvalues, dtype=np.float64)

@@ -62,9 +62,17 @@ Batch = tuple[Any, Tensor]
 class SharpnessResult:
     """One worst-case sharpness measurement (see the module docstring).
 
-    ``value``: S_ρ (for m: the mean over batches); ``loss0``: L(θ) (for m: the batches' mean);
-    ``delta_norm``: ‖T⁻¹δ‖_p of the best iterate (for m: the mean); ``num_batches``: 1, or
-    the m batches; ``n_gradients`` / ``n_losses``: passes over the data (per batch, summed).
+    Attributes:
+        value: S_ρ (for m: the mean over batches).
+        loss0: L(θ) (for m: the batches' mean).
+        kind: ``"eps"``, ``"adaptive"`` or ``"m"``.
+        rho: the radius ρ.
+        norm: p (2 or ``inf``).
+        steps: the ascent steps.
+        delta_norm: ‖T⁻¹δ‖_p of the best iterate (for m: the mean).
+        num_batches: 1, or the m batches.
+        n_gradients: passes over the data for gradients (per batch, summed).
+        n_losses: passes over the data for losses (per batch, summed).
     """
 
     value: float
@@ -132,8 +140,20 @@ def sharpness_of(
 ) -> SharpnessResult:
     """Worst-case sharpness of the probe loss ``op`` at the model's parameters (one batch).
 
-    ``adaptive``: T = diag(|θ| + η) (adaptive sharpness) instead of T = I (ε-sharpness).
     The parameters hold θ again afterwards, bit for bit. See the module docstring.
+
+    Args:
+        op: the probe loss.
+        rho: the radius ρ > 0 of the ball.
+        adaptive: T = diag(|θ| + η) (adaptive sharpness) instead of T = I (ε-sharpness).
+        steps: gradient ascent steps.
+        norm: p, 2 or ``"inf"``.
+        step_size: the length of each step after the first (default ρ).
+        eta: η of the adaptive ball.
+        seed: seeds the random start where the gradient vanishes.
+
+    Raises:
+        ValueError: ``rho``, ``steps``, ``step_size``, ``eta`` or ``norm`` out of range.
     """
     p = _check_norm(norm)
     if not (math.isfinite(rho) and rho > 0):

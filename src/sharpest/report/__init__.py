@@ -5,7 +5,19 @@
 PosixPath('runs/demo/report.html')
 >>> build_report(["runs/lr0.1", "runs/lr0.01"])  # doctest: +SKIP
 PosixPath('runs/report/report.html')
->>> summarize("runs/demo")["lambda1_final"]      # doctest: +SKIP
+
+The plain numbers of a tiny run, trained here:
+
+>>> import tempfile
+>>> from sharpest.train import Trainer
+>>> cfg = {"train_subset": 64, "batch_size": 32, "epochs": 1,  # 2 steps on MNIST-1D
+...        "track": {"k": 1, "subset": 32}, "data_options": {"cache": False}}
+>>> tmp = tempfile.TemporaryDirectory()
+>>> _ = Trainer(cfg, out=tmp.name).fit()
+>>> summary = summarize(tmp.name)
+>>> summary["finished"], summary["iterations"], summary["lambda1_final"] > 0
+(True, 2, True)
+>>> tmp.cleanup()
 
 :func:`build_report` writes ``report.html`` (self-contained) and ``figures/*.png|svg``;
 :func:`summarize` gives the plain numbers of one run; :func:`read_run` is the tolerant reader

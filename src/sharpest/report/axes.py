@@ -1,7 +1,8 @@
 """Axis helpers every figure module of the report shares (matplotlib axes, no pyplot):
 x coordinates of a run's lines (:func:`x_values`, :func:`common_x`), a log y axis with plain
 tick labels (:func:`log_y`), an epoch axis on top (:func:`epoch_axis`), the legend outside the
-data (:func:`legend_outside`)."""
+data (:func:`legend_outside`).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def numeric(df: pd.DataFrame, col: str) -> np.ndarray:
 
 def x_values(run: RunData, df: pd.DataFrame, x: str = "iteration") -> np.ndarray:
     """The x coordinates of the lines ``df`` of ``run``: iterations, or epochs (iteration divided
-    by the steps per epoch when those are known, else the lines' ``epoch`` field)."""
+    by the steps per epoch when those are known, else the lines' ``epoch`` field).
+    """
     it = numeric(df, "iteration")
     if x == "iteration":
         return it if np.isfinite(it).any() else np.arange(len(df), dtype=float)
@@ -39,13 +41,15 @@ def x_values(run: RunData, df: pd.DataFrame, x: str = "iteration") -> np.ndarray
 
 def common_x(runs: Sequence[RunData]) -> str:
     """``"epoch"`` when every run knows its steps per epoch (one x axis for all), else
-    ``"iteration"``."""
+    ``"iteration"``.
+    """
     return "epoch" if all(r.iters_per_epoch for r in runs) else "iteration"
 
 
 def epoch_axis(ax: Any, run: RunData) -> None:
     """A secondary x axis on top in epochs, for an axis in iterations (when the run's steps
-    per epoch are known)."""
+    per epoch are known).
+    """
     ipe = run.iters_per_epoch
     if ipe:
         sec = ax.secondary_xaxis("top", functions=(lambda v: v / ipe, lambda e: e * ipe))
@@ -62,7 +66,8 @@ def log_y(ax: Any) -> None:
 
 def legend_outside(ax: Any, **kwargs: Any) -> Any:
     """The legend to the right of the axes, outside the data (``bbox_inches="tight"`` and
-    ``tight_layout`` make room for it), so that no curve hides under it."""
+    ``tight_layout`` make room for it), so that no curve hides under it.
+    """
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return None

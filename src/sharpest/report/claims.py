@@ -48,13 +48,27 @@ NOT_RUN = "not run"
 class ClaimRow:
     """One claim of one preset, as its checks judged it (or :data:`NOT_RUN`).
 
-    ``values`` / ``std``: the mean and sample standard deviation (ddof 1) over seeds of each
-    run the claim compares (None: not computable); ``n_seeds``: the fewest seeds any of them
-    has; ``seeds``: the seed numbers of the runs the claim compares; ``run_seconds``: the
-    runs' own training time summed (every run and seed of the preset folder, pauses left out);
-    ``wall_seconds``: the wall time of the ``sharpest run`` calls that trained them, where the
-    folder records it;
-    ``report`` / ``figure``: paths of the preset's report and main figure (None: absent).
+    Attributes:
+        preset: the preset's name.
+        paper: the paper's figure or table the preset reproduces.
+        claim: the claim, in words.
+        verdict: the check's verdict at the folder's scale, or :data:`NOT_RUN`.
+        scale: the scale the runs were made at.
+        metric: the metric the claim compares.
+        expect: the expected order or value.
+        numbers: the compared numbers, as one line.
+        reason: why it does not hold, or was not computed.
+        values: the mean over seeds of each run the claim compares (None: not computable).
+        std: the sample standard deviation (ddof 1) over seeds of each of them.
+        n_seeds: the fewest seeds any of them has.
+        seeds: the seed numbers of the runs the claim compares.
+        run_seconds: the runs' own training time summed (every run and seed of the preset
+            folder, pauses left out).
+        wall_seconds: the wall time of the ``sharpest run`` calls that trained them, where the
+            folder records it.
+        folder: the preset output folder.
+        report: the path of the preset's report (None: absent).
+        figure: the path of its main figure (None: absent).
     """
 
     preset: str
@@ -124,8 +138,13 @@ def _seeds_cell(row: ClaimRow) -> str:
 def claims_markdown(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".",
                     command: str = "sharpest report --claims") -> str:
     """The rows as one Markdown table (a preset's name, time and links on its first row only),
-    headed by the scales it covers; links are relative to the folder ``base`` (where the
-    Markdown goes). ``command``: how the table was made (said under it)."""
+    headed by the scales it covers.
+
+    Args:
+        rows: the table's rows.
+        base: the folder the Markdown goes in; links are relative to it.
+        command: how the table was made (said under it).
+    """
     base = Path(base)
     scales = sorted({r.scale for r in rows if r.scale})
     run = {(r.preset, r.folder) for r in rows if r.verdict != NOT_RUN}
@@ -180,7 +199,8 @@ def _plain(values: Mapping[str, float | None]) -> str:
 
 def claims_csv(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".") -> str:
     """The rows as CSV (:data:`CSV_COLUMNS`; ``pandas.read_csv`` reads it), every row whole;
-    paths relative to the folder ``base``."""
+    paths relative to the folder ``base``.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -199,7 +219,8 @@ def claims_csv(rows: Sequence[ClaimRow], base: str | os.PathLike[str] = ".") -> 
 def _marked(path: Path) -> tuple[bytes, int, int]:
     """The bytes of ``path`` and the span of the lines between its marker lines (lines that
     hold a marker and nothing else but spaces; a marker quoted inside a line is text). See
-    :func:`rewrite_marked` for the errors."""
+    :func:`rewrite_marked` for the errors.
+    """
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -228,12 +249,13 @@ def check_markers(path: str | os.PathLike[str]) -> None:
 
 
 def rewrite_marked(path: str | os.PathLike[str], block: str) -> None:
-    """Replace the lines between the lines :data:`BEGIN` and :data:`END` of the file ``path``
+    r"""Replace the lines between the lines :data:`BEGIN` and :data:`END` of the file ``path``
     with ``block``, atomically; every byte outside them (the marker lines included) is kept,
-    and the block takes the file's line ending (``\\r\\n`` or ``\\n``).
+    and the block takes the file's line ending (``\r\n`` or ``\n``).
 
-    Raises :class:`ReportError` when the file cannot be read or does not hold each marker
-    exactly once, on lines of their own, begin before end.
+    Raises:
+        ReportError: the file cannot be read or does not hold each marker exactly once, on
+            lines of their own, begin before end.
     """
     path = Path(path)
     data, start, stop = _marked(path)

@@ -91,7 +91,8 @@ def _shares_frame(run: RunData, rank: int = 0) -> tuple[np.ndarray, pd.DataFrame
 def plot_layer_shares(run: RunData, *, rank: int = 1, top: int = 8,
                       notes: list[str] | None = None) -> Figure:
     """Shares of ‖e_rank‖² per parameter tensor along training, stacked (the ``top`` tensors
-    with the largest peak share; the rest summed as "other")."""
+    with the largest peak share; the rest summed as "other").
+    """
     it, shares = _shares_frame(run, rank - 1)
     order = shares.max().sort_values(ascending=False).index
     shown = list(order[:top])
@@ -170,7 +171,8 @@ def plot_trace(run: RunData, *, notes: list[str] | None = None) -> Figure:
 
 def curvature_figure_specs(run: RunData) -> list[tuple[str, str, str, Any]]:
     """``(stem, title, caption, build(notes))`` of the figures above that ``run`` has records
-    for (the HTML report adds them to a run's page)."""
+    for (the HTML report adds them to a run's page).
+    """
     specs: list[tuple[str, str, str, Any]] = []
     if not run.eigen.empty:
         specs.append((

@@ -147,8 +147,15 @@ def plot_eigenvalues(
 ) -> Figure:
     """λᵢ against the iteration (log scale, coloured by rank) above the accuracy curves.
 
-    ``until``: only iterations ≤ ``until`` (a zoom on the beginning of training). Non-positive
-    eigenvalues cannot be drawn on the log scale; how many were hidden goes to ``notes``.
+    Args:
+        run: the run.
+        until: only iterations ≤ ``until`` (a zoom on the beginning of training).
+        title: the figure's title.
+        notes: where to say what the figure leaves out (non-positive eigenvalues cannot be
+            drawn on the log scale; how many were hidden goes here).
+
+    Raises:
+        NoData: the run has no ``"eigen"`` lines with eigenvalues.
     """
     eig = run.eigen_points
     if eig.empty:
@@ -264,7 +271,8 @@ def _draw_quality(
 
 def plot_training(run: RunData, *, notes: list[str] | None = None) -> Figure:
     """Training loss (the ``"train"`` lines), evaluation loss and accuracy per split, and the
-    learning rate when it changes, against the iteration."""
+    learning rate when it changes, against the iteration.
+    """
     tr = run.frame("train")
     has_train = not tr.empty and "loss" in tr.columns
     splits = [s for s in ("train", "val", "test") if not eval_frame(run, s).empty]
@@ -457,7 +465,8 @@ def _sort_key(v: Any) -> tuple[int, float, str]:
 
 def run_colours(runs: Sequence[RunData], keys: Sequence[str] | None = None) -> list[Any]:
     """Colours ordered by the first differing key's value, as in the paper's Fig. 3: red, green,
-    blue for increasing η (decreasing batch size); more runs get a red → violet scale."""
+    blue for increasing η (decreasing batch size); more runs get a red → violet scale.
+    """
     if keys is None:
         keys = differing_keys(runs)
     n = len(runs)
@@ -484,7 +493,8 @@ def plot_sweep(
     notes: list[str] | None = None,
 ) -> Figure:
     """λ₁ (solid) and λ₂ (dashed) of every run on one log axis (Fig. 3, Fig. 5 right), and the
-    training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known."""
+    training loss (Fig. 5 left). Epochs on x when every run's steps per epoch are known.
+    """
     has_eig = [not r.eigen_points.empty for r in runs]
     has_loss = [not r.frame("train").empty and "loss" in r.frame("train").columns for r in runs]
     if not any(has_eig) and not any(has_loss):
@@ -552,7 +562,8 @@ def plot_accuracy_norms(
     notes: list[str] | None = None,
 ) -> Figure:
     """Fig. 6: training and validation accuracy of each run, and ‖H‖₂ = λ₁ (solid) with
-    ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch."""
+    ‖H‖_F ≈ √(Σ λᵢ²) over the top ``fro_k`` (dashed) on a log scale, against the epoch.
+    """
     metric = _eval_metric(runs, ("train", "val"))
     has_eig = [not r.eigen_points.empty for r in runs]
     if metric is None and not any(has_eig):

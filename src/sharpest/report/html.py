@@ -56,6 +56,8 @@ __all__ = ["COLUMNS", "FigureEntry", "Skipped", "build_report", "default_report_
 
 @dataclass
 class FigureEntry:
+    """One figure of the report: its files, caption and notes, and the PNG inlined."""
+
     name: str
     title: str
     caption: str
@@ -69,7 +71,8 @@ class FigureEntry:
 @dataclass
 class Skipped:
     """A figure left out: its records were never asked for (``failed`` False, a footnote),
-    or drawing it broke (``failed`` True: news, listed apart)."""
+    or drawing it broke (``failed`` True: news, listed apart).
+    """
 
     title: str
     reason: str
@@ -537,7 +540,8 @@ estimate, a lower bound). Accuracies are fractions of the split shown in %.</p>
 def _group_labels(reps: Sequence[RunData], by_name: bool) -> list[str]:
     """One label per configuration (``reps``: one run of each). ``by_name``: the run's
     :func:`~sharpest.runs.names.configuration_name` (a preset's run name), when those tell the
-    configurations apart; otherwise the differing config keys."""
+    configurations apart; otherwise the differing config keys.
+    """
     if by_name:
         names = [configuration_name(r.name) for r in reps]
         if len(set(names)) == len(names):
@@ -591,7 +595,8 @@ def _comparative_figures(
     fig_dir: Path, fro_k: int | None, per_run: bool,
 ) -> list[FigureEntry | Skipped]:
     """The figures of several runs: seed bands (when seeds), λ₁/λ₂ across runs, accuracy and
-    sharpness, then (``per_run``) each run's own figures."""
+    sharpness, then (``per_run``) each run's own figures.
+    """
     items: list[FigureEntry | Skipped] = []
     if styles.seeded:
         items.append(
@@ -639,7 +644,8 @@ def _comparative_figures(
 def _expected_text(expected: str | None, out_dir: Path, runs: Sequence[RunData],
                    labels: Sequence[str]) -> str | None:
     """The expected outcome: as given, else an ``expected.md`` (in ``out_dir``, or the runs'
-    common parent), else the runs' ``expected`` config key (each run's when they differ)."""
+    common parent), else the runs' ``expected`` config key (each run's when they differ).
+    """
     if expected is not None:
         return expected
     expected = read_expected_file(out_dir)
@@ -675,7 +681,8 @@ def _comparative_tables(runs: Sequence[RunData], labels: Sequence[str],
                         summaries: Sequence[dict[str, Any]], diff_keys: Sequence[str],
                         styles: _Styles) -> dict[str, Any]:
     """The page's tables for several runs: the summary table (over configurations, mean ±
-    std of their seeds, when seeds), the headline, the config keys that differ."""
+    std of their seeds, when seeds), the headline, the config keys that differ.
+    """
     present = [c for c in COLUMNS if any(c[0] in s for s in summaries)]
     ctx: dict[str, Any] = {
         "missing_cols": [h for k, h, _ in COLUMNS if not any(k in s for s in summaries)],
@@ -716,7 +723,8 @@ def _report_title(runs: Sequence[RunData], diff_keys: Sequence[str]) -> str:
 
 def _report_dir(runs: Sequence[RunData], out: str | os.PathLike[str] | None) -> Path:
     """Where the report goes (a single run's own folder by default), created with its
-    ``figures/``."""
+    ``figures/``.
+    """
     out_dir = Path(out) if out is not None else (
         runs[0].path if len(runs) == 1 else default_report_dir(runs))
     if out_dir.exists() and not out_dir.is_dir():
@@ -739,14 +747,24 @@ def build_report(
 
     One run folder: into the run folder itself (or ``out``). Several: a comparative report in
     ``out`` (default ``<common parent>/report``), runs labelled by the config keys that differ.
-    ``expected``: the expected outcome (Markdown); by default the config key ``expected`` or an
-    ``expected.md`` file (in ``out``, the runs' common parent or the run folders).
-    ``fro_k``: eigenvalues in the ‖H‖_F estimate (None: all tracked). ``per_run``: in a
-    comparative report, also each run's own figures (eigenvalues, training curves, probes).
-    ``label_by_name``: label runs by their folder names (a preset's run names, as in its
-    findings) rather than by the config keys that differ.
 
-    Raises :class:`ReportError` when a folder is missing or is not a run folder.
+    Args:
+        run_dirs: one run folder or several.
+        out: where the report goes (defaults above).
+        title: the report's title.
+        expected: the expected outcome (Markdown); by default the config key ``expected`` or an
+            ``expected.md`` file (in ``out``, the runs' common parent or the run folders).
+        fro_k: eigenvalues in the ‖H‖_F estimate (None: all tracked).
+        per_run: in a comparative report, also each run's own figures (eigenvalues, training
+            curves, probes).
+        label_by_name: label runs by their folder names (a preset's run names, as in its
+            findings) rather than by the config keys that differ.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        ReportError: a folder is missing or is not a run folder.
     """
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]

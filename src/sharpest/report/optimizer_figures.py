@@ -141,7 +141,8 @@ def plot_overlaps(run: RunData, *, notes: list[str] | None = None) -> Figure:
 
 def optimizer_figure_specs(run: RunData) -> list[tuple[str, str, str, Any]]:
     """``(stem, title, caption, build(notes))`` of the figures above that ``run`` has fields
-    for (the HTML report adds them to a run's page)."""
+    for (the HTML report adds them to a run's page).
+    """
     eig = run.eigen_points
     if eig.empty:
         return []

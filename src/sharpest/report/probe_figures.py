@@ -75,9 +75,16 @@ def plot_cross_sections(
 ) -> Figure:
     """3-D cross-sections L(θ(t) + k·Δθ̄ᵢ(t)·eᵢ(t)) against k and time, coloured by ‖H‖₂.
 
-    The paper's Fig. 4 (left): x is k (|k| ≤ ``kmax``), y the epoch (``per_epoch``: the first
-    probe of each epoch) or the iteration, z the loss; each curve's colour is the spectral norm
-    at that time (blue → red as it grows). ``eigen_index`` is 0-based (0: the top eigenvector).
+    The paper's Fig. 4 (left): x is k, y the epoch or the iteration, z the loss; each curve's
+    colour is the spectral norm at that time (blue → red as it grows).
+
+    Args:
+        df: the run's records.
+        eigen_index: the eigenvector, 0-based (0: the top one).
+        per_epoch: y is the epoch (the first probe of each epoch) rather than the iteration.
+        kmax: the largest |k| drawn.
+        cmap: the colour map.
+        title: the figure's title.
     """
     rows = _eigen_rows(probe_records(df, "cross_section"), eigen_index)
     if per_epoch and "epoch" in rows.columns and len(rows):
@@ -117,7 +124,8 @@ def loss_clip(curves: Sequence[np.ndarray], factor: float = 4.0) -> float | None
     """Where to clip the loss axis so that one exploding curve does not flatten the others:
     ``factor`` × the median of the curves' maxima when some curve goes beyond it (None: no
     clip needed). Beyond the edge of stability a cross-section at large k reaches hundreds
-    while the typical one stays near the training loss."""
+    while the typical one stays near the training loss.
+    """
     maxima = np.array([np.nanmax(c) for c in curves if np.isfinite(c).any()])
     if maxima.size < 2:
         return None
@@ -129,7 +137,8 @@ def symlog_if_dwarfed(ax: Any, series: Sequence[Sequence[float]], ratio: float =
     """A symmetric log y axis when one series' largest |value| exceeds ``ratio`` × another's
     (beyond the edge of stability α = 2 changes the loss by hundreds of % while α ≤ 1 moves
     it by a few): linear within the smaller series' range, logarithmic beyond. Returns whether
-    it switched."""
+    it switched.
+    """
     tops = [float(np.nanmax(np.abs(v))) for v in series if len(v) and np.isfinite(v).any()]
     tops = [t for t in tops if t > 0]
     if len(tops) < 2 or max(tops) <= ratio * min(tops):
@@ -199,7 +208,8 @@ def plot_alpha_effect(
 
 def plot_kmin(df: pd.DataFrame, eigen_index: int = 0, *, x: str = "iteration") -> Figure:
     """k_min (every ``kmin_*`` field recorded) over time along one eigenvector; records that
-    never crossed within the grid are left out."""
+    never crossed within the grid are left out.
+    """
     rows = _eigen_rows(probe_records(df, "cross_section"), eigen_index)
     fields = sorted(
         (c for c in rows.columns if c.startswith("kmin_")),
@@ -267,7 +277,8 @@ def kmin_summary(df: pd.DataFrame, last: int | None = None) -> pd.DataFrame:
 def alpha_summary(df: pd.DataFrame, last: int | None = None) -> pd.DataFrame:
     """The α-probe's mean relative change (fraction of L(θ)) per direction and α, averaged over
     the last ``last`` probe points (all if None): the paper's "α = 2 and 4 lead to a 2.1 % and
-    11.1 % increase". One row per (``direction``, ``eigen_index``, ``alpha``)."""
+    11.1 % increase". One row per (``direction``, ``eigen_index``, ``alpha``).
+    """
     rows = probe_records(df, "alpha")
     out = []
     if len(rows):

@@ -37,7 +37,8 @@ class ReportError(SharpestError, ValueError):
 
 def read_run(path: str | os.PathLike[str]) -> Run:
     """Read a run folder (or its ``metrics.jsonl``); :class:`ReportError` if it is not one or
-    its ``metrics.jsonl`` is damaged before its last line."""
+    its ``metrics.jsonl`` is damaged before its last line.
+    """
     try:
         return Run(path)
     except (RunReadError, RecordsError) as err:

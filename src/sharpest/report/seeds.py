@@ -51,7 +51,8 @@ def mean_std_rows(
     columns: Sequence[tuple[str, str, Callable[[Any], str]]],
 ) -> list[list[str]]:
     """One row per configuration: its label with the seed count, then ``mean ± std`` per
-    column (a single seed: the value alone; no value: "—")."""
+    column (a single seed: the value alone; no value: "—").
+    """
     rows = []
     for lab, group in zip(labels, summaries):
         n = len(group)
@@ -95,7 +96,8 @@ def seed_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     With 3 seeds one outlier makes std ≥ mean; mean − std then fell to the 1 % floor and the
     band showed deep spikes no seed ever went near on the log axis. Clipped, it never claims
-    more spread than the seeds show."""
+    more spread than the seeds show.
+    """
     mean = rows.mean(axis=0)
     sd = rows.std(axis=0, ddof=1)
     low = np.maximum(mean - sd, np.maximum(rows.min(axis=0), mean * 1e-2))
@@ -111,7 +113,8 @@ def plot_seed_bands(
     notes: list[str] | None = None,
 ) -> Figure:
     """λ₁ of each configuration: the mean over its seeds (solid) with a ±1 std band, and the
-    mean λ₂ (dashed), on one log axis."""
+    mean λ₂ (dashed), on one log axis.
+    """
     runs = [r for g in groups for r in g]
     if not any(not r.eigen.empty for r in runs):
         raise NoData('no run has "eigen" lines')

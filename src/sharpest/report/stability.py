@@ -55,7 +55,8 @@ ADAPTIVE = ADAPTIVE_OPTIMIZERS
 
 def stability_threshold(lr: Any, momentum: float = 0.0, gamma: float = 1.0) -> Any:
     """``2(1 + μ)/(γη)`` (numbers or arrays;
-    :func:`sharpest.paper_metrics.sgd_stability_threshold`)."""
+    :func:`sharpest.paper_metrics.sgd_stability_threshold`).
+    """
     lr = np.asarray(lr, dtype=float)
     if np.any(lr <= 0):
         raise ValueError("learning rates must be positive")
@@ -74,7 +75,8 @@ def _base(run: RunData) -> str:
 
 def _config_line(run: RunData, lr: np.ndarray) -> tuple[np.ndarray, str]:
     """The optimizer's line from the config (for lines without ``stability_threshold``) and its
-    label."""
+    label.
+    """
     name, momentum, _ = _optimizer(run)
     name = _base(run)
     if name in ("adam", "adamw"):
@@ -88,7 +90,8 @@ def _config_line(run: RunData, lr: np.ndarray) -> tuple[np.ndarray, str]:
 
 def is_adaptive(run: RunData) -> bool:
     """Whether the run's update rule preconditions (Adam, AdamW, RMSprop, nudged or not; or
-    ``preconditioned`` lines)."""
+    ``preconditioned`` lines).
+    """
     return _base(run) in ADAPTIVE or "preconditioned" in run.eigen_points.columns
 
 
@@ -123,7 +126,8 @@ def stability_frame(run: RunData) -> pd.DataFrame:
     ``nudged_line`` (2(1+μ)/(γη), for ``nsgd`` only, else NaN), ``line_lambda1`` (the line of
     λ₁(H)'s direction; NaN for adaptive optimizers), ``preconditioned1`` (λ₁(P⁻¹H), NaN when
     not recorded) and ``line_preconditioned`` (its line; NaN unless adaptive). Empty when the
-    run has no eigenvalues or no learning rate."""
+    run has no eigenvalues or no learning rate.
+    """
     eig = run.eigen_points
     if eig.empty or "iteration" not in eig.columns:
         return pd.DataFrame()
@@ -176,7 +180,8 @@ def stability_frame(run: RunData) -> pd.DataFrame:
 def stability_summary(run: RunData, within: float = NEAR_LINE) -> dict[str, float]:
     """``lambda1_near_line_fraction`` (|λ₁ − line| ≤ 10 % of the line), ``stability_line_final``
     (the line of λ₁'s direction at the last point) and ``lambda1_over_line_final`` (λ₁/line
-    there). Empty when the run has no eigenvalues."""
+    there). Empty when the run has no eigenvalues.
+    """
     frame = stability_frame(run)
     if frame.empty:
         return {}
@@ -200,7 +205,8 @@ def stability_summary(run: RunData, within: float = NEAR_LINE) -> dict[str, floa
 def draw_stability_lines(ax: Any, run: RunData, until: float | None = None) -> bool:
     """Draw the optimizer's line (dashed: 2(1+μ)/η for SGD) and, for nsgd, 2(1+μ)/(γη)
     (dotted) on ``ax``; False if unknown, or when the line bounds λ(P⁻¹H), not this axis' λ(H)
-    (adaptive optimizers)."""
+    (adaptive optimizers).
+    """
     if is_adaptive(run):
         return False
     frame = stability_frame(run)

@@ -142,7 +142,8 @@ def _facts(run: RunData) -> dict[str, Any]:
 def _paper_numbers(run: RunData, fro_k: int | None, last_epochs: int,
                    val_epoch: int) -> dict[str, Any]:
     """The paper's Table 1 (one definition, shared with the trainer's "summary" line), and
-    what only the live model could measure, from that line when the run has one."""
+    what only the live model could measure, from that line when the run has one.
+    """
     its = _iterations(run)
     final_iteration = int(max(its)) if its else 0
     paper = table1(

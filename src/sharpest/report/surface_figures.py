@@ -131,7 +131,8 @@ def plot_surface_contours(surfaces: Sequence[SurfaceData], *, accuracy: bool = T
                           notes: list[str] | None = None, title: str | None = None) -> Figure:
     """One row per surface: the loss contours with the trajectory (red; θ₀ labelled; ★ the
     surface's centre), and the accuracy contours beside it when the file has them (with
-    ``accuracy=False``: the loss contours of all surfaces side by side)."""
+    ``accuracy=False``: the loss contours of all surfaces side by side).
+    """
     if not surfaces:
         raise NoData("no surfaces (OUT/surfaces/*.npz)")
     cols = 2 if accuracy and any(s.accuracy is not None for s in surfaces) else 1

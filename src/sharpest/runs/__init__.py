@@ -1,8 +1,16 @@
 """Run folders: resolved config, ``metrics.jsonl`` event log, atomic checkpoints, readers.
 
+>>> import tempfile
 >>> import sharpest.runs
->>> run = sharpest.runs.load("runs/demo")          # doctest: +SKIP
->>> run["eigen"][["iteration", "eigenvalues"]]     # doctest: +SKIP
+>>> from sharpest.train import Trainer
+>>> cfg = {"train_subset": 64, "batch_size": 32, "epochs": 1,  # 2 steps on MNIST-1D
+...        "track": {"k": 1, "subset": 32}, "data_options": {"cache": False}}
+>>> tmp = tempfile.TemporaryDirectory()
+>>> _ = Trainer(cfg, out=tmp.name).fit()
+>>> run = sharpest.runs.load(tmp.name)
+>>> run["eigen"]["iteration"].tolist()                # tracked at the start and the end
+[0, 2]
+>>> tmp.cleanup()
 """
 
 # Names resolve on first use (sharpest._lazy): the log readers and writers then load without

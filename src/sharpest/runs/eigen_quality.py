@@ -38,7 +38,8 @@ def converged_mask(eigen: Any) -> np.ndarray:
 
 def stderr_matrix(eigen: Any, k: int) -> np.ndarray | None:
     """``(points, k)`` standard errors from ``eigenvalues_stderr`` (NaN where absent), or None
-    when no row has them."""
+    when no row has them.
+    """
     if len(eigen) == 0 or "eigenvalues_stderr" not in getattr(eigen, "columns", ()):
         return None
     out = np.full((len(eigen), k), np.nan)

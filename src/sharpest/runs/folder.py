@@ -72,8 +72,10 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (safe ``weights_only`` loading).
 
-    Raises :class:`CheckpointError` naming the file when it is damaged or not a checkpoint;
-    files written before checksums (a plain ``torch.save`` dict) still load.
+    Files written before checksums (a plain ``torch.save`` dict) still load.
+
+    Raises:
+        CheckpointError: naming the file, when it is damaged or not a checkpoint.
     """
     import torch  # deferred: reading a run folder (paths, logs) needs no torch
 
@@ -106,7 +108,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 def _torch_load(source: Any, path: Path, map_location: Any) -> Any:
     """``torch.load`` of a file's bytes (read first, so that a file-system error stays an
-    OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint."""
+    OSError) where anything ``torch.load`` raises means the bytes are not a checkpoint.
+    """
     import torch
 
     if isinstance(source, Path):

@@ -69,7 +69,8 @@ def umask_mode(mode: int = 0o666) -> int:
 
 def make_dirs(path: str | os.PathLike[str]) -> None:
     """``mkdir -p`` that fsyncs the parent of each folder it creates (the new entry survives a
-    power cut, like the files written into it)."""
+    power cut, like the files written into it).
+    """
     path = Path(path)
     missing = []
     while not path.exists():
@@ -157,7 +158,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def jsonable(value: Any) -> Any:
     """Plain JSON types: numpy/torch scalars and arrays become numbers and lists; NaN and
-    infinities become ``null`` (JSON has no such numbers and pandas would choke on them)."""
+    infinities become ``null`` (JSON has no such numbers and pandas would choke on them).
+    """
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -216,9 +218,13 @@ class MetricsWriter:
 
 def truncate_lines(path: str | os.PathLike[str], keep: int | None) -> int:
     """Cut a JSON-lines file to its first ``keep`` complete lines (None: all complete lines,
-    i.e. drop a torn last line). Returns the number of lines kept.
+    i.e. drop a torn last line).
 
-    Raises ValueError when the file has fewer complete lines than ``keep``.
+    Returns:
+        The number of lines kept.
+
+    Raises:
+        ValueError: the file has fewer complete lines than ``keep``.
     """
     path = Path(path)
     if not path.exists():
@@ -250,7 +256,8 @@ def count_lines(path: str | os.PathLike[str]) -> int:
 
 class RecordsError(SharpestError, ValueError):
     """A ``.jsonl`` log holds a damaged line that is not its last (the message names file and
-    line): a killed writer can only tear the last line, so anything else is corruption."""
+    line): a killed writer can only tear the last line, so anything else is corruption.
+    """
 
 
 def parse_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[int]]:
@@ -301,5 +308,6 @@ def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The JSON objects of a ``.jsonl`` file; a torn last line is skipped (see
-    :func:`parse_records`)."""
+    :func:`parse_records`).
+    """
     return parse_records(path)[0]

@@ -65,7 +65,8 @@ class RunLock:
 
     def release(self, discard: bool = False) -> None:
         """Let the lock go. ``discard``: a run that never started (bad data, say) also removes
-        the lock file, and the folder when acquire() made it and nothing else was written."""
+        the lock file, and the folder when acquire() made it and nothing else was written.
+        """
         if self._fd is None:
             return
         import fcntl

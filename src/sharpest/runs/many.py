@@ -17,9 +17,18 @@ other columns       every scalar field of the records (``loss``, ``accuracy``, `
                     ``lr`` is the scheduled rate at that point)
 ==================  ==============================================================
 
->>> df = load_many("runs/fig3")                                         # doctest: +SKIP
->>> top = df[(df.event == "eigen") & (df["rank"] == 1)]                  # doctest: +SKIP
->>> top.groupby("config.lr").eigenvalue.max()                           # doctest: +SKIP
+>>> import tempfile
+>>> from sharpest.train import Trainer
+>>> cfg = {"train_subset": 64, "batch_size": 32, "epochs": 1,  # 2 steps on MNIST-1D
+...        "track": {"k": 1, "subset": 32}, "data_options": {"cache": False}}
+>>> tmp = tempfile.TemporaryDirectory()
+>>> for lr in (0.1, 0.01):
+...     _ = Trainer({**cfg, "lr": lr}, out=f"{tmp.name}/lr={lr}").fit()
+>>> df = load_many(tmp.name)
+>>> top = df[(df.event == "eigen") & (df["rank"] == 1)]
+>>> top.groupby("config.lr").eigenvalue.count().to_dict()   # λ₁ at two points of each run
+{0.01: 2, 0.1: 2}
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -75,7 +84,8 @@ def tidy_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def load_many(folder: str | os.PathLike[str]) -> pd.DataFrame:
     """One tidy DataFrame over every run at or below ``folder`` (see the module docstring).
 
-    Raises ``FileNotFoundError`` if ``folder`` holds no run.
+    Raises:
+        FileNotFoundError: ``folder`` holds no run.
     """
     root = Path(folder)
     paths = find_runs(root)

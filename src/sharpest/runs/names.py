@@ -60,13 +60,15 @@ def seed_in_name(name: str) -> int | None:
 
 def names_a_seed_of(folder: str, name: str) -> bool:
     """Whether a folder called ``folder`` is named as a seed of the run ``name``: ``name``
-    itself, :func:`seeded_name`'s form, or a hand-written seed suffix (``NAME_s1``, ...)."""
+    itself, :func:`seeded_name`'s form, or a hand-written seed suffix (``NAME_s1``, ...).
+    """
     return folder == name or re.fullmatch(re.escape(name) + _ANY_SEED_SUFFIX, folder) is not None
 
 
 def configuration_key(config: Mapping[str, Any], ignore: Iterable[str] = ()) -> str:
     """A canonical string of ``config`` without :data:`SEED_KEYS` (and the dotted keys of
-    ``ignore``): equal for the seeds of one configuration, and only for them."""
+    ``ignore``): equal for the seeds of one configuration, and only for them.
+    """
     ignored = set(ignore)
 
     def keep(value: Any, prefix: str) -> Any:

@@ -34,14 +34,16 @@ class RunReadError(SharpestError, FileNotFoundError, ValueError):
     """A path is not a readable run folder (missing, not a folder, no run files, bad YAML).
 
     A ``FileNotFoundError`` (what :func:`load` always raised for a missing folder) and a
-    ``ValueError`` (what the report's ``ReportError`` is)."""
+    ``ValueError`` (what the report's ``ReportError`` is).
+    """
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optimizer": {"gamma": 1}}`` → ``{"optimizer.gamma": 1}`` (lists stay values).
 
-    >>> flatten_config({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 3})
-    {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'epochs': 3}
+    Example:
+        >>> flatten_config({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 3})
+        {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'epochs': 3}
     """
     out: dict[str, Any] = {}
     for k, v in config.items():
@@ -174,7 +176,8 @@ class Run:
     @property
     def expected(self) -> str | None:
         """The expected outcome: config key ``expected`` (or ``preset.expected``), else a file
-        ``expected.md`` in the run folder."""
+        ``expected.md`` in the run folder.
+        """
         for key in ("expected", "preset.expected"):
             v = flatten_config(self.config).get(key)
             if isinstance(v, str) and v.strip():
@@ -210,7 +213,8 @@ class Run:
 
     def eigenvalues(self) -> pd.DataFrame:
         """Eigenvalues in wide form: one row per tracking point, columns ``lambda_1 … lambda_k``,
-        plus ``epoch`` and ``iteration``."""
+        plus ``epoch`` and ``iteration``.
+        """
         eig = self["eigen"]
         if eig.empty:
             return pd.DataFrame()

@@ -40,7 +40,8 @@ RESUMABLE_CHANGES = ("epochs", "max_iterations", "device", "checkpoint", "log_ev
 
 def check_resume_config(folder: RunFolder, config: Config, saved: dict[str, Any]) -> None:
     """Raise :class:`RunFolderError` unless ``saved`` (the folder's config) matches ``config``
-    in every key but :data:`RESUMABLE_CHANGES`."""
+    in every key but :data:`RESUMABLE_CHANGES`.
+    """
     now = config.to_dict()
     try:
         saved_cfg = make_config(saved).to_dict()
@@ -57,7 +58,8 @@ def check_resume_config(folder: RunFolder, config: Config, saved: dict[str, Any]
 @dataclass
 class PreparedFolder:
     """What :func:`prepare_folder` found: the checkpoint to resume from (None: a fresh start),
-    its already verified state, and the folder's lock, held until :meth:`release`."""
+    its already verified state, and the folder's lock, held until :meth:`release`.
+    """
 
     checkpoint: Path | None = None
     state: dict[str, Any] | None = None
@@ -65,7 +67,8 @@ class PreparedFolder:
 
     def release(self, discard: bool = False) -> None:
         """Let the folder's lock go (``discard``: the run never started; see
-        :meth:`RunLock.release`)."""
+        :meth:`RunLock.release`).
+        """
         if self.lock is not None:
             self.lock.release(discard=discard)
 
@@ -81,8 +84,18 @@ def prepare_folder(
     the newest one that loads, passes its checksum and fits ``metrics.jsonl``; falling back to
     an older one (or to none) is announced as a :class:`RunFolderWarning`.
 
-    Raises :class:`RunFolderError` saying why the folder cannot be used (the lock is then
-    released), :class:`~sharpest.runs.lock.RunLockedError` naming the process that holds it.
+    Args:
+        folder: the run folder (None: a run without one, which cannot resume).
+        config: the run's config.
+        resume: continue the run in ``folder`` from its last complete checkpoint.
+        map_location: where the checkpoint's tensors are loaded.
+
+    Returns:
+        The locked folder's state, with the verified checkpoint on a resume.
+
+    Raises:
+        RunFolderError: saying why the folder cannot be used (the lock is then released).
+        RunLockedError: naming the process that holds the lock.
     """
     if folder is None:
         if resume:
@@ -132,10 +145,16 @@ def existing_run(
 ) -> tuple[str | None, str | None]:
     """Check `path` before launching `config` into it.
 
-    Returns ``(clash, ended)``: a one-line reason why the run cannot go there (a file, a
-    non-empty folder without a run, an invalid config, or a config differing in keys other than
-    those a resume may change and `ignore`), else ``None``; and the status of the run's "end"
-    line ("finished" or "diverged") when it already ended, else ``None``.
+    Args:
+        path: the run's folder.
+        config: the run's config.
+        ignore: dotted config keys that may differ from the folder's.
+
+    Returns:
+        ``(clash, ended)``: a one-line reason why the run cannot go there (a file, a non-empty
+        folder without a run, an invalid config, or a config differing in keys other than those
+        a resume may change and ``ignore``), else ``None``; and the status of the run's "end"
+        line ("finished" or "diverged") when it already ended, else ``None``.
     """
     path = Path(path)
     folder = RunFolder(path)

@@ -113,7 +113,8 @@ def _step(record: dict[str, Any]) -> int:
 
 class TensorBoardSink(Sink):
     """Scalars to a TensorBoard event file in ``log_dir`` (``torch.utils.tensorboard``), at
-    step ``iteration``; tags as :func:`scalars` names them."""
+    step ``iteration``; tags as :func:`scalars` names them.
+    """
 
     name = "tensorboard"
 
@@ -139,7 +140,8 @@ class WandbSink(Sink):
     """Scalars to a Weights & Biases run, with ``iteration`` as the step metric (so records
     logged out of step order are kept). ``run``: an active ``wandb`` run to log into; otherwise
     one is started with ``wandb.init(**init)`` (e.g. ``project``, ``dir``, ``mode="offline"``,
-    ``config``) and finished by :meth:`close`."""
+    ``config``) and finished by :meth:`close`.
+    """
 
     name = "wandb"
 
@@ -167,7 +169,8 @@ class CSVSink(Sink):
     """Every scalar as one row of a tidy CSV file: ``event, epoch, iteration, time, name,
     value`` (``name`` without the event prefix, e.g. ``eigenvalues_1``, ``test/accuracy``).
     Appended and flushed as records come (a long format: records differ in their fields), so
-    ``pandas.read_csv(path)`` reads it at any time; ``pivot_table`` makes it wide."""
+    ``pandas.read_csv(path)`` reads it at any time; ``pivot_table`` makes it wide.
+    """
 
     name = "csv"
     COLUMNS = ("event", "epoch", "iteration", "time", "name", "value")
@@ -204,9 +207,19 @@ def make_sinks(
     *,
     wandb: dict[str, Any] | None = None,
 ) -> list[Sink]:
-    """Sinks by name, writing below ``folder``: ``tensorboard`` → ``folder/tensorboard/``,
-    ``csv`` → ``folder/metrics.csv``, ``wandb`` → a run with ``dir=folder`` (plus ``wandb``,
-    the keyword arguments of ``wandb.init``). :class:`Sink` objects are passed through."""
+    """Sinks by name, writing below ``folder``.
+
+    Args:
+        names: ``"tensorboard"`` (→ ``folder/tensorboard/``), ``"csv"`` (→
+            ``folder/metrics.csv``), ``"wandb"`` (→ a run with ``dir=folder``), or :class:`Sink`
+            objects, passed through.
+        folder: the run folder.
+        wandb: the keyword arguments of ``wandb.init``.
+
+    Raises:
+        ValueError: an unknown name (the sinks opened so far are closed first, as on any
+            error).
+    """
     folder = Path(folder)
     sinks: list[Sink] = []
     try:
@@ -243,7 +256,8 @@ def open_config_sinks(
 ) -> list[Sink]:
     """A run's sinks, writing below its run folder: ``sinks`` (names or :class:`Sink` objects;
     default the config's ``log.sinks``), with the ``log`` section's W&B options. Called by the
-    trainer once the run folder is ready (``train.build`` only names the sinks)."""
+    trainer once the run folder is ready (``train.build`` only names the sinks).
+    """
     log = config.log
     names = list(log.sinks if sinks is None else sinks)
     options: dict[str, Any] = {}

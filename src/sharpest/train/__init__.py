@@ -1,10 +1,13 @@
 """The training loop, its callbacks (eigen tracking, epoch metrics), and learning-rate schedules.
 
+>>> import tempfile
 >>> from sharpest.train import Trainer
->>> cfg = {"epochs": 2, "track": {"k": 5, "every": 20}}
->>> result = Trainer(cfg, out="runs/x").fit()  # doctest: +SKIP
->>> result["status"]                           # doctest: +SKIP
-'finished'
+>>> cfg = {"train_subset": 64, "batch_size": 32, "epochs": 1,  # 2 steps on MNIST-1D
+...        "track": {"k": 1, "subset": 32}, "data_options": {"cache": False}}
+>>> with tempfile.TemporaryDirectory() as out:
+...     result = Trainer(cfg, out=out).fit()
+>>> result["status"], result["iteration"]
+('finished', 2)
 
 Build, then loop: ``parts = build(config, device)`` gives the model, data, optimizer, schedule
 and callbacks; ``Trainer(config, out, parts=parts)`` (or ``model=``, ``data=``, ``optimizer=``,

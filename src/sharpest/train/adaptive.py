@@ -120,7 +120,8 @@ class AdaptiveSubset:
 
     def grow(self, rel: float) -> bool:
         """Add whole chunks towards :meth:`target_size` (≥ one chunk, ≤ ×``MAX_GROWTH``,
-        ≤ the pool); returns False when the pool is exhausted (nothing added)."""
+        ≤ the pool); returns False when the pool is exhausted (nothing added).
+        """
         if self.full:
             return False
         n = self.size
@@ -153,7 +154,8 @@ class AdaptiveCadence:
     """Where the next tracking point goes (see the module doc).
 
     Args:
-        every_min, every_max: the smallest and largest gap (iterations).
+        every_min: the smallest gap (iterations).
+        every_max: the largest gap (iterations).
         budget_per_epoch: products per epoch on average (None: no budget).
         iterations_per_epoch: needed with a budget.
     """
@@ -185,8 +187,17 @@ class AdaptiveCadence:
         return iteration >= self.next_due
 
     def update(self, iteration: int, value: float, stderr: float, products: int) -> dict[str, Any]:
-        """Place the next point after a point at ``iteration`` (λ₁ = ``value`` ± ``stderr``,
-        ``products`` spent); returns the fields the record gets."""
+        """Place the next point after a point at ``iteration``.
+
+        Args:
+            iteration: the point's iteration.
+            value: λ₁ there.
+            stderr: its standard error.
+            products: the Hessian-vector products the point spent.
+
+        Returns:
+            The fields the point's record gets.
+        """
         fields: dict[str, Any] = {}
         if self.last is not None:
             moved = abs(value - self.last[0])

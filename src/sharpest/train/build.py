@@ -42,16 +42,29 @@ __all__ = ["RunParts", "build", "build_callbacks", "build_data", "build_model_fo
 class RunParts:
     """Everything a run trains with; :class:`~sharpest.train.loop.Trainer` takes it as is.
 
-    ``hessian_data``: the fixed, never augmented ``(inputs, targets)`` subset the tracker and
-    probes measure the Hessian on (on ``device``); ``eval_train``: the training examples the
-    ``train`` split is evaluated on; ``callbacks``: the built-in ones, in their order (eigen
-    tracker first: probes read its result, then epoch metrics, probes, the summary line);
-    ``init_eigen``: eigenpairs of ``init_from``'s checkpoint, warm-starting the tracker;
-    ``sinks``: where the records are mirrored besides ``metrics.jsonl`` (``log.sinks``: names,
-    or :class:`~sharpest.runs.sinks.Sink` objects), opened by the trainer below the run folder
-    once that folder is ready; ``decay_params``: the parameters the L2 term covers
-    (``weight_decay_on``; None: all of them), as the optimizer was given them and as every
-    Hessian of the run takes them (:func:`decay_params_for`, worked out once here).
+    Attributes:
+        config: the run's config.
+        device: where it trains.
+        data: the data bundle.
+        model: the network.
+        loss_fn: ``loss_fn(outputs, targets)``, the training loss.
+        optimizer: the optimizer.
+        schedule: the learning-rate schedule.
+        hessian_data: the fixed, never augmented ``(inputs, targets)`` subset the tracker and
+            probes measure the Hessian on (on ``device``).
+        eval_train: the training examples the ``train`` split is evaluated on.
+        iterations_per_epoch: optimizer steps per epoch.
+        total_iterations: optimizer steps of the whole run.
+        tracker: the eigen tracker (None: no tracking).
+        callbacks: the built-in ones, in their order (eigen tracker first: probes read its
+            result, then epoch metrics, probes, the summary line).
+        init_eigen: eigenpairs of ``init_from``'s checkpoint, warm-starting the tracker.
+        sinks: where the records are mirrored besides ``metrics.jsonl`` (``log.sinks``: names,
+            or :class:`~sharpest.runs.sinks.Sink` objects), opened by the trainer below the run
+            folder once that folder is ready.
+        decay_params: the parameters the L2 term covers (``weight_decay_on``; None: all of
+            them), as the optimizer was given them and as every Hessian of the run takes them
+            (:func:`decay_params_for`, worked out once here).
     """
 
     config: Config
@@ -92,7 +105,8 @@ def build_model_for(
     cfg: Config, data: DataBundle, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """The config's model on ``device`` (weights of ``init_from`` when set) and the eigenpairs
-    stored with those weights (None without ``init_from``)."""
+    stored with those weights (None without ``init_from``).
+    """
     try:
         model = build_model(cfg.model, num_classes=data.num_classes, **cfg.model_options)
     except (ValueError, TypeError) as err:
@@ -111,7 +125,8 @@ def build_model_for(
 
 def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
     """The parameters weight decay covers (``weight_decay_on``; None: all of them), in the
-    optimizer and in every Hessian alike (:mod:`sharpest.models.decay`)."""
+    optimizer and in every Hessian alike (:mod:`sharpest.models.decay`).
+    """
     if cfg.weight_decay_on == "all":
         return None
     try:
@@ -123,10 +138,16 @@ def decay_params_for(cfg: Config, model: nn.Module) -> list[Tensor] | None:
 def build_optimizer_for(
     cfg: Config, model: nn.Module, *, decay_params: list[Tensor] | None
 ) -> torch.optim.Optimizer:
-    """The config's optimizer over ``model``'s parameters (with ``weight_decay_on: kernels``,
-    one parameter group per tensor, in model order: the nudged optimizers flatten the groups
-    in order, which must stay the eigenvectors' order). ``decay_params``: what
-    :func:`decay_params_for` gives for ``cfg`` and ``model``."""
+    """The config's optimizer over ``model``'s parameters.
+
+    With ``weight_decay_on: kernels``, one parameter group per tensor, in model order: the
+    nudged optimizers flatten the groups in order, which must stay the eigenvectors' order.
+
+    Args:
+        cfg: the run's config.
+        model: the network.
+        decay_params: what :func:`decay_params_for` gives for ``cfg`` and ``model``.
+    """
     opt = cfg.optimizer
     extra: dict[str, Any] = {} if opt.name == "sgd" else {"nudge": opt.nudge}
     if opt.nesterov:
@@ -161,7 +182,8 @@ def build_callbacks(
     cfg: Config, init_eigen: dict[str, Any] | None = None
 ) -> tuple[EigenTracker | None, list[Callback]]:
     """The built-in callbacks of a config, in order: tracker (probes read ``trainer.eigen``),
-    epoch metrics, probes, the summary line (after the tracker's last point)."""
+    epoch metrics, probes, the summary line (after the tracker's last point).
+    """
     tracker = EigenTracker.from_config(cfg) if cfg.track.enabled else None
     if tracker is not None and init_eigen is not None:
         tracker.load_initial(init_eigen)
@@ -195,10 +217,20 @@ def build(
 ) -> RunParts:
     """Build the run of ``cfg`` on ``device`` (see the module doc for the order).
 
-    ``data``, ``model``, ``optimizer``: objects of your own, used instead of the config's
-    (the config still gives batch size, schedule, tracking and the rest). ``world_size``: the
-    data-parallel processes the global batch is split across. Raises :class:`ConfigError`
-    naming the part that cannot be built.
+    Args:
+        cfg: the run's config.
+        device: where the model and data go.
+        world_size: the data-parallel processes the global batch is split across.
+        data: a data bundle of your own, used instead of the config's.
+        model: a model of your own, used instead of the config's.
+        optimizer: an optimizer of your own, used instead of the config's (the config still
+            gives batch size, schedule, tracking and the rest).
+
+    Returns:
+        The :class:`RunParts`: model, data, optimizer, schedule and callbacks.
+
+    Raises:
+        ConfigError: naming the part that cannot be built.
     """
     device = torch.device(device)
     if cfg.deterministic:

@@ -36,11 +36,12 @@ def _takes_one_record(fn: Callable[..., Any]) -> bool:
 def as_event_log(log: Callable[..., Any] | None) -> EventLog | None:
     """``log`` as a ``log(event, **fields)`` callable (``None`` stays ``None``).
 
-    >>> records = []
-    >>> log = as_event_log(records.append)
-    >>> log("eigen", iteration=3, eigenvalues=[2.0])
-    >>> records
-    [{'event': 'eigen', 'iteration': 3, 'eigenvalues': [2.0]}]
+    Example:
+        >>> records = []
+        >>> log = as_event_log(records.append)
+        >>> log("eigen", iteration=3, eigenvalues=[2.0])
+        >>> records
+        [{'event': 'eigen', 'iteration': 3, 'eigenvalues': [2.0]}]
     """
     if log is None:
         return None

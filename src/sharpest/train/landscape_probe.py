@@ -91,7 +91,8 @@ _SEED_OFFSET = 0x5C4FE
 @dataclass
 class Plane:
     """Two directions d₁, d₂ ``(2, n)`` float64, their names, the eigenvalues along them (None
-    for a direction that is not an eigenvector) and how the eigenvectors were obtained."""
+    for a direction that is not an eigenvector) and how the eigenvectors were obtained.
+    """
 
     kind: str
     directions: Tensor
@@ -186,9 +187,20 @@ def plane_for(
 ) -> Plane:
     """The plane of ``kind`` (see the module docstring) at the model's parameters.
 
-    ``eigen``: ``(values, vectors)`` with at least 2 (``"eigen"``) or 1 (``"eigen_random"``)
-    pairs, largest first. ``trajectory``: the points ``(T, n)`` for ``"pca"``, ``center`` the
-    point the PCA is taken from (default the model's parameters).
+    Args:
+        kind: ``"eigen"``, ``"eigen_random"``, ``"random"`` or ``"pca"``.
+        model: the network (its parameters scale the filter-normalised directions).
+        eigen: ``(values, vectors)`` with at least 2 (``"eigen"``) or 1 (``"eigen_random"``)
+            pairs, largest first.
+        trajectory: the points ``(T, n)`` for ``"pca"`` (at least 3).
+        center: the point the PCA is taken from (default the model's parameters).
+        seed: seeds the random directions.
+        ignore: 1-D parameters in filter-normalised directions: ``"biasbn"`` or ``"none"``
+            (:func:`~sharpest.probes.filter_normalized_direction`).
+        eigen_source: where the eigenpairs came from (recorded with the plane).
+
+    Raises:
+        ValueError: an unknown ``kind``, or too few eigenpairs or trajectory points for it.
     """
     if kind not in PLANES:
         raise ValueError(f"surface directions must be one of {PLANES}, got {kind!r}")
@@ -243,9 +255,25 @@ def draw_surface(
 ) -> tuple[Any, dict[str, Any]]:
     """The surface of ``op`` in ``plane`` with the trajectory projected on it.
 
-    Returns ``(SurfaceResult, meta)``; ``meta`` (also stored in the file) holds the plane's
-    names and eigenvalues, the span, and the trajectory's iterations, epochs, coordinates and
-    distances from the plane.
+    Args:
+        op: the probe loss.
+        plane: the two directions.
+        points: grid points per axis.
+        span: the grid's half-width on each axis: ``"auto"`` (:func:`auto_span`), a number or
+            two.
+        trajectory: the run's checkpoints, projected on the plane.
+        path: a file to save the surface in (and resume it from).
+        points_per_batch: grid points per forward pass (:func:`~sharpest.probes.surface_of`).
+        progress: show a progress bar.
+        info: fields added to ``meta``.
+
+    Returns:
+        ``(SurfaceResult, meta)``; ``meta`` (also stored in the file) holds the plane's names
+        and eigenvalues, the span, and the trajectory's iterations, epochs, coordinates and
+        distances from the plane.
+
+    Raises:
+        ValueError: fewer than 2 points per axis, or a bad span.
     """
     if points < 2:
         raise ValueError(f"a surface needs points >= 2 per axis, got {points}")
@@ -375,14 +403,17 @@ class _Scheduled(Callback):
 class SurfaceProbe(_Scheduled):
     """2-D loss surfaces along training (see the module docstring).
 
-    Options: ``directions`` (``"eigen"``, ``"eigen_random"``, ``"random"``), ``points`` per
-    axis (default 21), ``span`` (``"auto"``, a number or two), ``trajectory`` (project the
-    run's checkpoints), ``points_per_batch`` (grid points per forward pass; default 1 on a
-    CPU, 8 on a GPU), ``ignore`` (1-D parameters in filter-normalised directions:
-    ``"biasbn"`` or ``"none"``), ``max_matvecs``
-    (its own Lanczos when the tracker's eigenvectors are not of this iteration), and the
-    schedule and data options of every landscape probe (``every``, ``epoch_every``,
-    ``at_end``, ``subset``, ``chunk_size``, ``seed``).
+    Args:
+        directions: ``"eigen"``, ``"eigen_random"`` or ``"random"``.
+        points: grid points per axis.
+        span: ``"auto"``, a number or two.
+        trajectory: project the run's checkpoints on the plane.
+        points_per_batch: grid points per forward pass (default 1 on a CPU, 8 on a GPU).
+        ignore: 1-D parameters in filter-normalised directions: ``"biasbn"`` or ``"none"``.
+        max_matvecs: the budget of its own Lanczos, when the tracker's eigenvectors are not of
+            this iteration.
+        **schedule: the schedule and data options of every landscape probe (``every``,
+            ``epoch_every``, ``at_end``, ``subset``, ``chunk_size``, ``seed``).
     """
 
     name = "surface_probe"
@@ -462,10 +493,17 @@ class SurfaceProbe(_Scheduled):
 class SharpnessProbe(_Scheduled):
     """Worst-case sharpness along training (see the module docstring).
 
-    Options: ``kinds`` (a list of ``"eps"``, ``"adaptive"``, ``"m"``), ``rho`` (a number or a
-    list: one line per kind and ρ), ``norm`` (2 or ``"inf"``), ``steps``, ``m`` (the batch
-    size of m-sharpness), ``adaptive_m`` (m-sharpness in the adaptive ball), ``eta``, and the
-    schedule and data options of every landscape probe.
+    Args:
+        kinds: a list of ``"eps"``, ``"adaptive"``, ``"m"``.
+        rho: a number or a list: one line per kind and ρ.
+        norm: 2 or ``"inf"``.
+        steps: gradient ascent steps.
+        m: the batch size of m-sharpness (needed with ``"m"``).
+        adaptive_m: m-sharpness in the adaptive ball.
+        eta: η of the adaptive ball.
+        **schedule: the schedule and data options of every landscape probe (``every``,
+            ``epoch_every`` (default 1 here), ``at_end``, ``subset``, ``chunk_size``,
+            ``seed``).
     """
 
     name = "sharpness_probe"

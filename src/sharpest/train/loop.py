@@ -4,8 +4,8 @@ Read :meth:`Trainer.fit` top to bottom: it is the whole algorithm. Everything el
 (``__init__``), one optimizer step (:meth:`Trainer.train_step`), evaluation, logging and
 checkpoints.
 
-Conventions
------------
+Conventions:
+
 - ``iteration`` counts optimizer steps done; ``epoch`` is the 0-based epoch being trained (after
   the last epoch it equals ``config.epochs``). Records carry both.
 - Weight decay follows PyTorch: the optimizer adds ``wd·θ`` to the gradient, and the tracked
@@ -82,7 +82,8 @@ class Diverged(SharpestError):
 
 class TrainResult(dict):
     """What :meth:`Trainer.fit` returns: ``status`` ("finished" | "diverged"), ``iteration``,
-    ``epoch``, ``seconds``, ``out`` (the run folder or None) and the last ``eval`` lines."""
+    ``epoch``, ``seconds``, ``out`` (the run folder or None) and the last ``eval`` lines.
+    """
 
     @property
     def ok(self) -> bool:
@@ -90,6 +91,11 @@ class TrainResult(dict):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a config's ``device`` names (``"auto"``: CUDA if available, else the CPU).
+
+    Raises:
+        ConfigError: a CUDA or MPS device that this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -119,8 +125,11 @@ class Trainer:
         quiet: no progress bar.
         parts: the objects to train with (:func:`sharpest.train.build.build`); by default
             built from ``config``.
-        model, data, optimizer, loss_fn: your own objects instead of the config's (the
-            config still gives batch size, schedule, tracking, evaluation and the rest).
+        model: a model of your own instead of the config's (the config still gives batch
+            size, schedule, tracking, evaluation and the rest).
+        data: a :class:`~sharpest.data.DataBundle` of your own instead of the config's.
+        optimizer: an optimizer of your own instead of the config's.
+        loss_fn: ``loss_fn(outputs, targets)`` of your own instead of the config's.
         sinks: extra mirrors of the records (:mod:`sharpest.runs.sinks`: names or
             :class:`~sharpest.runs.sinks.Sink` objects), after the config's ``log.sinks``;
             opened below ``out`` with the run folder and closed at the end of :meth:`fit`.
@@ -245,7 +254,8 @@ class Trainer:
 
     def _can_extend(self) -> bool:
         """Whether a finished run is resumed with more to do (``--set epochs=N`` raised):
-        it then continues from its final checkpoint, whose ``end`` record is dropped."""
+        it then continues from its final checkpoint, whose ``end`` record is dropped.
+        """
         state = self._resume_state
         if state is None or not state.get("finished"):
             return False
@@ -331,7 +341,11 @@ class Trainer:
     # ========================================================================= one step ===
 
     def train_step(self, inputs: Tensor, targets: Tensor) -> float:
-        """One SGD step on a batch; returns its loss. Raises :class:`Diverged`."""
+        """One SGD step on a batch; returns its loss.
+
+        Raises:
+            Diverged: the loss is not finite or above ``max_loss``.
+        """
         self.model.train()
         n_global = int(targets.shape[0])
         if self.parallel.active:  # data parallel: this rank's rows of the global batch
@@ -482,7 +496,8 @@ class Trainer:
     @property
     def end_of_epoch(self) -> bool:
         """Whether the current epoch's batches are all done (true inside on_step_end after the
-        last step of an epoch)."""
+        last step of an epoch).
+        """
         return self.batch_index >= self.iterations_per_epoch
 
     @property

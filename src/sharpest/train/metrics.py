@@ -87,13 +87,15 @@ def gradient_norm(
     decay_params: Any = None,
 ) -> float:
     """``‖∇L(θ)‖`` of the mean loss over ``data`` plus ``(wd/2)‖θ‖²`` (over ``decay_params``,
-    default all), in evaluation mode."""
+    default all), in evaluation mode.
+    """
     risk = EmpiricalRisk(model, loss_fn, data, weight_decay, chunk_size=chunk_size,
                          decay_params=decay_params)
     return float(risk.gradient().norm())
 
 
 def in_batches(data: tuple[Tensor, Tensor], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The rows of ``data = (x, y)`` in consecutive batches of ``batch_size`` (the last shorter)."""
     x, y = data
     for i in range(0, int(x.shape[0]), batch_size):
         yield x[i : i + batch_size], y[i : i + batch_size]
@@ -107,7 +109,8 @@ def evaluate(
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Mean loss and accuracy (a fraction) over all examples of ``batches``, in evaluation
-    mode; a language model's loss and accuracy are per token, plus ``perplexity = exp(loss)``."""
+    mode; a language model's loss and accuracy are per token, plus ``perplexity = exp(loss)``.
+    """
     total = correct = 0.0
     count = 0
     with torch.no_grad(), evaluation_mode(model):
@@ -133,7 +136,8 @@ class EpochMetrics(Callback):
     ``spectral_norm_mean`` / ``spectral_norm_max`` (ρ(W) as the caption says),
     ``spectral_norm_sum`` / ``frobenius_norm_sum`` (sums over the matrices: the latter fits the
     paper's numbers, see the module docstring), ``grad_norm`` (full, on the Hessian
-    subset) and ``batch_grad_norm`` (mean over the epoch's mini-batches)."""
+    subset) and ``batch_grad_norm`` (mean over the epoch's mini-batches).
+    """
 
     name = "metrics"
 

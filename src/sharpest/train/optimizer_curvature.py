@@ -79,7 +79,8 @@ def draw_minibatches(data: Any, batch_size: int | None, n: int, seed: int,
                      iteration: int) -> list[Any]:  # fmt: skip
     """``n`` minibatches from ``data`` (module docstring): from an ``(inputs, targets)`` pair,
     ``batch_size`` examples each, without replacement within a batch; from a list of batches, n
-    of them (all when fewer). Seeded by ``(seed, iteration)``."""
+    of them (all when fewer). Seeded by ``(seed, iteration)``.
+    """
     rng = np.random.default_rng([int(seed), int(iteration)])
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):
         if batch_size is None:
@@ -145,7 +146,8 @@ class OptimizerCurvature:
         operator_options: dict[str, Any], optimizer: Any, train_data: Any,
     ) -> None:  # fmt: skip
         """Bind the tracked operator, what per-batch operators are built from, the optimizer
-        (any ``torch.optim`` one) and the data the minibatches come from."""
+        (any ``torch.optim`` one) and the data the minibatches come from.
+        """
         self.operator, self.optimizer, self.train_data = operator, optimizer, train_data
         options = {k: v for k, v in operator_options.items() if k != "cache_graphs"}
         self._batch_args = (model, loss_fn, weight_decay, options)
@@ -159,7 +161,8 @@ class OptimizerCurvature:
 
     def remember(self, iteration: int) -> None:
         """Called first thing at every step (and epoch start) ``iteration``: keep θ_t and the
-        θ_(t−1) seen one step before, whose difference is the last update."""
+        θ_(t−1) seen one step before, whose difference is the last update.
+        """
         if not self.needs_update or self.operator is None or self._theta_iteration == iteration:
             return
         self._previous, self._previous_iteration = self._theta, self._theta_iteration
@@ -178,7 +181,8 @@ class OptimizerCurvature:
 
     def _steps_forward(self) -> bool:
         """Whether every group's learning rate is positive: at η = 0 (a warm-up's first step, a
-        schedule's end) no curvature is unstable and the line is left off."""
+        schedule's end) no curvature is unstable and the line is left off.
+        """
         groups = getattr(self.optimizer, "param_groups", None) or []
         return bool(groups) and all(float(g.get("lr", 0.0)) > 0 for g in groups)
 

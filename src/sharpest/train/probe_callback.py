@@ -89,45 +89,45 @@ class DirectionProbe(Callback):
 
     A callback of the :mod:`sharpest.train` contract (hooks, ``name``, ``state_dict``).
 
-    Parameters
-    ----------
-    every:
-        Probe every this many iterations (``iteration % every == 0``); 0: never there.
-    epoch_start:
-        Also probe at each epoch start (the authors' schedule; before the first step too).
-    at_end:
-        Also probe at the end of a finished run (when the tracker's ``at_end`` point exists).
-    cross_section, alpha:
-        Which probes to run; ``alpha_every``: run the α-probe at every n-th probe point only
-        (the authors: every 5th).
-    directions, ks, alphas, alpha_directions, random_baseline, full_step_baseline,
-    kmin_thresholds, kmin_criterion:
-        See :class:`sharpest.probes.ProbeSettings` (0-based eigenvector indices:
-        ``(0, 2, 4)`` are the paper's 1st, 3rd and 5th).
-    num_gradients, batch_size:
-        M mini-batch gradients of size S (default S: ``config.batch_size``).
-    gradient_mode:
-        ``"train"`` (default; SGD's own gradients, the authors' choice) or ``"eval"``.
-    augment:
-        Whether the probe's mini-batches are augmented (default False, the authors' choice).
-    subset:
-        Use only the first ``subset`` examples of ``trainer.hessian_data`` for the probe loss
-        (default all; the authors used 1280 for cross-sections). Cheaper probes.
-    chunk_size:
-        Examples per forward pass of the probe loss (memory), default all at once.
-    seed:
-        Seed of the probe's own batch stream, dropout and random direction (default derived
-        from ``config.seed``).
-    max_eigen_age:
-        Skip a probe point whose eigenvectors are more than this many iterations old (0: only
-        eigenvectors computed at this very iteration); None: use whatever is latest. The age
-        is exact with :class:`sharpest.train.Trainer` (its tracker's ``last_iteration``) or a
-        trainer offering ``eigen_iteration``; otherwise it is counted from when this callback
-        first saw the current ``trainer.eigen`` object (exact when it runs after the tracker).
-        Every record carries its ``eigen_age``.
-    unconverged:
-        What to do at a point whose eigenpairs did not converge: ``"skip"`` it (default) or
-        probe it and ``"mark"`` its lines (``eigen_converged: false``).
+    Args:
+        every: probe every this many iterations (``iteration % every == 0``); 0: never there.
+        epoch_start: also probe at each epoch start (the authors' schedule; before the first
+            step too).
+        cross_section: run the cross-sections.
+        alpha: run the α-probe.
+        alpha_every: run the α-probe at every n-th probe point only (the authors: every 5th).
+        directions: 0-based eigenvector indices of the cross-sections (``(0, 2, 4)`` are the
+            paper's 1st, 3rd and 5th); this and the next seven are
+            :class:`sharpest.probes.ProbeSettings`'s.
+        ks: the cross-sections' grid.
+        alphas: the α-probe's step multipliers.
+        alpha_directions: the α-probe's eigenvector indices (None: as ``directions``).
+        random_baseline: add the α-probe along a random unit direction.
+        full_step_baseline: add the α-probe for the full SGD step.
+        kmin_thresholds: the relative loss changes k_min is recorded for.
+        kmin_criterion: ``"increase"`` or ``"change"``.
+        num_gradients: M, the mini-batch gradients per probe point.
+        batch_size: S, their batch size (default ``config.batch_size``).
+        gradient_mode: ``"train"`` (default; SGD's own gradients, the authors' choice) or
+            ``"eval"``.
+        augment: whether the probe's mini-batches are augmented (default False, the authors'
+            choice).
+        subset: use only the first ``subset`` examples of ``trainer.hessian_data`` for the probe
+            loss (default all; the authors used 1280 for cross-sections). Cheaper probes.
+        chunk_size: examples per forward pass of the probe loss (memory), default all at once.
+        seed: seed of the probe's own batch stream, dropout and random direction (default
+            derived from ``config.seed``).
+        max_eigen_age: skip a probe point whose eigenvectors are more than this many iterations
+            old (0: only eigenvectors computed at this very iteration); None: use whatever is
+            latest. The age is exact with :class:`sharpest.train.Trainer` (its tracker's
+            ``last_iteration``) or a trainer offering ``eigen_iteration``; otherwise it is
+            counted from when this callback first saw the current ``trainer.eigen`` object
+            (exact when it runs after the tracker). Every record carries its ``eigen_age``.
+        at_end: also probe at the end of a finished run (when the tracker's ``at_end`` point
+            exists).
+        name: the callback's name, its key in checkpoints (default ``"probes"``).
+        unconverged: what to do at a point whose eigenpairs did not converge: ``"skip"`` it
+            (default) or probe it and ``"mark"`` its lines (``eigen_converged: false``).
     """
 
     def __init__(
@@ -264,7 +264,8 @@ class DirectionProbe(Callback):
     def _eigen_age(self, trainer: TrainerView) -> int | None:
         """Iterations since ``trainer.eigen`` was computed: exact from the trainer's tracker
         (``trainer.tracker.last_iteration``) or ``trainer.eigen_iteration``; otherwise from
-        when this callback first saw the object (exact when it runs after the tracker)."""
+        when this callback first saw the object (exact when it runs after the tracker).
+        """
         eigen = getattr(trainer, "eigen", None)
         tracker = getattr(trainer, "tracker", None)
         if tracker is not None and getattr(tracker, "result", None) is eigen:
@@ -303,7 +304,8 @@ class DirectionProbe(Callback):
 
     def _batches(self, trainer: TrainerView, size: int, seed: int) -> Iterator[Any]:
         """The probe's own mini-batches: epoch = iteration of the run, the probe's seed; more
-        passes with derived seeds if one epoch has fewer than M batches."""
+        passes with derived seeds if one epoch has fewer than M batches.
+        """
         for r in itertools.count():
             batches = trainer.data.train_batches(
                 size,
@@ -427,7 +429,8 @@ class AlphaProbe(DirectionProbe):
 
 class ProbesSection(TypedDict, total=False):
     """The ``probes`` section of a run config: :class:`DirectionProbe`'s options, plus
-    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`."""
+    ``enabled``. Keys left out take the defaults of :func:`build_probe_callbacks`.
+    """
 
     enabled: bool
     every: int | None

@@ -24,7 +24,8 @@ class Schedule:
         config: the ``schedule`` section.
         optimizer: the optimizer whose ``lr`` it sets (base rate ``lr``).
         lr: the config's ``lr``.
-        iterations_per_epoch, total_iterations: the run's length (one-cycle spans it).
+        iterations_per_epoch: optimizer steps per epoch.
+        total_iterations: optimizer steps of the whole run (one-cycle spans it).
     """
 
     def __init__(

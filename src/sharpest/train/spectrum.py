@@ -99,7 +99,8 @@ class SpectrumTracker(Callback):
     ) -> SpectrumTracker:
         """Bind the model, loss and fixed data; ``eigen(iteration)`` returns an EigenResult of
         the same operator at that iteration, or None (then the trace pays for its deflation).
-        ``operator_options`` go to the operator (e.g. ``decay_params``), as for the tracker."""
+        ``operator_options`` go to the operator (e.g. ``decay_params``), as for the tracker.
+        """
         self.operator = build_operator(
             self.operator_kind, model, loss_fn, data, weight_decay, chunk_size=self.chunk_size,
             cache_graphs="auto", **operator_options,

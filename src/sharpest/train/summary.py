@@ -66,7 +66,8 @@ class RunSummary(Callback):
 
     def _scan(self, trainer: TrainerView) -> None:
         """Measure the parameters at every ``val`` line written since the last hook (the loop
-        runs a hook after each evaluation, before the next step)."""
+        runs a hook after each evaluation, before the next step).
+        """
         new = trainer.records[self._cursor :]
         self._cursor = len(trainer.records)
         for r in new:

@@ -49,7 +49,8 @@ class SurfaceRun:
 def checkpoint_at_epoch(folder: RunFolder, epoch: int) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint written after exactly ``epoch`` epochs (``batch`` 0), with its state.
 
-    Raises :class:`RunFolderError` listing the epochs the folder has checkpoints for.
+    Raises:
+        RunFolderError: there is none; listing the epochs the folder has checkpoints for.
     """
     seen = []
     for path in reversed(folder.list_checkpoints()):

@@ -314,17 +314,28 @@ class EigenTracker(Callback):
         measured_optimizer: Any = None,
         **operator_options: Any,
     ) -> EigenTracker:
-        """Bind the model, the loss (``None``: the model's own loss from the labels, see
-        :mod:`sharpest.curvature.own_loss`), the fixed Hessian data (one ``(inputs, targets)``
-        pair or a list of them), ``weight_decay`` (the ``(wd/2)‖θ‖²`` term; ``decay_params=`` in
-        ``operator_options`` restricts it to those parameters), optionally an optimizer with
-        ``set_basis`` to refresh, and ``log(event, **fields)`` (default: append the record to
-        ``self.records``). ``operator_options`` go to :class:`HessianOperator` (e.g.
-        ``reduction="sum"``, ``semantics="train"``). ``train_data`` (an ``(inputs, targets)``
-        pair or a list of batches; default ``data``) is where batch sharpness draws its
-        minibatches; ``measured_optimizer`` (default ``optimizer``) the optimizer whose
-        threshold, preconditioner and updates are measured, whether or not it has
-        ``set_basis`` (:mod:`sharpest.train.optimizer_curvature`)."""
+        """Bind the model, the loss, the fixed Hessian data and, optionally, the optimizer.
+
+        Args:
+            model: the network.
+            loss_fn: ``loss_fn(outputs, targets)``; ``None``: the model's own loss from the labels
+                (:mod:`sharpest.curvature.own_loss`).
+            data: the fixed Hessian data: one ``(inputs, targets)`` pair or a list of them.
+            weight_decay: λ of the ``(wd/2)‖θ‖²`` term (``decay_params=`` in
+                ``operator_options`` restricts it to those parameters).
+            optimizer: an optimizer with ``set_basis`` to refresh.
+            log: ``log(event, **fields)`` (default: append the record to ``self.records``).
+            train_data: where batch sharpness draws its minibatches: an ``(inputs, targets)`` pair
+                or a list of batches (default ``data``).
+            measured_optimizer: the optimizer whose threshold, preconditioner and updates are
+                measured, whether or not it has ``set_basis``
+                (:mod:`sharpest.train.optimizer_curvature`; default ``optimizer``).
+            **operator_options: passed to :class:`HessianOperator` (e.g. ``reduction="sum"``,
+                ``semantics="train"``).
+
+        Returns:
+            The tracker itself.
+        """
         self.model = model
         if self.subset_min is not None:
             self._attach_subset(model, loss_fn, data, weight_decay, operator_options)
@@ -354,7 +365,8 @@ class EigenTracker(Callback):
                        data: Any, weight_decay: float, operator_options: dict[str, Any],
                        optimizer: Any, train_data: Any) -> None:  # fmt: skip
         """Bind :class:`~sharpest.train.optimizer_curvature.OptimizerCurvature` (the
-        optimizer-aware fields) to this tracker's operator, optimizer and training data."""
+        optimizer-aware fields) to this tracker's operator, optimizer and training data.
+        """
         self.extras.attach(self.operator, model, loss_fn, weight_decay, operator_options,
                            optimizer, data if train_data is None else train_data)  # fmt: skip
     def _attach_subset(self, model: nn.Module, loss_fn: Any, data: Any, weight_decay: float,
@@ -411,7 +423,8 @@ class EigenTracker(Callback):
     def _refresh_in_step(self, iteration: int) -> bool:
         """Whether ``step(iteration)`` must refresh the basis although its policy says not:
         the optimizer has none yet, or the epoch-start policy applies but no epoch start is
-        ever signalled (a loop calling only ``step``), so refresh at each tracking point."""
+        ever signalled (a loop calling only ``step``), so refresh at each tracking point.
+        """
         if self.optimizer is None:
             return False
         if not getattr(self.optimizer, "has_basis", True):
@@ -471,7 +484,8 @@ class EigenTracker(Callback):
         self, iteration: int, epoch: int | None = None, *, refresh: bool = False
     ) -> EigenResult:
         """Compute the top-k eigenpairs now and record them (refreshing the optimizer's basis
-        if ``refresh``)."""
+        if ``refresh``).
+        """
         if self.operator is None:
             raise RuntimeError("EigenTracker.attach(model, loss_fn, data) first")
         start = time.perf_counter()
@@ -561,7 +575,8 @@ class EigenTracker(Callback):
         self, result: EigenResult, stderr: Any, solves: list[tuple[int, EigenResult]]
     ) -> tuple[EigenResult, Any, list[tuple[int, EigenResult]]]:
         """Subset auto: grow the prefix and solve again, warm, until λ₁'s relative stderr
-        meets the target or the pool is used up (sharpest.train.adaptive)."""
+        meets the target or the pool is used up (sharpest.train.adaptive).
+        """
         assert self.subset is not None
         while not self.subset.meets(relative_stderr(float(result.values[0]), float(stderr[0]))):
             if not self.subset.grow(relative_stderr(float(result.values[0]),
@@ -595,7 +610,8 @@ class EigenTracker(Callback):
         """Give the optimizer the eigenvectors, sorted by ``order`` (it keeps its leading k);
         with ``basis_from="preconditioned"`` P⁻¹H's top right eigenvectors from this point
         (largest first, orthonormalised by the optimizer), or H's until the optimizer has a
-        preconditioner (before its first step) and a converged P⁻¹H solve."""
+        preconditioner (before its first step) and a converged P⁻¹H solve.
+        """
         if self.basis_from == "preconditioned":
             directions = self.extras.directions
             if fields is not None:
@@ -737,6 +753,7 @@ class EigenTracker(Callback):
 
     def load_initial(self, state: dict[str, Any]) -> None:
         """Start from another run's eigenpairs (``--init-from``): they warm-start the first
-        point and the first angles are measured against them; nothing else is inherited."""
+        point and the first angles are measured against them; nothing else is inherited.
+        """
         self.result = eigen_from_state(state)
         self.last_iteration = None
