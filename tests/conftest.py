@@ -52,6 +52,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                 require(module)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (addopts): one worker a core this process may use (affinity-aware), as many
+    as the runs' own worker pools assume."""
+    from sharpest.orchestrate.executors import available_cpus
+
+    return available_cpus()
+
+
+#: The session fixtures that build something costly (a training run, a two-rank launch). Each
+#: pytest-xdist worker builds its own session fixtures, so the tests that use one of these run
+#: on one worker (``--dist loadgroup``): built once in the suite, not once a worker.
+SHARED_BUILDS = ("two_rank_results", "checkpointed_run", "quick_demo")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook runs after this one)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SHARED_BUILDS:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     threads = torch.get_num_threads()
