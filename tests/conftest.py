@@ -53,25 +53,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto`` (addopts): one worker a core this process may use (affinity-aware), as many
-    as the runs' own worker pools assume."""
+    """``-n auto`` (addopts): one pytest-xdist worker a core this process may use (affinity-
+    aware), as many as the runs' own worker pools assume."""
     from sharpest.orchestrate.executors import available_cpus
 
     return available_cpus()
-
-
-#: The session fixtures that build something costly (a training run, a two-rank launch). Each
-#: pytest-xdist worker builds its own session fixtures, so the tests that use one of these run
-#: on one worker (``--dist loadgroup``): built once in the suite, not once a worker.
-SHARED_BUILDS = ("two_rank_results", "checkpointed_run", "quick_demo")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook runs after this one)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        for name in SHARED_BUILDS:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -107,17 +93,20 @@ def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    from tests.helpers import two_rank_worker
+    from tests.helpers import build_once, two_rank_worker
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
-    out = tmp_path_factory.mktemp("two_ranks")
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
-        mp.spawn(two_rank_worker, args=(2, store.port, str(out), TWO_RANK_JOBS), nprocs=2,
-                 join=True)
-    del store
+
+    def launch(out: Path) -> None:
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+            mp.spawn(two_rank_worker, args=(2, store.port, str(out), TWO_RANK_JOBS), nprocs=2,
+                     join=True)
+        del store
+
+    out = build_once(tmp_path_factory, "two_ranks", launch)
 
     def results(job: str) -> list:
         return [torch.load(out / f"{job}-rank{r}.pt", weights_only=False) for r in range(2)]
@@ -140,9 +129,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def checkpointed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch `sharpest train` run with a checkpoint at every step (6 steps)."""
-    from tests.helpers import train
+    from tests.helpers import build_once, train
 
-    out = tmp_path_factory.mktemp("checkpointed") / "run"
-    result = train(out)
-    assert result.exit_code == 0, result.output
-    return out
+    def build(folder: Path) -> None:
+        result = train(folder / "run")
+        assert result.exit_code == 0, result.output
+
+    return build_once(tmp_path_factory, "checkpointed", build) / "run"

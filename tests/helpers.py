@@ -4,7 +4,8 @@
 - run folders written by hand (config.yaml + metrics.jsonl, as in DESIGN.md) and the synthetic
   records of a full run that the report tests read;
 - a Hugging Face ``Trainer`` on the CPU and its token dataset (the callbacks' tests);
-- a benchmark script loaded as a module; a free TCP port; the ranks of the two-rank launch.
+- a benchmark script loaded as a module; a free TCP port; the ranks of the two-rank launch;
+- a folder built once for all the session's test processes (pytest-xdist workers).
 
 Dense references (exact Hessians of tiny models) live in ``tests/dense.py``; fixtures (the tiny
 runs trained once per session) in ``tests/conftest.py``.
@@ -18,8 +19,10 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -259,6 +262,30 @@ def hf_trainer(model, out, dataset, callbacks, optimizers=(None, None), **args):
 
 
 # ------------------------------------------------------------------------------- others ---
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], None]) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills, built once for the whole test session.
+
+    pytest-xdist gives each worker process its own session fixtures; a costly one (a training
+    run, a two-rank launch) would be built once a worker. The first worker that asks builds it
+    into the session's common temporary folder, under a file lock; the others wait and read it.
+    A build that raised leaves no ``.built`` mark, so the next worker tries again (and fails
+    the same way, with its own traceback).
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"built-{name}"
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
 
 
 def load_benchmark(name: str):

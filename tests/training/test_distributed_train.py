@@ -21,7 +21,7 @@ from sharpest.config import make_config
 from sharpest.distributed import ddp
 from sharpest.runs import load_checkpoint, read_records
 from sharpest.train import Trainer
-from tests.helpers import TINY, free_port
+from tests.helpers import TINY, build_once, free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
@@ -115,12 +115,13 @@ def two_process_run(tmp_path_factory):
     """The same config trained by one process (in memory) and by torchrun with 2: one launch
     for the tests below (CONFIG splits every batch and the Hessian subset unevenly, so the
     records match only if the loss is weighted to the global mean)."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    config = _write(CONFIG, tmp / "config.yaml")
-    _torchrun(config, tmp / "ddp")
-    single = Trainer(make_config(CONFIG), tmp / "single")
-    single.fit()
-    return tmp, config, single.records, read_records(tmp / "ddp" / "metrics.jsonl")
+    def build(tmp: Path) -> None:
+        _torchrun(_write(CONFIG, tmp / "config.yaml"), tmp / "ddp")
+        Trainer(make_config(CONFIG), tmp / "single").fit()
+
+    tmp = build_once(tmp_path_factory, "two_process_run", build)
+    records = lambda run: read_records(tmp / run / "metrics.jsonl")  # noqa: E731
+    return tmp, tmp / "config.yaml", records("single"), records("ddp")
 
 
 @pytest.mark.slow
@@ -137,11 +138,11 @@ def test_two_processes_write_the_single_process_records(two_process_run):
 
 
 @pytest.mark.slow
-def test_resume_under_torchrun(two_process_run):
+def test_resume_under_torchrun(two_process_run, tmp_path):
     """A 2-process run resumed (by 2 processes) from a mid-epoch checkpoint, with later lines
     and a torn one in metrics.jsonl as after a kill, writes the uninterrupted run's records."""
     tmp, config, _, parallel = two_process_run
-    out = tmp / "resumed"
+    out = tmp_path / "resumed"
     _killed_copy(tmp / "ddp", out, 6)  # mid-epoch 0
     assert_close_records(_resume(config, out), parallel, rtol=1e-6)
     assert (out / "checkpoints" / "ckpt-000000016.pt").exists()
