@@ -266,3 +266,28 @@ def test_nsgd_sweep_gets_figure_6(tmp_path):
     text = path.read_text(encoding="utf-8")
     for g in ("γ=0.1", "γ=1", "γ=10"):
         assert g in text
+
+
+def test_a_restart_is_drawn_after_its_source(tmp_path):
+    """A run started from another run's ``ckpt-N.pt`` (Fig. 5's variants) counts its iterations
+    from 0 again; on the shared axis of a sweep figure it continues from the source's iteration
+    N. A checkpoint file of another name gives no offset (its iteration is unknown)."""
+    from sharpest.report import plot_sweep
+    from sharpest.report.axes import x_values
+
+    base = write_run(tmp_path / "base", records())
+    restart = records()[: 1 + 8 * 3]  # the first three epochs' lines (8 an epoch), then stopped
+    restart[0] = {**restart[0], "init_from": str(base / "checkpoints" / "ckpt-000000030.pt")}
+    restart = write_run(tmp_path / "restart", restart, config(lr=0.05))
+    other = records()[: 1 + 8 * 3]
+    other[0] = {**other[0], "init_from": str(tmp_path / "weights.pt")}
+    other = write_run(tmp_path / "other", other, config(lr=0.2))
+    runs = [read_run(p) for p in (base, restart, other)]
+    assert [r.start_iteration for r in runs] == [0, 30, 0]
+    eig = runs[1].eigen_points
+    np.testing.assert_allclose(x_values(runs[1], eig, "iteration"), eig["iteration"] + 30)
+    np.testing.assert_allclose(x_values(runs[1], eig, "epoch"), (eig["iteration"] + 30) / IPE)
+    fig = plot_sweep(runs, ["base", "restart", "other"], ["C0", "C1", "C2"])
+    lam_ax = fig.axes[0]
+    firsts = [line.get_xdata()[0] for line in lam_ax.get_lines()[::2]]  # each run's λ₁ line
+    assert firsts == pytest.approx([0.0, 30 / IPE, 0.0])

@@ -28,8 +28,11 @@ def numeric(df: pd.DataFrame, col: str) -> np.ndarray:
 def x_values(run: RunData, df: pd.DataFrame, x: str = "iteration") -> np.ndarray:
     """The x coordinates of the lines ``df`` of ``run``: iterations, or epochs (iteration divided
     by the steps per epoch when those are known, else the lines' ``epoch`` field).
+
+    A restart (``init_from`` a checkpoint of another run) is placed after its source: its
+    iterations count from the checkpoint's (``Run.start_iteration``).
     """
-    it = numeric(df, "iteration")
+    it = numeric(df, "iteration") + run.start_iteration
     if x == "iteration":
         return it if np.isfinite(it).any() else np.arange(len(df), dtype=float)
     ipe = run.iters_per_epoch

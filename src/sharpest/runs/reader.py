@@ -21,7 +21,7 @@ import yaml
 
 from sharpest.errors import SharpestError
 from sharpest.record_values import number
-from sharpest.runs.folder import RunFolder
+from sharpest.runs.folder import CHECKPOINT_PATTERN, RunFolder
 from sharpest.runs.io import parse_records
 
 __all__ = ["EXPECTED_FILES", "Run", "RunReadError", "flatten_config", "load"]
@@ -223,6 +223,24 @@ class Run:
         return pd.concat([eig[["epoch", "iteration"]], values], axis=1)
 
     # -- iterations and epochs ----------------------------------------------------------------
+
+    @cached_property
+    def start_iteration(self) -> int:
+        """The iteration of its source run that this run starts from: ``N`` of the
+        ``ckpt-N.pt`` named by its ``init_from`` (a restart, such as Fig. 5's variants from the
+        base run's last checkpoint), else 0.
+
+        The run's own records count from 0 again; figures add this offset so that a restart
+        continues its source's curve on a shared axis (a checkpoint file of another name gives
+        0: its iteration is unknown).
+        """
+        start = next((r for r in self.records if r.get("event") == "start"), None)
+        source = start.get("init_from") if start else None
+        if isinstance(source, str):
+            match = CHECKPOINT_PATTERN.match(Path(source).name)
+            if match:
+                return int(match.group(1))
+        return 0
 
     @cached_property
     def iters_per_epoch(self) -> float | None:
