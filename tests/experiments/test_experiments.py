@@ -87,8 +87,8 @@ def _message(result) -> str:
 
 #: Presets whose small scale may take longer than 20 minutes, and why: fig16 compares the
 #: momenta at the same η (the paper's Fig. 16) and at the same η/(1 − μ) (issue 26), five runs;
-#: fig3_lstm's flat spectrum near initialisation makes 11 of its 48 Lanczos solves spend their
-#: whole bound (measured 43 min; its preset's note).
+#: fig3_lstm's flat spectrum near initialisation makes 16 of its 48 Lanczos solves spend up to
+#: their bound (measured 43 min; its preset's note).
 SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30, "fig3_lstm": 45}
 
 
