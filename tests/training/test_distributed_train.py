@@ -113,8 +113,9 @@ def assert_close_records(a: list[dict], b: list[dict], rtol: float) -> None:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     """The same config trained by one process and by torchrun with 2, once for the session
-    (tests.helpers.build_once): one launch for the tests below (CONFIG splits every batch and the Hessian subset unevenly, so the
-    records match only if the loss is weighted to the global mean)."""
+    (tests.helpers.build_once): one launch for the tests below (CONFIG splits every batch and
+    the Hessian subset unevenly, so the records match only if the loss is weighted to the
+    global mean)."""
     def build(tmp: Path) -> None:
         _torchrun(_write(CONFIG, tmp / "config.yaml"), tmp / "ddp")
         Trainer(make_config(CONFIG), tmp / "single").fit()
