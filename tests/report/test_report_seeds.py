@@ -39,6 +39,16 @@ def test_seed_groups_and_mean_std_rows(tmp_path):
     assert vals.shape == (2, len(grid)) and np.allclose(vals[1], first * 1.1)
 
 
+def test_a_repeat_of_one_seed_is_not_a_second_seed(tmp_path):
+    # fig3_lstm trains its baseline twice under two names (eta_mid, S_mid): same config, same
+    # seed. They are two configurations of one seed each, not one of "2 seeds" with a spread.
+    base = write_run(tmp_path / "eta_mid", records(lr=0.1), config(lr=0.1, seed=0))
+    again = write_run(tmp_path / "S_mid", records(lr=0.1), config(lr=0.1, seed=0))
+    other = write_run(tmp_path / "eta_mid__seed=1", records(lr=0.1, scale=1.1),
+                      config(lr=0.1, seed=1))
+    groups = seed_groups([read_run(p) for p in (base, again, other)])
+    assert [[r.name for r in g] for g in groups] == [["eta_mid", "eta_mid__seed=1"], ["S_mid"]]
+
 def test_seed_band_is_mean_plus_minus_std_within_the_seeds_range():
     rows = np.array([[10.0, 10.0], [11.0, 0.2], [12.0, 0.2]])  # point 2: one seed far above
     low, high = seed_band(rows)

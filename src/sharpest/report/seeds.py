@@ -29,11 +29,24 @@ __all__ = ["mean_std", "mean_std_rows", "plot_seed_bands", "seed_band", "seed_gr
 
 
 def seed_groups(runs: Sequence[RunData]) -> list[list[RunData]]:
-    """The runs grouped by configuration, seeds of one configuration together."""
-    groups: dict[str, list[RunData]] = {}
+    """The runs grouped by configuration, seeds of one configuration together.
+
+    Two runs of one configuration with the same seed are the same experiment trained twice
+    (a preset's shared baseline under two names, as fig3_lstm's ``eta_mid`` and ``S_mid``),
+    not two seeds: the second starts a group of its own, so no spread is computed from a
+    repeat.
+    """
+    groups: list[tuple[str, list[RunData]]] = []
     for r in runs:
-        groups.setdefault(configuration_key(r.config, IGNORED_KEYS), []).append(r)
-    return list(groups.values())
+        key = configuration_key(r.config, IGNORED_KEYS)
+        seed = r.config.get("seed")
+        home = next((g for k, g in groups
+                     if k == key and all(m.config.get("seed") != seed for m in g)), None)
+        if home is None:
+            groups.append((key, [r]))
+        else:
+            home.append(r)
+    return [g for _, g in groups]
 
 
 def mean_std(values: Sequence[Any]) -> tuple[float, float, int] | None:
