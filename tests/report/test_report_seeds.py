@@ -40,7 +40,7 @@ def test_seed_groups_and_mean_std_rows(tmp_path):
 
 
 def test_a_repeat_of_one_seed_is_not_a_second_seed(tmp_path):
-    # fig3_lstm trains its baseline twice under two names (eta_mid, S_mid): same config, same
+    # fig3_lstm trained its baseline twice under two names (eta_mid, S_mid): same config, same
     # seed. They are two configurations of one seed each, not one of "2 seeds" with a spread.
     base = write_run(tmp_path / "eta_mid", records(lr=0.1), config(lr=0.1, seed=0))
     again = write_run(tmp_path / "S_mid", records(lr=0.1), config(lr=0.1, seed=0))

@@ -32,7 +32,7 @@ def seed_groups(runs: Sequence[RunData]) -> list[list[RunData]]:
     """The runs grouped by configuration, seeds of one configuration together.
 
     Two runs of one configuration with the same seed are the same experiment trained twice
-    (a preset's shared baseline under two names, as fig3_lstm's ``eta_mid`` and ``S_mid``),
+    (a preset's shared baseline under two names, as fig3_lstm's ``eta_mid`` and ``S_mid`` were),
     not two seeds: the second starts a group of its own, so no spread is computed from a
     repeat.
     """
