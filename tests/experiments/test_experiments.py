@@ -88,8 +88,10 @@ def _message(result) -> str:
 #: Presets whose small scale may take longer than 20 minutes, and why: fig16 compares the
 #: momenta at the same η (the paper's Fig. 16) and at the same η/(1 − μ) (issue 26), five runs;
 #: fig3_lstm's flat spectrum near initialisation makes 16 of its 48 Lanczos solves spend up to
-#: their bound (measured 43 min; its preset's note).
-SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30, "fig3_lstm": 45}
+#: their bound (measured 43 min; its preset's note); table1_resnet32's seven runs and fig7's
+#: single run track ResNet-32 on 64 and 128 images (measured 23 and 50 min; their notes).
+SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30, "fig3_lstm": 45, "table1_resnet32": 25,
+                 "fig7": 50}
 
 
 def test_every_preset_validates_and_builds_at_every_scale():
