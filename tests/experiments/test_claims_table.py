@@ -28,6 +28,7 @@ from sharpest.report.claims import (
 )
 from sharpest.report.reader import ReportError
 from sharpest.runs import RunFolder
+from tests.helpers import copy_run
 
 runner = CliRunner()
 
@@ -129,6 +130,18 @@ def test_rows_equal_the_presets_own_findings(outputs, which):
     assert rows[0].wall_seconds is not None and rows[0].wall_seconds >= 0
     assert rows[0].report is None and rows[0].figure is None  # report=False
 
+
+
+def test_the_figure_is_the_reports_main_one_a_single_runs_own_at_last(outputs, tmp_path):
+    # A preset of one run (fig1, fig7) has that run's report, whose main figure is
+    # eigenvalues.png; a comparative report's seeds or sweep figure comes first.
+    folder = copy_run(outputs["one"], tmp_path / "one")
+    figures = folder / "figures"
+    figures.mkdir()
+    (figures / "eigenvalues.png").write_bytes(b"\x89PNG")
+    assert preset_folder_rows(folder)[0].figure == figures / "eigenvalues.png"
+    (figures / "sweep_top_eigenvalues.png").write_bytes(b"\x89PNG")
+    assert preset_folder_rows(folder)[0].figure == figures / "sweep_top_eigenvalues.png"
 
 def test_every_packaged_preset_appears_and_unrun_ones_say_so(outputs):
     presets = list_presets()

@@ -53,8 +53,9 @@ __all__ = ["NOT_CLAIMED", "claim_rows", "preset_folder_rows", "write_claims"]
 NOT_CLAIMED = "not claimed at this scale"
 #: Run statuses in ``preset.yaml`` whose folder holds a whole run (as ``RunOutcome.ended``).
 _ENDED = ("finished", "diverged", "skipped")
-#: The preset report's main figure, the first of these that exists.
-_FIGURES = ("seeds_top_eigenvalues.png", "sweep_top_eigenvalues.png")
+#: The preset report's main figure, the first of these that exists (the last: a preset of one
+#: run, whose report is that run's own).
+_FIGURES = ("seeds_top_eigenvalues.png", "sweep_top_eigenvalues.png", "eigenvalues.png")
 
 
 def _folder_state(folder: Path) -> dict[str, Any]:
