@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -258,6 +259,13 @@ def test_metrics_and_verdicts_from_records(tmp_path):
     assert metric_value(recs, "alpha_e1_2") == pytest.approx(0.05)
     assert metric_value(recs, "alpha_e1_0.5 - alpha_e1_1") == pytest.approx(-0.01)
     assert metric_value(recs, "lambda1_end / lambda1_peak") == pytest.approx(0.6)
+    assert metric_value(recs, "lambda1_after_peak") == pytest.approx(np.mean([8, 6, 6, 6, 6]) / 10)
+    # Still rising at its end: the last quarter's mean is 75 % of its peak, a "decay" by the
+    # window's mean, yet nothing decayed; after the peak (its last point) there is nothing: 1.
+    rising = _fake_run(tmp_path / "rising", [1, 1, 1, 1, 1, 2, 4, 8], alpha2=0.0, kmin=None)
+    recs_up = [json.loads(x) for x in (rising / "metrics.jsonl").read_text().splitlines()]
+    assert metric_value(recs_up, "lambda1_end / lambda1_peak") == pytest.approx(6 / 8)
+    assert metric_value(recs_up, "lambda1_after_peak") == 1.0
     assert metric_value(recs, "kmin_10pct_e1") == 2.0
     assert metric_value(recs, "kmin_10pct_e3") is None
     checks = [

@@ -9,6 +9,10 @@ Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based)
 ``lambda1_growth``          ``lambda1_peak / lambda1_first``
 ``lambda1_end``             mean λ₁ over the tracking points in the last ``window`` of the run
                             (default: the last quarter of its iterations); ``lambda2_end``
+``lambda1_after_peak``      the mean λ₁ of the tracking points after its peak, over the peak
+                            (1 when the peak is the last point: nothing after it decayed).
+                            ``lambda1_end / lambda1_peak`` is below 1 for a run still rising
+                            through its last window, so it cannot tell a decay
 ``fro_end``, ``fro_peak``   ‖H‖_F estimated from the top 5 eigenvalues, √Σλᵢ²
 ``train_loss_end``          mean training loss (``"train"`` lines) in the last ``window``
 ``test_accuracy``           the last evaluation of the split (``val_accuracy``,
@@ -150,6 +154,15 @@ def _peak_iteration(series: list[tuple[int, float]], start: float) -> float:
 def _growth(series: list[tuple[int, float]], start: float) -> float | None:
     first = series[0][1]
     return max(v for _, v in series) / first if first > 0 else None
+
+
+def _after_peak(series: list[tuple[int, float]], start: float) -> float | None:
+    values = [v for _, v in series]
+    top = int(np.argmax(values))
+    if values[top] <= 0:
+        return None
+    after = values[top + 1:]
+    return float(np.mean(after)) / values[top] if after else 1.0
 
 
 def _end_mean(series: list[tuple[int, float]], start: float) -> float:
@@ -294,6 +307,7 @@ REGISTRY: tuple[Metric, ...] = (
     _plain("lambda1_growth", _of_lambda(0, _growth)),
     _plain("lambda1_end", _of_lambda(0, _end_mean)),
     _plain("lambda2_end", _of_lambda(1, _end_mean)),
+    _plain("lambda1_after_peak", _of_lambda(0, _after_peak)),
     _plain("fro_end", _of_fro(_end_mean)),
     _plain("fro_peak", _of_fro(_peak)),
     _plain("train_loss_end", _train_loss_end),
