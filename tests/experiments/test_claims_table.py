@@ -131,7 +131,6 @@ def test_rows_equal_the_presets_own_findings(outputs, which):
     assert rows[0].report is None and rows[0].figure is None  # report=False
 
 
-
 def test_the_figure_is_the_reports_main_one_a_single_runs_own_at_last(outputs, tmp_path):
     # A preset of one run (fig1, fig7) has that run's report, whose main figure is
     # eigenvalues.png; a comparative report's seeds or sweep figure comes first.
@@ -142,6 +141,7 @@ def test_the_figure_is_the_reports_main_one_a_single_runs_own_at_last(outputs, t
     assert preset_folder_rows(folder)[0].figure == figures / "eigenvalues.png"
     (figures / "sweep_top_eigenvalues.png").write_bytes(b"\x89PNG")
     assert preset_folder_rows(folder)[0].figure == figures / "sweep_top_eigenvalues.png"
+
 
 def test_every_packaged_preset_appears_and_unrun_ones_say_so(outputs):
     presets = list_presets()

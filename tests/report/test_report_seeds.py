@@ -49,6 +49,7 @@ def test_a_repeat_of_one_seed_is_not_a_second_seed(tmp_path):
     groups = seed_groups([read_run(p) for p in (base, again, other)])
     assert [[r.name for r in g] for g in groups] == [["eta_mid", "eta_mid__seed=1"], ["S_mid"]]
 
+
 def test_seed_band_is_mean_plus_minus_std_within_the_seeds_range():
     rows = np.array([[10.0, 10.0], [11.0, 0.2], [12.0, 0.2]])  # point 2: one seed far above
     low, high = seed_band(rows)
