@@ -15,7 +15,9 @@ epoch, ``E`` the epoch of the last step, ``L = last_epochs``, ``N = val_epochs``
   validation iteration (``eigen_best_val_iteration`` says which; ties: the earlier point).
   ``hessian_fro_best_val_window``: the mean over the points within ±2 epochs (±2·ipe
   iterations) of it, the authors' 5-epoch moving average. These definitions hold whether or
-  not the run has a ``"summary"`` line.
+  not the run has a ``"summary"`` line. λ₁ is a point's largest eigenvalue
+  (:func:`~sharpest.record_values.descending`), not its first recorded one, which under
+  ``track.which: LM`` can be a negative eigenvalue of larger |λ|.
 - ``hessian_fro_last`` / ``lambda1_last``: the mean over the tracking points of the last ``L``
   epochs (iteration > (E − L + 1)·ipe; all points after iteration 0 for a shorter run).
   ``*_final``: the last point.
@@ -44,7 +46,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sharpest.record_values import finite, frobenius, is_converged, number
+from sharpest.record_values import descending, finite, frobenius, is_converged, number
 
 __all__ = [
     "DISTANCE_FIELDS",
@@ -243,7 +245,7 @@ def table1(
         eig = [r for r in eig if is_converged(r)]
     if eig:
         fro = [frobenius(r["eigenvalues"], fro_k) for r in eig]
-        lam1 = [number(r["eigenvalues"][0]) for r in eig]
+        lam1 = [descending(r["eigenvalues"])[0] for r in eig]  # recorded by |λ| under LM
         out["hessian_fro_final"] = fro[-1]
         out["lambda1_final"] = lam1[-1]
         window = [i for i, r in enumerate(eig) if r["iteration"] > window_start]

@@ -1,6 +1,8 @@
 """The paper's claims, computed from run folders: a number per run, then held / did not hold.
 
-Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based):
+Metrics (``metric`` of a check; ``eN`` is the paper's N-th eigenvector, 1-based; λᵢ is the
+i-th *largest* eigenvalue, read from a tracking point only where it is positive, since a line
+recorded by |λ| may hold negative ones first: :func:`sharpest.record_values.descending`):
 
 ==========================  ============================================================
 ``lambda1_first``           λ₁ at the first tracking point
@@ -82,7 +84,7 @@ import numpy as np
 
 from sharpest.experiments.seeds import SeedStats, apart, beyond, seed_groups
 from sharpest.paper_metrics import best_val
-from sharpest.record_values import finite, frobenius, is_converged
+from sharpest.record_values import descending, finite, frobenius, is_converged
 from sharpest.report import read_run
 
 #: Default relative change each neighbour of an ordering must exceed: below it, a tie.
@@ -132,11 +134,15 @@ class Metric:
 
 def _eigen_series(records: Sequence[Mapping[str, Any]], rank: int
                   ) -> list[tuple[int, float]] | None:
-    """λ_{rank+1} of the converged tracking points, by iteration (None: none has it)."""
-    pts = _eigen_points(records)
-    if not pts or rank >= len(pts[0][1]):
-        return None
-    return [(it, v[rank]) for it, v in pts]
+    """λ_{rank+1}, the (rank+1)-th largest eigenvalue, of the converged tracking points that
+    measured it, by iteration (None: none did).
+
+    A point measured it when its (rank+1)-th largest recorded value is positive
+    (:func:`sharpest.record_values.descending` says why only then).
+    """
+    series = [(it, desc[rank]) for it, v in _eigen_points(records)
+              if rank < len(desc := descending(v)) and desc[rank] > 0]
+    return series or None
 
 
 def _first(series: list[tuple[int, float]], start: float) -> float:
@@ -272,8 +278,9 @@ def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
 
 
 def _eigen_field_end(name: str, over_line: bool):
-    """The mean of the ``"eigen"`` field ``name`` (first entry of a list), or of its ratio to
-    the line's ``stability_threshold``, over the converged lines of the last window.
+    """The mean of the ``"eigen"`` field ``name`` (first entry of a list; of ``eigenvalues``
+    the largest, when positive), or of its ratio to the line's ``stability_threshold``, over
+    the converged lines of the last window.
     """
     def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
               window: float) -> float | None:
@@ -282,6 +289,9 @@ def _eigen_field_end(name: str, over_line: bool):
             if r.get("event") != "eigen" or not is_converged(r):
                 continue
             v = r.get(name)
+            if name == "eigenvalues":  # λ₁ when measured (recorded by |λ| under LM)
+                top = descending(v)[:1]
+                v = top[0] if top and top[0] > 0 else None
             v = v[0] if isinstance(v, list) and v else v
             line = r.get("stability_threshold")
             if not finite(v) or (over_line and not (finite(line) and line > 0)):

@@ -163,7 +163,7 @@ def plot_eigenvalues(
     lam = run.eigenvalue_matrix()
     it = x_values(run, eig, "iteration")
     ok = converged_mask(eig)
-    se = stderr_matrix(eig, lam.shape[1])
+    se = stderr_matrix(eig, lam.shape[1], descending=True)
     sel = np.ones(len(it), bool) if until is None else it <= until
     lam, it, ok = lam[sel], it[sel], ok[sel]
     se = None if se is None else se[sel]

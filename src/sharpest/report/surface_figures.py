@@ -208,7 +208,7 @@ def plot_sharpness(run: RunData, notes: list[str] | None = None) -> Figure:
     bottom = fig.add_subplot(2, 1, 2, sharex=top)
     eig = run.eigen_points if "eigen" in run.events else pd.DataFrame()
     if not eig.empty and "eigenvalues" in eig.columns:
-        lam1 = [v[0] if isinstance(v, list) and v else np.nan for v in eig["eigenvalues"]]
+        lam1 = run.eigenvalue_matrix()[:, 0]
         bottom.plot(x_values(run, eig), lam1, "-", color="tab:red", label="λ₁")
     elif "eigenvalue" in rows.columns:
         bottom.plot(x_values(run, rows), pd.to_numeric(rows["eigenvalue"], errors="coerce"),

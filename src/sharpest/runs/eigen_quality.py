@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sharpest.record_values import is_converged, number
+from sharpest.record_values import descending_order, is_converged, number
 
 __all__ = ["converged_mask", "is_converged", "stderr_matrix", "unconverged_count"]
 
@@ -36,16 +36,23 @@ def converged_mask(eigen: Any) -> np.ndarray:
     return np.array([v is not False and v is not np.False_ for v in eigen["converged"]])
 
 
-def stderr_matrix(eigen: Any, k: int) -> np.ndarray | None:
+def stderr_matrix(eigen: Any, k: int, *, descending: bool = False) -> np.ndarray | None:
     """``(points, k)`` standard errors from ``eigenvalues_stderr`` (NaN where absent), or None
     when no row has them.
+
+    ``descending``: each row in the order of its eigenvalues sorted λ₁ ≥ λ₂ ≥ … (to go with
+    ``RunData.eigenvalue_matrix()``), not in the recorded order.
     """
     if len(eigen) == 0 or "eigenvalues_stderr" not in getattr(eigen, "columns", ()):
         return None
     out = np.full((len(eigen), k), np.nan)
-    for i, vals in enumerate(eigen["eigenvalues_stderr"]):
+    values = eigen["eigenvalues"] if "eigenvalues" in eigen.columns else [None] * len(eigen)
+    for i, (vals, lam) in enumerate(zip(eigen["eigenvalues_stderr"], values)):
         if isinstance(vals, list):
-            row = [number(v) for v in vals[:k]]
+            row = [number(v) for v in vals]
+            if descending and isinstance(lam, list) and len(lam) == len(row):
+                row = [row[j] for j in descending_order(lam)]
+            row = row[:k]
             out[i, : len(row)] = row
     return out if np.isfinite(out).any() else None
 

@@ -13,14 +13,14 @@ import math
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from sharpest.errors import SharpestError
-from sharpest.record_values import number
+from sharpest.record_values import descending, number
 from sharpest.runs.folder import CHECKPOINT_PATTERN, RunFolder
 from sharpest.runs.io import parse_records
 
@@ -200,25 +200,42 @@ class Run:
             df = df.sort_values("iteration", kind="stable")
         return df.reset_index(drop=True)
 
-    def eigenvalue_matrix(self) -> np.ndarray:
-        """``(points, k)`` float array of the eigenvalues (NaN where a point has fewer)."""
+    def eigenvalue_matrix(self, order: Literal["descending", "recorded"] = "descending"
+                          ) -> np.ndarray:
+        """``(points, k)`` float array of the eigenvalues (NaN where a point has fewer).
+
+        Args:
+            order: ``"descending"``: each row as λ₁ ≥ λ₂ ≥ … (NaN last), the paper's λᵢ where
+                positive (:func:`sharpest.record_values.descending`); ``"recorded"``: as the
+                line holds them, the solver's order (by |λ| under ``track.which: LM``), which is
+                the order of the saved eigenvectors and of ``eigenvalues_stderr``.
+        """
         eig = self.eigen_points
         if eig.empty:
             return np.zeros((0, 0))
         k = max(len(v) for v in eig["eigenvalues"])
         out = np.full((len(eig), k), np.nan)
         for i, vals in enumerate(eig["eigenvalues"]):
-            out[i, : len(vals)] = [number(v) for v in vals]
+            out[i, : len(vals)] = descending(vals) if order == "descending" else [
+                number(v) for v in vals]
         return out
 
-    def eigenvalues(self) -> pd.DataFrame:
+    def eigenvalues(self, order: Literal["recorded", "descending"] = "recorded") -> pd.DataFrame:
         """Eigenvalues in wide form: one row per tracking point, columns ``lambda_1 … lambda_k``,
         plus ``epoch`` and ``iteration``.
+
+        Args:
+            order: ``"recorded"``: as the lines hold them (the order of the saved eigenvectors;
+                by |λ| under ``track.which: LM``); ``"descending"``: λ₁ ≥ λ₂ ≥ … per row, as
+                :meth:`eigenvalue_matrix` gives them.
         """
         eig = self["eigen"]
         if eig.empty:
             return pd.DataFrame()
-        values = pd.DataFrame(eig["eigenvalues"].tolist())
+        rows = eig["eigenvalues"].tolist()
+        if order == "descending":
+            rows = [descending(v) if isinstance(v, list) else v for v in rows]
+        values = pd.DataFrame(rows)
         values.columns = [f"lambda_{i + 1}" for i in range(values.shape[1])]
         return pd.concat([eig[["epoch", "iteration"]], values], axis=1)
 

@@ -655,7 +655,7 @@ class Trainer:
                 post[f"{split}_acc"] = f"{self.last_eval[split]['accuracy']:.3f}"
                 break
         if self.eigen is not None:
-            post["λ1"] = f"{self.eigen.values[0]:.4g}"
+            post["λ1"] = f"{max(float(v) for v in self.eigen.values):.4g}"  # LM: by |λ|
         self._progress.set_postfix(post, refresh=False)
 
     def _close(self) -> None:
