@@ -168,6 +168,20 @@ def test_truncated_last_line_is_tolerated(tmp_path):
     assert "unreadable line" in text and "did not finish" in text
 
 
+def test_a_rebuilt_report_removes_the_figures_it_no_longer_draws(tmp_path):
+    out = tmp_path / "report"
+    full = write_run(tmp_path / "full", records())
+    build_report([full], out=out)
+    drawn = {p.name for p in (out / "figures").glob("eigenvalues*")}
+    assert {"eigenvalues.png", "eigenvalues.svg"} <= drawn
+    (out / "figures" / "mine.txt").write_text("a file someone put here")
+    bare = write_run(tmp_path / "bare", minimal_records())  # no "eigen" lines: no λ figure
+    check_figures(build_report([bare], out=out), out / "figures", at_least=1)
+    left = {p.name for p in (out / "figures").iterdir()}
+    assert not drawn & left  # stale figures of the first report are gone …
+    assert "mine.txt" in left and "training.png" in left  # … others' files and this one's stay
+
+
 def test_missing_folder_raises_report_error(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ReportError, match="nope"):

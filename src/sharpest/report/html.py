@@ -733,6 +733,28 @@ def _report_dir(runs: Sequence[RunData], out: str | os.PathLike[str] | None) -> 
     return out_dir
 
 
+#: The names of the files the last report wrote into its ``figures/`` (one per line).
+FIGURE_LIST = ".report-figures"
+
+
+def _prune_stale_figures(fig_dir: Path, written: Sequence[Path]) -> None:
+    """Remove the figures an earlier report wrote that this one did not (a run renamed, a
+    figure no longer drawn), so that ``figures/`` shows what the report shows; then record
+    what this report wrote. Only names in the earlier list are removed: files other commands
+    or people put in ``figures/`` stay.
+    """
+    listing = fig_dir / FIGURE_LIST
+    names = sorted({p.name for p in written if p.parent == fig_dir})
+    try:
+        before = listing.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        before = []
+    for name in set(before) - set(names):
+        if name and "/" not in name and name not in (".", ".."):
+            (fig_dir / name).unlink(missing_ok=True)
+    atomic_write_text(listing, "".join(n + "\n" for n in names))
+
+
 def build_report(
     run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str] | None = None,
@@ -788,6 +810,7 @@ def build_report(
         tables = _comparative_tables(runs, labels, summaries, diff_keys, styles)
     figures = [i for i in items if isinstance(i, FigureEntry)]
     skipped = [i for i in items if isinstance(i, Skipped)]
+    _prune_stale_figures(fig_dir, [p for f in figures for p in f.paths])
     expected = _expected_text(expected, out_dir, runs, labels)
     ctx: dict[str, Any] = {
         "title": title or _report_title(runs, diff_keys),
