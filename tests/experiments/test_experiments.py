@@ -283,6 +283,24 @@ def test_metrics_and_verdicts_from_records(tmp_path):
     assert res[4].verdict == "not computed" and "ghost" in res[4].reason
 
 
+def test_flat_along_both_directions_is_measured_and_fails_a_flatter_claim(tmp_path):
+    # fig11's ResNet-32 at 300 steps: the loss rose by 1 % along neither e₁ nor e₃ in the grid.
+    a = _fake_run(tmp_path / "a", [1, 2, 3, 4], alpha2=0.0, kmin=None)
+    with open(a / "metrics.jsonl", "a") as f:
+        for i in range(4):
+            for index in (0, 2):
+                f.write(json.dumps({"event": "probe", "epoch": 0, "iteration": 10 * i, "time": i,
+                                    "kind": "cross_section", "eigen_index": index,
+                                    "kmin_1pct": None}) + "\n")
+    recs = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    assert metric_value(recs, "kmin_1pct_e3") == math.inf
+    assert math.isnan(metric_value(recs, "kmin_1pct_e3 - kmin_1pct_e1"))
+    flatter, = evaluate_checks([{"claim": "e3 flatter", "metric": "kmin_1pct_e3 - kmin_1pct_e1",
+                                 "runs": ["a"], "expect": "> 0"}], {"a": a}, scale="small")
+    assert flatter.held is False and flatter.verdict == "not reproduced at this scale"
+    assert "never along either" in flatter.numbers()
+
+
 def test_an_ordering_within_the_margin_is_a_tie(tmp_path):
     # peaks 10, 9.8 (2 % apart: a tie at the default 5 % margin) and 5
     runs = {n: _fake_run(tmp_path / n, [1, peak, 2, 2], alpha2=0.0, kmin=None) for n, peak in

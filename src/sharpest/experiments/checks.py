@@ -442,6 +442,11 @@ def metric_value(
         if a is None or b is None or (kind == "ratio" and b == 0):
             return None
         v = a - b if kind == "difference" else a / b
+        if math.isnan(v) and math.isinf(a) and math.isinf(b):
+            # E.g. k_min along e₃ minus along e₁ when the loss rose by the threshold along
+            # neither: measured, and no evidence of the claim. NaN fails every bound and
+            # reads "∞ − ∞"; None would say "no data".
+            return math.nan
         return None if math.isnan(v) else v
     metric = _BY_KIND[kind]
     return metric.value(records, args, metric.window if window is None else window)
@@ -552,7 +557,7 @@ def _fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
     if math.isnan(v):
-        return "nan"
+        return "∞ − ∞ (never along either)"
     if math.isinf(v):
         return "never (∞)"
     if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
