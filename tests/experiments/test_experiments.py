@@ -90,9 +90,12 @@ def _message(result) -> str:
 #: momenta at the same η (the paper's Fig. 16) and at the same η/(1 − μ) (issue 26), five runs;
 #: fig3_lstm's flat spectrum near initialisation makes 16 of its 48 Lanczos solves spend up to
 #: their bound (measured 43 min; its preset's note); table1_resnet32's seven runs and fig7's
-#: single run track ResNet-32 on 64 and 128 images (measured 23 and 50 min; their notes).
+#: single run track ResNet-32 on 64 and 128 images (measured 23 and 50 min; their notes);
+#: fig3_vgg11 takes the largest algebraic eigenvalues, whose guard is slow on the flat top near
+#: initialisation (68 CPU minutes on 2 workers), and fig12's single BatchNorm ResNet-32 run
+#: probes along e₁ and e₃ every 50 of its 600 steps (24 min). Measured; their notes.
 SMALL_MINUTES = {"fig16": 30, "fig16_cifar100": 30, "fig3_lstm": 45, "table1_resnet32": 25,
-                 "fig7": 50}
+                 "fig7": 50, "fig3_vgg11": 35, "fig12": 25}
 
 
 def test_every_preset_validates_and_builds_at_every_scale():
