@@ -75,7 +75,7 @@ def descending(values: Iterable[Any] | None) -> list[float]:
 
     Under ``track.which: LM`` (the default, the paper's Lanczos) an ``"eigen"`` line holds the
     k eigenvalues of largest |λ|, ordered by |λ|, so near initialisation, where the spectrum is
-    nearly symmetric, its first entry can be a negative eigenvalue and its second one. Sorted,
+    nearly symmetric, its first or second entry can be a negative eigenvalue. Sorted,
     the i-th value is the Hessian's i-th largest eigenvalue λᵢ **whenever it is positive**: an
     eigenvalue above it has a larger |λ|, so it is among the k. A non-positive i-th value is
     only a lower bound of λᵢ (the k of largest |λ| then hold fewer than i positive ones), which

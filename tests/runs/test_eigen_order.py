@@ -88,6 +88,8 @@ def test_the_reader_sorts_eigenvalues_and_their_standard_errors_together(tmp_pat
     wide = run.eigenvalues("descending")
     assert wide["lambda_1"].tolist() == [3.6, 6.0, 7.0]
     assert run.eigenvalues()["lambda_1"].tolist() == [-4.0, 6.0, -8.0]
+    with pytest.raises(ValueError, match="'descending' or 'recorded'"):
+        run.eigenvalue_matrix("ascending")  # type: ignore[arg-type]
 
 
 def test_descending_order_is_stable_and_puts_missing_values_last():

@@ -210,6 +210,7 @@ class Run:
                 line holds them, the solver's order (by |λ| under ``track.which: LM``), which is
                 the order of the saved eigenvectors and of ``eigenvalues_stderr``.
         """
+        _check_order(order)
         eig = self.eigen_points
         if eig.empty:
             return np.zeros((0, 0))
@@ -229,6 +230,7 @@ class Run:
                 by |λ| under ``track.which: LM``); ``"descending"``: λ₁ ≥ λ₂ ≥ … per row, as
                 :meth:`eigenvalue_matrix` gives them.
         """
+        _check_order(order)
         eig = self["eigen"]
         if eig.empty:
             return pd.DataFrame()
@@ -281,6 +283,11 @@ class Run:
             return None
         ipe = float(np.median(steps))
         return ipe if ipe > 0 else None
+
+
+def _check_order(order: str) -> None:
+    if order not in ("descending", "recorded"):
+        raise ValueError(f"order: 'descending' or 'recorded', not {order!r}")
 
 
 def load(path: str | os.PathLike[str]) -> Run:
