@@ -277,10 +277,23 @@ def _alpha(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
     return float(np.mean(vals)) if vals else None
 
 
-def _eigen_field_end(name: str, over_line: bool):
-    """The mean of the ``"eigen"`` field ``name`` (first entry of a list; of ``eigenvalues``
-    the largest, when positive), or of its ratio to the line's ``stability_threshold``, over
-    the converged lines of the last window.
+def _field(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """The ``"eigen"`` line's field ``name`` (its first entry, if a list)."""
+    def pick(r: Mapping[str, Any]) -> Any:
+        v = r.get(name)
+        return v[0] if isinstance(v, list) and v else v
+    return pick
+
+
+def _lambda1(r: Mapping[str, Any]) -> float | None:
+    """The line's λ₁, its largest eigenvalue, when measured (positive; recorded by |λ|)."""
+    top = descending(r.get("eigenvalues"))[:1]
+    return top[0] if top and top[0] > 0 else None
+
+
+def _eigen_field_end(pick: Callable[[Mapping[str, Any]], Any], over_line: bool):
+    """The mean of ``pick(line)`` over the converged ``"eigen"`` lines of the last window, or
+    of its ratio to the line's ``stability_threshold``.
     """
     def value(records: Sequence[Mapping[str, Any]], args: dict[str, Any],
               window: float) -> float | None:
@@ -288,11 +301,7 @@ def _eigen_field_end(name: str, over_line: bool):
         for r in records:
             if r.get("event") != "eigen" or not is_converged(r):
                 continue
-            v = r.get(name)
-            if name == "eigenvalues":  # λ₁ when measured (recorded by |λ| under LM)
-                top = descending(v)[:1]
-                v = top[0] if top and top[0] > 0 else None
-            v = v[0] if isinstance(v, list) and v else v
+            v = pick(r)
             line = r.get("stability_threshold")
             if not finite(v) or (over_line and not (finite(line) and line > 0)):
                 continue
@@ -338,14 +347,14 @@ REGISTRY: tuple[Metric, ...] = (
     Metric("alpha_full_<A>", re.compile(r"alpha_(full)_(\d+(?:\.\d+)?)"), _alpha,
            _alpha_args, window=0.5, kind="alpha"),
     # The optimizer-era quantities of issue 25 (fields of "eigen" lines).
-    _plain("preconditioned_end", _eigen_field_end("preconditioned", False)),
-    _plain("preconditioned_over_line_end", _eigen_field_end("preconditioned", True)),
-    _plain("lambda1_over_line_end", _eigen_field_end("eigenvalues", True)),
-    _plain("batch_sharpness_end", _eigen_field_end("batch_sharpness", False)),
-    _plain("batch_sharpness_over_line_end", _eigen_field_end("batch_sharpness", True)),
-    _plain("gradient_overlap_end", _eigen_field_end("gradient_overlap", False)),
-    _plain("gradient_overlap_batch_end", _eigen_field_end("gradient_overlap_batch", False)),
-    _plain("update_overlap_end", _eigen_field_end("update_overlap", False)),
+    _plain("preconditioned_end", _eigen_field_end(_field("preconditioned"), False)),
+    _plain("preconditioned_over_line_end", _eigen_field_end(_field("preconditioned"), True)),
+    _plain("lambda1_over_line_end", _eigen_field_end(_lambda1, True)),
+    _plain("batch_sharpness_end", _eigen_field_end(_field("batch_sharpness"), False)),
+    _plain("batch_sharpness_over_line_end", _eigen_field_end(_field("batch_sharpness"), True)),
+    _plain("gradient_overlap_end", _eigen_field_end(_field("gradient_overlap"), False)),
+    _plain("gradient_overlap_batch_end", _eigen_field_end(_field("gradient_overlap_batch"), False)),
+    _plain("update_overlap_end", _eigen_field_end(_field("update_overlap"), False)),
 )
 METRICS = tuple(m.name for m in REGISTRY)
 _BY_KIND = {m.kind or m.name: m for m in REGISTRY}
@@ -442,7 +451,7 @@ def metric_value(
         if a is None or b is None or (kind == "ratio" and b == 0):
             return None
         v = a - b if kind == "difference" else a / b
-        if math.isnan(v) and math.isinf(a) and math.isinf(b):
+        if kind == "difference" and math.isinf(a) and math.isinf(b) and math.isnan(v):
             # E.g. k_min along e₃ minus along e₁ when the loss rose by the threshold along
             # neither: measured, and no evidence of the claim. NaN fails every bound and
             # reads "∞ − ∞"; None would say "no data".
